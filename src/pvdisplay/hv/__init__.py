@@ -1,0 +1,212 @@
+"""Hypervisor services as the display code sees them: grants, event channels, buffer handles.
+
+The calls mirror the Linux user-space devices a real Xen driver domain uses, so an
+adapter over `/dev/xen/{gntdev,gntalloc,evtchn}` fits behind the same protocols:
+
+- `GrantTable.alloc/grant/share`: gntalloc IOCTL_GNTALLOC_ALLOC_GREF
+- `GrantTable.end_access`, `GuestMemory.close`: gntalloc DEALLOC_GREF
+- `GrantTable.map`, `Mapping.close`: gntdev MAP_GRANT_REF + mmap, munmap + UNMAP_GRANT_REF
+- `EventChannels`: evtchn BIND_UNBOUND_PORT, BIND_INTERDOMAIN, NOTIFY, UNBIND, read()
+- `Buffers`: gntdev DMABUF_EXP_FROM_REFS, EXP_WAIT_RELEASED, IMP_TO_REFS, IMP_RELEASE
+
+Every failure is a `HypervisorError` carrying the errno the Linux driver would return.
+`pvdisplay.hv.local` implements these protocols on one Linux host.
+"""
+
+import enum
+import errno as _errno
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol, Self
+
+import numpy as np
+import numpy.typing as npt
+
+PAGE_SIZE = 4096
+"""XEN_PAGE_SIZE: grants and mappings are made of pages this size."""
+
+DOMID_FIRST_RESERVED = 0x7FF0
+"""Domain ids at or above this are reserved by Xen (DOMID_SELF, DOMID_IO, ...)."""
+
+
+class HypervisorError(OSError):
+    """A hypervisor call failed; `.errno` is what the Linux device would have returned."""
+
+    def __init__(self, errno: int, message: str) -> None:
+        super().__init__(errno, f"{message} [{_errno.errorcode.get(errno, errno)}]")
+
+
+class Mapping(Protocol):
+    """Pages mapped into this process as one contiguous range.
+
+    `view()` and `array()` share the pages; nothing is copied. `close()` unmaps and
+    raises `HypervisorError(EBUSY)` while any view or array of it is still alive, so
+    a dangling numpy array can never point at unmapped memory.
+    """
+
+    @property
+    def address(self) -> int: ...
+    @property
+    def length(self) -> int: ...
+    @property
+    def writable(self) -> bool: ...
+    def view(self) -> memoryview: ...
+    def array(
+        self, dtype: npt.DTypeLike = np.uint8, shape: Sequence[int] | None = None
+    ) -> npt.NDArray[np.generic]: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class GuestMemory(Mapping, Protocol):
+    """Grantable memory owned by this domain (one allocation, mapped writable here).
+
+    Closing it frees the allocation and ends every grant of it (deferred while mapped).
+    """
+
+    @property
+    def pages(self) -> int: ...
+
+
+class BufferHandle(Protocol):
+    """A zero-copy buffer (dma-buf role): fd-backed pages any local process can map.
+
+    `id` is an unguessable name (128 random bits) safe to hand across a trust boundary.
+    `send()` passes the handle to another process over a unix socket (SCM_RIGHTS).
+    """
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def pages(self) -> int: ...
+    @property
+    def readonly(self) -> bool: ...
+    def map(self, writable: bool = False) -> Mapping: ...
+    def send(self, sock: socket.socket) -> None: ...
+    def close(self) -> None: ...
+
+
+class GrantTable(Protocol):
+    """Granting own pages (gntalloc) and mapping other domains' grants (gntdev)."""
+
+    def alloc(self, pages: int) -> GuestMemory:
+        """Allocate grantable memory; ENOMEM over the domain's memory limit."""
+        ...
+
+    def grant(
+        self, domid: int, memory: GuestMemory, pages: Sequence[int], readonly: bool = False
+    ) -> list[int]:
+        """Grant `pages` (indexes into `memory`) to `domid`, one ref per page, in order."""
+        ...
+
+    def share(
+        self, domid: int, pages: int, readonly: bool = False
+    ) -> tuple[GuestMemory, list[int]]:
+        """Allocate and grant in one call (IOCTL_GNTALLOC_ALLOC_GREF)."""
+        ...
+
+    def end_access(self, refs: Sequence[int]) -> list[int]:
+        """End grants; returns the refs still mapped, whose ending is deferred until unmapped."""
+        ...
+
+    def map(self, domid: int, refs: Sequence[int], writable: bool = True) -> Mapping:
+        """Map `refs` granted by `domid` as one contiguous range, in ref order."""
+        ...
+
+
+class PortState(enum.Enum):
+    """EVTCHNSTAT_* as far as interdomain channels go."""
+
+    UNBOUND = "unbound"
+    INTERDOMAIN = "interdomain"
+
+
+@dataclass(frozen=True)
+class ChannelStatus:
+    """EVTCHNOP_status for one local port."""
+
+    state: PortState
+    remote_domid: int
+    remote_port: int | None
+
+
+class EventChannels(Protocol):
+    """Interdomain event channels (evtchn device).
+
+    Notifications coalesce like Xen's pending bit. A port whose peer unbinds or dies
+    turns UNBOUND and is reported once by `pending()`; notifying it is silently dropped,
+    as EVTCHNOP_send does for an unbound port.
+    """
+
+    def bind_unbound_port(self, remote_domid: int) -> int: ...
+    def bind_interdomain(self, remote_domid: int, remote_port: int) -> int: ...
+    def notify(self, port: int) -> None: ...
+    def unbind(self, port: int) -> None: ...
+    def pending(self, timeout: float | None = None) -> list[int]:
+        """Ports that fired since last asked; blocks up to `timeout` seconds (None: forever)."""
+        ...
+
+    def status(self, port: int) -> ChannelStatus: ...
+    def fileno(self) -> int:
+        """Readable when `pending()` has something; for selectors and asyncio.add_reader."""
+        ...
+
+
+@dataclass(frozen=True)
+class ImportedBuffer:
+    """A local buffer whose pages were granted to `domid` (IMP_TO_REFS)."""
+
+    id: str
+    domid: int
+    refs: list[int]
+
+
+class Buffers(Protocol):
+    """Zero-copy buffer handles (gntdev dma-buf, the xen-zcopy role)."""
+
+    def export_from_refs(
+        self, domid: int, refs: Sequence[int], writable: bool = True
+    ) -> BufferHandle:
+        """Map `refs` granted by `domid` into a handle other local processes can map."""
+        ...
+
+    def wait_released(self, handle_id: str, timeout: float) -> None:
+        """Block until every copy and mapping of an exported handle is gone.
+
+        ETIMEDOUT if something still holds it after `timeout` seconds. A handle that is
+        already released (or was never exported here) returns at once, as gntdev's
+        ENOENT is documented "must not be treated as error".
+        """
+        ...
+
+    def import_to_refs(
+        self, handle: BufferHandle, domid: int, readonly: bool = False
+    ) -> ImportedBuffer:
+        """Grant every page of a local buffer handle to `domid`."""
+        ...
+
+    def release(self, import_id: str) -> list[int]:
+        """End an import's grants; returns refs still mapped (their ending is deferred)."""
+        ...
+
+
+class Hypervisor(Protocol):
+    """What a domain's code gets: its id and the three services."""
+
+    @property
+    def domid(self) -> int: ...
+    @property
+    def grants(self) -> GrantTable: ...
+    @property
+    def events(self) -> EventChannels: ...
+    @property
+    def buffers(self) -> Buffers: ...
+    def close(self) -> None: ...

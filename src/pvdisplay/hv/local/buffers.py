@@ -1,0 +1,152 @@
+"""Zero-copy buffer handles: memory objects, a page layout, a lease and an unguessable id.
+
+A handle is the emulation's dma-buf. It holds the memfds its pages live in, the runs
+of pages that make up the buffer, and, for handles exported from grant refs, a *lease*:
+the write end of a pipe whose read end the broker (and the exporter) watch. Every copy
+of the handle, in any process, and every mapping made from one, holds the lease open;
+when the last is closed the read end reports POLLHUP, which is how the broker learns
+that the buffer is released, wherever it travelled and however its holders died.
+"""
+
+import errno
+import os
+import re
+import socket
+from collections.abc import Sequence
+
+from pvdisplay.hv import HypervisorError
+from pvdisplay.hv.local import protocol
+from pvdisplay.hv.local.memory import LocalMapping, create_memfd, sealed_pages
+from pvdisplay.hv.local.sockets import close_all, receive_message, send_message
+from pvdisplay.hv.local.tables import Segment, new_handle_id
+from pvdisplay.wire.errors import ProtocolError
+
+_HANDLE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class LocalBufferHandle:
+    """Implements `pvdisplay.hv.BufferHandle`; owns its descriptors until `close()`."""
+
+    def __init__(
+        self,
+        handle_id: str,
+        fds: Sequence[int],
+        segments: Sequence[Segment],
+        readonly: bool,
+        lease: int | None,
+    ) -> None:
+        self._id = handle_id
+        self._fds = list(fds)
+        self._segments = list(segments)
+        self._readonly = readonly
+        self._lease = lease
+        self._closed = False
+
+    @classmethod
+    def allocate(cls, pages: int) -> "LocalBufferHandle":
+        """A fresh local buffer (for example an output's), not yet shared with anyone."""
+        if pages < 1:
+            raise HypervisorError(errno.EINVAL, "zero-page buffer")
+        fd = create_memfd(pages, "pvdisplay-buffer")
+        return cls(new_handle_id(), [fd], [Segment(0, 0, pages)], readonly=False, lease=None)
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    @property
+    def pages(self) -> int:
+        return sum(seg.pages for seg in self._segments)
+
+    @property
+    def readonly(self) -> bool:
+        return self._readonly
+
+    @property
+    def fds(self) -> list[int]:
+        """The memory objects, indexed by `Segment.object_index`."""
+        self._check_open()
+        return list(self._fds)
+
+    @property
+    def segments(self) -> list[Segment]:
+        return list(self._segments)
+
+    def map(self, writable: bool = False) -> LocalMapping:
+        """Map the buffer here; the mapping keeps the handle unreleased until closed."""
+        self._check_open()
+        if writable and self._readonly:
+            raise HypervisorError(errno.EACCES, f"buffer {self._id} is read-only")
+        lease = os.dup(self._lease) if self._lease is not None else None
+        try:
+            return LocalMapping(
+                self._fds,
+                self._segments,
+                writable,
+                on_close=(lambda: os.close(lease)) if lease is not None else None,
+            )
+        except BaseException:
+            if lease is not None:
+                os.close(lease)
+            raise
+
+    def send(self, sock: socket.socket) -> None:
+        """Pass a copy of this handle to the process at the other end of `sock`."""
+        self._check_open()
+        lease = [self._lease] if self._lease is not None else []
+        body = {
+            "buffer": self._id,
+            "readonly": self._readonly,
+            "lease": bool(lease),
+            "segments": [[s.object_index, s.first_page, s.pages] for s in self._segments],
+        }
+        send_message(sock, body, self._fds + lease)
+
+    @classmethod
+    def receive(cls, sock: socket.socket) -> "LocalBufferHandle":
+        """Take a handle another process sent with `send()`."""
+        message = receive_message(sock)
+        try:
+            return cls._from_message(message.body, message.fds)
+        except BaseException:
+            close_all(message.fds)
+            raise
+
+    @classmethod
+    def _from_message(cls, body: protocol.JsonObject, fds: list[int]) -> "LocalBufferHandle":
+        handle_id = protocol.get_str(body, "buffer")
+        if not _HANDLE_ID.fullmatch(handle_id):
+            raise ProtocolError(errno.EINVAL, "buffer id is not 128 hex bits")
+        readonly = protocol.get_bool(body, "readonly")
+        leased = protocol.get_bool(body, "lease")
+        triples = protocol.get_triples(body, "segments", max_items=len(fds) + 70_000)
+        objects = fds[:-1] if leased else fds
+        segments = [Segment(*t) for t in triples]
+        if not objects or not segments:
+            raise ProtocolError(errno.EINVAL, "buffer without memory")
+        try:
+            sizes = [sealed_pages(fd) for fd in objects]
+        except HypervisorError as exc:
+            raise ProtocolError(errno.EINVAL, exc.strerror or "bad memory object") from None
+        for seg in segments:
+            if seg.object_index >= len(objects) or seg.pages < 1:
+                raise ProtocolError(errno.EINVAL, f"bad segment {seg}")
+            if seg.first_page + seg.pages > sizes[seg.object_index]:
+                raise ProtocolError(errno.EINVAL, f"segment {seg} beyond its object")
+        return cls(handle_id, objects, segments, readonly, fds[-1] if leased else None)
+
+    def close(self) -> None:
+        """Drop this copy. Mappings made from it stay valid until they are closed."""
+        if self._closed:
+            return
+        self._closed = True
+        close_all(self._fds)
+        if self._lease is not None:
+            os.close(self._lease)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise HypervisorError(errno.EBADF, f"buffer {self._id} is closed")
+
+    def __repr__(self) -> str:
+        return f"LocalBufferHandle(id={self._id}, pages={self.pages}, readonly={self._readonly})"

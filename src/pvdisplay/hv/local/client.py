@@ -1,0 +1,432 @@
+"""A domain's side of the emulated hypervisor: `pvdisplay.hv.Hypervisor` over the broker.
+
+Requests go to the broker over the domain's own unix socket and block for the reply.
+The broker also pushes unsolicited events on that socket (a port got its peer, or lost
+it); they are handled whenever the socket is read. Event-channel notification never
+touches the broker: `notify()` writes the peer's eventfd directly.
+"""
+
+import contextlib
+import errno
+import os
+import select
+import socket
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pvdisplay.hv import (
+    DOMID_FIRST_RESERVED,
+    BufferHandle,
+    ChannelStatus,
+    GuestMemory,
+    HypervisorError,
+    ImportedBuffer,
+    PortState,
+)
+from pvdisplay.hv.local import protocol
+from pvdisplay.hv.local.buffers import LocalBufferHandle
+from pvdisplay.hv.local.memory import LocalMapping
+from pvdisplay.hv.local.protocol import Assembler, JsonObject, Message
+from pvdisplay.hv.local.sockets import close_all, recv_record, send_message
+from pvdisplay.hv.local.tables import Segment
+
+_ONE = (1).to_bytes(8, "little")
+
+
+class LocalHypervisor:
+    """Implements `pvdisplay.hv.Hypervisor` for a domain process of the local host."""
+
+    def __init__(self, sock: socket.socket, domid: int) -> None:
+        self._sock = sock
+        self._domid = domid
+        self._lock = threading.Lock()
+        self._assembler = Assembler()
+        self._orphans: deque[JsonObject] = deque()
+        self.received_bytes = 0
+        """Bytes read from the broker socket so far: evidence that pages never travel."""
+        self._events = LocalEvents(self)
+        self._grants = LocalGrants(self)
+        self._buffers = LocalBuffers(self)
+
+    @property
+    def domid(self) -> int:
+        return self._domid
+
+    @property
+    def grants(self) -> "LocalGrants":
+        return self._grants
+
+    @property
+    def events(self) -> "LocalEvents":
+        return self._events
+
+    @property
+    def buffers(self) -> "LocalBuffers":
+        return self._buffers
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def call(self, body: JsonObject, fds: Sequence[int] = ()) -> Message:
+        """One request and its reply; error replies raise HypervisorError."""
+        with self._lock:
+            while self._orphans:
+                try:
+                    self._exchange(self._orphans.popleft(), ())
+                except HypervisorError as exc:
+                    if exc.errno == errno.ESHUTDOWN:
+                        raise
+            return self._exchange(body, fds)
+
+    def release_later(self, body: JsonObject) -> None:
+        """Queue a release for an object garbage-collected unclosed; sent with the next call."""
+        self._orphans.append(body)
+
+    def drain_events(self) -> None:
+        """Handle every event already waiting on the socket, without blocking."""
+        with self._lock:
+            while True:
+                try:
+                    message = self._receive(socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    return
+                if message is not None:
+                    self._events.on_event(message)
+
+    def close(self) -> None:
+        """Leave the hypervisor: the broker treats this domain as gone."""
+        self._events.close()
+        self._buffers.close()
+        self._sock.close()
+
+    def _exchange(self, body: JsonObject, fds: Sequence[int]) -> Message:
+        try:
+            send_message(self._sock, body, fds)
+        except OSError as exc:
+            raise HypervisorError(errno.ESHUTDOWN, f"broker unreachable: {exc}") from None
+        while True:
+            message = self._receive(0)
+            if message is None:
+                continue
+            if "event" in message.body:
+                self._events.on_event(message)
+                continue
+            error = message.body.get("error")
+            if error is not None:
+                close_all(message.fds)
+                code = error if type(error) is int and error > 0 else errno.EIO
+                raise HypervisorError(code, str(message.body.get("message", "")))
+            return message
+
+    def _receive(self, flags: int) -> Message | None:
+        try:
+            record, fds = recv_record(self._sock, flags)
+        except (EOFError, ConnectionError):
+            raise HypervisorError(errno.ESHUTDOWN, "the hypervisor broker is gone") from None
+        self.received_bytes += len(record)
+        return self._assembler.feed(record, fds)
+
+
+@dataclass
+class _Port:
+    rx: int
+    tx: int | None
+    status: ChannelStatus
+
+
+class LocalEvents:
+    """Implements `pvdisplay.hv.EventChannels`.
+
+    Each local port has its own eventfd, which the peer writes. One epoll instance
+    watches them all plus the broker socket (for peer changes), so `fileno()` is a
+    single pollable descriptor however many ports there are. One thread waits at a time.
+    """
+
+    def __init__(self, hv: LocalHypervisor) -> None:
+        self._hv = hv
+        self._epoll = select.epoll()
+        self._epoll.register(hv.fileno(), select.EPOLLIN)
+        self._ports: dict[int, _Port] = {}
+        self._by_fd: dict[int, int] = {}
+        self._changed: list[int] = []
+
+    def bind_unbound_port(self, remote_domid: int) -> int:
+        reply = self._hv.call({"op": "evtchn_unbound", "domid": remote_domid})
+        port = protocol.get_int(reply.body, "port")
+        self._add(port, reply.fds[0], None, ChannelStatus(PortState.UNBOUND, remote_domid, None))
+        return port
+
+    def bind_interdomain(self, remote_domid: int, remote_port: int) -> int:
+        reply = self._hv.call({"op": "evtchn_bind", "domid": remote_domid, "port": remote_port})
+        port = protocol.get_int(reply.body, "port")
+        status = ChannelStatus(PortState.INTERDOMAIN, remote_domid, remote_port)
+        self._add(port, reply.fds[0], reply.fds[1], status)
+        return port
+
+    def notify(self, port: int) -> None:
+        local = self._ports.get(port)
+        if local is None:
+            raise HypervisorError(errno.ENOTCONN, f"port {port} is not bound here")
+        if local.tx is None:
+            self._hv.drain_events()
+            if local.tx is None:
+                return
+        with contextlib.suppress(BlockingIOError):  # saturated: the peer has one pending
+            os.write(local.tx, _ONE)
+
+    def unbind(self, port: int) -> None:
+        if port not in self._ports:
+            raise HypervisorError(errno.ENOTCONN, f"port {port} is not bound here")
+        self._hv.call({"op": "evtchn_unbind", "port": port})
+        self._drop(port)
+
+    def pending(self, timeout: float | None = None) -> list[int]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._changed:
+                wait = 0.0
+            elif deadline is None:
+                wait = -1.0
+            else:
+                wait = max(0.0, deadline - time.monotonic())
+            fired = self._collect(self._epoll.poll(wait))
+            if fired or wait == 0:
+                return fired
+
+    def _collect(self, ready: list[tuple[int, int]]) -> list[int]:
+        """Clear the ports that fired; broker messages on the socket may mark others."""
+        fired = []
+        for fd, _ in ready:
+            port = self._by_fd.get(fd)
+            if port is None:
+                if fd == self._hv.fileno():
+                    self._hv.drain_events()
+                continue
+            try:
+                os.read(fd, 8)
+            except BlockingIOError:
+                continue
+            fired.append(port)
+        for port in self._changed:
+            if port not in fired:
+                fired.append(port)
+        self._changed.clear()
+        return fired
+
+    def status(self, port: int) -> ChannelStatus:
+        self._hv.drain_events()
+        local = self._ports.get(port)
+        if local is None:
+            raise HypervisorError(errno.ENOTCONN, f"port {port} is not bound here")
+        return local.status
+
+    def fileno(self) -> int:
+        return self._epoll.fileno()
+
+    def on_event(self, message: Message) -> None:
+        body = message.body
+        port = body.get("port")
+        local = self._ports.get(port) if isinstance(port, int) else None
+        if local is None:
+            close_all(message.fds)
+            return
+        if body.get("event") == "bound" and len(message.fds) == 1:
+            if local.tx is not None:
+                os.close(local.tx)
+            local.tx = message.fds[0]
+            local.status = ChannelStatus(
+                PortState.INTERDOMAIN,
+                protocol.get_int(body, "remote_domid", DOMID_FIRST_RESERVED),
+                protocol.get_int(body, "remote_port"),
+            )
+        elif body.get("event") == "unbound":
+            close_all(message.fds)
+            if local.tx is not None:
+                os.close(local.tx)
+                local.tx = None
+            local.status = ChannelStatus(PortState.UNBOUND, local.status.remote_domid, None)
+            self._changed.append(protocol.get_int(body, "port"))
+        else:
+            close_all(message.fds)
+
+    def close(self) -> None:
+        for port in list(self._ports):
+            self._drop(port)
+        self._epoll.close()
+
+    def _add(self, port: int, rx: int, tx: int | None, status: ChannelStatus) -> None:
+        self._ports[port] = _Port(rx, tx, status)
+        self._by_fd[rx] = port
+        self._epoll.register(rx, select.EPOLLIN)
+
+    def _drop(self, port: int) -> None:
+        local = self._ports.pop(port)
+        self._epoll.unregister(local.rx)
+        del self._by_fd[local.rx]
+        os.close(local.rx)
+        if local.tx is not None:
+            os.close(local.tx)
+        if port in self._changed:
+            self._changed.remove(port)
+
+
+class _Release:
+    """Tell the broker a mapping or allocation is gone: now on close(), later if collected."""
+
+    def __init__(self, hv: LocalHypervisor, body: JsonObject) -> None:
+        self._hv = hv
+        self._body = body
+        self._finalizer: weakref.finalize[..., object] | None = None
+
+    def watch(self, owner: LocalMapping) -> None:
+        self._finalizer = weakref.finalize(owner, self._hv.release_later, self._body)
+
+    def __call__(self) -> None:
+        if self._finalizer is not None and self._finalizer.detach() is None:
+            return
+        try:
+            self._hv.call(self._body)
+        except HypervisorError as exc:
+            if exc.errno != errno.ESHUTDOWN:
+                raise
+
+
+class LocalGuestMemory(LocalMapping):
+    """Implements `pvdisplay.hv.GuestMemory`: one allocation, mapped writable here."""
+
+    def __init__(self, hv: LocalHypervisor, alloc_id: int, fd: int, pages: int) -> None:
+        release = _Release(hv, {"op": "free", "alloc": alloc_id})
+        super().__init__([fd], [Segment(0, 0, pages)], writable=True, on_close=release)
+        release.watch(self)
+        self.alloc_id = alloc_id
+        self.owner = hv
+
+
+class LocalGrants:
+    """Implements `pvdisplay.hv.GrantTable`."""
+
+    def __init__(self, hv: LocalHypervisor) -> None:
+        self._hv = hv
+
+    def alloc(self, pages: int) -> LocalGuestMemory:
+        reply = self._hv.call({"op": "alloc", "pages": pages})
+        return self._memory(reply, pages)
+
+    def grant(
+        self, domid: int, memory: GuestMemory, pages: Sequence[int], readonly: bool = False
+    ) -> list[int]:
+        if not isinstance(memory, LocalGuestMemory) or memory.owner is not self._hv:
+            raise HypervisorError(errno.EINVAL, "memory was not allocated by this domain")
+        reply = self._hv.call(
+            {
+                "op": "grant",
+                "domid": domid,
+                "alloc": memory.alloc_id,
+                "pages": protocol.pack_u32s(pages),
+                "readonly": readonly,
+            }
+        )
+        return protocol.get_u32s(reply.body, "refs", len(pages))
+
+    def share(
+        self, domid: int, pages: int, readonly: bool = False
+    ) -> tuple[LocalGuestMemory, list[int]]:
+        reply = self._hv.call({"op": "share", "domid": domid, "pages": pages, "readonly": readonly})
+        refs = protocol.get_u32s(reply.body, "refs", pages)
+        return self._memory(reply, pages), refs
+
+    def end_access(self, refs: Sequence[int]) -> list[int]:
+        reply = self._hv.call({"op": "end", "refs": protocol.pack_u32s(refs)})
+        return protocol.get_u32s(reply.body, "deferred", len(refs))
+
+    def map(self, domid: int, refs: Sequence[int], writable: bool = True) -> LocalMapping:
+        reply = self._hv.call(
+            {"op": "map", "domid": domid, "refs": protocol.pack_u32s(refs), "writable": writable}
+        )
+        release = _Release(self._hv, {"op": "unmap", "map": protocol.get_int(reply.body, "map")})
+        try:
+            mapping = LocalMapping(reply.fds, _segments(reply.body), writable, on_close=release)
+        except BaseException:
+            release()
+            raise
+        finally:
+            close_all(reply.fds)
+        release.watch(mapping)
+        return mapping
+
+    def _memory(self, reply: Message, pages: int) -> LocalGuestMemory:
+        try:
+            return LocalGuestMemory(
+                self._hv, protocol.get_int(reply.body, "alloc"), reply.fds[0], pages
+            )
+        finally:
+            close_all(reply.fds)
+
+
+class LocalBuffers:
+    """Implements `pvdisplay.hv.Buffers`."""
+
+    def __init__(self, hv: LocalHypervisor) -> None:
+        self._hv = hv
+        self._leases: dict[str, int] = {}
+
+    def export_from_refs(
+        self, domid: int, refs: Sequence[int], writable: bool = True
+    ) -> LocalBufferHandle:
+        self._forget_released()
+        reply = self._hv.call(
+            {"op": "export", "domid": domid, "refs": protocol.pack_u32s(refs), "writable": writable}
+        )
+        *objects, lease, watch = reply.fds
+        handle_id = protocol.get_str(reply.body, "id")
+        self._leases[handle_id] = watch
+        return LocalBufferHandle(handle_id, objects, _segments(reply.body), not writable, lease)
+
+    def wait_released(self, handle_id: str, timeout: float) -> None:
+        watch = self._leases.get(handle_id)
+        if watch is None:
+            return
+        poller = select.poll()
+        poller.register(watch, select.POLLIN)
+        if not poller.poll(max(0, int(timeout * 1000))):
+            raise HypervisorError(errno.ETIMEDOUT, f"buffer {handle_id} is still held")
+        del self._leases[handle_id]
+        os.close(watch)
+
+    def import_to_refs(
+        self, handle: BufferHandle, domid: int, readonly: bool = False
+    ) -> ImportedBuffer:
+        if not isinstance(handle, LocalBufferHandle):
+            raise HypervisorError(errno.EINVAL, "not a local buffer handle")
+        segments = [[s.object_index, s.first_page, s.pages] for s in handle.segments]
+        reply = self._hv.call(
+            {"op": "import", "domid": domid, "readonly": readonly, "segments": segments},
+            handle.fds,
+        )
+        refs = protocol.get_u32s(reply.body, "refs", handle.pages)
+        return ImportedBuffer(protocol.get_str(reply.body, "id"), domid, refs)
+
+    def release(self, import_id: str) -> list[int]:
+        reply = self._hv.call({"op": "release", "id": import_id})
+        return protocol.get_u32s(reply.body, "deferred", protocol.MAX_FDS)
+
+    def close(self) -> None:
+        close_all(list(self._leases.values()))
+        self._leases.clear()
+
+    def _forget_released(self) -> None:
+        """Drop watches of exports nobody waited for, once they are released."""
+        for handle_id, watch in list(self._leases.items()):
+            poller = select.poll()
+            poller.register(watch, select.POLLIN)
+            if poller.poll(0):
+                del self._leases[handle_id]
+                os.close(watch)
+
+
+def _segments(body: JsonObject) -> list[Segment]:
+    return [Segment(*t) for t in protocol.get_triples(body, "segments", protocol.MAX_FDS)]
