@@ -1,0 +1,521 @@
+"""The displif backend core: one frontend device's buffers, framebuffers and connectors.
+
+`DisplayDevice.handle(connector, slot)` takes one 64-byte request already copied out of
+that connector's ring and returns the response to put back and the events to send. It
+never touches rings, event channels or XenStore; grant mapping and allocation go through
+the `pvdisplay.hv.Hypervisor` it is given, and what each connector shows is published to
+a `PlaneRegistry`.
+
+Every request gets a response with its id and operation echoed and status 0 or a
+negative errno: malformed requests, unknown (-ENOENT) or duplicate (-EEXIST) cookies,
+bad sizes (-EINVAL) and refused hypervisor calls all become a status, never an
+exception. Requests that are not connector-specific (DBUF_*, FB_*) must arrive on
+connector 0's ring, as displif.h requires, and serve the whole device.
+
+Zero-copy: a display buffer is exported once (`Buffers.export_from_refs`, or a grant of
+the backend's own pages to itself for `be-alloc` buffers) and that handle is what the
+plane shows, for every flip of every framebuffer on that buffer. With `copy_frames`
+the backend instead copies each presented frame into a buffer of its own and counts the
+bytes, as displ_be does without zero-copy.
+"""
+
+import errno
+import logging
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pvdisplay import logs
+from pvdisplay.hv import BufferHandle, GuestMemory, Hypervisor, HypervisorError, Mapping
+from pvdisplay.planes import PlaneInfo, PlaneKey, PlaneRegistry
+from pvdisplay.wire import displif, edid, fourcc
+from pvdisplay.wire.errors import ProtocolError
+
+log = logging.getLogger(__name__)
+
+MAX_BUFFER_SIZE = 256 << 20
+"""Largest display buffer accepted (64 Ki pages; 4096x4096 ARGB8888 is 64 MiB)."""
+
+MAX_EDID_BUFFER_SIZE = 1 << 20
+"""Largest GET_EDID buffer accepted; displif.h requires at least XENDISPL_EDID_MAX_SIZE."""
+
+_GREF_OFFSET = displif.DIRECTORY_LAYOUT.fields["gref[0]"].offset
+
+
+@dataclass(frozen=True)
+class ConnectorConfig:
+    """A connector as the toolstack configured it: index, resolution, unique id."""
+
+    index: int
+    width: int
+    height: int
+    unique_id: str
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """One vdispl device of one frontend, with the protocol version it chose."""
+
+    frontend: int
+    devid: int
+    connectors: tuple[ConnectorConfig, ...]
+    be_alloc: bool
+    version: int = displif.PROTOCOL_VERSION_INT
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What to put on the ring for one request, and the events to send after it."""
+
+    response: displif.Response
+    events: tuple[displif.PageFlipEvent, ...] = ()
+
+
+@dataclass
+class _DisplayBuffer:
+    cookie: int
+    size: int
+    data_ofs: int
+    pitch: int | None  # None: PRIME import, pending until FB_ATTACH gives the format
+    handle: BufferHandle
+    memory: GuestMemory | None = None  # be-alloc: our pages, granted to the frontend
+    frontend_refs: list[int] = field(default_factory=list)
+    mapping: Mapping | None = None  # a view for copy mode, made on first use
+
+
+@dataclass
+class _Framebuffer:
+    cookie: int
+    dbuf: _DisplayBuffer
+    width: int
+    height: int
+    format: fourcc.PixelFormat
+    stride: int
+
+
+@dataclass(frozen=True)
+class _Position:
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+@dataclass
+class _OwnBuffer:
+    memory: GuestMemory
+    handle: BufferHandle
+
+
+@dataclass
+class _Connector:
+    config: ConnectorConfig
+    key: PlaneKey
+    next_event_id: int = 0
+    frames: int = 0
+    position: _Position | None = None
+    shown: _Framebuffer | None = None
+    copy: _OwnBuffer | None = None
+
+
+def _invalid(message: str) -> ProtocolError:
+    return ProtocolError(errno.EINVAL, message)
+
+
+class DisplayDevice:
+    """The backend side of one connected vdispl device."""
+
+    def __init__(
+        self,
+        hv: Hypervisor,
+        config: DeviceConfig,
+        planes: PlaneRegistry,
+        copy_frames: bool = False,
+    ) -> None:
+        self.config = config
+        self.bytes_copied = 0
+        """Pixel bytes copied since connecting: stays 0 unless `copy_frames`."""
+        self._hv = hv
+        self._planes = planes
+        self._copy_frames = copy_frames
+        self._dbufs: dict[int, _DisplayBuffer] = {}
+        self._fbs: dict[int, _Framebuffer] = {}
+        self._connectors = [
+            _Connector(c, PlaneKey(config.frontend, config.devid, c.index))
+            for c in config.connectors
+        ]
+        for connector in self._connectors:
+            self._publish_blank(connector)
+
+    @property
+    def buffers(self) -> int:
+        """Display buffers currently held."""
+        return len(self._dbufs)
+
+    def handle(self, connector: int, slot: bytes) -> Reply:
+        """Answer one request that arrived on `connector`'s ring."""
+        if len(slot) != displif.REQUEST_SIZE:
+            return Reply(displif.Response(0, 0, -errno.EINVAL))
+        header = displif.decode_request_header(slot)
+        try:
+            request = displif.decode_request(slot)
+            return self._dispatch(self._connectors[connector], request)
+        except ProtocolError as exc:
+            status = exc.status
+            reason = exc.message
+        except HypervisorError as exc:
+            status = -(exc.errno or errno.EIO)
+            reason = str(exc)
+        log.info(
+            "request refused",
+            extra=logs.fields(
+                domid=self.config.frontend,
+                connector=connector,
+                id=header.id,
+                operation=header.operation,
+                status=status,
+                reason=reason,
+            ),
+        )
+        return Reply(displif.Response(header.id, header.operation, status))
+
+    def close(self) -> None:
+        """Unpublish every plane and give back every buffer (frontend gone or closed)."""
+        for connector in self._connectors:
+            self._planes.remove(connector.key)
+            connector.shown = None
+            if connector.copy is not None:
+                self._release_own(connector.copy)
+                connector.copy = None
+        self._fbs.clear()
+        for dbuf in list(self._dbufs.values()):
+            self._release_dbuf(dbuf)
+        self._dbufs.clear()
+
+    # -- requests ------------------------------------------------------------------
+
+    def _dispatch(self, connector: _Connector, request: displif.Request) -> Reply:
+        if isinstance(request, displif.SetConfig):
+            self._set_config(connector, request)
+        elif isinstance(request, displif.PageFlip):
+            return self._page_flip(connector, request)
+        elif isinstance(request, displif.GetEdid):
+            return self._get_edid(connector, request)
+        else:
+            if connector.config.index != 0:
+                raise _invalid(f"{request.operation.name} must be sent on connector 0's ring")
+            if isinstance(request, displif.DbufCreate):
+                self._dbuf_create(request)
+            elif isinstance(request, displif.DbufDestroy):
+                self._dbuf_destroy(request)
+            elif isinstance(request, displif.FbAttach):
+                self._fb_attach(request)
+            else:
+                self._fb_detach(request)
+        return Reply(displif.Response(request.id, request.operation, 0))
+
+    def _dbuf_create(self, request: displif.DbufCreate) -> None:
+        cookie = request.dbuf_cookie
+        if cookie == 0:
+            raise _invalid("display buffer cookie 0 is invalid")
+        if cookie in self._dbufs:
+            raise ProtocolError(errno.EEXIST, f"display buffer {cookie:#x} exists")
+        size = request.buffer_sz
+        if not 0 < size <= MAX_BUFFER_SIZE:
+            raise _invalid(f"buffer_sz {size} outside 1..{MAX_BUFFER_SIZE}")
+        geometry = (request.width, request.height, request.bpp)
+        pitch: int | None
+        if geometry == (0, 0, 0):
+            pitch = None
+            if request.data_ofs >= size:
+                raise _invalid(f"data_ofs {request.data_ofs} beyond buffer_sz {size}")
+        elif 0 in geometry:
+            raise _invalid(f"width, height, bpp {geometry}: all or none must be 0")
+        else:
+            pitch = -(-request.width * request.bpp // 8)
+            needed = request.data_ofs + pitch * request.height
+            if needed > size:
+                raise _invalid(
+                    f"{request.width}x{request.height}x{request.bpp} needs {needed}"
+                    f" bytes, buffer_sz is {size}"
+                )
+        num_grefs = displif.grefs_for_buffer(size)
+        if request.backend_allocates:
+            if not self.config.be_alloc:
+                raise _invalid("backend allocation is not enabled (be-alloc)")
+            if pitch is None:
+                raise _invalid("a backend-allocated buffer needs width, height and bpp")
+            if request.data_ofs:
+                raise _invalid(f"data_ofs {request.data_ofs} with backend allocation")
+            memory, refs = self._hv.grants.share(self.config.frontend, num_grefs)
+            try:
+                self._walk_directory(request.gref_directory, num_grefs, fill=refs)
+                handle = self._export_own(memory)
+            except BaseException:
+                memory.close()
+                raise
+            dbuf = _DisplayBuffer(cookie, size, 0, pitch, handle, memory, refs)
+        else:
+            grefs = self._walk_directory(request.gref_directory, num_grefs)
+            handle = self._hv.buffers.export_from_refs(self.config.frontend, grefs, writable=False)
+            dbuf = _DisplayBuffer(cookie, size, request.data_ofs, pitch, handle)
+        self._dbufs[cookie] = dbuf
+        log.debug(
+            "display buffer created",
+            extra=logs.fields(
+                domid=self.config.frontend,
+                cookie=cookie,
+                pages=num_grefs,
+                be_alloc=dbuf.memory is not None,
+                prime=pitch is None,
+            ),
+        )
+
+    def _dbuf_destroy(self, request: displif.DbufDestroy) -> None:
+        dbuf = self._dbufs.pop(request.dbuf_cookie, None)
+        if dbuf is None:
+            raise ProtocolError(errno.ENOENT, f"no display buffer {request.dbuf_cookie:#x}")
+        for fb in [fb for fb in self._fbs.values() if fb.dbuf is dbuf]:
+            self._drop_framebuffer(fb)
+        self._release_dbuf(dbuf)
+
+    def _fb_attach(self, request: displif.FbAttach) -> None:
+        dbuf = self._dbufs.get(request.dbuf_cookie)
+        if dbuf is None:
+            raise ProtocolError(errno.ENOENT, f"no display buffer {request.dbuf_cookie:#x}")
+        if request.fb_cookie == 0:
+            raise _invalid("framebuffer cookie 0 is invalid")
+        if request.fb_cookie in self._fbs:
+            raise ProtocolError(errno.EEXIST, f"framebuffer {request.fb_cookie:#x} exists")
+        pixel_format = fourcc.by_fourcc(request.pixel_format)
+        if request.width == 0 or request.height == 0:
+            raise _invalid(f"framebuffer {request.width}x{request.height} is empty")
+        row = pixel_format.min_pitch(request.width)
+        stride = row if dbuf.pitch is None else dbuf.pitch
+        if row > stride:
+            raise _invalid(
+                f"{request.width} {pixel_format.name} pixels need {row} bytes a row,"
+                f" the buffer's pitch is {stride}"
+            )
+        end = dbuf.data_ofs + stride * (request.height - 1) + row
+        if end > dbuf.size:
+            raise _invalid(f"framebuffer ends at byte {end}, buffer_sz is {dbuf.size}")
+        dbuf.pitch = stride
+        self._fbs[request.fb_cookie] = _Framebuffer(
+            request.fb_cookie, dbuf, request.width, request.height, pixel_format, stride
+        )
+
+    def _fb_detach(self, request: displif.FbDetach) -> None:
+        fb = self._fbs.get(request.fb_cookie)
+        if fb is None:
+            raise ProtocolError(errno.ENOENT, f"no framebuffer {request.fb_cookie:#x}")
+        self._drop_framebuffer(fb)
+
+    def _set_config(self, connector: _Connector, request: displif.SetConfig) -> None:
+        fields = (request.fb_cookie, request.x, request.y, request.width, request.height)
+        if fields == (0, 0, 0, 0, 0) and request.bpp == 0:
+            connector.position = None
+            connector.shown = None
+            self._publish_blank(connector)
+            return
+        fb = self._fbs.get(request.fb_cookie)
+        if fb is None:
+            raise ProtocolError(errno.ENOENT, f"no framebuffer {request.fb_cookie:#x}")
+        mode = connector.config
+        if request.width == 0 or request.height == 0:
+            raise _invalid(f"config {request.width}x{request.height} is empty")
+        if request.x + request.width > mode.width or request.y + request.height > mode.height:
+            raise _invalid(
+                f"config {request.width}x{request.height}+{request.x}+{request.y}"
+                f" exceeds the connector's {mode.width}x{mode.height}"
+            )
+        if request.width > fb.width or request.height > fb.height:
+            raise _invalid(f"config larger than framebuffer {fb.width}x{fb.height}")
+        if request.bpp != fb.format.bits_per_pixel:
+            raise _invalid(f"bpp {request.bpp}, framebuffer is {fb.format.name}")
+        connector.position = _Position(request.x, request.y, request.width, request.height)
+        self._present(connector, fb)
+
+    def _page_flip(self, connector: _Connector, request: displif.PageFlip) -> Reply:
+        fb = self._fbs.get(request.fb_cookie)
+        if fb is None:
+            raise ProtocolError(errno.ENOENT, f"no framebuffer {request.fb_cookie:#x}")
+        position = connector.position
+        if position is not None and (fb.width < position.width or fb.height < position.height):
+            raise _invalid(f"framebuffer {fb.width}x{fb.height} smaller than the config")
+        self._present(connector, fb)
+        event = displif.PageFlipEvent(connector.next_event_id, fb.cookie)
+        connector.next_event_id = (connector.next_event_id + 1) & 0xFFFF
+        return Reply(displif.Response(request.id, request.operation, 0), (event,))
+
+    def _get_edid(self, connector: _Connector, request: displif.GetEdid) -> Reply:
+        if self.config.version < 2:
+            raise ProtocolError(errno.EOPNOTSUPP, "GET_EDID needs protocol version 2")
+        size = request.buffer_sz
+        if not displif.EDID_MAX_SIZE <= size <= MAX_EDID_BUFFER_SIZE:
+            raise _invalid(
+                f"EDID buffer_sz {size} outside {displif.EDID_MAX_SIZE}..{MAX_EDID_BUFFER_SIZE}"
+            )
+        mode = connector.config
+        try:
+            block = edid.build_edid(mode.width, mode.height, unique_id=mode.unique_id)
+        except ValueError as exc:
+            raise ProtocolError(errno.EOPNOTSUPP, f"no EDID for this connector: {exc}") from None
+        grefs = self._walk_directory(request.gref_directory, displif.grefs_for_buffer(size))
+        pages = displif.grefs_for_buffer(len(block))
+        frontend = self.config.frontend
+        with self._hv.grants.map(frontend, grefs[:pages]) as mapping, mapping.view() as view:
+            view[: len(block)] = block
+        return Reply(displif.Response(request.id, request.operation, 0, edid_sz=len(block)))
+
+    # -- presenting ----------------------------------------------------------------
+
+    def _present(self, connector: _Connector, fb: _Framebuffer) -> None:
+        mode = connector.config
+        position = connector.position or _Position(
+            0, 0, min(fb.width, mode.width), min(fb.height, mode.height)
+        )
+        handle, offset, copied = fb.dbuf.handle, fb.dbuf.data_ofs, 0
+        if self._copy_frames:
+            handle, offset, copied = self._copy_frame(connector, fb, position.height)
+        connector.shown = fb
+        connector.frames += 1
+        self._planes.publish(
+            PlaneInfo(
+                domid=self.config.frontend,
+                devid=self.config.devid,
+                connector=mode.index,
+                unique_id=mode.unique_id,
+                mode_width=mode.width,
+                mode_height=mode.height,
+                fb_cookie=fb.cookie,
+                fourcc=fourcc.fourcc_text(fb.format.fourcc),
+                width=position.width,
+                height=position.height,
+                stride=fb.stride,
+                offset=offset,
+                x=position.x,
+                y=position.y,
+                buffer_id=handle.id,
+                frame=connector.frames,
+                presented_at=time.time(),
+                bytes_copied=copied,
+            ),
+            handle,
+        )
+
+    def _copy_frame(
+        self, connector: _Connector, fb: _Framebuffer, rows: int
+    ) -> tuple[BufferHandle, int, int]:
+        dbuf = fb.dbuf
+        length = min(fb.stride * rows, dbuf.size - dbuf.data_ofs)
+        pages = displif.grefs_for_buffer(length)
+        own = connector.copy
+        if own is None or own.memory.pages < pages:
+            if own is not None:
+                self._planes.remove(connector.key)
+                self._release_own(own)
+            memory = self._hv.grants.alloc(pages)
+            try:
+                own = _OwnBuffer(memory, self._export_own(memory))
+            except BaseException:
+                memory.close()
+                raise
+            connector.copy = own
+        if dbuf.memory is not None:
+            source = dbuf.memory.array()
+        else:
+            if dbuf.mapping is None:
+                dbuf.mapping = dbuf.handle.map()
+            source = dbuf.mapping.array()
+        target = own.memory.array()
+        np.copyto(target[:length], source[dbuf.data_ofs : dbuf.data_ofs + length])
+        del source, target
+        self.bytes_copied += length
+        return own.handle, 0, length
+
+    def _publish_blank(self, connector: _Connector) -> None:
+        mode = connector.config
+        self._planes.publish(
+            PlaneInfo(
+                domid=self.config.frontend,
+                devid=self.config.devid,
+                connector=mode.index,
+                unique_id=mode.unique_id,
+                mode_width=mode.width,
+                mode_height=mode.height,
+                frame=connector.frames,
+                presented_at=time.time(),
+            ),
+            None,
+        )
+
+    # -- buffers -------------------------------------------------------------------
+
+    def _walk_directory(
+        self, first_ref: int, num_grefs: int, fill: Sequence[int] | None = None
+    ) -> list[int]:
+        """Collect (or, with `fill`, write) the refs of a page directory chain.
+
+        The chain is as long as `num_grefs` needs, whatever the next pointers say, and
+        each page is copied out once before it is parsed.
+        """
+        reader = displif.PageDirectoryReader(num_grefs)
+        ref: int | None = first_ref
+        while ref is not None:
+            first = len(reader.grefs)
+            with (
+                self._hv.grants.map(self.config.frontend, [ref], writable=fill is not None) as page,
+                page.view() as view,
+            ):
+                ref = reader.feed(view.tobytes())
+                if fill is not None:
+                    chunk = fill[first : len(reader.grefs)]
+                    struct.pack_into(f"<{len(chunk)}I", view, _GREF_OFFSET, *chunk)
+        return reader.grefs
+
+    def _export_own(self, memory: GuestMemory) -> BufferHandle:
+        """A handle of our own pages, made by granting them to ourselves and exporting."""
+        own = self._hv.domid
+        refs = self._hv.grants.grant(own, memory, range(memory.pages), readonly=True)
+        try:
+            return self._hv.buffers.export_from_refs(own, refs, writable=False)
+        finally:
+            # The export holds the pages; the self-grants end when it is released.
+            self._hv.grants.end_access(refs)
+
+    def _drop_framebuffer(self, fb: _Framebuffer) -> None:
+        del self._fbs[fb.cookie]
+        for connector in self._connectors:
+            if connector.shown is fb:
+                connector.shown = None
+                self._publish_blank(connector)
+
+    def _release_dbuf(self, dbuf: _DisplayBuffer) -> None:
+        try:
+            if dbuf.mapping is not None:
+                dbuf.mapping.close()
+            dbuf.handle.close()
+            if dbuf.memory is not None:
+                deferred = self._hv.grants.end_access(dbuf.frontend_refs)
+                dbuf.memory.close()
+                if deferred:
+                    log.debug(
+                        "grants end when the frontend unmaps",
+                        extra=logs.fields(domid=self.config.frontend, refs=len(deferred)),
+                    )
+        except HypervisorError as exc:
+            log.warning(
+                "releasing a display buffer failed",
+                extra=logs.fields(domid=self.config.frontend, cookie=dbuf.cookie, reason=exc),
+            )
+
+    def _release_own(self, own: _OwnBuffer) -> None:
+        try:
+            own.handle.close()
+            own.memory.close()
+        except HypervisorError as exc:
+            log.warning("releasing a copy buffer failed", extra=logs.fields(reason=exc))

@@ -1,0 +1,494 @@
+"""The display backend as a running service: XenStore, XenBus states, rings, event channels.
+
+`run(hv, control, xenstore_dir, planes_socket, *flags)` is the entry point the emulated
+host starts as a domain (`Host.start_domain("pvdisplay.display.service:run", ...)`).
+It watches `/local/domain/<own domid>/backend/vdispl`, serves every frontend device it
+finds with a `backend.DisplayDevice`, and publishes what each connector shows to a
+`PlaneRegistry` served on `planes_socket`.
+
+Everything runs on one asyncio loop. The event channel descriptor is one reader that
+dispatches each fired port to its connector; each wake-up handles at most one ring's
+worth of requests per connector before yielding, so no guest can hold the loop. A
+frontend that publishes an impossible ring index is disconnected (backend state
+Closing) and never read again.
+
+XenBus states (backend side), per device:
+
+- found, or frontend Closed/gone: tear down, write `versions`, state InitWait;
+- frontend Initialised while InitWait: read its config and transport, map, bind, Connected;
+- frontend Closing: tear down, state Closing (then InitWait when it reaches Closed);
+- frontend dead (@releaseDomain, or its event channel turned unbound): as Closed;
+- frontend misbehaves (bad ring index, unusable transport): tear down, state Closing.
+"""
+
+import asyncio
+import contextlib
+import errno
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from pvdisplay import logs, xenbus
+from pvdisplay.display.backend import ConnectorConfig, DeviceConfig, DisplayDevice, Reply
+from pvdisplay.hv import Hypervisor, HypervisorError, Mapping, PortState
+from pvdisplay.planes import PlaneRegistry, PlaneServer
+from pvdisplay.store.aio import AsyncClient, AsyncWatch
+from pvdisplay.wire import displif
+from pvdisplay.wire.errors import ProtocolError
+from pvdisplay.wire.ring import BackRing
+from pvdisplay.xenbus import XenbusState
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_VERSIONS = (1, 2)
+COPY_FLAG = "--copy"
+# Frontend states after which the backend gives everything back and waits in InitWait:
+# gone, or starting over.
+_STARTING_OVER = frozenset(
+    {XenbusState.CLOSED, XenbusState.UNKNOWN, XenbusState.INITIALISING, XenbusState.RECONFIGURING}
+)
+
+
+@dataclass(frozen=True)
+class Options:
+    """What `run` is told: where XenStore and the planes socket are, and the mode."""
+
+    xenstore_dir: str
+    planes_socket: str
+    copy_frames: bool = False
+
+    def to_args(self) -> list[str]:
+        """The argument list `run` (and `Host.start_domain`) takes."""
+        return [self.xenstore_dir, self.planes_socket, *([COPY_FLAG] if self.copy_frames else [])]
+
+    @classmethod
+    def from_args(cls, args: tuple[str, ...]) -> "Options":
+        if len(args) < 2:
+            raise ValueError("usage: XENSTORE_DIR PLANES_SOCKET [--copy]")
+        unknown = [flag for flag in args[2:] if flag != COPY_FLAG]
+        if unknown:
+            raise ValueError(f"unknown backend flags {unknown}; known: {COPY_FLAG}")
+        return cls(args[0], args[1], COPY_FLAG in args[2:])
+
+
+def run(hv: Hypervisor, control: Connection, *args: str) -> None:
+    """Domain entry point: serve until the host closes `control` or sends "stop"."""
+    options = Options.from_args(args)
+    asyncio.run(_main(hv, control, options))
+
+
+def xenstore_socket(xenstore_dir: str, domid: int) -> str:
+    """The socket a domain's XenStore client uses in a `pvdisplay xenstored` directory."""
+    base = Path(xenstore_dir)
+    return str(base / "socket" if domid == 0 else base / "domain" / str(domid))
+
+
+async def _main(hv: Hypervisor, control: Connection, options: Options) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    planes = PlaneRegistry()
+    server = PlaneServer(planes, options.planes_socket)
+    server.start()
+    xs = await AsyncClient.connect(xenstore_socket(options.xenstore_dir, hv.domid))
+    service = BackendService(hv, xs, planes, options.copy_frames)
+
+    def on_control() -> None:
+        try:
+            message = control.recv()
+        except (EOFError, OSError):
+            stop.set()
+            return
+        if message == "stop":
+            stop.set()
+        elif message == "status":
+            control.send(service.status())
+
+    loop.add_reader(control.fileno(), on_control)
+    try:
+        await service.start()
+        log.info(
+            "display backend serving", extra=logs.fields(domid=hv.domid, copy=options.copy_frames)
+        )
+        await stop.wait()
+    finally:
+        loop.remove_reader(control.fileno())
+        await service.stop()
+        server.close()
+        await xs.close()
+
+
+@dataclass
+class _Channel:
+    """One connector's transport: request ring, event page, their ports."""
+
+    index: int
+    ring: BackRing
+    ring_view: memoryview
+    ring_mapping: Mapping
+    event_view: memoryview
+    event_mapping: Mapping
+    req_port: int
+    evt_port: int
+    in_prod: int
+
+    def release(self) -> None:
+        self.ring.release()
+        self.ring_view.release()
+        self.event_view.release()
+        for mapping in (self.ring_mapping, self.event_mapping):
+            with contextlib.suppress(HypervisorError):
+                mapping.close()
+
+
+@dataclass
+class _Device:
+    frontend: int
+    devid: int
+    backend_path: str
+    frontend_path: str = ""
+    state: XenbusState = XenbusState.UNKNOWN
+    core: DisplayDevice | None = None
+    channels: list[_Channel] = field(default_factory=list)
+    watcher: asyncio.Task[None] | None = None
+    scheduled: set[int] = field(default_factory=set)
+
+    @property
+    def name(self) -> str:
+        return f"{self.frontend}/{self.devid}"
+
+
+class TransportError(Exception):
+    """The frontend's published configuration or transport cannot be used."""
+
+
+class BackendService:
+    """All vdispl devices this backend domain serves."""
+
+    def __init__(
+        self, hv: Hypervisor, xs: AsyncClient, planes: PlaneRegistry, copy_frames: bool
+    ) -> None:
+        self._hv = hv
+        self._xs = xs
+        self._planes = planes
+        self._copy_frames = copy_frames
+        self._root = f"/local/domain/{hv.domid}/backend/{displif.DRIVER_NAME}"
+        self._devices: dict[tuple[int, int], _Device] = {}
+        self._ports: dict[int, tuple[_Device, _Channel]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._hv.events.fileno(), self._on_events)
+        root_watch = await self._xs.watch(self._root)
+        release_watch = await self._xs.watch("@releaseDomain")
+        self._tasks += [
+            asyncio.create_task(self._follow(root_watch, self._rescan)),
+            asyncio.create_task(self._follow(release_watch, self._check_frontends)),
+        ]
+
+    async def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self._hv.events.fileno())
+        for task in self._tasks:
+            task.cancel()
+        for device in list(self._devices.values()):
+            if device.watcher is not None:
+                device.watcher.cancel()
+            self._teardown(device)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def status(self) -> list[dict[str, object]]:
+        """Each device's state and usage, for the host's supervision and tests."""
+        return [
+            {
+                "frontend": d.frontend,
+                "devid": d.devid,
+                "state": int(d.state),
+                "buffers": d.core.buffers if d.core else 0,
+                "bytes_copied": d.core.bytes_copied if d.core else 0,
+            }
+            for d in self._devices.values()
+        ]
+
+    # -- XenStore ------------------------------------------------------------------
+
+    async def _follow(self, watch: AsyncWatch, react: Callable[[], Awaitable[None]]) -> None:
+        async for _ in watch:
+            try:
+                await react()
+            except (ConnectionError, asyncio.CancelledError):
+                raise
+            except Exception:
+                log.exception("reacting to a XenStore change failed")
+
+    async def _rescan(self) -> None:
+        async with self._lock:
+            found: set[tuple[int, int]] = set()
+            for fe_name in await self._ls(self._root):
+                for dev_name in await self._ls(f"{self._root}/{fe_name}"):
+                    if fe_name.isdigit() and dev_name.isdigit():
+                        found.add((int(fe_name), int(dev_name)))
+            for key in sorted(found - self._devices.keys()):
+                device = _Device(*key, backend_path=f"{self._root}/{key[0]}/{key[1]}")
+                self._devices[key] = device
+                device.watcher = asyncio.create_task(self._watch_device(device))
+            for key in self._devices.keys() - found:
+                device = self._devices.pop(key)
+                if device.watcher is not None:
+                    device.watcher.cancel()
+                self._teardown(device)
+                log.info("device removed", extra=logs.fields(device=device.name))
+
+    async def _ls(self, path: str) -> list[str]:
+        try:
+            return await self._xs.ls(path)
+        except FileNotFoundError:
+            return []
+
+    async def _check_frontends(self) -> None:
+        for device in list(self._devices.values()):
+            if device.core is not None and not await self._xs.is_domain_introduced(device.frontend):
+                log.info("frontend domain gone", extra=logs.fields(device=device.name))
+                self._teardown(device)
+                await self._set_state(device, XenbusState.INIT_WAIT)
+
+    async def _watch_device(self, device: _Device) -> None:
+        try:
+            device.frontend_path = await self._read(
+                f"{device.backend_path}/{xenbus.FIELD_FRONTEND}"
+            ) or xenbus.frontend_path(device.frontend, displif.DRIVER_NAME, device.devid)
+            await self._xs.write(
+                f"{device.backend_path}/{displif.FIELD_BE_VERSIONS}",
+                displif.format_versions(SUPPORTED_VERSIONS),
+            )
+            await self._set_state(device, XenbusState.INIT_WAIT)
+            async with await self._xs.watch(device.frontend_path) as watch:
+                async for _ in watch:
+                    await self._frontend_changed(device)
+        except FileNotFoundError:
+            pass  # the toolstack removed the device while we set it up
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("device watcher failed", extra=logs.fields(device=device.name))
+
+    async def _frontend_changed(self, device: _Device) -> None:
+        text = await self._read(f"{device.frontend_path}/{xenbus.FIELD_STATE}")
+        try:
+            fe_state = xenbus.parse_state(text) if text is not None else XenbusState.CLOSED
+        except ProtocolError:
+            fe_state = XenbusState.UNKNOWN
+        if fe_state == XenbusState.INITIALISED:
+            if device.core is None and device.state == XenbusState.INIT_WAIT:
+                await self._connect(device)
+            return
+        if fe_state == XenbusState.CLOSING:
+            target = XenbusState.CLOSING
+        elif fe_state in _STARTING_OVER:
+            target = XenbusState.INIT_WAIT
+        else:
+            return
+        if device.state != target:
+            self._teardown(device)
+            await self._set_state(device, target)
+
+    async def _read(self, path: str) -> str | None:
+        try:
+            return (await self._xs.read(path)).decode("utf-8", "replace")
+        except FileNotFoundError:
+            return None
+
+    async def _set_state(self, device: _Device, state: XenbusState) -> None:
+        device.state = state
+        try:
+            await self._xs.write(f"{device.backend_path}/{xenbus.FIELD_STATE}", state.encode())
+        except FileNotFoundError:
+            return
+        log.info("backend state", extra=logs.fields(device=device.name, state=state.name))
+
+    # -- connecting ----------------------------------------------------------------
+
+    async def _connect(self, device: _Device) -> None:
+        try:
+            config = await self._read_config(device)
+            for connector in config.connectors:
+                device.channels.append(await self._open_channel(device, connector.index))
+        except (TransportError, ProtocolError, HypervisorError) as exc:
+            log.warning(
+                "cannot connect frontend", extra=logs.fields(device=device.name, reason=exc)
+            )
+            self._teardown(device)
+            await self._set_state(device, XenbusState.CLOSING)
+            return
+        device.core = DisplayDevice(self._hv, config, self._planes, self._copy_frames)
+        for channel in device.channels:
+            self._ports[channel.req_port] = (device, channel)
+            self._ports[channel.evt_port] = (device, channel)
+        await self._set_state(device, XenbusState.CONNECTED)
+        for channel in device.channels:
+            self._service(device, channel)
+
+    async def _read_config(self, device: _Device) -> DeviceConfig:
+        front = device.frontend_path
+        version_text = await self._read(f"{front}/{displif.FIELD_FE_VERSION}")
+        try:
+            version = int(version_text or "")
+        except ValueError:
+            raise TransportError(f"frontend version {version_text!r}") from None
+        if version not in SUPPORTED_VERSIONS:
+            raise TransportError(f"frontend chose unsupported version {version}")
+        connectors: list[ConnectorConfig] = []
+        while True:
+            index = len(connectors)
+            base = f"{front}/{index}"
+            resolution = await self._read(f"{base}/{displif.FIELD_RESOLUTION}")
+            if resolution is None:
+                break
+            width, height = displif.parse_resolution(resolution)
+            unique_id = (
+                await self._read(f"{base}/{displif.FIELD_UNIQUE_ID}")
+                or await self._read(f"{base}/id")
+                or str(index)
+            )
+            connectors.append(ConnectorConfig(index, width, height, unique_id))
+        if not connectors:
+            raise TransportError(f"no connectors under {front}")
+        be_alloc = await self._read(f"{front}/{displif.FIELD_BE_ALLOC}") == "1"
+        return DeviceConfig(device.frontend, device.devid, tuple(connectors), be_alloc, version)
+
+    async def _read_u32(self, path: str) -> int:
+        text = await self._read(path)
+        if text is None or not text.isdigit() or int(text) > 0xFFFFFFFF:
+            raise TransportError(f"{path} = {text!r} is not a uint32")
+        return int(text)
+
+    async def _open_channel(self, device: _Device, index: int) -> _Channel:
+        base = f"{device.frontend_path}/{index}"
+        ring_ref = await self._read_u32(f"{base}/{displif.FIELD_REQ_RING_REF}")
+        req_port = await self._read_u32(f"{base}/{displif.FIELD_REQ_CHANNEL}")
+        evt_ref = await self._read_u32(f"{base}/{displif.FIELD_EVT_RING_REF}")
+        evt_port = await self._read_u32(f"{base}/{displif.FIELD_EVT_CHANNEL}")
+        grants, events, fe = self._hv.grants, self._hv.events, device.frontend
+        ring_mapping = grants.map(fe, [ring_ref])
+        opened: list[Callable[[], None]] = [ring_mapping.close]
+        try:
+            event_mapping = grants.map(fe, [evt_ref])
+            opened.append(event_mapping.close)
+            local_req = events.bind_interdomain(fe, req_port)
+            opened.append(lambda: events.unbind(local_req))
+            local_evt = events.bind_interdomain(fe, evt_port)
+            ring_view = ring_mapping.view()
+            event_view = event_mapping.view()
+            return _Channel(
+                index,
+                BackRing(ring_view, displif.REQUEST_SIZE),
+                ring_view,
+                ring_mapping,
+                event_view,
+                event_mapping,
+                local_req,
+                local_evt,
+                displif.read_index(event_view, displif.IN_PROD_OFFSET),
+            )
+        except BaseException:
+            for undo in reversed(opened):
+                with contextlib.suppress(HypervisorError):
+                    undo()
+            raise
+
+    def _teardown(self, device: _Device) -> None:
+        for channel in device.channels:
+            for port in (channel.req_port, channel.evt_port):
+                self._ports.pop(port, None)
+                with contextlib.suppress(HypervisorError):
+                    self._hv.events.unbind(port)
+            channel.release()
+        device.channels.clear()
+        device.scheduled.clear()
+        if device.core is not None:
+            device.core.close()
+            device.core = None
+            log.info("frontend disconnected", extra=logs.fields(device=device.name))
+
+    # -- rings ---------------------------------------------------------------------
+
+    def _on_events(self) -> None:
+        for port in self._hv.events.pending(0):
+            entry = self._ports.get(port)
+            if entry is None:
+                continue
+            device, channel = entry
+            if self._hv.events.status(port).state == PortState.UNBOUND:
+                log.info("frontend channel closed", extra=logs.fields(device=device.name))
+                self._teardown(device)
+                self._spawn(self._set_state(device, XenbusState.INIT_WAIT))
+            elif port == channel.req_port:
+                self._service(device, channel)
+
+    def _service(self, device: _Device, channel: _Channel) -> None:
+        """Answer the requests waiting on one ring, at most a ring's worth per call."""
+        device.scheduled.discard(channel.index)
+        if device.core is None or channel not in device.channels:
+            return
+        ring = channel.ring
+        try:
+            while True:
+                events: list[displif.PageFlipEvent] = []
+                handled = 0
+                while handled < ring.size and (slot := ring.take_request()) is not None:
+                    reply = self._handle(device.core, channel.index, slot)
+                    ring.new_response()[:] = reply.response.encode()
+                    events.extend(reply.events)
+                    handled += 1
+                if ring.push_responses():
+                    self._hv.events.notify(channel.req_port)
+                for event in events:
+                    self._send_event(device, channel, event)
+                if handled == ring.size:
+                    # More may be waiting: let the other guests' rings go first.
+                    if channel.index not in device.scheduled and self._loop is not None:
+                        device.scheduled.add(channel.index)
+                        self._loop.call_soon(self._service, device, channel)
+                    return
+                if not ring.final_check_for_requests():
+                    return
+        except ProtocolError as exc:
+            log.warning(
+                "frontend broke the ring protocol; disconnecting",
+                extra=logs.fields(device=device.name, connector=channel.index, reason=exc),
+            )
+            self._teardown(device)
+            self._spawn(self._set_state(device, XenbusState.CLOSING))
+
+    def _handle(self, core: DisplayDevice, index: int, slot: bytes) -> Reply:
+        try:
+            return core.handle(index, slot)
+        except Exception:
+            # A bug of ours must still cost the guest only this request.
+            log.exception("request handling failed", extra=logs.fields(connector=index))
+            header = displif.decode_request_header(slot)
+            return Reply(displif.Response(header.id, header.operation, -errno.EIO))
+
+    def _send_event(self, device: _Device, channel: _Channel, event: displif.PageFlipEvent) -> None:
+        page = channel.event_view
+        in_cons = displif.read_index(page, displif.IN_CONS_OFFSET)
+        if (channel.in_prod - in_cons) & 0xFFFFFFFF >= displif.IN_RING_LEN:
+            log.warning(
+                "event ring full; event dropped",
+                extra=logs.fields(device=device.name, connector=channel.index, id=event.id),
+            )
+            return
+        displif.write_event(page, channel.in_prod, event)
+        channel.in_prod = (channel.in_prod + 1) & 0xFFFFFFFF
+        displif.write_index(page, displif.IN_PROD_OFFSET, channel.in_prod)
+        self._hv.events.notify(channel.evt_port)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)

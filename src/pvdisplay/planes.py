@@ -1,0 +1,382 @@
+"""What each connector shows now: the plane registry, its socket server and a client.
+
+The display backend publishes one `Plane` per connected connector: the framebuffer on
+screen (cookie, format, geometry), a frame counter, and a zero-copy `BufferHandle` of the
+pages holding it. Outputs read only this. In-process readers use `PlaneRegistry`
+(`get`, `planes`, `subscribe`); other local processes use `PlaneServer`'s unix socket
+through `PlaneClient`, which receives the buffer's descriptors by SCM_RIGHTS and maps
+them without copying.
+
+Socket protocol (SOCK_SEQPACKET, each message a JSON object framed by
+`pvdisplay.hv.local.sockets`):
+
+- `{"op": "list"}` -> `{"planes": [PLANE, ...]}`
+- `{"op": "get", "domid": D, "devid": V, "connector": C}` -> `{"plane": PLANE, "buffer": B}`;
+  when `B` is true, the buffer handle follows as the next message
+  (`LocalBufferHandle.send`).
+- `{"op": "watch"}` -> `{"watching": true}`, then `{"event": "changed", "plane": PLANE}` or
+  `{"event": "removed", "plane": PLANE}` for every change, in order.
+- anything else -> `{"error": ERRNO, "message": TEXT}`.
+
+A client that does not read its replies or events is disconnected rather than allowed
+to hold up the backend.
+"""
+
+import asyncio
+import contextlib
+import dataclasses
+import errno
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import numpy as np
+import numpy.typing as npt
+
+from pvdisplay import logs
+from pvdisplay.hv import BufferHandle
+from pvdisplay.hv.local import protocol
+from pvdisplay.hv.local.buffers import LocalBufferHandle
+from pvdisplay.hv.local.sockets import close_all, receive_message, send_message
+from pvdisplay.wire.errors import ProtocolError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlaneKey:
+    """A connector: frontend domain, vdispl device id, connector index."""
+
+    domid: int
+    devid: int
+    connector: int
+
+
+_JSON_TYPES: dict[object, type | tuple[type, ...]] = {str: str, int: int, float: (int, float)}
+
+
+@dataclass(frozen=True)
+class PlaneInfo:
+    """One connector's plane as outputs see it.
+
+    `fb_cookie` 0 means nothing is shown (connected, or reset by SET_CONFIG).
+    The picture is `height` rows of `stride` bytes starting `offset` bytes into the
+    buffer `buffer_id`, in `fourcc` (DRM code text, e.g. "XR24"), placed at (`x`, `y`)
+    on a `mode_width`x`mode_height` display. `frame` counts presented page flips since
+    the connector connected; `presented_at` is the `time.time()` of the last change.
+    `bytes_copied` is what the backend copied to present the current frame: 0 in
+    zero-copy mode.
+    """
+
+    domid: int
+    devid: int
+    connector: int
+    unique_id: str
+    mode_width: int
+    mode_height: int
+    fb_cookie: int = 0
+    fourcc: str = ""
+    width: int = 0
+    height: int = 0
+    stride: int = 0
+    offset: int = 0
+    x: int = 0
+    y: int = 0
+    buffer_id: str = ""
+    frame: int = 0
+    presented_at: float = 0.0
+    bytes_copied: int = 0
+
+    @property
+    def key(self) -> PlaneKey:
+        return PlaneKey(self.domid, self.devid, self.connector)
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes from `offset` to the end of the last row (0 when nothing is shown)."""
+        return self.stride * self.height
+
+    def to_json(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, body: object) -> "PlaneInfo":
+        if not isinstance(body, dict):
+            raise ProtocolError(errno.EINVAL, "plane is not an object")
+        values: dict[str, object] = {}
+        for field in dataclasses.fields(cls):
+            value = body.get(field.name)
+            expected = _JSON_TYPES[field.type]
+            if not isinstance(value, expected) or isinstance(value, bool):
+                raise ProtocolError(errno.EINVAL, f"plane field {field.name}: {value!r}")
+            values[field.name] = value
+        return cls(**values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Plane:
+    """A plane and the handle of the buffer it shows (None while nothing is shown)."""
+
+    info: PlaneInfo
+    handle: BufferHandle | None
+
+
+Listener = Callable[[PlaneInfo, bool], None]
+"""Called with (plane, removed) after every change, on the publishing thread."""
+
+
+class PlaneRegistry:
+    """The current plane of every connector, with change notification. No I/O."""
+
+    def __init__(self) -> None:
+        self._planes: dict[PlaneKey, Plane] = {}
+        self._listeners: list[Listener] = []
+
+    def publish(self, info: PlaneInfo, handle: BufferHandle | None) -> None:
+        """Make `info` the connector's plane; `handle` must stay open until replaced."""
+        self._planes[info.key] = Plane(info, handle)
+        self._notify(info, removed=False)
+
+    def remove(self, key: PlaneKey) -> None:
+        plane = self._planes.pop(key, None)
+        if plane is not None:
+            self._notify(plane.info, removed=True)
+
+    def get(self, key: PlaneKey) -> Plane | None:
+        return self._planes.get(key)
+
+    def planes(self) -> list[Plane]:
+        return [self._planes[key] for key in sorted(self._planes, key=dataclasses.astuple)]
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener` after each change; returns the function that unsubscribes."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def _notify(self, info: PlaneInfo, removed: bool) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(info, removed)
+            except Exception:
+                log.exception("plane listener failed", extra=logs.fields(plane=info.key))
+
+
+class PlaneServer:
+    """Serves a `PlaneRegistry` on a SOCK_SEQPACKET unix socket from an asyncio loop."""
+
+    def __init__(self, registry: PlaneRegistry, path: str | os.PathLike[str]) -> None:
+        self._registry = registry
+        self._path = Path(path)
+        self._listener: socket.socket | None = None
+        self._clients: dict[int, socket.socket] = {}
+        self._watchers: set[int] = set()
+        self._unsubscribe: Callable[[], None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def start(self) -> None:
+        """Listen (replacing a stale socket file) and serve from the running loop."""
+        self._loop = asyncio.get_running_loop()
+        with contextlib.suppress(FileNotFoundError):
+            if self._path.is_socket():
+                self._path.unlink()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            listener.bind(str(self._path))
+            os.chmod(self._path, 0o600)
+            listener.listen(16)
+            listener.setblocking(False)
+        except BaseException:
+            listener.close()
+            raise
+        self._listener = listener
+        self._loop.add_reader(listener.fileno(), self._accept)
+        self._unsubscribe = self._registry.subscribe(self._on_change)
+        log.info("planes socket listening", extra=logs.fields(path=self._path))
+
+    def close(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        for fd in list(self._clients):
+            self._drop(fd)
+        if self._listener is not None and self._loop is not None:
+            self._loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+            with contextlib.suppress(FileNotFoundError):
+                self._path.unlink()
+
+    def _accept(self) -> None:
+        assert self._listener is not None and self._loop is not None
+        try:
+            client, _ = self._listener.accept()
+        except BlockingIOError:
+            return
+        client.setblocking(False)
+        fd = client.fileno()
+        self._clients[fd] = client
+        self._loop.add_reader(fd, self._serve, fd)
+
+    def _serve(self, fd: int) -> None:
+        client = self._clients.get(fd)
+        if client is None:
+            return
+        try:
+            request = receive_message(client)
+            close_all(request.fds)
+            self._answer(client, request.body)
+            if request.body.get("op") == "watch":
+                self._watchers.add(fd)
+        except BlockingIOError:
+            return
+        except (EOFError, OSError, ProtocolError) as exc:
+            log.debug("planes client gone", extra=logs.fields(reason=exc))
+            self._drop(fd)
+
+    def _answer(self, client: socket.socket, body: protocol.JsonObject) -> None:
+        op = body.get("op")
+        if op == "list":
+            send_message(client, {"planes": [p.info.to_json() for p in self._registry.planes()]})
+        elif op == "watch":
+            send_message(client, {"watching": True})
+        elif op == "get":
+            try:
+                key = PlaneKey(
+                    protocol.get_int(body, "domid", 0xFFFF),
+                    protocol.get_int(body, "devid"),
+                    protocol.get_int(body, "connector"),
+                )
+            except ProtocolError as exc:
+                send_message(client, {"error": exc.errno, "message": exc.message})
+                return
+            plane = self._registry.get(key)
+            if plane is None:
+                send_message(client, {"error": errno.ENOENT, "message": f"no plane {key}"})
+                return
+            send_message(
+                client, {"plane": plane.info.to_json(), "buffer": plane.handle is not None}
+            )
+            if plane.handle is not None:
+                plane.handle.send(client)
+        else:
+            send_message(client, {"error": errno.EINVAL, "message": f"unknown op {op!r}"})
+
+    def _on_change(self, info: PlaneInfo, removed: bool) -> None:
+        event = {"event": "removed" if removed else "changed", "plane": info.to_json()}
+        for fd in list(self._watchers):
+            try:
+                send_message(self._clients[fd], event)
+            except OSError as exc:  # BlockingIOError: a watcher that does not read
+                log.info("dropping planes watcher", extra=logs.fields(reason=exc))
+                self._drop(fd)
+
+    def _drop(self, fd: int) -> None:
+        client = self._clients.pop(fd, None)
+        self._watchers.discard(fd)
+        if client is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(fd)
+            client.close()
+
+
+@dataclass(frozen=True)
+class PlaneChange:
+    plane: PlaneInfo
+    removed: bool
+
+
+class PlaneClient:
+    """Blocking client of a `PlaneServer` socket (one request at a time)."""
+
+    def __init__(self, path: str | os.PathLike[str], timeout: float = 5.0) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(str(path))
+        except BaseException:
+            self._sock.close()
+            raise
+
+    def list(self) -> list[PlaneInfo]:
+        reply = self._call({"op": "list"})
+        planes = reply.get("planes")
+        if not isinstance(planes, list):
+            raise ProtocolError(errno.EINVAL, "list reply without planes")
+        return [PlaneInfo.from_json(p) for p in planes]
+
+    def get(
+        self, domid: int, connector: int, devid: int = 0
+    ) -> tuple[PlaneInfo, LocalBufferHandle | None]:
+        """The plane and a handle of its buffer (close it when done), or ENOENT."""
+        reply = self._call({"op": "get", "domid": domid, "devid": devid, "connector": connector})
+        info = PlaneInfo.from_json(reply.get("plane"))
+        handle = LocalBufferHandle.receive(self._sock) if reply.get("buffer") is True else None
+        return info, handle
+
+    def snapshot(
+        self, domid: int, connector: int, devid: int = 0
+    ) -> tuple[PlaneInfo, npt.NDArray[np.uint8]]:
+        """A copy of the picture on screen: `frame_bytes` bytes from the plane's offset.
+
+        Convert with `pvdisplay.wire.fourcc.to_rgb(fmt, pixels, width, height, stride)`.
+        ENOENT when the connector shows nothing.
+        """
+        info, handle = self.get(domid, connector, devid)
+        if handle is None:
+            raise FileNotFoundError(errno.ENOENT, f"connector {domid}/{devid}/{connector} is blank")
+        try:
+            with handle.map() as mapping:
+                view = mapping.array()
+                end = min(info.offset + info.frame_bytes, view.size)
+                pixels = np.array(view[info.offset : end], dtype=np.uint8)
+                del view
+        finally:
+            handle.close()
+        return info, pixels
+
+    def watch(self) -> Iterator[PlaneChange]:
+        """Every change from now on (registered before returning); use a dedicated client."""
+        self._call({"op": "watch"})
+        self._sock.settimeout(None)
+        return self._changes()
+
+    def _changes(self) -> Iterator[PlaneChange]:
+        while True:
+            message = receive_message(self._sock)
+            close_all(message.fds)
+            yield PlaneChange(
+                PlaneInfo.from_json(message.body.get("plane")),
+                message.body.get("event") == "removed",
+            )
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _call(self, body: protocol.JsonObject) -> protocol.JsonObject:
+        send_message(self._sock, body)
+        reply = receive_message(self._sock)
+        close_all(reply.fds)
+        error = reply.body.get("error")
+        if isinstance(error, int):
+            raise OSError(error, str(reply.body.get("message", "")))
+        return reply.body

@@ -1,0 +1,275 @@
+"""The backend service end to end: real xenstored, broker, backend and frontend domains.
+
+The frontends are raw (`XenbusFrontend`: XenStore nodes, shared rings and event
+channels built on the wire codecs), so the tests control every byte and every state
+the backend sees.
+"""
+
+import itertools
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pvdisplay import xenbus
+from pvdisplay.hv.local.host import DomainProcess, Host
+from pvdisplay.planes import PlaneClient
+from pvdisplay.store.client import Client, Transaction
+from pvdisplay.store.permissions import Access, Permission
+from pvdisplay.wire import displif, edid
+from pvdisplay.wire.fourcc import XRGB8888
+from test_display_backend_agents import Remote, start
+
+BACKEND = 0
+XR24 = XRGB8888.fourcc
+State = xenbus.XenbusState
+_domids = itertools.count(1)
+
+
+@dataclass
+class World:
+    host: Host
+    xs: Client
+    xenstore_dir: str
+    planes_socket: str
+    backend: DomainProcess
+
+    def add_guest(self, resolutions: list[str], be_alloc: bool = False) -> Remote:
+        """Write the device as the toolstack does, then start the guest domain."""
+        fe = next(_domids)
+        self.xs.introduce(fe, 0, 1)
+        front = xenbus.frontend_path(fe, "vdispl", 0)
+        back = xenbus.backend_path(BACKEND, "vdispl", fe, 0)
+        nodes = {
+            f"{front}/backend": back,
+            f"{front}/backend-id": str(BACKEND),
+            f"{front}/state": "1",
+            f"{front}/be-alloc": "1" if be_alloc else "0",
+        }
+        for index, resolution in enumerate(resolutions):
+            nodes[f"{front}/{index}/resolution"] = resolution
+            nodes[f"{front}/{index}/unique-id"] = f"dom{fe}-{index}"
+        back_nodes = {
+            back: "",
+            f"{back}/frontend": front,
+            f"{back}/frontend-id": str(fe),
+            f"{back}/online": "1",
+            f"{back}/state": "1",
+        }
+        guest_owned = [Permission(fe, Access.NONE), Permission(BACKEND, Access.READ)]
+        backend_owned = [Permission(BACKEND, Access.NONE), Permission(fe, Access.READ)]
+        connector_dirs = [f"{front}/{i}" for i in range(len(resolutions))]
+
+        # One transaction, as libxl does: the backend never sees a half-written device.
+        def write_device(txn: Transaction) -> None:
+            for path, value in {front: "", **dict.fromkeys(connector_dirs, ""), **nodes}.items():
+                txn.write(path, value)
+                txn.set_permissions(path, guest_owned)
+            for path, value in back_nodes.items():
+                txn.write(path, value)
+                txn.set_permissions(path, backend_owned)
+
+        self.xs.transact(write_device)
+        return start(self.host, "xenbus", self.xenstore_dir, str(BACKEND), domid=fe)
+
+    def backend_status(self) -> list[dict[str, object]]:
+        self.backend.control.send("status")
+        assert self.backend.control.poll(30)
+        status: list[dict[str, object]] = self.backend.control.recv()
+        return status
+
+    def backend_state(self, fe: int) -> int:
+        return int(self.xs.read(f"{xenbus.backend_path(BACKEND, 'vdispl', fe, 0)}/state"))
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    workdir = tempfile.mkdtemp(prefix="pvd-", dir="/tmp")
+    xenstore_dir = f"{workdir}/xs"
+    daemon = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from pvdisplay.cli import main; main()",
+            "--log-level",
+            "warning",
+            "xenstored",
+            "--socket-dir",
+            xenstore_dir,
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not Path(f"{xenstore_dir}/socket").exists():
+            assert time.monotonic() < deadline and daemon.poll() is None, "xenstored did not start"
+            time.sleep(0.05)
+        with Client(f"{xenstore_dir}/socket") as xs:
+
+            def release(domid: int) -> None:
+                if domid != BACKEND:
+                    xs.release(domid)
+
+            with Host(on_domain_released=release) as host:
+                planes_socket = f"{workdir}/planes"
+                backend = host.start_domain(
+                    "test_display_backend_agents:restartable_backend",
+                    xenstore_dir,
+                    planes_socket,
+                    domid=BACKEND,
+                )
+                yield World(host, xs, xenstore_dir, planes_socket, backend)
+    finally:
+        daemon.terminate()
+        daemon.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def request(guest: Remote, connector: int, req: displif.Request) -> displif.Response:
+    response = displif.decode_response(guest("call", connector, req.encode()))
+    assert (response.id, response.operation) == (req.id, req.operation)
+    return response
+
+
+def show_buffer(guest: Remote, width: int, height: int, seed: int) -> bytes:
+    """Create a frontend-allocated XRGB8888 buffer with fb cookie 2 on it; return its pixels."""
+    size = width * height * 4
+    refs = guest("share", "fb", displif.grefs_for_buffer(size))
+    pixels: bytes = guest("pattern", "fb", 0, size, seed)
+    directory = guest("directory", "fb-dir", refs)
+    create = displif.DbufCreate(1, 1, width, height, 32, size, 0, directory, 0)
+    assert request(guest, 0, create).status == 0
+    assert request(guest, 0, displif.FbAttach(2, 1, 2, width, height, XR24)).status == 0
+    return pixels
+
+
+def flip(guest: Remote, connector: int, rid: int) -> displif.PageFlipEvent:
+    assert request(guest, connector, displif.PageFlip(rid, 2)).status == 0
+    (event,) = guest("events", connector, 1)
+    return displif.decode_event(event)
+
+
+def test_connect_serve_and_publish_planes(world: World) -> None:
+    guest = world.add_guest(["640x480", "320x200"])
+    assert guest("connect", 2) == State.CONNECTED
+    pixels = show_buffer(guest, 320, 200, seed=1)
+    assert request(guest, 1, displif.SetConfig(3, 2, 0, 0, 320, 200, 32)).status == 0
+    assert [flip(guest, 1, 10 + n).id for n in range(3)] == [0, 1, 2]
+    assert flip(guest, 0, 20) == displif.PageFlipEvent(0, 2)
+
+    refs = guest("share", "edid", 8)
+    directory = guest("directory", "edid-dir", refs)
+    response = request(guest, 1, displif.GetEdid(30, displif.EDID_MAX_SIZE, directory))
+    assert response.status == 0
+    info = edid.parse_edid(guest("read", "edid", 0, response.edid_sz))
+    assert (info.width, info.height) == (320, 200)
+
+    with PlaneClient(world.planes_socket) as planes:
+        listed = {(p.domid, p.connector): p for p in planes.list()}
+        assert set(listed) == {(guest.domid, 0), (guest.domid, 1)}
+        assert listed[guest.domid, 1].unique_id == f"dom{guest.domid}-1"
+        plane, snapshot = planes.snapshot(guest.domid, 1)
+        assert (plane.fb_cookie, plane.fourcc, plane.frame) == (2, "XR24", 4)
+        assert snapshot.tobytes() == pixels
+        # The same buffer handle serves every flip of that framebuffer.
+        first, handle = planes.get(guest.domid, 1)
+        assert handle is not None
+        handle.close()
+        flip(guest, 1, 40)
+        second, handle = planes.get(guest.domid, 1)
+        assert handle is not None
+        handle.close()
+        assert first.buffer_id == second.buffer_id and second.frame == first.frame + 1
+    assert world.backend_status()[0]["bytes_copied"] == 0
+
+
+def test_frontend_death_mid_flip_frees_everything(world: World) -> None:
+    guest = world.add_guest(["640x480"], be_alloc=True)
+    assert guest("connect", 1) == State.CONNECTED
+    show_buffer(guest, 640, 480, seed=2)
+    pages = displif.grefs_for_buffer(640 * 480 * 4)
+    be_dir = guest("empty_directory", "be-dir", pages)
+    create = displif.DbufCreate(5, 7, 640, 480, 32, 640 * 480 * 4, 1, be_dir, 0)
+    assert request(guest, 0, create).status == 0
+    guest("map", "be", guest("directory_refs", "be-dir", pages))
+    for rid in range(10, 20):
+        guest("post", 0, displif.PageFlip(rid, 2).encode())
+    guest.domain.kill(signal.SIGKILL)
+    assert world.host.wait_released(guest.domid, 30)
+
+    # The backend notices, gives everything back, and waits for a new connection.
+    deadline = time.monotonic() + 30
+    while world.backend_status()[0]["state"] != State.INIT_WAIT:
+        assert time.monotonic() < deadline, world.backend_status()
+        time.sleep(0.05)
+    usage = world.host.usage(BACKEND)
+    assert (usage["mapped_pages"], usage["granted_pages"], usage["memory_pages"]) == (0, 0, 0)
+    stats = world.host.stats()
+    assert (stats["maps"], stats["exports"], stats["grants"], stats["allocations"]) == (0, 0, 0, 0)
+    with PlaneClient(world.planes_socket) as planes:
+        assert planes.list() == []
+
+
+def test_impossible_ring_indices_disconnect_only_that_guest(world: World) -> None:
+    rogue = world.add_guest(["640x480"])
+    honest = world.add_guest(["320x200"])
+    assert rogue("connect", 1) == State.CONNECTED
+    assert honest("connect", 1) == State.CONNECTED
+    show_buffer(honest, 320, 200, seed=3)
+    assert flip(honest, 0, 10).id == 0
+
+    rogue("corrupt_ring", 0)
+    assert rogue("wait_backend_state", State.CLOSING) == State.CLOSING
+    assert [flip(honest, 0, 11 + n).id for n in range(3)] == [1, 2, 3]
+    with PlaneClient(world.planes_socket) as planes:
+        assert {p.domid for p in planes.list()} == {honest.domid}
+
+
+def test_frontend_close_and_reconnect_starts_afresh(world: World) -> None:
+    guest = world.add_guest(["640x480"])
+    assert guest("connect", 1) == State.CONNECTED
+    show_buffer(guest, 64, 64, seed=4)
+    assert [flip(guest, 0, n).id for n in (10, 11)] == [0, 1]
+
+    guest("set_state", State.CLOSING)
+    assert guest("wait_backend_state", State.CLOSING) == State.CLOSING
+    guest("set_state", State.CLOSED)
+    assert guest("wait_backend_state", State.INIT_WAIT) == State.INIT_WAIT
+    assert world.host.usage(BACKEND)["mapped_pages"] == 0
+
+    guest("free", "fb")
+    guest("free", "fb-dir")
+    assert guest("connect", 1) == State.CONNECTED
+    show_buffer(guest, 64, 64, seed=5)
+    assert flip(guest, 0, 12).id == 0  # event ids count from 0 per connection
+
+
+def test_backend_restart_is_reconnected_by_a_live_frontend(world: World) -> None:
+    guest = world.add_guest(["640x480"])
+    assert guest("connect", 1) == State.CONNECTED
+    pixels = show_buffer(guest, 64, 64, seed=6)
+    flip(guest, 0, 10)
+
+    world.backend.control.send("stop")
+    deadline = time.monotonic() + 30
+    while world.host.usage(BACKEND)["mapped_pages"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    world.backend.control.send("start")
+    # The new backend offers a new connection; the frontend starts over and is served.
+    assert guest("wait_backend_state", State.INIT_WAIT) == State.INIT_WAIT
+    guest("free", "fb")
+    guest("free", "fb-dir")
+    assert guest("connect", 1) == State.CONNECTED
+    pixels = show_buffer(guest, 64, 64, seed=7)
+    assert flip(guest, 0, 11).id == 0
+    with PlaneClient(world.planes_socket) as planes:
+        _, snapshot = planes.snapshot(guest.domid, 0)
+        assert np.array_equal(snapshot, np.frombuffer(pixels, np.uint8))

@@ -1,0 +1,87 @@
+"""The plane registry and its socket server (buffers are covered by the backend tests)."""
+
+import asyncio
+import errno
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from pvdisplay.planes import PlaneClient, PlaneInfo, PlaneKey, PlaneRegistry, PlaneServer
+from pvdisplay.wire.errors import ProtocolError
+
+BLANK = PlaneInfo(1, 0, 0, "id0", 640, 480)
+
+
+def test_registry_notifies_until_unsubscribed() -> None:
+    registry = PlaneRegistry()
+    seen: list[tuple[int, bool]] = []
+    unsubscribe = registry.subscribe(lambda info, removed: seen.append((info.frame, removed)))
+    registry.publish(BLANK, None)
+    registry.publish(PlaneInfo(1, 0, 0, "id0", 640, 480, frame=1), None)
+    registry.remove(PlaneKey(1, 0, 0))
+    registry.remove(PlaneKey(1, 0, 0))  # already gone: no notification
+    unsubscribe()
+    registry.publish(BLANK, None)
+    assert seen == [(0, False), (1, False), (1, True)]
+    assert [p.info for p in registry.planes()] == [BLANK]
+
+
+def test_plane_info_json_round_trip_and_rejection() -> None:
+    info = PlaneInfo(3, 1, 2, "u", 800, 600, 9, "XR24", 800, 600, 3200, 0, 0, 0, "ab", 5, 1.5)
+    assert PlaneInfo.from_json(info.to_json()) == info
+    with pytest.raises(ProtocolError):
+        PlaneInfo.from_json({**info.to_json(), "width": "800"})
+    with pytest.raises(ProtocolError):
+        PlaneInfo.from_json({**info.to_json(), "frame": True})
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[PlaneRegistry, Path, asyncio.AbstractEventLoop]]:
+    registry = PlaneRegistry()
+    path = Path(tempfile.mkdtemp(dir="/tmp")) / "planes"
+    loop = asyncio.new_event_loop()
+    server = PlaneServer(registry, path)
+
+    async def start() -> None:
+        server.start()
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    yield registry, path, loop
+    loop.call_soon_threadsafe(server.close)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+def on_loop(loop: asyncio.AbstractEventLoop, function: Callable[..., None], *args: object) -> None:
+    async def call() -> None:
+        function(*args)
+
+    asyncio.run_coroutine_threadsafe(call(), loop).result(10)
+
+
+def test_server_lists_gets_and_streams_changes(
+    served: tuple[PlaneRegistry, Path, asyncio.AbstractEventLoop],
+) -> None:
+    registry, path, loop = served
+    on_loop(loop, registry.publish, BLANK, None)
+    with PlaneClient(path) as client, PlaneClient(path) as watcher:
+        changes = watcher.watch()
+        assert client.list() == [BLANK]
+        assert client.get(1, 0) == (BLANK, None)
+        with pytest.raises(OSError) as missing:
+            client.get(2, 0)
+        assert missing.value.errno == errno.ENOENT
+        with pytest.raises(FileNotFoundError):
+            client.snapshot(1, 0)  # connected but blank
+        updated = PlaneInfo(1, 0, 0, "id0", 640, 480, frame=7)
+        on_loop(loop, registry.publish, updated, None)
+        on_loop(loop, registry.remove, updated.key)
+        first, second = next(changes), next(changes)
+        assert (first.plane, first.removed) == (updated, False)
+        assert (second.plane, second.removed) == (updated, True)
