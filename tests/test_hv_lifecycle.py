@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from pvdisplay.hv import PAGE_SIZE, HypervisorError
 from pvdisplay.hv.local import protocol
 from pvdisplay.hv.local.host import Host
-from test_hv_actor import start_actors
+from test_hv_actor import Actor, start_actors
 
 EMPTY_TABLES = {
     "domains": 0,
@@ -182,3 +182,15 @@ def test_a_domain_that_exits_is_released() -> None:
         assert leaving.domain.wait(30) == 3
         assert host.wait_released(leaving.domid, 30)
         assert tables(host) == EMPTY_TABLES
+
+
+def test_a_domain_id_is_reused_only_after_its_domain_is_destroyed() -> None:
+    with Host() as host:
+        first = Actor(host.start_domain("test_hv_actor:actor", domid=7))
+        with pytest.raises(HypervisorError) as refused:
+            host.start_domain("test_hv_actor:actor", domid=7)
+        assert refused.value.errno == errno.EEXIST
+        first.domain.kill(signal.SIGKILL)
+        assert host.wait_released(7, 30)
+        again = Actor(host.start_domain("test_hv_actor:actor", domid=7))
+        assert again("share", key="fb", domid=0, pages=1) == [1]

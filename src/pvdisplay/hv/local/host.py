@@ -119,7 +119,9 @@ class Host:
         with self._lock:
             if domid is None:
                 domid = self._next_domid
-            if domid in self._domains or not 0 <= domid < DOMID_FIRST_RESERVED:
+            # As in Xen, a domain id is free again once its domain is destroyed.
+            alive = domid in self._domains and not self._released[domid].is_set()
+            if alive or not 0 <= domid < DOMID_FIRST_RESERVED:
                 raise HypervisorError(errno.EEXIST, f"domain {domid} exists or is reserved")
             self._next_domid = max(self._next_domid, domid + 1)
             self._released[domid] = threading.Event()
