@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := gcc libc6-dev libatomic1 libxen-dev xenstore-utils edid-decode libdrm-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test lint typecheck pytest deps apt venv bench clean
+.PHONY: test lint typecheck pytest deps apt venv bench clean demo
 
 test: deps lint typecheck pytest
 
@@ -42,6 +42,9 @@ pytest: deps
 
 bench: deps
 	$(PY) -m bench
+
+demo: deps
+	$(VENV)/bin/pvdisplay demo
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

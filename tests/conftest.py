@@ -1,7 +1,7 @@
-"""Shared fixtures: C programs compiled against the real Xen headers."""
+"""Shared fixtures: C programs compiled against the real Xen headers, and C peers."""
 
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,11 +26,50 @@ def compile_c(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
         if key not in built:
             binary = out_dir / f"{name}{len(built)}"
             subprocess.run(
-                ["gcc", "-O2", "-Wall", "-Werror", "-std=gnu11", *flags,
-                 "-o", str(binary), str(C_DIR / f"{name}.c")],
+                [
+                    "gcc",
+                    "-O2",
+                    "-Wall",
+                    "-Werror",
+                    "-std=gnu11",
+                    *flags,
+                    "-o",
+                    str(binary),
+                    str(C_DIR / f"{name}.c"),
+                ],
                 check=True,
             )
             built[key] = binary
         return built[key]
 
     return build
+
+
+@pytest.fixture(scope="module")
+def start_c_peer() -> Iterator[Callable[[Path], Callable[[str], str]]]:
+    """Start a long-running C program; ask it one line at a time, read one line back.
+
+    One process answers every example of a hypothesis test, so examples cost a
+    pipe round trip, not a process start. Peers are closed when the module's
+    tests are done and must then exit 0.
+    """
+    peers: list[subprocess.Popen[str]] = []
+
+    def start(binary: Path) -> Callable[[str], str]:
+        proc = subprocess.Popen([binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        peers.append(proc)
+        assert proc.stdin is not None and proc.stdout is not None
+        stdin, stdout = proc.stdin, proc.stdout
+
+        def ask(line: str) -> str:
+            stdin.write(line + "\n")
+            stdin.flush()
+            return stdout.readline().strip()
+
+        return ask
+
+    yield start
+    for proc in peers:
+        assert proc.stdin is not None
+        proc.stdin.close()
+    assert [proc.wait() for proc in peers] == [0] * len(peers)

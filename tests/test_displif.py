@@ -3,8 +3,7 @@
 import dataclasses
 import errno
 import random
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -90,27 +89,9 @@ def c_command(packet: Request | Response | PageFlipEvent) -> str:
     return " ".join([C_COMMANDS[type(packet)], *values])
 
 
-def start_peer(binary: Path) -> tuple[subprocess.Popen[str], Peer]:
-    proc = subprocess.Popen([binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert proc.stdin is not None and proc.stdout is not None
-    stdin, stdout = proc.stdin, proc.stdout
-
-    def ask(line: str) -> str:
-        stdin.write(line + "\n")
-        stdin.flush()
-        return stdout.readline().strip()
-
-    return proc, ask
-
-
 @pytest.fixture(scope="module")
-def c_peer(compile_c: Callable[..., Path]) -> Iterator[Peer]:
-    """One long-running C process answers every example of the module."""
-    proc, ask = start_peer(compile_c("displif_codec"))
-    yield ask
-    assert proc.stdin is not None
-    proc.stdin.close()
-    assert proc.wait() == 0
+def c_peer(compile_c: Callable[..., Path], start_c_peer: Callable[[Path], Peer]) -> Peer:
+    return start_c_peer(compile_c("displif_codec"))
 
 
 # ------------------------------------------------------------ against C
@@ -171,14 +152,13 @@ def test_page_directory_matches_c(c_peer: Peer, num_grefs: int, rnd: random.Rand
     assert reader.grefs == grefs
 
 
-def test_byte_comparison_catches_diagram_bpp(compile_c: Callable[..., Path]) -> None:
+def test_byte_comparison_catches_diagram_bpp(
+    compile_c: Callable[..., Path], start_c_peer: Callable[[Path], Peer]
+) -> None:
     """A C peer storing bpp where the ASCII diagram draws it disagrees with the codec."""
-    proc, ask = start_peer(compile_c("displif_codec", "-DPLANT_DIAGRAM_BPP"))
+    ask = start_c_peer(compile_c("displif_codec", "-DPLANT_DIAGRAM_BPP"))
     request = SetConfig(id=1, fb_cookie=2, x=0, y=0, width=1920, height=1080, bpp=32)
     c_bytes = bytes.fromhex(ask(c_command(request)))
-    assert proc.stdin is not None
-    proc.stdin.close()
-    proc.wait()
     assert c_bytes != request.encode()
     assert displif.decode_request(c_bytes) == dataclasses.replace(request, bpp=0)
 

@@ -4,6 +4,7 @@ tests/c/{displif,kbdif}_layout.c print offsetof/sizeof/signedness of every
 member the codecs cover and the value of every macro they mirror; the Python
 side is read from each codec's own `struct.Struct`-derived `LAYOUTS` and module
 constants, so both directions must agree: nothing on either side goes unchecked.
+The last test pins down what `Layout` itself promises the codecs.
 """
 
 import enum
@@ -12,11 +13,12 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import pytest
 
 from pvdisplay.wire import displif, kbdif
+from pvdisplay.wire.layout import Field, Layout
 
 # gref[] is a flexible array, so sizeof() covers one element; the codec packs the
 # whole directory page.
@@ -119,7 +121,7 @@ def test_displif_diagram_bpp_offset_is_caught(compile_c: Callable[..., Path]) ->
 
 
 def test_kbdif_planted_keycode_offset_is_caught(compile_c: Callable[..., Path]) -> None:
-    report = run_c_report(compile_c("kbdif_layout", "-DPLANT_OFFSET_ERROR=2"))
+    report = run_c_report(compile_c("kbdif_layout", "-DPLANT_OFFSET_ERROR=-2"))
     assert layout_mismatches(kbdif, report) == [
         "union xenkbd_in_event key.keycode (offset, size, signed): "
         "Python (4, 4, False), C (2, 4, False)"
@@ -133,3 +135,15 @@ def test_comparison_notices_a_missing_python_field(compile_c: Callable[..., Path
         "struct xendispl_req op.dbuf_create.reserved_future (offset, size, signed): "
         "Python None, C (44, 4, False)"
     ]
+
+
+def test_layout_packs_attributes_by_member_name_and_unpacks_all_but_tags() -> None:
+    layout = Layout("struct t", ("kind", "B"), ("", "x"), ("u.v.value", "h"), tags=["kind"])
+    assert layout.fields == {"kind": Field(0, 1, False), "u.v.value": Field(2, 2, True)}
+    packet = SimpleNamespace(kind=7, value=-2)
+    assert layout.pack_attributes(packet) == b"\x07\x00\xfe\xff"
+    assert layout.unpack(b"\x07\x00\xfe\xff") == (-2,)
+    single = Layout("struct one", ("count", "I"))
+    assert single.pack_attributes(SimpleNamespace(count=5)) == b"\x05\x00\x00\x00"
+    with pytest.raises(ValueError, match="struct one: value out of range"):
+        single.pack(-1)

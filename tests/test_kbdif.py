@@ -1,8 +1,7 @@
 """kbdif codecs: bytes against a gcc-built C peer, round trips, fuzzing, errors."""
 
 import errno
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -73,22 +72,8 @@ def c_command(event: InEvent | OutEvent) -> str:
 
 
 @pytest.fixture(scope="module")
-def c_peer(compile_c: Callable[..., Path]) -> Iterator[Peer]:
-    """One long-running C process answers every example of the module."""
-    proc = subprocess.Popen(
-        [compile_c("kbdif_codec")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    stdin, stdout = proc.stdin, proc.stdout
-
-    def ask(line: str) -> str:
-        stdin.write(line + "\n")
-        stdin.flush()
-        return stdout.readline().strip()
-
-    yield ask
-    stdin.close()
-    assert proc.wait() == 0
+def c_peer(compile_c: Callable[..., Path], start_c_peer: Callable[[Path], Peer]) -> Peer:
+    return start_c_peer(compile_c("kbdif_codec"))
 
 
 # ------------------------------------------------------------ against C

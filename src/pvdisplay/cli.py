@@ -1,8 +1,12 @@
 """The `pvdisplay` command."""
 
+from pathlib import Path
+
 import click
 
-from pvdisplay import __version__, logs
+from pvdisplay import __version__, host, logs, toolstack
+from pvdisplay import snapshot as snapshots
+from pvdisplay.planes import PlaneClient
 from pvdisplay.store import server as xenstore_server
 
 
@@ -47,3 +51,99 @@ def xenstored(socket_dir: str, quota_settings: tuple[str, ...]) -> None:
             f"cannot serve XenStore in {socket_dir}: {error}; pass a writable --socket-dir "
             "whose socket paths fit in 107 bytes"
         ) from None
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Host config (TOML, see docs/host.md); default: two demo guests.",
+)
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False),
+    help="Where the sockets go.  [default: /tmp/pvdisplay-<uid>]",
+)
+def demo(config_path: str | None, run_dir: str | None) -> None:
+    """Run the emulated host (xenstored, broker, backend, demo guests) until Ctrl-C."""
+    text = Path(config_path).read_text() if config_path else host.DEMO_CONFIG
+    try:
+        config = toolstack.parse_config(text)
+    except toolstack.ConfigError as error:
+        raise click.ClickException(f"{config_path or 'built-in config'}: {error}") from None
+    level = click.get_current_context().find_root().params["log_level"]
+    try:
+        host.run_demo(config, Path(run_dir) if run_dir else host.default_run_dir(), level)
+    except host.HostError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@main.command()
+@click.argument("domid", type=click.IntRange(0, 0x7FEF))
+@click.argument("connector")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file.")
+@click.option("--device", "devid", default=0, show_default=True, help="vdispl device id.")
+@click.option(
+    "--planes-socket",
+    type=click.Path(dir_okay=False),
+    help="The backend's planes socket.  [default: /tmp/pvdisplay-<uid>/planes.sock]",
+)
+def snapshot(
+    domid: int, connector: str, output: str, devid: int, planes_socket: str | None
+) -> None:
+    """Save what connector CONNECTOR (index or unique-id) of domain DOMID shows, as PNG."""
+    socket_path = Path(planes_socket) if planes_socket else host.default_run_dir() / "planes.sock"
+    try:
+        with PlaneClient(socket_path) as client:
+            index = snapshots.resolve_connector(client, domid, devid, connector)
+            shot = snapshots.take(client, domid, index, devid)
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise click.ClickException(
+            f"nothing to snapshot: no plane for domain {domid} connector {connector} behind "
+            f"{socket_path} (is `pvdisplay demo` running, and has the guest flipped a frame?)"
+        ) from None
+    except (LookupError, OSError) as error:
+        raise click.ClickException(str(error)) from None
+    snapshots.save_png(shot, Path(output))
+    plane = shot.plane
+    click.echo(
+        f"{output}: domain {domid} connector {plane.connector} ({plane.unique_id}) "
+        f"{plane.width}x{plane.height} {plane.fourcc} frame {plane.frame}"
+    )
+
+
+@main.command()
+@click.option(
+    "--xenstore-dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="The `pvdisplay xenstored --socket-dir` the backend connects to.",
+)
+@click.option(
+    "--planes-socket",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Unix socket path where the backend serves the plane query.",
+)
+@click.option(
+    "--copy",
+    "copy_frames",
+    is_flag=True,
+    help="Copy each flipped frame into the backend's own buffer (for comparison).",
+)
+def backend(xenstore_dir: str, planes_socket: str, copy_frames: bool) -> None:
+    """The display backend's options (displ_be role); it runs inside the emulated host.
+
+    The backend needs a hypervisor handle, which only a domain process of the emulated
+    host holds, so the host starts it as domain 0 with these options (see
+    docs/display-backend.md).
+    """
+    from pvdisplay.display.service import Options  # noqa: PLC0415 (keeps cli start-up light)
+
+    args = " ".join(Options(xenstore_dir, planes_socket, copy_frames).to_args())
+    raise click.ClickException(
+        "the display backend runs as a domain of the emulated host, the only place a "
+        "hypervisor handle exists; start the host (`make demo`), which runs "
+        f"pvdisplay.display.service:run {args}"
+    )

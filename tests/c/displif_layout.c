@@ -1,37 +1,18 @@
 /*
  * Reports the compiled layout of every displif.h struct and macro that
- * pvdisplay.wire.displif mirrors, one tab-separated record per line:
- *   field  <C type>  <member path>  <offset>  <size>  <signed>
- *   sizeof <C type>  <bytes>
- *   int    <Python name>  <value>
- *   str    <Python name>  <value>
+ * pvdisplay.wire.displif mirrors, in the records layout_print.h describes.
  *
  * -DPLANT_OFFSET_ERROR=4 reports SET_CONFIG's bpp 4 bytes late (where the
  * header's ASCII diagram draws it) so a test can prove the comparison bites.
  */
 #include <stddef.h>
 #include <stdint.h>
-#include <stdio.h>
 
 #include <xen/io/displif.h>
 
-#ifndef PLANT_OFFSET_ERROR
-#define PLANT_OFFSET_ERROR 0
-#endif
+#include "layout_print.h"
 
 #define XEN_PAGE_SIZE (1u << XEN_PAGE_SHIFT)
-
-#define MEMBER(type, path) (((type *)0)->path)
-#define IS_SIGNED(lvalue) ((__typeof__(lvalue))-1 < 0)
-
-#define FIELD_AT(ctype, type, path, shift)                                     \
-    printf("field\t%s\t%s\t%zu\t%zu\t%d\n", ctype, #path,                      \
-           offsetof(type, path) + (shift), sizeof(MEMBER(type, path)),         \
-           IS_SIGNED(MEMBER(type, path)))
-#define FIELD(ctype, type, path) FIELD_AT(ctype, type, path, 0)
-#define SIZEOF(ctype, type) printf("sizeof\t%s\t%zu\n", ctype, sizeof(type))
-#define INT(name, value) printf("int\t%s\t%lld\n", name, (long long)(value))
-#define STR(name, value) printf("str\t%s\t%s\n", name, value)
 
 static void requests(void)
 {

@@ -1,35 +1,16 @@
 /*
  * Reports the compiled layout of every kbdif.h union, struct and macro that
- * pvdisplay.wire.kbdif mirrors, one tab-separated record per line:
- *   field  <C type>  <member path>  <offset>  <size>  <signed>
- *   sizeof <C type>  <bytes>
- *   int    <Python name>  <value>
- *   str    <Python name>  <value>
+ * pvdisplay.wire.kbdif mirrors, in the records layout_print.h describes.
  *
- * -DPLANT_OFFSET_ERROR=2 reports the key event's keycode 2 bytes early so a
+ * -DPLANT_OFFSET_ERROR=-2 reports the key event's keycode 2 bytes early so a
  * test can prove the comparison bites.
  */
 #include <stddef.h>
 #include <stdint.h>
-#include <stdio.h>
 
 #include <xen/io/kbdif.h>
 
-#ifndef PLANT_OFFSET_ERROR
-#define PLANT_OFFSET_ERROR 0
-#endif
-
-#define MEMBER(type, path) (((type *)0)->path)
-#define IS_SIGNED(lvalue) ((__typeof__(lvalue))-1 < 0)
-
-#define FIELD_AT(ctype, type, path, shift)                                     \
-    printf("field\t%s\t%s\t%zu\t%zu\t%d\n", ctype, #path,                      \
-           offsetof(type, path) - (shift), sizeof(MEMBER(type, path)),         \
-           IS_SIGNED(MEMBER(type, path)))
-#define FIELD(ctype, type, path) FIELD_AT(ctype, type, path, 0)
-#define SIZEOF(ctype, type) printf("sizeof\t%s\t%zu\n", ctype, sizeof(type))
-#define INT(name, value) printf("int\t%s\t%lld\n", name, (long long)(value))
-#define STR(name, value) printf("str\t%s\t%s\n", name, value)
+#include "layout_print.h"
 
 static void in_events(void)
 {

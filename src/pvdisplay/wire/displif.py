@@ -7,24 +7,29 @@ its size and operation, and ignore reserved bytes the way displ_be and Linux
 xen-front do. Every failure is `ProtocolError(EINVAL)`: displ_be answers an
 unknown operation with -EINVAL, and a slot of the wrong size is invalid input.
 
-Each codec's byte layout is a `Layout` whose field offsets are derived from the
-`struct.Struct` format the codec packs with, so tests compare the compiled C
-structs against exactly what the codec uses.
+Packet attributes carry displif.h's member names and each packet class's
+`LAYOUT` (pvdisplay.wire.layout) packs them, so the tests can hold the very
+layouts the codec uses against the compiled C structs.
 """
 
 import enum
 import errno
-import mmap
 import re
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple, Self
 
 from pvdisplay.wire.errors import ProtocolError
-
-ReadableBuffer = bytes | bytearray | memoryview | mmap.mmap
-WritableBuffer = bytearray | memoryview | mmap.mmap
+from pvdisplay.wire.layout import (
+    EventRing,
+    Layout,
+    Packet,
+    ReadableBuffer,
+    WritableBuffer,
+    read_ring_index,
+    write_ring_index,
+)
 
 PROTOCOL_VERSION = "2"
 PROTOCOL_VERSION_INT = 2
@@ -68,44 +73,17 @@ class EventType(enum.IntEnum):
     PG_FLIP = 0x00
 
 
-class Field(NamedTuple):
-    offset: int
-    size: int
-    signed: bool
-
-
-class Layout(NamedTuple):
-    """One C type as a codec packs it: `fields` maps C member paths to positions."""
-
-    c_type: str
-    struct: struct.Struct
-    fields: Mapping[str, Field]
-
-
-def _layout(c_type: str, *members: tuple[str, str]) -> Layout:
-    """Build a layout from (C member path, struct code) pairs; "" names padding."""
-    fmt = "<"
-    fields: dict[str, Field] = {}
-    for name, code in members:
-        if name:
-            element = code.lstrip("0123456789")
-            fields[name] = Field(
-                struct.calcsize(fmt), struct.calcsize("<" + element), element.islower()
-            )
-        fmt += code
-    return Layout(c_type, struct.Struct(fmt), fields)
-
-
 def _req(member: str, *fields: tuple[str, str]) -> Layout:
     named = [(f"op.{member}.{name}", code) for name, code in fields]
     used = 8 + sum(struct.calcsize("<" + code) for _, code in fields)
-    return _layout(
+    return Layout(
         "struct xendispl_req",
         ("id", "H"),
         ("operation", "B"),
         ("", "5x"),
         *named,
         ("", f"{64 - used}x"),
+        tags=["operation"],
     )
 
 
@@ -113,21 +91,9 @@ def _invalid(message: str) -> ProtocolError:
     return ProtocolError(errno.EINVAL, message)
 
 
-def _check_size(buf: ReadableBuffer, size: int, what: str) -> None:
-    if len(buf) != size:
-        raise _invalid(f"{what} must be {size} bytes, got {len(buf)}")
-
-
-def _pack(layout: Layout, *values: int) -> bytes:
-    try:
-        return layout.struct.pack(*values)
-    except struct.error as exc:
-        raise ValueError(f"{layout.c_type}: value out of range in {values}: {exc}") from None
-
-
 # ---------------------------------------------------------------- requests
 
-_HEADER = _layout("struct xendispl_req", ("id", "H"), ("operation", "B"), ("", "61x"))
+_HEADER = Layout("struct xendispl_req", ("id", "H"), ("operation", "B"), ("", "61x"))
 REQUEST_SIZE = _HEADER.struct.size
 _OPERATION_OFFSET = _HEADER.fields["operation"].offset
 
@@ -139,13 +105,21 @@ class RequestHeader(NamedTuple):
 
 def decode_request_header(slot: ReadableBuffer) -> RequestHeader:
     """The id and operation a response must echo, readable even when the body is not."""
-    _check_size(slot, REQUEST_SIZE, "request")
-    id_, operation = _HEADER.struct.unpack_from(slot)
+    _HEADER.check_size(slot, "request")
+    id_, operation = _HEADER.unpack(slot)
     return RequestHeader(id_, operation)
 
 
 @dataclass(frozen=True, slots=True)
-class DbufCreate:
+class _Request(Packet):
+    """A request: its class fixes `operation`, and the response echoes `id`."""
+
+    operation: ClassVar[Operation]
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class DbufCreate(_Request):
     """Create a display buffer described by a page directory at `gref_directory`."""
 
     LAYOUT: ClassVar[Layout] = _req(
@@ -160,7 +134,6 @@ class DbufCreate:
         ("data_ofs", "I"),
     )
     operation: ClassVar[Operation] = Operation.DBUF_CREATE
-    id: int
     dbuf_cookie: int
     width: int
     height: int
@@ -174,51 +147,29 @@ class DbufCreate:
     def backend_allocates(self) -> bool:
         return bool(self.flags & DBUF_FLG_REQ_ALLOC)
 
-    def encode(self) -> bytes:
-        return _pack(
-            self.LAYOUT,
-            self.id,
-            self.operation,
-            self.dbuf_cookie,
-            self.width,
-            self.height,
-            self.bpp,
-            self.buffer_sz,
-            self.flags,
-            self.gref_directory,
-            self.data_ofs,
-        )
-
     @classmethod
-    def _decode(cls, slot: ReadableBuffer) -> "DbufCreate":
-        id_, _, cookie, width, height, bpp, size, flags, gref, ofs = cls.LAYOUT.struct.unpack_from(
-            slot
-        )
-        if flags & ~DBUF_FLG_REQ_ALLOC:
+    def _decode(cls, slot: ReadableBuffer) -> Self:
+        request = cls(*cls.LAYOUT.unpack(slot))
+        if request.flags & ~DBUF_FLG_REQ_ALLOC:
             # The header requires unused flag bits to be 0; a flag we cannot
             # honour must not be silently dropped.
-            raise _invalid(f"DBUF_CREATE: unknown flags {flags:#x}")
-        return cls(id_, cookie, width, height, bpp, size, flags, gref, ofs)
+            raise _invalid(f"DBUF_CREATE: unknown flags {request.flags:#x}")
+        return request
 
 
 @dataclass(frozen=True, slots=True)
-class DbufDestroy:
+class DbufDestroy(_Request):
+    """Destroy a previously created display buffer."""
+
     LAYOUT: ClassVar[Layout] = _req("dbuf_destroy", ("dbuf_cookie", "Q"))
     operation: ClassVar[Operation] = Operation.DBUF_DESTROY
-    id: int
     dbuf_cookie: int
-
-    def encode(self) -> bytes:
-        return _pack(self.LAYOUT, self.id, self.operation, self.dbuf_cookie)
-
-    @classmethod
-    def _decode(cls, slot: ReadableBuffer) -> "DbufDestroy":
-        id_, _, cookie = cls.LAYOUT.struct.unpack_from(slot)
-        return cls(id_, cookie)
 
 
 @dataclass(frozen=True, slots=True)
-class FbAttach:
+class FbAttach(_Request):
+    """Attach a framebuffer of `pixel_format` (a fourcc) to a created display buffer."""
+
     LAYOUT: ClassVar[Layout] = _req(
         "fb_attach",
         ("dbuf_cookie", "Q"),
@@ -228,49 +179,24 @@ class FbAttach:
         ("pixel_format", "I"),
     )
     operation: ClassVar[Operation] = Operation.FB_ATTACH
-    id: int
     dbuf_cookie: int
     fb_cookie: int
     width: int
     height: int
     pixel_format: int
 
-    def encode(self) -> bytes:
-        return _pack(
-            self.LAYOUT,
-            self.id,
-            self.operation,
-            self.dbuf_cookie,
-            self.fb_cookie,
-            self.width,
-            self.height,
-            self.pixel_format,
-        )
-
-    @classmethod
-    def _decode(cls, slot: ReadableBuffer) -> "FbAttach":
-        id_, _, dbuf_cookie, fb_cookie, width, height, fourcc = cls.LAYOUT.struct.unpack_from(slot)
-        return cls(id_, dbuf_cookie, fb_cookie, width, height, fourcc)
-
 
 @dataclass(frozen=True, slots=True)
-class FbDetach:
+class FbDetach(_Request):
+    """Detach a previously attached framebuffer."""
+
     LAYOUT: ClassVar[Layout] = _req("fb_detach", ("fb_cookie", "Q"))
     operation: ClassVar[Operation] = Operation.FB_DETACH
-    id: int
     fb_cookie: int
-
-    def encode(self) -> bytes:
-        return _pack(self.LAYOUT, self.id, self.operation, self.fb_cookie)
-
-    @classmethod
-    def _decode(cls, slot: ReadableBuffer) -> "FbDetach":
-        id_, _, cookie = cls.LAYOUT.struct.unpack_from(slot)
-        return cls(id_, cookie)
 
 
 @dataclass(frozen=True, slots=True)
-class SetConfig:
+class SetConfig(_Request):
     """Show `fb_cookie` at (x, y, width, height); all-zero fields reset the display.
 
     `bpp` sits at request offset 32 as the C struct places it; the header's
@@ -287,7 +213,6 @@ class SetConfig:
         ("bpp", "I"),
     )
     operation: ClassVar[Operation] = Operation.SET_CONFIG
-    id: int
     fb_cookie: int
     x: int
     y: int
@@ -299,58 +224,24 @@ class SetConfig:
     def is_reset(self) -> bool:
         return self.fb_cookie == 0
 
-    def encode(self) -> bytes:
-        return _pack(
-            self.LAYOUT,
-            self.id,
-            self.operation,
-            self.fb_cookie,
-            self.x,
-            self.y,
-            self.width,
-            self.height,
-            self.bpp,
-        )
-
-    @classmethod
-    def _decode(cls, slot: ReadableBuffer) -> "SetConfig":
-        id_, _, cookie, x, y, width, height, bpp = cls.LAYOUT.struct.unpack_from(slot)
-        return cls(id_, cookie, x, y, width, height, bpp)
-
 
 @dataclass(frozen=True, slots=True)
-class PageFlip:
+class PageFlip(_Request):
+    """Flip to framebuffer `fb_cookie`; a PageFlipEvent reports completion."""
+
     LAYOUT: ClassVar[Layout] = _req("pg_flip", ("fb_cookie", "Q"))
     operation: ClassVar[Operation] = Operation.PG_FLIP
-    id: int
     fb_cookie: int
-
-    def encode(self) -> bytes:
-        return _pack(self.LAYOUT, self.id, self.operation, self.fb_cookie)
-
-    @classmethod
-    def _decode(cls, slot: ReadableBuffer) -> "PageFlip":
-        id_, _, cookie = cls.LAYOUT.struct.unpack_from(slot)
-        return cls(id_, cookie)
 
 
 @dataclass(frozen=True, slots=True)
-class GetEdid:
+class GetEdid(_Request):
     """Ask the backend to write EDID into a `buffer_sz` buffer behind a page directory."""
 
     LAYOUT: ClassVar[Layout] = _req("get_edid", ("buffer_sz", "I"), ("gref_directory", "I"))
     operation: ClassVar[Operation] = Operation.GET_EDID
-    id: int
     buffer_sz: int
     gref_directory: int
-
-    def encode(self) -> bytes:
-        return _pack(self.LAYOUT, self.id, self.operation, self.buffer_sz, self.gref_directory)
-
-    @classmethod
-    def _decode(cls, slot: ReadableBuffer) -> "GetEdid":
-        id_, _, size, gref = cls.LAYOUT.struct.unpack_from(slot)
-        return cls(id_, size, gref)
 
 
 Request = DbufCreate | DbufDestroy | FbAttach | FbDetach | SetConfig | PageFlip | GetEdid
@@ -369,7 +260,7 @@ _DECODERS = {cls.operation.value: cls._decode for cls in _REQUEST_TYPES}
 
 def decode_request(slot: ReadableBuffer) -> Request:
     """Decode one 64-byte request slot, already copied out of the shared ring."""
-    _check_size(slot, REQUEST_SIZE, "request")
+    _HEADER.check_size(slot, "request")
     operation = slot[_OPERATION_OFFSET]
     decoder = _DECODERS.get(operation)
     if decoder is None:
@@ -381,14 +272,14 @@ def decode_request(slot: ReadableBuffer) -> Request:
 
 
 @dataclass(frozen=True, slots=True)
-class Response:
+class Response(Packet):
     """A response echoes the request's id and operation, even an unknown operation.
 
     `edid_sz` is only carried by GET_EDID responses; elsewhere those bytes are
     reserved and decode as 0.
     """
 
-    LAYOUT: ClassVar[Layout] = _layout(
+    LAYOUT: ClassVar[Layout] = Layout(
         "struct xendispl_resp",
         ("id", "H"),
         ("operation", "B"),
@@ -406,16 +297,13 @@ class Response:
         if self.edid_sz and self.operation != Operation.GET_EDID:
             raise ValueError(f"edid_sz is only carried by GET_EDID, not {self.operation:#x}")
 
-    def encode(self) -> bytes:
-        return _pack(self.LAYOUT, self.id, self.operation, self.status, self.edid_sz)
-
 
 RESPONSE_SIZE = Response.LAYOUT.struct.size
 
 
 def decode_response(slot: ReadableBuffer) -> Response:
-    _check_size(slot, RESPONSE_SIZE, "response")
-    id_, operation, status, edid_sz = Response.LAYOUT.struct.unpack_from(slot)
+    Response.LAYOUT.check_size(slot, "response")
+    id_, operation, status, edid_sz = Response.LAYOUT.unpack(slot)
     if operation != Operation.GET_EDID:
         edid_sz = 0
     return Response(id_, operation, status, edid_sz)
@@ -425,23 +313,21 @@ def decode_response(slot: ReadableBuffer) -> Response:
 
 
 @dataclass(frozen=True, slots=True)
-class PageFlipEvent:
+class PageFlipEvent(Packet):
     """Backend to frontend: the flip of `fb_cookie` has completed."""
 
-    LAYOUT: ClassVar[Layout] = _layout(
+    LAYOUT: ClassVar[Layout] = Layout(
         "struct xendispl_evt",
         ("id", "H"),
         ("type", "B"),
         ("", "5x"),
         ("op.pg_flip.fb_cookie", "Q"),
         ("", "48x"),
+        tags=["type"],
     )
     type: ClassVar[EventType] = EventType.PG_FLIP
     id: int
     fb_cookie: int
-
-    def encode(self) -> bytes:
-        return _pack(self.LAYOUT, self.id, self.type, self.fb_cookie)
 
 
 Event = PageFlipEvent
@@ -450,17 +336,16 @@ _EVENT_TYPE_OFFSET = PageFlipEvent.LAYOUT.fields["type"].offset
 
 
 def decode_event(slot: ReadableBuffer) -> Event:
-    _check_size(slot, EVENT_SIZE, "event")
+    PageFlipEvent.LAYOUT.check_size(slot, "event")
     event_type = slot[_EVENT_TYPE_OFFSET]
     if event_type != EventType.PG_FLIP:
         raise _invalid(f"unknown event type {event_type:#04x}")
-    id_, _, cookie = PageFlipEvent.LAYOUT.struct.unpack_from(slot)
-    return PageFlipEvent(id_, cookie)
+    return PageFlipEvent._decode(slot)
 
 
 # -------------------------------------------------------------- event page
 
-EVENT_PAGE_LAYOUT = _layout(
+EVENT_PAGE_LAYOUT = Layout(
     "struct xendispl_event_page", ("in_cons", "I"), ("in_prod", "I"), ("", "56x")
 )
 IN_CONS_OFFSET = EVENT_PAGE_LAYOUT.fields["in_cons"].offset
@@ -468,51 +353,41 @@ IN_PROD_OFFSET = EVENT_PAGE_LAYOUT.fields["in_prod"].offset
 IN_RING_OFFS = EVENT_PAGE_LAYOUT.struct.size
 IN_RING_SIZE = EVENT_PAGE_SIZE - IN_RING_OFFS
 IN_RING_LEN = IN_RING_SIZE // EVENT_SIZE
-_INDEX = struct.Struct("<I")
+_IN_RING = EventRing(IN_RING_OFFS, IN_RING_LEN, EVENT_SIZE)
+
+# `in_cons` and `in_prod`: pass IN_CONS_OFFSET or IN_PROD_OFFSET.
+read_index = read_ring_index
+write_index = write_ring_index
 
 
 def in_ring_slot_offset(index: int) -> int:
     """Byte offset of XENDISPL_IN_RING_REF(page, index) within the event page.
 
-    Like the C macro, the free-running 32-bit index is reduced modulo the
-    63-slot ring. 63 does not divide 2**32, so across the wrap a slot can come
-    round again while it still holds an unconsumed event (docs/protocols.md);
-    peers must use the same formula, so pvdisplay keeps it.
+    63 does not divide 2**32, so the slot index wraps as `EventRing` describes.
     """
-    return IN_RING_OFFS + ((index & 0xFFFFFFFF) % IN_RING_LEN) * EVENT_SIZE
-
-
-def read_index(page: ReadableBuffer, offset: int) -> int:
-    """Read `in_cons` or `in_prod` (pass IN_CONS_OFFSET or IN_PROD_OFFSET)."""
-    value: int = _INDEX.unpack_from(page, offset)[0]
-    return value
-
-
-def write_index(page: WritableBuffer, offset: int, value: int) -> None:
-    _INDEX.pack_into(page, offset, value & 0xFFFFFFFF)
+    return _IN_RING.slot_offset(index)
 
 
 def write_event(page: WritableBuffer, index: int, event: Event) -> None:
-    offset = in_ring_slot_offset(index)
-    page[offset : offset + EVENT_SIZE] = event.encode()
+    _IN_RING.write(page, index, event.encode())
 
 
 def read_event(page: ReadableBuffer, index: int) -> Event:
-    """Copy the slot out of the (shared) page once, then decode the copy."""
-    offset = in_ring_slot_offset(index)
-    return decode_event(bytes(page[offset : offset + EVENT_SIZE]))
+    return decode_event(_IN_RING.read(page, index))
 
 
 # ---------------------------------------------------------- page directory
 
 _DIRECTORY_HEADER_SIZE = 4
 GREFS_PER_DIRECTORY_PAGE = (PAGE_SIZE - _DIRECTORY_HEADER_SIZE) // 4
-DIRECTORY_LAYOUT = _layout(
+DIRECTORY_LAYOUT = Layout(
     "struct xendispl_page_directory",
     ("gref_dir_next_page", "I"),
     ("gref[0]", f"{GREFS_PER_DIRECTORY_PAGE}I"),
 )
+_NEXT_PAGE_OFFSET = DIRECTORY_LAYOUT.fields["gref_dir_next_page"].offset
 _GREF_OFFSET = DIRECTORY_LAYOUT.fields["gref[0]"].offset
+_GREF = struct.Struct("<I")
 
 
 def grefs_for_buffer(buffer_sz: int) -> int:
@@ -542,7 +417,7 @@ def encode_page_directory(grefs: Sequence[int], directory_refs: Sequence[int]) -
         chunk = grefs[page_no * GREFS_PER_DIRECTORY_PAGE : (page_no + 1) * GREFS_PER_DIRECTORY_PAGE]
         next_ref = directory_refs[page_no + 1] if page_no + 1 < pages_needed else 0
         padded = [*chunk, *[0] * (GREFS_PER_DIRECTORY_PAGE - len(chunk))]
-        pages.append(_pack(DIRECTORY_LAYOUT, next_ref, *padded))
+        pages.append(DIRECTORY_LAYOUT.pack(next_ref, *padded))
     return pages
 
 
@@ -566,9 +441,9 @@ class PageDirectoryReader:
     def feed(self, page: ReadableBuffer) -> int | None:
         if self.done:
             raise ValueError("page directory already complete")
-        _check_size(page, PAGE_SIZE, "page directory page")
+        DIRECTORY_LAYOUT.check_size(page, "page directory page")
         count = min(self._remaining, GREFS_PER_DIRECTORY_PAGE)
-        next_ref: int = _INDEX.unpack_from(page)[0]
+        next_ref: int = _GREF.unpack_from(page, _NEXT_PAGE_OFFSET)[0]
         self.grefs.extend(struct.unpack_from(f"<{count}I", page, _GREF_OFFSET))
         self._remaining -= count
         self._pages_left -= 1

@@ -24,4 +24,3 @@ class ProtocolError(ValueError):
 
     def __repr__(self) -> str:
         return f"ProtocolError({_errno.errorcode.get(self.errno, self.errno)}, {self.message!r})"
-

@@ -1,0 +1,162 @@
+"""The demo guest: an animated test card on every connector of every vdispl device.
+
+    host.start_domain("pvdisplay.demo:run", xenstore_socket, guest_name, domid=N)
+
+Each connector gets two XRGB8888 framebuffers (double buffering): the guest draws frame
+N+1 into the one not on screen, flips to it, and waits for the flip event, at 60 Hz. The
+picture: diagonal stripes in the connector's own colours scrolling one step per frame, a
+bouncing square, and a label with the guest, its domain, the connector and the frame
+number. A frame costs one copy of a precomputed band plus a small text blit.
+
+When the backend goes away the connector's loop closes its framebuffers (so the
+frontend can go through Reconfiguring to Initialising), waits for the device to connect
+again and starts over; the guest itself never restarts.
+"""
+
+import asyncio
+import colorsys
+import contextlib
+import logging
+import zlib
+from multiprocessing.connection import Connection
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageDraw, ImageFont
+
+from pvdisplay import logs
+from pvdisplay.display.front import Connector, Display, DisplayError, Framebuffer
+from pvdisplay.hv import Hypervisor
+from pvdisplay.store.aio import AsyncClient
+from pvdisplay.wire import fourcc
+
+log = logging.getLogger(__name__)
+
+Pixels = npt.NDArray[np.uint8]
+
+STRIPE_PERIOD = 64
+BOX_SIZE = 48
+LABEL_HEIGHT = 44
+FONT_SIZE = 16
+FRAME_RATE = 60
+RETRY_DELAY = 0.2
+
+
+def _palette(name: str) -> tuple[Pixels, Pixels]:
+    """Two XRGB colours derived from the connector's name, so each one looks different."""
+    hue = (zlib.crc32(name.encode()) % 360) / 360.0
+    colours = []
+    for lightness in (0.35, 0.6):
+        red, green, blue = colorsys.hls_to_rgb(hue, lightness, 0.7)
+        colours.append(np.array([blue * 255, green * 255, red * 255, 255], dtype=np.uint8))
+    return colours[0], colours[1]
+
+
+class TestCard:
+    """Draws frame N of one connector's animation into an XRGB8888 framebuffer."""
+
+    def __init__(self, width: int, height: int, title: str) -> None:
+        self.width = width
+        self.height = height
+        self.title = title
+        dark, light = _palette(title)
+        rows = np.arange(height)[:, None]
+        columns = np.arange(width + STRIPE_PERIOD)[None, :]
+        stripes = ((rows + columns) // (STRIPE_PERIOD // 2)) % 2 == 0
+        # The band is wider than the screen by one period: frame N shows it from column N.
+        self._band = np.where(stripes[..., None], light, dark).astype(np.uint8)
+        self._font = ImageFont.load_default(FONT_SIZE)
+
+    def draw(self, frame: int, target: Pixels) -> None:
+        """Draw into `target`, a (height, pitch) uint8 view of the framebuffer."""
+        pixels = target[:, : self.width * 4].reshape(self.height, self.width, 4)
+        shift = frame % STRIPE_PERIOD
+        np.copyto(pixels, self._band[:, shift : shift + self.width])
+        self._draw_box(frame, pixels)
+        self._draw_label(f"{self.title}  frame {frame}", pixels)
+
+    def _draw_box(self, frame: int, pixels: Pixels) -> None:
+        size = min(BOX_SIZE, self.width, self.height)
+        x = _bounce(frame * 3, self.width - size)
+        y = _bounce(frame * 2, self.height - size)
+        pixels[y : y + size, x : x + size] = (255, 255, 255, 255)
+
+    def _draw_label(self, text: str, pixels: Pixels) -> None:
+        height = min(LABEL_HEIGHT, self.height)
+        label = Image.new("L", (self.width, height))
+        ImageDraw.Draw(label).text((8, 4), text, fill=255, font=self._font)
+        mask = np.asarray(label) > 127
+        region = pixels[:height]
+        region[...] = region // 3
+        region[mask] = (255, 255, 255, 255)
+
+
+def _bounce(position: int, span: int) -> int:
+    """Triangle wave over 0..span: something moving back and forth."""
+    if span <= 0:
+        return 0
+    phase = position % (2 * span)
+    return phase if phase <= span else 2 * span - phase
+
+
+async def animate(display: Display, connector: Connector, title: str) -> None:
+    """Flip a fresh frame to `connector` 60 times a second, across backend restarts."""
+    card = TestCard(connector.width, connector.height, title)
+    frame = 0
+    while True:
+        await display.wait_connected()
+        framebuffers: list[Framebuffer] = []
+        try:
+            for _ in range(2):
+                framebuffers.append(
+                    await display.create_framebuffer(card.width, card.height, fourcc.XRGB8888)
+                )
+            await connector.set_config(framebuffers[0])
+            frame = await _flip_forever(connector, card, framebuffers, frame)
+        except DisplayError as error:
+            log.info("display interrupted", extra=logs.fields(connector=title, error=error))
+        finally:
+            for fb in framebuffers:
+                with contextlib.suppress(DisplayError):
+                    await fb.close()
+        await asyncio.sleep(RETRY_DELAY)
+
+
+async def _flip_forever(
+    connector: Connector, card: TestCard, framebuffers: list[Framebuffer], frame: int
+) -> int:
+    loop = asyncio.get_running_loop()
+    period = 1.0 / FRAME_RATE
+    deadline = loop.time()
+    while True:
+        back = framebuffers[frame % 2]
+        card.draw(frame, back.array())
+        await connector.flip(back)
+        frame += 1
+        deadline += period
+        delay = deadline - loop.time()
+        if delay < 0:
+            deadline = loop.time()  # late: drop the backlog instead of racing to catch up
+        await asyncio.sleep(max(delay, 0))
+
+
+async def _device_ids(xenstore_socket: str) -> list[int]:
+    async with await AsyncClient.connect(xenstore_socket) as xs:
+        return sorted(int(name) for name in await xs.ls("device/vdispl"))
+
+
+def run(hv: Hypervisor, control: Connection, xenstore_socket: str, guest_name: str) -> None:
+    """Domain entry: animate every connector of every vdispl device until killed."""
+
+    async def session() -> None:
+        displays = [
+            await Display.open(hv, xenstore_socket, devid)
+            for devid in await _device_ids(xenstore_socket)
+        ]
+        async with asyncio.TaskGroup() as group:
+            for display in displays:
+                for connector in display.connectors:
+                    title = f"{guest_name} dom{hv.domid} {connector.unique_id or connector.index}"
+                    group.create_task(animate(display, connector, title))
+
+    asyncio.run(session())

@@ -1,0 +1,443 @@
+"""The emulated host: xenstored, the hypervisor broker, the display backend and the guests.
+
+`EmulatedHost` plays the parts of a Xen machine's dom0 toolstack (xl/libxl):
+
+1. starts `pvdisplay xenstored` as a process and the `hv.local` broker;
+2. writes dom0's nodes and starts the display backend as domain 0
+   (`pvdisplay.display.service:run`);
+3. for each guest: INTRODUCEs the domain, writes its home and its vdispl devices as
+   libxl does (`toolstack`), and starts its process;
+4. when a guest dies: RELEASEs it (so `@releaseDomain` fires), waits for the backend
+   to let go of its devices, then removes its nodes as libxl's domain destroy does;
+   when the backend dies, starts it again (frontends reconnect, guests keep running).
+"""
+
+import contextlib
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from pvdisplay import logs, toolstack, xenbus
+from pvdisplay.hv import HypervisorError
+from pvdisplay.hv.local.host import DomainProcess, Host
+from pvdisplay.store.client import Client, Transaction
+
+log = logging.getLogger(__name__)
+
+BACKEND_ENTRY = "pvdisplay.display.service:run"
+DEMO_ENTRY = "pvdisplay.demo:run"
+XENSTORED_START_TIMEOUT = 10.0
+# libxl waits up to 10 s (LIBXL_DESTROY_TIMEOUT) for a backend to close a device.
+BACKEND_RELEASE_TIMEOUT = 10.0
+# A backend that dies sooner than this after starting is broken, not unlucky: no restart loop.
+BACKEND_MIN_UPTIME = 2.0
+_BACKEND_LET_GO = (xenbus.XenbusState.INIT_WAIT, xenbus.XenbusState.CLOSED)
+
+DEMO_CONFIG = """\
+# The `make demo` host: the display backend in domain 0 and two guests, one with two
+# frontend-allocated connectors, one with a single be-alloc connector.
+[backend]
+name = "Domain-0"
+domid = 0
+
+[[guest]]
+name = "alpha"
+vdispl = ["backend=Domain-0,be-alloc=0,connectors=left:640x480;right:480x360"]
+
+[[guest]]
+name = "beta"
+vdispl = ["backend=Domain-0,be-alloc=1,connectors=main:800x600"]
+"""
+
+
+class HostError(Exception):
+    """The emulated host could not start; the message says what to change."""
+
+
+def default_run_dir() -> Path:
+    return Path(f"/tmp/pvdisplay-{os.getuid()}")
+
+
+def apply_plan(xs: Client, plan: toolstack.NodePlan) -> None:
+    """Apply a toolstack plan in one transaction, retried on conflict as libxl does."""
+
+    def body(txn: Transaction) -> None:
+        for path in plan.removals:
+            with contextlib.suppress(FileNotFoundError):
+                txn.rm(path)
+        for write in plan.writes:
+            txn.write(write.path, write.value)
+            txn.set_permissions(write.path, list(write.permissions))
+
+    xs.transact(body)
+
+
+@dataclass
+class RunningGuest:
+    guest: toolstack.Guest
+    domid: int
+    process: DomainProcess
+    devices: tuple[toolstack.Vdispl, ...]
+
+
+@dataclass
+class _Teardown:
+    """What the backend's devices of a dead guest said before the host removed them."""
+
+    states: dict[int, xenbus.XenbusState | None] = field(default_factory=dict)
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class EmulatedHost:
+    """One emulated Xen machine in `run_dir`; use as a context manager."""
+
+    def __init__(
+        self,
+        config: toolstack.HostConfig,
+        run_dir: Path,
+        log_level: str = "warning",
+        guest_entry: str = DEMO_ENTRY,
+    ) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.log_level = log_level
+        self.guest_entry = guest_entry
+        self.guests: dict[int, RunningGuest] = {}
+        self.teardowns: dict[int, _Teardown] = {}
+        self.backend: DomainProcess | None = None
+        self._backend_started = 0.0
+        self._xenstored: subprocess.Popen[bytes] | None = None
+        self._xs: Client | None = None
+        self._hv: Host | None = None
+        self._released: queue.Queue[int | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
+
+    @property
+    def xenstore_dir(self) -> Path:
+        return self.run_dir / "xenstore"
+
+    @property
+    def planes_socket(self) -> Path:
+        return self.run_dir / "planes.sock"
+
+    @property
+    def xs(self) -> Client:
+        if self._xs is None:
+            raise RuntimeError("host not started")
+        return self._xs
+
+    @property
+    def hv(self) -> Host:
+        if self._hv is None:
+            raise RuntimeError("host not started")
+        return self._hv
+
+    def domain_socket(self, domid: int) -> Path:
+        return self.xenstore_dir / "domain" / str(domid)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self, guests: bool = True) -> None:
+        """Bring up xenstored, the broker and the backend, then (if `guests`) every guest."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._start_xenstored()
+        self._hv = Host(on_domain_released=self._released.put, log_level=self.log_level)
+        backend = self.config.backend
+        apply_plan(self.xs, toolstack.domain_nodes(backend.domid, backend.name))
+        self.start_backend()
+        self._supervisor = threading.Thread(target=self._supervise, name="host-supervisor")
+        self._supervisor.start()
+        if guests:
+            for guest in self.config.guests:
+                self.start_guest(guest)
+
+    def start_backend(self) -> DomainProcess:
+        flags = ["--copy"] if self.config.backend.copy else []
+        self._backend_started = time.monotonic()
+        self.backend = self.hv.start_domain(
+            BACKEND_ENTRY,
+            str(self.xenstore_dir),
+            str(self.planes_socket),
+            *flags,
+            domid=self.config.backend.domid,
+        )
+        return self.backend
+
+    def start_guest(
+        self, guest: toolstack.Guest, entry: str | None = None, args: Sequence[str] = ()
+    ) -> RunningGuest:
+        """Create `guest` as a new domain: XenStore home and devices first, then its process.
+
+        The process runs `entry(hv, control, xenstore_socket, guest_name, *args)`.
+        """
+        with self._lock:
+            domid = guest.domid if guest.domid is not None else self._next_domid()
+            apply_plan(self.xs, toolstack.domain_nodes(domid, guest.name))
+            # The emulated store needs no ring page; port 1 stands for the store channel.
+            self.xs.introduce(domid, 0, 1)
+            for device in guest.vdispls:
+                apply_plan(self.xs, toolstack.vdispl_nodes(domid, device))
+            process = self.hv.start_domain(
+                entry or self.guest_entry,
+                str(self.domain_socket(domid)),
+                guest.name,
+                *args,
+                domid=domid,
+            )
+            running = RunningGuest(guest, domid, process, guest.vdispls)
+            self.guests[domid] = running
+            self.teardowns[domid] = _Teardown()
+        log.info("guest started", extra=logs.fields(domid=domid, name=guest.name))
+        return running
+
+    def restart_backend(self) -> DomainProcess:
+        """Kill the backend domain and start it again; live guests are expected to reconnect."""
+        with self._lock:
+            old, self.backend = self.backend, None
+        if old is not None:
+            old.kill()
+            old.wait()
+            self.hv.wait_released(old.domid, BACKEND_RELEASE_TIMEOUT)
+        with self._lock:
+            return self.start_backend()
+
+    def wait_guest_destroyed(
+        self, domid: int, timeout: float
+    ) -> dict[int, xenbus.XenbusState | None]:
+        """Wait until a dead guest's nodes are gone; the backend states seen just before."""
+        teardown = self.teardowns[domid]
+        if not teardown.done.wait(timeout):
+            raise TimeoutError(f"guest {domid} was not torn down within {timeout} s")
+        return dict(teardown.states)
+
+    def stop(self) -> None:
+        """Stop the guests, the backend, the broker and xenstored, in that order."""
+        self._stopping.set()
+        self._released.put(None)
+        if self._supervisor is not None:
+            self._supervisor.join()
+        if self._hv is not None:
+            for running in list(self.guests.values()):
+                running.process.kill()
+            self._hv.stop()
+            self._hv = None
+        if self._xs is not None:
+            self._xs.close()
+            self._xs = None
+        if self._xenstored is not None:
+            self._xenstored.terminate()
+            try:
+                self._xenstored.wait(5)
+            except subprocess.TimeoutExpired:
+                self._xenstored.kill()
+                self._xenstored.wait()
+            self._xenstored = None
+        with contextlib.suppress(FileNotFoundError):
+            self.planes_socket.unlink()
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _start_xenstored(self) -> None:
+        # A session of its own: Ctrl-C in the terminal must not stop the store before the
+        # domains that still talk to it. It is stopped with SIGTERM, so it must not inherit
+        # run_demo's blocked signals.
+        blocked = signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        self._xenstored = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from pvdisplay.cli import main; main()",
+                "--log-level",
+                self.log_level,
+                "xenstored",
+                "--socket-dir",
+                str(self.xenstore_dir),
+            ],
+            start_new_session=True,
+        )
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        deadline = time.monotonic() + XENSTORED_START_TIMEOUT
+        socket_path = self.xenstore_dir / "socket"
+        while True:
+            if self._xenstored.poll() is not None:
+                raise OSError(f"xenstored exited with status {self._xenstored.returncode}")
+            try:
+                self._xs = Client(socket_path)
+                return
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"xenstored did not listen on {socket_path}") from None
+                time.sleep(0.02)
+
+    def _next_domid(self) -> int:
+        taken = {self.config.backend.domid, *self.hv.domains}
+        taken |= {g.domid for g in self.config.guests if g.domid is not None}
+        return max(taken) + 1
+
+    def _supervise(self) -> None:
+        while (domid := self._released.get()) is not None:
+            if self._stopping.is_set():
+                continue
+            if domid == self.config.backend.domid:
+                self._backend_died()
+            elif domid in self.guests:
+                self._destroy_guest(self.guests[domid])
+
+    def _backend_died(self) -> None:
+        with self._lock:
+            backend = self.backend
+            if backend is None or backend.returncode is None:
+                return  # restart_backend() replaced it on purpose
+            uptime = time.monotonic() - self._backend_started
+            if uptime < BACKEND_MIN_UPTIME:
+                log.error(
+                    "backend exited right after starting; not restarting it",
+                    extra=logs.fields(status=backend.returncode, uptime=round(uptime, 2)),
+                )
+                return
+            log.warning("backend died; restarting it", extra=logs.fields(status=backend.returncode))
+            try:
+                self.start_backend()
+            except (OSError, HypervisorError):
+                log.exception("backend restart failed")
+
+    def _destroy_guest(self, running: RunningGuest) -> None:
+        domid = running.domid
+        log.info(
+            "guest died",
+            extra=logs.fields(
+                domid=domid, name=running.guest.name, status=running.process.returncode
+            ),
+        )
+        teardown = self.teardowns[domid]
+        try:
+            self.xs.release(domid)
+            teardown.states = self._await_backend_release(domid, running.devices)
+            for path in toolstack.guest_teardown_paths(domid, running.devices):
+                self._remove_with_empty_parents(path)
+        except (OSError, ConnectionError):
+            log.exception("guest teardown failed", extra=logs.fields(domid=domid))
+        finally:
+            with self._lock:
+                self.guests.pop(domid, None)
+            teardown.done.set()
+
+    def _remove_with_empty_parents(self, path: str) -> None:
+        """Remove `path`, then each parent left empty, up to a domain's home (as libxl does)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.xs.rm(path)
+            parent = path.rsplit("/", 1)[0]
+            while parent.count("/") > 3 and not self.xs.ls(parent):
+                self.xs.rm(parent)
+                parent = parent.rsplit("/", 1)[0]
+
+    def _await_backend_release(
+        self, domid: int, devices: Sequence[toolstack.Vdispl]
+    ) -> dict[int, xenbus.XenbusState | None]:
+        """Wait (bounded) until the backend has let go of each device of a dead guest."""
+        states: dict[int, xenbus.XenbusState | None] = {}
+        deadline = time.monotonic() + BACKEND_RELEASE_TIMEOUT
+        for device in devices:
+            path = xenbus.backend_path(device.backend_domid, toolstack.KIND, domid, device.devid)
+            with self.xs.watch(f"{path}/{xenbus.FIELD_STATE}") as watch:
+                while True:
+                    states[device.devid] = self._read_state(f"{path}/{xenbus.FIELD_STATE}")
+                    if states[device.devid] in _BACKEND_LET_GO:
+                        break
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        log.warning(
+                            "backend did not release device",
+                            extra=logs.fields(domid=domid, devid=device.devid),
+                        )
+                        break
+                    watch.get(remaining)
+        return states
+
+    def _read_state(self, path: str) -> xenbus.XenbusState | None:
+        try:
+            return xenbus.parse_state(self.xs.read(path))
+        except (FileNotFoundError, ValueError):
+            return None
+
+
+def describe(host: EmulatedHost) -> str:
+    """Where everything is, for the person who just started the host."""
+    lines = [
+        f"pvdisplay emulated host in {host.run_dir}",
+        f"  xenstored  {host.xenstore_dir / 'socket'}"
+        f"  (XENSTORED_PATH={host.xenstore_dir / 'socket'} xenstore-ls /local/domain)",
+        f"  planes     {host.planes_socket}",
+        f"  backend    domain {host.config.backend.domid}"
+        + (" (copying each flip: --copy)" if host.config.backend.copy else " (zero-copy)"),
+    ]
+    examples = []
+    for running in sorted(host.guests.values(), key=lambda r: r.domid):
+        lines.append(f"  guest      domain {running.domid} {running.guest.name!r}")
+        for device in running.devices:
+            mode = "be-alloc" if device.be_alloc else "frontend-allocated"
+            for index, connector in enumerate(device.connectors):
+                lines.append(
+                    f"               vdispl {device.devid} connector {index} "
+                    f"{connector.unique_id!r} {connector.width}x{connector.height} ({mode})"
+                )
+                device_option = f" --device {device.devid}" if device.devid else ""
+                examples.append(
+                    f"  pvdisplay snapshot {running.domid} {connector.unique_id}{device_option}"
+                    f" -o {running.guest.name}-{connector.unique_id}.png"
+                )
+    lines += ["snapshots (add --planes-socket PATH for another run dir):", *examples]
+    lines.append("stop with Ctrl-C")
+    return "\n".join(lines)
+
+
+def run_demo(config: toolstack.HostConfig, run_dir: Path, log_level: str) -> None:
+    """Run the host until SIGINT or SIGTERM, then tear everything down in order."""
+    # Ctrl-C signals the whole process group. Blocked here, the signals stay blocked in every
+    # process the host starts (the mask survives exec), so only the host reacts, and it
+    # stops guests, backend, broker and xenstored in that order.
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    host = EmulatedHost(config, run_dir, log_level)
+    try:
+        host.start()
+    except (OSError, TimeoutError, HypervisorError, ConnectionError) as error:
+        host.stop()
+        raise HostError(
+            f"cannot start the emulated host in {run_dir}: {error} "
+            "(is another `pvdisplay demo` using it? pass --run-dir)"
+        ) from None
+    try:
+        print(describe(host), flush=True)
+        received = signal.sigwait(stop_signals)
+        log.info("stopping", extra=logs.fields(signal=signal.Signals(received).name))
+    finally:
+        host.stop()

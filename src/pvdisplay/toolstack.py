@@ -1,0 +1,418 @@
+"""The toolstack's share of the emulated host: a config file in, XenStore nodes out (sans-IO).
+
+A TOML file names the backend domain and the guests; each guest's `vdispl` list
+uses xl.cfg's own device syntax (or the same fields as a TOML table):
+
+    [backend]
+    name = "Domain-0"
+    domid = 0
+
+    [[guest]]
+    name = "alpha"
+    vdispl = ["backend=0,be-alloc=1,connectors=id0:1920x1080;id1:800x600"]
+
+`domain_nodes` and `vdispl_nodes` give the writes libxl makes for a domain and
+for one vdispl device (libxl_create.c `libxl__domain_make`, libxl_device.c
+`libxl__device_generic_add`, libxl_vdispl.c `libxl__set_xenstore_vdispl`),
+each with its permission list, for the host to apply in one transaction.
+"""
+
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pvdisplay import xenbus
+from pvdisplay.store.permissions import Access, Permission
+from pvdisplay.wire import displif
+
+KIND = "vdispl"
+MAX_DIMENSION = 16384
+MAX_CONNECTORS = 64
+
+_DECIMAL = re.compile(r"[0-9]{1,5}")
+# unique-id travels in a XenStore value and in xl's "id:WxH;..." list, so it may not
+# contain the list's separators or whitespace.
+_UNIQUE_ID = re.compile(r"[A-Za-z0-9_.@+-]{1,64}")
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_RESOLUTION = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
+
+CONNECTOR_FORM = "UNIQUE-ID:WIDTHxHEIGHT, e.g. id0:1920x1080"
+XL_FORM = "'backend=DOMAIN,be-alloc=0|1,connectors=ID:WxH;ID:WxH'"
+
+
+class ConfigError(ValueError):
+    """A config mistake: `key` says where, the message what was expected."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Connector:
+    unique_id: str
+    width: int
+    height: int
+
+    def xl(self) -> str:
+        return f"{self.unique_id}:{displif.format_resolution(self.width, self.height)}"
+
+
+@dataclass(frozen=True)
+class Vdispl:
+    """One PV display device, as libxl_device_vdispl describes it."""
+
+    devid: int
+    backend_domid: int
+    be_alloc: bool
+    connectors: tuple[Connector, ...]
+
+    def xl(self) -> str:
+        """The device in xl.cfg syntax (what `parse_xl_vdispl` reads back)."""
+        connectors = ";".join(connector.xl() for connector in self.connectors)
+        return f"backend={self.backend_domid},be-alloc={int(self.be_alloc)},connectors={connectors}"
+
+
+@dataclass(frozen=True)
+class Guest:
+    name: str
+    domid: int | None
+    vdispls: tuple[Vdispl, ...]
+
+
+@dataclass(frozen=True)
+class BackendDomain:
+    name: str
+    domid: int
+    copy: bool
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    backend: BackendDomain
+    guests: tuple[Guest, ...]
+
+
+@dataclass(frozen=True)
+class NodeWrite:
+    """Write `value` at `path` (an empty value for a directory), then set `permissions`."""
+
+    path: str
+    value: str
+    permissions: tuple[Permission, ...]
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """Subtrees to remove first (as libxl clears stale entries), then the writes, in order."""
+
+    removals: tuple[str, ...]
+    writes: tuple[NodeWrite, ...]
+
+
+# -- parsing ----------------------------------------------------------------------------
+
+
+def parse_connectors(text: str, key: str) -> tuple[Connector, ...]:
+    """xl's `connectors=` value: `ID:WxH` items separated by `;` (empty items skipped)."""
+    connectors = []
+    for item in (part.strip() for part in text.split(";")):
+        if not item:
+            continue
+        unique_id, sep, resolution = item.partition(":")
+        match = _RESOLUTION.fullmatch(resolution.strip())
+        if not sep or not _UNIQUE_ID.fullmatch(unique_id.strip()) or match is None:
+            raise ConfigError(key, f"{item!r} is not {CONNECTOR_FORM}")
+        connectors.append(
+            Connector(unique_id.strip(), _dimension(match[1], key), _dimension(match[2], key))
+        )
+    return _checked_connectors(connectors, key)
+
+
+def parse_xl_vdispl(
+    spec: str, devid: int, key: str, domains: Mapping[str, int], default_backend: int
+) -> Vdispl:
+    """One xl.cfg `vdispl` string: comma-separated KEY=VALUE settings, as xl_parse.c reads them.
+
+    `backend` is a domain name from `domains` or a domid; `be-alloc` is 0 or 1.
+    """
+    backend = default_backend
+    be_alloc = False
+    connectors: tuple[Connector, ...] = ()
+    for token in (part.strip() for part in spec.split(",")):
+        if not token:
+            continue
+        name, sep, value = token.partition("=")
+        value = value.strip()
+        if not sep:
+            raise ConfigError(key, f"{token!r} is not KEY=VALUE; expected {XL_FORM}")
+        match name.strip():
+            case "backend":
+                backend = _backend_domid(value, f"{key}: backend", domains)
+            case "be-alloc":
+                if value not in ("0", "1"):
+                    raise ConfigError(f"{key}: be-alloc", f"{value!r} is not 0 or 1")
+                be_alloc = value == "1"
+            case "connectors":
+                connectors = parse_connectors(value, f"{key}: connectors")
+            case other:
+                raise ConfigError(
+                    key, f"unknown setting {other!r}; expected backend, be-alloc or connectors"
+                )
+    if not connectors:
+        raise ConfigError(key, f"no connectors; expected {XL_FORM}")
+    return Vdispl(devid, backend, be_alloc, connectors)
+
+
+def parse_config(text: str) -> HostConfig:
+    """A host config in TOML; ConfigError names the first key that is wrong."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError("config", f"not valid TOML ({error})") from None
+    _only_keys(document, ("backend", "guest"), "config")
+    backend_table = _table(document.get("backend", {}), "backend")
+    _only_keys(backend_table, ("name", "domid", "copy"), "backend")
+    backend = BackendDomain(
+        name=_name(backend_table.get("name", "Domain-0"), "backend.name"),
+        domid=_domid(backend_table.get("domid", 0), "backend.domid"),
+        copy=_bool(backend_table.get("copy", False), "backend.copy"),
+    )
+    guest_list = document.get("guest", [])
+    if not isinstance(guest_list, list) or not guest_list:
+        raise ConfigError("guest", "expected at least one [[guest]] table")
+    domains = {backend.name: backend.domid}
+    guests = tuple(
+        _guest(_table(entry, f"guest[{index}]"), f"guest[{index}]", domains, backend.domid)
+        for index, entry in enumerate(guest_list)
+    )
+    _check_unique([g.name for g in guests], "guest", "name")
+    explicit = [g.domid for g in guests if g.domid is not None]
+    _check_unique([str(d) for d in explicit], "guest", "domid")
+    if backend.domid in explicit:
+        raise ConfigError("guest", f"domid {backend.domid} is the backend's")
+    return HostConfig(backend, guests)
+
+
+def _guest(table: dict[str, Any], key: str, domains: Mapping[str, int], backend: int) -> Guest:
+    _only_keys(table, ("name", "domid", "vdispl"), key)
+    if "name" not in table:
+        raise ConfigError(f"{key}.name", 'missing; expected a name like "guest1"')
+    name = _name(table["name"], f"{key}.name")
+    domid = _domid(table["domid"], f"{key}.domid") if "domid" in table else None
+    if domid == 0:
+        raise ConfigError(f"{key}.domid", "0 is dom0; a guest needs 1 or more")
+    raw = table.get("vdispl", [])
+    items = [raw] if isinstance(raw, str | dict) else raw
+    if not isinstance(items, list):
+        raise ConfigError(f"{key}.vdispl", f"expected a list of {XL_FORM} strings or tables")
+    vdispls = tuple(
+        _vdispl(item, devid, f"{key}.vdispl[{devid}]", domains, backend)
+        for devid, item in enumerate(items)
+    )
+    return Guest(name, domid, vdispls)
+
+
+def _vdispl(
+    item: object, devid: int, key: str, domains: Mapping[str, int], default_backend: int
+) -> Vdispl:
+    if isinstance(item, str):
+        return parse_xl_vdispl(item, devid, key, domains, default_backend)
+    table = _table(item, key)
+    _only_keys(table, ("backend", "be-alloc", "connectors"), key)
+    raw_backend = table.get("backend", default_backend)
+    backend = _backend_domid(
+        str(raw_backend) if isinstance(raw_backend, int) else raw_backend, f"{key}.backend", domains
+    )
+    connectors_value = table.get("connectors")
+    if isinstance(connectors_value, str):
+        connectors = parse_connectors(connectors_value, f"{key}.connectors")
+    elif isinstance(connectors_value, list):
+        connectors = _checked_connectors(
+            [
+                connector
+                for index, entry in enumerate(connectors_value)
+                for connector in _connector_entry(entry, f"{key}.connectors[{index}]")
+            ],
+            f"{key}.connectors",
+        )
+    else:
+        raise ConfigError(
+            f"{key}.connectors", f"expected \"{CONNECTOR_FORM}\" items separated by ';'"
+        )
+    return Vdispl(
+        devid, backend, _bool(table.get("be-alloc", False), f"{key}.be-alloc"), connectors
+    )
+
+
+def _connector_entry(entry: object, key: str) -> tuple[Connector, ...]:
+    if isinstance(entry, str):
+        return parse_connectors(entry, key)
+    table = _table(entry, key)
+    _only_keys(table, ("unique-id", "resolution"), key)
+    unique_id = table.get("unique-id")
+    resolution = table.get("resolution")
+    if not isinstance(unique_id, str) or not _UNIQUE_ID.fullmatch(unique_id):
+        raise ConfigError(f"{key}.unique-id", "expected letters, digits or _.@+- (1-64)")
+    match = _RESOLUTION.fullmatch(resolution) if isinstance(resolution, str) else None
+    if match is None:
+        raise ConfigError(f"{key}.resolution", 'expected WIDTHxHEIGHT, e.g. "1920x1080"')
+    return (Connector(unique_id, _dimension(match[1], key), _dimension(match[2], key)),)
+
+
+def _checked_connectors(connectors: Sequence[Connector], key: str) -> tuple[Connector, ...]:
+    if not connectors:
+        raise ConfigError(key, f"expected at least one connector, {CONNECTOR_FORM}")
+    if len(connectors) > MAX_CONNECTORS:
+        raise ConfigError(key, f"{len(connectors)} connectors; at most {MAX_CONNECTORS}")
+    _check_unique([c.unique_id for c in connectors], key, "unique-id")
+    return tuple(connectors)
+
+
+def _dimension(text: str, key: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MAX_DIMENSION:
+        raise ConfigError(key, f"dimension {value} out of range 1..{MAX_DIMENSION}")
+    return value
+
+
+def _backend_domid(value: object, key: str, domains: Mapping[str, int]) -> int:
+    if isinstance(value, str) and value in domains:
+        return domains[value]
+    if isinstance(value, str) and _DECIMAL.fullmatch(value):
+        return _domid(int(value), key)
+    names = ", ".join(domains)
+    raise ConfigError(key, f"{value!r} is neither a domid nor a known domain ({names})")
+
+
+def _domid(value: object, key: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 0x7FF0:
+        raise ConfigError(key, f"{value!r} is not a domid (an integer 0..32751)")
+    return value
+
+
+def _name(value: object, key: str) -> str:
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ConfigError(key, f"{value!r} is not a name (letters, digits, _.-; 1-64)")
+    return value
+
+
+def _bool(value: object, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value in (0, 1):
+        return bool(value)
+    raise ConfigError(key, f"{value!r} is not true/false or 0/1")
+
+
+def _table(value: object, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(key, "expected a table")
+    return value
+
+
+def _only_keys(table: Mapping[str, object], allowed: Sequence[str], key: str) -> None:
+    for name in table:
+        if name not in allowed:
+            raise ConfigError(f"{key}.{name}", f"unknown key; expected one of {', '.join(allowed)}")
+
+
+def _check_unique(values: Sequence[str], key: str, what: str) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ConfigError(key, f"{what} {value!r} appears twice; each must be unique")
+        seen.add(value)
+
+
+# -- nodes ------------------------------------------------------------------------------
+
+
+def domain_path(domid: int) -> str:
+    return f"/local/domain/{domid}"
+
+
+def domain_nodes(domid: int, name: str) -> NodePlan:
+    """What libxl__domain_make writes for a new domain (the parts a PV guest reads)."""
+    home = domain_path(domid)
+    read_only = (Permission(0, Access.NONE), Permission(domid, Access.READ))
+    writable = (Permission(domid, Access.NONE),)
+    dom0_only = (Permission(0, Access.NONE),)
+    writes = [NodeWrite(home, "", read_only), NodeWrite(f"{home}/name", name, read_only)]
+    writes.append(NodeWrite(f"{home}/domid", str(domid), read_only))
+    if domid != 0:
+        writes += [
+            NodeWrite(f"{home}/device", "", read_only),
+            NodeWrite(f"{home}/control", "", read_only),
+            NodeWrite(f"{home}/control/shutdown", "", writable),
+            NodeWrite(f"{home}/data", "", writable),
+            NodeWrite(f"/libxl/{domid}", "", dom0_only),
+            NodeWrite(f"/libxl/{domid}/device", "", dom0_only),
+        ]
+        return NodePlan((home, f"/libxl/{domid}"), tuple(writes))
+    return NodePlan((), tuple(writes))
+
+
+def vdispl_nodes(frontend_domid: int, device: Vdispl) -> NodePlan:
+    """What `xl create` writes for one vdispl device of domain `frontend_domid`.
+
+    Frontend directory: owned by the guest, readable by the backend; `backend`,
+    `backend-id`, `state` there are the guest's. `be-alloc` and the connectors'
+    `resolution` and `unique-id` are the toolstack's: owned by the backend domain, the
+    guest may only read them (libxl's ro_front). The per-connector directories stay the
+    guest's, so it can add its ring refs and event channels. Backend directory: owned by
+    the backend domain, readable by the guest. libxl keeps a dom0-only copy under /libxl.
+    """
+    be = device.backend_domid
+    fe = frontend_domid
+    front = xenbus.frontend_path(fe, KIND, device.devid)
+    back = xenbus.backend_path(be, KIND, fe, device.devid)
+    libxl_dir = f"/libxl/{fe}/device/{KIND}/{device.devid}"
+    front_perms = (Permission(fe, Access.NONE), Permission(be, Access.READ))
+    read_only_front = (Permission(be, Access.NONE), Permission(fe, Access.READ))
+    back_perms = (Permission(be, Access.NONE), Permission(fe, Access.READ))
+    dom0_only = (Permission(0, Access.NONE),)
+    initialising = xenbus.XenbusState.INITIALISING.encode()
+    back_entries = (
+        (xenbus.FIELD_FRONTEND_ID, str(fe)),
+        (xenbus.FIELD_ONLINE, "1"),
+        (xenbus.FIELD_STATE, initialising),
+    )
+    writes = [
+        NodeWrite(libxl_dir, "", dom0_only),
+        NodeWrite(f"{libxl_dir}/{xenbus.FIELD_FRONTEND}", front, dom0_only),
+        NodeWrite(f"{libxl_dir}/{xenbus.FIELD_BACKEND}", back, dom0_only),
+        NodeWrite(front, "", front_perms),
+        NodeWrite(f"{front}/{xenbus.FIELD_BACKEND}", back, front_perms),
+        NodeWrite(f"{front}/{xenbus.FIELD_BACKEND_ID}", str(be), front_perms),
+        NodeWrite(f"{front}/{xenbus.FIELD_STATE}", initialising, front_perms),
+        NodeWrite(f"{front}/{displif.FIELD_BE_ALLOC}", str(int(device.be_alloc)), read_only_front),
+    ]
+    for index, connector in enumerate(device.connectors):
+        resolution = displif.format_resolution(connector.width, connector.height)
+        writes += [
+            NodeWrite(f"{front}/{index}", "", front_perms),
+            NodeWrite(f"{front}/{index}/{displif.FIELD_RESOLUTION}", resolution, read_only_front),
+            NodeWrite(
+                f"{front}/{index}/{displif.FIELD_UNIQUE_ID}", connector.unique_id, read_only_front
+            ),
+        ]
+    writes += [
+        NodeWrite(back, "", back_perms),
+        NodeWrite(f"{back}/{xenbus.FIELD_FRONTEND}", front, back_perms),
+        *(NodeWrite(f"{back}/{name}", value, back_perms) for name, value in back_entries),
+        *(NodeWrite(f"{libxl_dir}/{name}", value, dom0_only) for name, value in back_entries),
+    ]
+    return NodePlan((libxl_dir, front, back), tuple(writes))
+
+
+def guest_teardown_paths(frontend_domid: int, devices: Sequence[Vdispl]) -> tuple[str, ...]:
+    """What libxl removes once a guest is gone: its devices' directories and its home."""
+    paths: list[str] = []
+    for device in devices:
+        paths.append(xenbus.backend_path(device.backend_domid, KIND, frontend_domid, device.devid))
+        paths.append(xenbus.frontend_path(frontend_domid, KIND, device.devid))
+    paths += [f"/libxl/{frontend_domid}", domain_path(frontend_domid)]
+    return tuple(paths)
