@@ -16,6 +16,10 @@ Socket protocol (SOCK_SEQPACKET, each message a JSON object framed by
   (`LocalBufferHandle.send`).
 - `{"op": "watch"}` -> `{"watching": true}`, then `{"event": "changed", "plane": PLANE}` or
   `{"event": "removed", "plane": PLANE}` for every change, in order.
+- `{"op": "input", "domid": D, "devid": V, "connector": C, "events": [EVENT, ...]}` ->
+  `{"queued": N, "dropped": M}`: hands `pvdisplay.input.events` (at most `MAX_INPUT_EVENTS`)
+  to the backend's input handler, which routes them to the vkbd bound to the connector
+  (docs/input.md). ENOENT when none is, EINVAL for a bad event.
 - anything else -> `{"error": ERRNO, "message": TEXT}`.
 
 A client that does not read its replies or events is disconnected rather than allowed
@@ -29,7 +33,7 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -43,6 +47,7 @@ from pvdisplay.hv import BufferHandle
 from pvdisplay.hv.local import protocol
 from pvdisplay.hv.local.buffers import LocalBufferHandle
 from pvdisplay.hv.local.sockets import close_all, receive_message, send_message
+from pvdisplay.input import events as input_events
 from pvdisplay.wire.errors import ProtocolError
 
 log = logging.getLogger(__name__)
@@ -166,11 +171,37 @@ class PlaneRegistry:
                 log.exception("plane listener failed", extra=logs.fields(plane=info.key))
 
 
+MAX_INPUT_EVENTS = 256
+
+
+@dataclass(frozen=True)
+class InputReceipt:
+    """The backend's answer to an "input" op.
+
+    `queued`: kbdif events the call produced (on the guest's ring or waiting for room);
+    `dropped`: events this vkbd device has dropped since it connected because its guest
+    did not consume them in time (oldest first).
+    """
+
+    queued: int
+    dropped: int
+
+
+InputHandler = Callable[[PlaneKey, Sequence[input_events.InputEvent]], InputReceipt]
+"""Routes events to the connector's input device; raises ProtocolError (ENOENT) if none."""
+
+
 class PlaneServer:
     """Serves a `PlaneRegistry` on a SOCK_SEQPACKET unix socket from an asyncio loop."""
 
-    def __init__(self, registry: PlaneRegistry, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        registry: PlaneRegistry,
+        path: str | os.PathLike[str],
+        input_handler: InputHandler | None = None,
+    ) -> None:
         self._registry = registry
+        self._input_handler = input_handler
         self._path = Path(path)
         self._listener: socket.socket | None = None
         self._clients: dict[int, socket.socket] = {}
@@ -267,8 +298,29 @@ class PlaneServer:
             )
             if plane.handle is not None:
                 plane.handle.send(client)
+        elif op == "input":
+            try:
+                receipt = self._input(body)
+            except ProtocolError as exc:
+                send_message(client, {"error": exc.errno, "message": exc.message})
+                return
+            send_message(client, {"queued": receipt.queued, "dropped": receipt.dropped})
         else:
             send_message(client, {"error": errno.EINVAL, "message": f"unknown op {op!r}"})
+
+    def _input(self, body: protocol.JsonObject) -> InputReceipt:
+        key = PlaneKey(
+            protocol.get_int(body, "domid", 0xFFFF),
+            protocol.get_int(body, "devid"),
+            protocol.get_int(body, "connector"),
+        )
+        raw = body.get("events")
+        if not isinstance(raw, list) or len(raw) > MAX_INPUT_EVENTS:
+            raise ProtocolError(errno.EINVAL, f"events must be a list of <= {MAX_INPUT_EVENTS}")
+        events = [input_events.from_json(item) for item in raw]
+        if self._input_handler is None:
+            raise ProtocolError(errno.ENOENT, "this backend serves no input devices")
+        return self._input_handler(key, events)
 
     def _on_change(self, info: PlaneInfo, removed: bool) -> None:
         event = {"event": "removed" if removed else "changed", "plane": info.to_json()}
@@ -342,6 +394,25 @@ class PlaneClient:
         finally:
             handle.close()
         return info, pixels
+
+    def send_input(self, key: PlaneKey, events: Sequence[input_events.InputEvent]) -> InputReceipt:
+        """Send `events` (connector pixels) to the vkbd bound to connector `key`.
+
+        Raises OSError(ENOENT) when no connected input device is bound to it.
+        """
+        reply = self._call(
+            {
+                "op": "input",
+                "domid": key.domid,
+                "devid": key.devid,
+                "connector": key.connector,
+                "events": [input_events.to_json(event) for event in events],
+            }
+        )
+        queued, dropped = reply.get("queued"), reply.get("dropped")
+        if not isinstance(queued, int) or not isinstance(dropped, int):
+            raise ProtocolError(errno.EINVAL, "input reply without queued/dropped")
+        return InputReceipt(queued, dropped)
 
     def watch(self) -> Iterator[PlaneChange]:
         """Every change from now on (registered before returning); use a dedicated client."""

@@ -34,6 +34,7 @@ from typing import Any
 from pvdisplay import logs, xenbus
 from pvdisplay.display.backend import ConnectorConfig, DeviceConfig, DisplayDevice, Reply
 from pvdisplay.hv import Hypervisor, HypervisorError, Mapping, PortState
+from pvdisplay.input.service import InputService
 from pvdisplay.planes import PlaneRegistry, PlaneServer
 from pvdisplay.store.aio import AsyncClient, AsyncWatch
 from pvdisplay.wire import displif
@@ -90,10 +91,11 @@ async def _main(hv: Hypervisor, control: Connection, options: Options) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     planes = PlaneRegistry()
-    server = PlaneServer(planes, options.planes_socket)
-    server.start()
     xs = await AsyncClient.connect(xenstore_socket(options.xenstore_dir, hv.domid))
-    service = BackendService(hv, xs, planes, options.copy_frames)
+    inputs = InputService(hv, xs, planes)
+    server = PlaneServer(planes, options.planes_socket, inputs.deliver)
+    server.start()
+    service = BackendService(hv, xs, planes, options.copy_frames, inputs.on_port)
 
     def on_control() -> None:
         try:
@@ -105,16 +107,20 @@ async def _main(hv: Hypervisor, control: Connection, options: Options) -> None:
             stop.set()
         elif message == "status":
             control.send(service.status())
+        elif message == "input-status":
+            control.send(inputs.status())
 
     loop.add_reader(control.fileno(), on_control)
     try:
         await service.start()
+        await inputs.start()
         log.info(
             "display backend serving", extra=logs.fields(domid=hv.domid, copy=options.copy_frames)
         )
         await stop.wait()
     finally:
         loop.remove_reader(control.fileno())
+        await inputs.stop()
         await service.stop()
         server.close()
         await xs.close()
@@ -168,9 +174,16 @@ class BackendService:
     """All vdispl devices this backend domain serves."""
 
     def __init__(
-        self, hv: Hypervisor, xs: AsyncClient, planes: PlaneRegistry, copy_frames: bool
+        self,
+        hv: Hypervisor,
+        xs: AsyncClient,
+        planes: PlaneRegistry,
+        copy_frames: bool,
+        other_port: Callable[[int], None] = lambda port: None,
     ) -> None:
+        """`other_port` gets every fired port that is not a display ring's (the input devices')."""
         self._hv = hv
+        self._other_port = other_port
         self._xs = xs
         self._planes = planes
         self._copy_frames = copy_frames
@@ -421,6 +434,7 @@ class BackendService:
         for port in self._hv.events.pending(0):
             entry = self._ports.get(port)
             if entry is None:
+                self._other_port(port)
                 continue
             device, channel = entry
             if self._hv.events.status(port).state == PortState.UNBOUND:

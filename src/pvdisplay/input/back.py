@@ -1,0 +1,202 @@
+"""The kbdif backend core (sans-IO): output events in, in-ring slots out.
+
+One `InputDevice` serves one connected vkbd frontend. It turns what outputs send
+(`pvdisplay.input.events`, in connector pixels) into kbdif in-events for what the
+device offers and the frontend asked for, and produces them onto the page's in ring.
+
+Ring discipline, as the display backend's: the backend never waits for a guest.
+Events that do not fit on the ring wait in a backlog of `BACKLOG` events; when the
+backlog overflows, its oldest event is dropped and counted in `dropped`. The guest's
+`in_cons` is read once per flush and must lie within a ring of `in_prod`, and kbdif
+defines no out-event, so an out ring that is not empty is a protocol violation: both
+raise `ProtocolError`, after which the device must not be used again.
+"""
+
+import errno
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from pvdisplay.input import events as ev
+from pvdisplay.wire import kbdif
+from pvdisplay.wire.errors import ProtocolError
+from pvdisplay.wire.layout import WritableBuffer
+
+BACKLOG = kbdif.IN_RING_LEN
+_U32 = 0xFFFFFFFF
+_FIRST_BUTTON = 0x100  # BTN_MISC: codes below are keys, codes from here are buttons
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """What the backend directory says the device offers (written by the toolstack).
+
+    `width` x `height` is the absolute pointer's range, `mt_width` x `mt_height` the
+    touch surface's, both in the units the frontend sees.
+    """
+
+    unique_id: str
+    width: int
+    height: int
+    keyboard: bool = True
+    pointer: bool = True
+    abs_pointer: bool = False
+    multi_touch: bool = False
+    mt_width: int = 0
+    mt_height: int = 0
+    mt_contacts: int = 0
+
+
+@dataclass(frozen=True)
+class FrontendRequests:
+    """What the frontend asked for in its own directory (`request-*`)."""
+
+    abs_pointer: bool = False
+    multi_touch: bool = False
+
+
+def _scale(value: int, source: int, target: int) -> int:
+    """`value` in [0, source) mapped onto [0, target), clamped."""
+    if target <= 0:
+        return 0
+    if source > 0 and source != target:
+        value = value * target // source
+    return min(max(value, 0), target - 1)
+
+
+class InputDevice:
+    """One connected vkbd device: translation state, in-ring producer and backlog."""
+
+    def __init__(self, config: DeviceConfig, requests: FrontendRequests, page: WritableBuffer):
+        self.config = config
+        self.absolute = config.abs_pointer and requests.abs_pointer
+        self.touch = config.multi_touch and requests.multi_touch and config.mt_contacts > 0
+        self.dropped = 0
+        """Events lost because the guest did not consume them in time (oldest first)."""
+        self.ignored = 0
+        """Output events the device cannot express (touch without multi-touch, ...)."""
+        self._page = page
+        self._prod = kbdif.read_index(page, kbdif.IN_PROD_OFFSET)
+        self._backlog: deque[kbdif.InEvent] = deque()
+        self._pointer = (0, 0)
+        self._contacts: dict[int, int] = {}  # output contact -> kbdif contact_id
+
+    # -- translation --------------------------------------------------------------
+
+    def translate(
+        self, events: Iterable[ev.InputEvent], connector_width: int, connector_height: int
+    ) -> list[kbdif.InEvent]:
+        """kbdif events for `events` given in a `connector_width` x `connector_height` space.
+
+        A run of touch events ends with one MT SYN, so contacts that change together
+        reach the guest as one frame.
+        """
+        out: list[kbdif.InEvent] = []
+        last_contact: int | None = None
+        for event in events:
+            if isinstance(event, ev.TouchDown | ev.TouchMove | ev.TouchUp):
+                for touch in self._translate_touch(event, connector_width, connector_height):
+                    out.append(touch)
+                    last_contact = touch.contact_id
+                continue
+            if last_contact is not None:
+                out.append(kbdif.MtSyn(last_contact))
+                last_contact = None
+            out.extend(self._translate_other(event, connector_width, connector_height))
+        if last_contact is not None:
+            out.append(kbdif.MtSyn(last_contact))
+        return out
+
+    def _translate_other(self, event: ev.InputEvent, cw: int, ch: int) -> list[kbdif.InEvent]:
+        cfg = self.config
+        match event:
+            case ev.Key(code, pressed):
+                allowed = cfg.pointer if code >= _FIRST_BUTTON else cfg.keyboard
+                if allowed and 0 <= code <= _U32:
+                    return [kbdif.Key(pressed, code)]
+            case ev.PointerMove(x, y) if cfg.pointer:
+                position = (_scale(x, cw, cfg.width), _scale(y, ch, cfg.height))
+                previous, self._pointer = self._pointer, position
+                if self.absolute:
+                    return [kbdif.Position(*position, 0)]
+                return [kbdif.Motion(position[0] - previous[0], position[1] - previous[1], 0)]
+            case ev.Wheel(steps) if cfg.pointer and steps:
+                # kbdif's rel_z grows towards the user (xen-kbdfront reports -rel_z as REL_WHEEL).
+                if self.absolute:
+                    return [kbdif.Position(*self._pointer, -steps)]
+                return [kbdif.Motion(0, 0, -steps)]
+        self.ignored += 1
+        return []
+
+    def _translate_touch(
+        self, event: ev.TouchDown | ev.TouchMove | ev.TouchUp, cw: int, ch: int
+    ) -> list[kbdif.MtEvent]:
+        if not self.touch:
+            self.ignored += 1
+            return []
+        cfg = self.config
+        slot = self._contacts.get(event.contact)
+        if isinstance(event, ev.TouchUp):
+            if slot is None:
+                self.ignored += 1
+                return []
+            del self._contacts[event.contact]
+            return [kbdif.MtUp(slot)]
+        x, y = _scale(event.x, cw, cfg.mt_width), _scale(event.y, ch, cfg.mt_height)
+        if slot is not None:
+            return [kbdif.MtMotion(slot, x, y)]
+        free = sorted(set(range(cfg.mt_contacts)) - set(self._contacts.values()))
+        if isinstance(event, ev.TouchMove) or not free:
+            self.ignored += 1
+            return []
+        self._contacts[event.contact] = free[0]
+        return [kbdif.MtDown(free[0], x, y)]
+
+    # -- the ring -----------------------------------------------------------------
+
+    def push(self, events: Sequence[kbdif.InEvent]) -> bool:
+        """Queue `events` and put what fits on the ring; True if the frontend must be notified."""
+        self._backlog.extend(events)
+        produced = self.flush()
+        while len(self._backlog) > BACKLOG:
+            self._backlog.popleft()
+            self.dropped += 1
+        return produced
+
+    @property
+    def backlog(self) -> int:
+        return len(self._backlog)
+
+    def flush(self) -> bool:
+        """Move backlog onto the ring as far as the guest's `in_cons` allows.
+
+        Returns True when anything was produced (notify the frontend). Raises
+        `ProtocolError` if the guest published impossible indices or an out event.
+        """
+        self.check_out_ring()
+        in_cons = kbdif.read_index(self._page, kbdif.IN_CONS_OFFSET)
+        used = (self._prod - in_cons) & _U32
+        if used > kbdif.IN_RING_LEN:
+            raise ProtocolError(
+                errno.EPROTO, f"in_cons {in_cons} is {used} slots behind in_prod {self._prod}"
+            )
+        free = kbdif.IN_RING_LEN - used
+        produced = 0
+        while produced < free and self._backlog:
+            kbdif.write_in_event(self._page, self._prod, self._backlog.popleft())
+            self._prod = (self._prod + 1) & _U32
+            produced += 1
+        if produced:
+            kbdif.write_index(self._page, kbdif.IN_PROD_OFFSET, self._prod)
+        return produced > 0
+
+    def check_out_ring(self) -> None:
+        out_cons = kbdif.read_index(self._page, kbdif.OUT_CONS_OFFSET)
+        out_prod = kbdif.read_index(self._page, kbdif.OUT_PROD_OFFSET)
+        if out_prod != out_cons:
+            pending = (out_prod - out_cons) & _U32
+            raise ProtocolError(
+                errno.EPROTO,
+                f"frontend produced {pending} out events (out_prod {out_prod}, "
+                f"out_cons {out_cons}); kbdif defines none",
+            )

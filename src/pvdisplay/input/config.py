@@ -1,0 +1,207 @@
+"""The toolstack's share of PV input: xl.cfg `vkb` strings in, XenStore node writes out.
+
+    vkb = ['backend=0,feature-abs-pointer=1,feature-multi-touch=1,unique-id=id0']
+
+`parse_xl_vkb` reads one string as xl_parse.c does; `vkb_nodes` gives the writes
+`xl create` makes for the device (libxl_device.c `libxl__device_generic_add`,
+libxl_vkb.c `libxl__set_xenstore_vkb`), as a `toolstack.NodePlan` to apply in one
+transaction. The device binds to the display connector with the same `unique-id`: the
+pointer's `width`/`height` and the touch surface default to that connector's
+resolution, and are written with the device, before its frontend can probe.
+"""
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from pvdisplay import xenbus
+from pvdisplay.store.permissions import Access, Permission
+from pvdisplay.toolstack import ConfigError, NodePlan, NodeWrite, Vdispl
+from pvdisplay.wire import kbdif
+
+KIND = kbdif.DRIVER_NAME
+MAX_DIMENSION = 16384
+MAX_CONTACTS = 256  # contact_id is a u8
+DEFAULT_CONTACTS = 10
+XL_FORM = (
+    "'backend=DOMAIN,unique-id=ID,feature-abs-pointer=0|1,feature-multi-touch=0|1,"
+    "multi-touch-width=W,multi-touch-height=H,multi-touch-num-contacts=N,width=W,height=H'"
+)
+
+_UNIQUE_ID = re.compile(r"[A-Za-z0-9_.@+-]{1,64}")
+_FLAGS = {
+    "feature-disable-keyboard": kbdif.FIELD_FEAT_DSBL_KEYBRD,
+    "feature-disable-pointer": kbdif.FIELD_FEAT_DSBL_POINTER,
+    "feature-abs-pointer": kbdif.FIELD_FEAT_ABS_POINTER,
+    "feature-raw-pointer": kbdif.FIELD_FEAT_RAW_POINTER,
+    "feature-multi-touch": kbdif.FIELD_FEAT_MTOUCH,
+}
+_NUMBERS = (
+    "width",
+    "height",
+    "multi-touch-width",
+    "multi-touch-height",
+    "multi-touch-num-contacts",
+)
+
+
+@dataclass(frozen=True)
+class Vkb:
+    """One PV input device, as libxl_device_vkb describes it (0 = not set)."""
+
+    devid: int
+    backend_domid: int
+    unique_id: str = ""
+    disable_keyboard: bool = False
+    disable_pointer: bool = False
+    abs_pointer: bool = False
+    raw_pointer: bool = False
+    multi_touch: bool = False
+    width: int = 0
+    height: int = 0
+    mt_width: int = 0
+    mt_height: int = 0
+    mt_contacts: int = 0
+
+
+def parse_xl_vkb(
+    text: str, devid: int, key: str, domains: Mapping[str, int], default_backend: int
+) -> Vkb:
+    """One xl.cfg `vkb` string; `backend=` takes a domid or a name from `domains`."""
+    values: dict[str, str] = {}
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(key, f"{item!r} is not KEY=VALUE; expected {XL_FORM}")
+        if name not in ("backend", "unique-id", *_FLAGS, *_NUMBERS):
+            raise ConfigError(f"{key}.{name}", f"unknown vkb setting; expected {XL_FORM}")
+        if name in values:
+            raise ConfigError(f"{key}.{name}", "given twice")
+        values[name] = value
+    backend = default_backend
+    if "backend" in values:
+        text_backend = values["backend"]
+        if text_backend.isdigit() and int(text_backend) < 0x7FF0:
+            backend = int(text_backend)
+        elif text_backend in domains:
+            backend = domains[text_backend]
+        else:
+            raise ConfigError(f"{key}.backend", f"{text_backend!r} is not a domid or domain name")
+    unique_id = values.get("unique-id", "")
+    if unique_id and not _UNIQUE_ID.fullmatch(unique_id):
+        raise ConfigError(f"{key}.unique-id", "1-64 of A-Z a-z 0-9 _ . @ + -")
+    flags = {name: _flag(values.get(name, "0"), f"{key}.{name}") for name in _FLAGS}
+    numbers = {name: _number(values.get(name, "0"), f"{key}.{name}") for name in _NUMBERS}
+    if numbers["multi-touch-num-contacts"] > MAX_CONTACTS:
+        raise ConfigError(f"{key}.multi-touch-num-contacts", f"at most {MAX_CONTACTS}")
+    return Vkb(
+        devid,
+        backend,
+        unique_id,
+        flags["feature-disable-keyboard"],
+        flags["feature-disable-pointer"],
+        flags["feature-abs-pointer"],
+        flags["feature-raw-pointer"],
+        flags["feature-multi-touch"],
+        numbers["width"],
+        numbers["height"],
+        numbers["multi-touch-width"],
+        numbers["multi-touch-height"],
+        numbers["multi-touch-num-contacts"],
+    )
+
+
+def _flag(value: str, key: str) -> bool:
+    if value not in ("0", "1"):
+        raise ConfigError(key, f"{value!r} is not 0 or 1")
+    return value == "1"
+
+
+def _number(value: str, key: str) -> int:
+    if not value.isdigit() or int(value) > MAX_DIMENSION:
+        raise ConfigError(key, f"{value!r} is not a number 0..{MAX_DIMENSION}")
+    return int(value)
+
+
+def bound_resolution(device: Vkb, vdispls: Sequence[Vdispl]) -> tuple[int, int] | None:
+    """The resolution of the guest's connector whose unique-id the device names."""
+    for vdispl in vdispls:
+        for connector in vdispl.connectors:
+            if device.unique_id and connector.unique_id == device.unique_id:
+                return connector.width, connector.height
+    return None
+
+
+def backend_entries(device: Vkb, vdispls: Sequence[Vdispl]) -> list[tuple[str, str]]:
+    """The device's settings as libxl writes them into the backend directory.
+
+    Unset sizes default to the bound connector's resolution; multi-touch without a
+    contact count gets `DEFAULT_CONTACTS`.
+    """
+    width, height = bound_resolution(device, vdispls) or (0, 0)
+    entries: list[tuple[str, str]] = []
+    if device.unique_id:
+        entries.append((kbdif.FIELD_UNIQUE_ID, device.unique_id))
+    for enabled, field in (
+        (device.disable_keyboard, kbdif.FIELD_FEAT_DSBL_KEYBRD),
+        (device.disable_pointer, kbdif.FIELD_FEAT_DSBL_POINTER),
+        (device.abs_pointer, kbdif.FIELD_FEAT_ABS_POINTER),
+        (device.raw_pointer, kbdif.FIELD_FEAT_RAW_POINTER),
+    ):
+        if enabled:
+            entries.append((field, "1"))
+    if device.multi_touch:
+        entries += [
+            (kbdif.FIELD_FEAT_MTOUCH, "1"),
+            (kbdif.FIELD_MT_WIDTH, str(device.mt_width or width)),
+            (kbdif.FIELD_MT_HEIGHT, str(device.mt_height or height)),
+            (kbdif.FIELD_MT_NUM_CONTACTS, str(device.mt_contacts or DEFAULT_CONTACTS)),
+        ]
+    for value, field in (
+        (device.width or width, kbdif.FIELD_WIDTH),
+        (device.height or height, kbdif.FIELD_HEIGHT),
+    ):
+        if value:
+            entries.append((field, str(value)))
+    return entries
+
+
+def vkb_nodes(frontend_domid: int, device: Vkb, vdispls: Sequence[Vdispl] = ()) -> NodePlan:
+    """What `xl create` writes for one vkb device of domain `frontend_domid`.
+
+    Pass the guest's vdispl devices so the device's sizes default to its bound
+    connector. Frontend directory: the guest's, readable by the backend. Backend
+    directory (with the settings): the backend domain's, readable by the guest.
+    libxl keeps a dom0-only copy under /libxl.
+    """
+    be, fe = device.backend_domid, frontend_domid
+    front = xenbus.frontend_path(fe, KIND, device.devid)
+    back = xenbus.backend_path(be, KIND, fe, device.devid)
+    libxl_dir = f"/libxl/{fe}/device/{KIND}/{device.devid}"
+    front_perms = (Permission(fe, Access.NONE), Permission(be, Access.READ))
+    back_perms = (Permission(be, Access.NONE), Permission(fe, Access.READ))
+    dom0_only = (Permission(0, Access.NONE),)
+    initialising = xenbus.XenbusState.INITIALISING.encode()
+    back_entries = [
+        (xenbus.FIELD_FRONTEND_ID, str(fe)),
+        (xenbus.FIELD_ONLINE, "1"),
+        (xenbus.FIELD_STATE, initialising),
+        *backend_entries(device, vdispls),
+    ]
+    writes = [
+        NodeWrite(libxl_dir, "", dom0_only),
+        NodeWrite(f"{libxl_dir}/{xenbus.FIELD_FRONTEND}", front, dom0_only),
+        NodeWrite(f"{libxl_dir}/{xenbus.FIELD_BACKEND}", back, dom0_only),
+        NodeWrite(front, "", front_perms),
+        NodeWrite(f"{front}/{xenbus.FIELD_BACKEND}", back, front_perms),
+        NodeWrite(f"{front}/{xenbus.FIELD_BACKEND_ID}", str(be), front_perms),
+        NodeWrite(f"{front}/{xenbus.FIELD_STATE}", initialising, front_perms),
+        NodeWrite(back, "", back_perms),
+        NodeWrite(f"{back}/{xenbus.FIELD_FRONTEND}", front, back_perms),
+        *(NodeWrite(f"{back}/{name}", value, back_perms) for name, value in back_entries),
+        *(NodeWrite(f"{libxl_dir}/{name}", value, dom0_only) for name, value in back_entries),
+    ]
+    return NodePlan((libxl_dir, front, back), tuple(writes))
