@@ -2,7 +2,8 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := gcc libc6-dev libatomic1 libxen-dev xenstore-utils edid-decode libdrm-dev
+APT_PACKAGES := gcc libc6-dev libatomic1 libxen-dev xenstore-utils edid-decode libdrm-dev \
+	vncsnapshot tigervnc-viewer xvfb x11-apps imagemagick
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: test lint typecheck pytest deps apt venv bench clean demo

@@ -1,11 +1,13 @@
 """The `pvdisplay` command."""
 
+import asyncio
 from pathlib import Path
 
 import click
 
 from pvdisplay import __version__, host, logs, toolstack
 from pvdisplay import snapshot as snapshots
+from pvdisplay.outputs.vnc import server as vnc_server
 from pvdisplay.planes import PlaneClient
 from pvdisplay.store import server as xenstore_server
 
@@ -147,3 +149,37 @@ def backend(xenstore_dir: str, planes_socket: str, copy_frames: bool) -> None:
         "hypervisor handle exists; start the host (`make demo`), which runs "
         f"pvdisplay.display.service:run {args}"
     )
+
+
+@main.command()
+@click.option(
+    "--planes-socket",
+    type=click.Path(),
+    help="The backend's planes socket.  [default: <run dir of pvdisplay demo>/planes.sock]",
+)
+@click.option("--address", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=5900,
+    show_default=True,
+    help="Port of the first connector; each further connector takes the next port.",
+)
+@click.option(
+    "--password-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Offer VNC authentication with the password in this file (else no security).",
+)
+def vnc(planes_socket: str | None, address: str, port: int, password_file: str | None) -> None:
+    """Serve every guest connector over VNC (RFB 3.3/3.7/3.8), one port per connector."""
+    socket_path = planes_socket or str(host.default_run_dir() / "planes.sock")
+    password = Path(password_file).read_text().strip() if password_file else None
+    try:
+        asyncio.run(vnc_server.serve(socket_path, address, port, password))
+    except OSError as error:
+        raise click.ClickException(
+            f"cannot serve VNC on {address}:{port} from {socket_path}: {error}; "
+            "start `pvdisplay demo` first or pass --planes-socket and a free --port"
+        ) from None
+    except KeyboardInterrupt:
+        pass

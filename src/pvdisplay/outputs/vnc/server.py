@@ -1,0 +1,456 @@
+"""The asyncio side of the VNC server: one RFB listener per connector.
+
+`VncServer` watches the display backend's planes socket. Each connector that shows up
+gets its own TCP port (`port`, `port + 1`, ... in order of appearance, kept for the
+life of the server, so a guest that reconnects or a backend that restarts keeps its
+address). Every client session runs the sans-IO `rfb.ServerConnection`, reads frames
+through `PlaneFeed` (zero-copy mapped, copied once per frame and shared by all
+clients of the connector), encodes off the event loop, and sends input back with
+`PlaneClient.send_input`.
+
+A client gets at most one update per request it sent, built from the newest frame
+when it is ready for it: a slow client skips frames, it never queues them.
+"""
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Self
+
+import numpy as np
+
+from pvdisplay import logs
+from pvdisplay.hv.local.buffers import LocalBufferHandle
+from pvdisplay.input.events import InputEvent, PointerMove
+from pvdisplay.outputs.vnc import rfb
+from pvdisplay.outputs.vnc.damage import Rect
+from pvdisplay.outputs.vnc.pixels import Frame, canonical_frame
+from pvdisplay.outputs.vnc.pointer import InputTranslator
+from pvdisplay.outputs.vnc.updates import UpdateEncoder
+from pvdisplay.planes import PlaneClient, PlaneInfo, PlaneKey
+from pvdisplay.wire import fourcc
+from pvdisplay.wire.errors import ProtocolError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 5900
+READ_SIZE: Final = 1 << 16
+HANDLES_PER_CONNECTOR: Final = 3
+BLANK_SIZE: Final = (640, 480)
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A connector's frame: the plane it came from (None: gone) and its canonical pixels."""
+
+    plane: PlaneInfo | None
+    frame: Frame
+
+
+class PlaneFeed:
+    """Frames and changes of every connector, from one planes socket.
+
+    A thread follows the socket's change stream and hands each change to the loop;
+    another (single) thread fetches buffer handles and copies frames out of them.
+    """
+
+    def __init__(self, planes_socket: str | os.PathLike[str]) -> None:
+        self._path = Path(planes_socket)
+        self._planes: dict[PlaneKey, PlaneInfo] = {}
+        self._versions: dict[PlaneKey, int] = {}
+        self._changed: dict[PlaneKey, asyncio.Event] = {}
+        self._pictures: dict[PlaneKey, tuple[int, asyncio.Future[Picture]]] = {}
+        self._handles: dict[PlaneKey, dict[str, LocalBufferHandle]] = {}
+        self._new_key: asyncio.Queue[PlaneKey] = asyncio.Queue()
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="vnc-frames")
+        self._input_worker = ThreadPoolExecutor(1, thread_name_prefix="vnc-input")
+        self._reader: PlaneClient | None = None
+        self._watcher: PlaneClient | None = None
+        self._inputs: PlaneClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._reader = PlaneClient(self._path)
+        self._inputs = PlaneClient(self._path)
+        self._watcher = PlaneClient(self._path)
+        changes = self._watcher.watch()  # registered before the list: no change is missed
+        for plane in self._reader.list():
+            self._apply(plane, removed=False)
+        threading.Thread(
+            target=self._follow, args=(changes,), name="vnc-watch", daemon=True
+        ).start()
+
+    def close(self) -> None:
+        for client in (self._watcher, self._reader, self._inputs):
+            if client is not None:
+                with contextlib.suppress(OSError):
+                    client.close()
+        self._worker.shutdown(wait=True)
+        self._input_worker.shutdown(wait=True)
+        for handles in self._handles.values():
+            for handle in handles.values():
+                handle.close()
+        self._handles.clear()
+
+    async def new_connector(self) -> PlaneKey:
+        """The next connector seen for the first time."""
+        return await self._new_key.get()
+
+    def plane(self, key: PlaneKey) -> PlaneInfo | None:
+        return self._planes.get(key)
+
+    def version(self, key: PlaneKey) -> int:
+        """Counts changes of the connector; unchanged means the same picture."""
+        return self._versions.get(key, 0)
+
+    async def wait_change(self, key: PlaneKey, version: int) -> None:
+        """Return once the connector's version differs from `version`."""
+        event = self._changed.setdefault(key, asyncio.Event())
+        while self.version(key) == version:
+            event.clear()
+            await event.wait()
+
+    async def picture(self, key: PlaneKey) -> Picture:
+        """The connector's current picture; clients of one connector share each copy."""
+        version = self.version(key)
+        shared = self._pictures.get(key)
+        if shared is None or shared[0] != version:
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(self._worker, self._grab, key, self._planes.get(key))
+            shared = self._pictures[key] = (version, future)
+        return await asyncio.shield(shared[1])
+
+    async def send_input(self, key: PlaneKey, events: Sequence[InputEvent]) -> None:
+        """Deliver to the connector's vkbd; input for a guest without one is dropped."""
+        if not events or self._inputs is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._input_worker, self._inputs.send_input, key, events)
+        except (OSError, ProtocolError) as error:
+            log.debug("input not delivered", extra=logs.fields(plane=key, error=error))
+
+    # -- threads --------------------------------------------------------------------------
+
+    def _follow(self, changes: object) -> None:
+        assert self._loop is not None
+        try:
+            for change in changes:  # type: ignore[attr-defined]
+                self._loop.call_soon_threadsafe(self._apply, change.plane, change.removed)
+        except (OSError, EOFError, ProtocolError, RuntimeError) as error:
+            log.info("planes watch ended", extra=logs.fields(reason=error))
+
+    def _apply(self, plane: PlaneInfo, removed: bool) -> None:
+        key = plane.key
+        if key not in self._versions:
+            self._new_key.put_nowait(key)
+        if removed:
+            self._planes.pop(key, None)
+        else:
+            self._planes[key] = plane
+        self._versions[key] = self._versions.get(key, 0) + 1
+        self._changed.setdefault(key, asyncio.Event()).set()
+
+    def _grab(self, key: PlaneKey, known: PlaneInfo | None) -> Picture:
+        """Copy the connector's picture out of the guest's pages (worker thread)."""
+        assert self._reader is not None
+        if known is None:
+            return _blank(None)
+        handles = self._handles.setdefault(key, {})
+        handle = handles.get(known.buffer_id)
+        plane = known
+        if handle is None:
+            try:
+                plane, handle = self._reader.get(key.domid, key.connector, key.devid)
+            except OSError:
+                return _blank(known)
+            if handle is None:
+                return _blank(plane)
+            handles[plane.buffer_id] = handle
+            while len(handles) > HANDLES_PER_CONNECTOR:
+                handles.pop(next(iter(handles))).close()
+        if plane.fb_cookie == 0:
+            return _blank(plane)
+        fmt = fourcc.by_fourcc(fourcc.fourcc_code(plane.fourcc))
+        with handle.map() as mapping:
+            view = np.asarray(mapping.array(), dtype=np.uint8)
+            try:
+                frame = canonical_frame(
+                    fmt, view[plane.offset :], plane.width, plane.height, plane.stride
+                )
+            finally:
+                del view
+        return Picture(plane, frame)
+
+
+def desktop_size(plane: PlaneInfo | None) -> tuple[int, int]:
+    """What a client sees: the framebuffer the guest set (SET_CONFIG is its mode change);
+    the connector's resolution while it shows nothing."""
+    if plane is None:
+        return BLANK_SIZE
+    if plane.fb_cookie == 0:
+        return plane.mode_width, plane.mode_height
+    return plane.width, plane.height
+
+
+def _blank(plane: PlaneInfo | None) -> Picture:
+    width, height = desktop_size(plane)
+    return Picture(plane, np.zeros((height, width), dtype=np.uint32))
+
+
+def _on_connector(events: list[InputEvent], plane: PlaneInfo | None) -> list[InputEvent]:
+    """Pointer positions from the client's framebuffer to the connector, which shows that
+    framebuffer at the guest's SET_CONFIG (x, y)."""
+    if plane is None or (plane.x, plane.y) == (0, 0):
+        return events
+    return [
+        PointerMove(event.x + plane.x, event.y + plane.y)
+        if isinstance(event, PointerMove)
+        else event
+        for event in events
+    ]
+
+
+def desktop_name(key: PlaneKey, plane: PlaneInfo | None) -> str:
+    unique_id = plane.unique_id if plane is not None else str(key.connector)
+    return f"{unique_id} (domain {key.domid}, vdispl {key.devid}, connector {key.connector})"
+
+
+class _Session:
+    """One client: reads its messages, answers its update requests, forwards its input."""
+
+    def __init__(
+        self,
+        feed: PlaneFeed,
+        key: PlaneKey,
+        password: str | None,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self.feed = feed
+        self.key = key
+        self.reader = reader
+        self.writer = writer
+        self.connection = rfb.ServerConnection(password, os.urandom(rfb.CHALLENGE_SIZE))
+        self.translator = InputTranslator()
+        self.encoder: UpdateEncoder | None = None
+        self.request: rfb.UpdateRequest | None = None
+        self.requested = asyncio.Event()
+
+    async def run(self) -> None:
+        updates: asyncio.Task[None] | None = None
+        try:
+            self.writer.write(self.connection.data_to_send())
+            while data := await self.reader.read(READ_SIZE):
+                for event in self.connection.receive(data):
+                    if isinstance(event, rfb.ClientInit):
+                        self._server_init()
+                        updates = asyncio.create_task(self._send_updates())
+                    elif isinstance(event, rfb.Closed):
+                        log.info("vnc client closed", extra=logs.fields(reason=event.reason))
+                    else:
+                        await self._handle(event)
+                self.writer.write(self.connection.data_to_send())
+                if self.connection.closed:
+                    break
+        finally:
+            if updates is not None:
+                updates.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                    await updates
+            self.writer.close()
+            with contextlib.suppress(ConnectionError):
+                await self.writer.wait_closed()
+
+    def _server_init(self) -> None:
+        plane = self.feed.plane(self.key)
+        width, height = desktop_size(plane)
+        self.connection.server_init(width, height, desktop_name(self.key, plane))
+        log.info(
+            "vnc client connected",
+            extra=logs.fields(
+                plane=self.key,
+                version=f"3.{self.connection.minor_version}",
+                security=self.connection.security_type,
+                size=f"{width}x{height}",
+            ),
+        )
+        self.encoder = UpdateEncoder(width, height)
+
+    async def _handle(self, event: rfb.Event) -> None:
+        assert self.encoder is not None
+        if isinstance(event, rfb.SetPixelFormat):
+            self.encoder.pixel_format = event.pixel_format
+        elif isinstance(event, rfb.SetEncodings):
+            self.encoder.encodings = event.encodings
+        elif isinstance(event, rfb.UpdateRequest):
+            self.request = _merged(self.request, event)
+            self.requested.set()
+        elif isinstance(event, rfb.KeyEvent):
+            await self.feed.send_input(self.key, self.translator.key(event))
+        elif isinstance(event, rfb.PointerEvent):
+            events = _on_connector(self.translator.pointer(event), self.feed.plane(self.key))
+            await self.feed.send_input(self.key, events)
+
+    async def _send_updates(self) -> None:
+        """Answer each request with the newest frame once there is something to send."""
+        assert self.encoder is not None
+        seen = -1
+        while True:
+            await self.requested.wait()
+            request = self.request
+            assert request is not None
+            if request.incremental and seen == self.feed.version(self.key):
+                await self.feed.wait_change(self.key, seen)
+            seen = self.feed.version(self.key)
+            picture = await self.feed.picture(self.key)
+            request = self.request
+            assert request is not None
+            update = await asyncio.to_thread(
+                self.encoder.update, picture.frame, request.area, request.incremental
+            )
+            if update is None:
+                continue  # nothing changed where the client looks; wait for the next change
+            if self.request is request:  # else a newer request arrived meanwhile: keep it
+                self.request = None
+                self.requested.clear()
+            self.writer.write(update)
+            await self.writer.drain()
+
+
+def _merged(pending: rfb.UpdateRequest | None, new: rfb.UpdateRequest) -> rfb.UpdateRequest:
+    """Requests not yet answered become one: the union of areas, full if any was."""
+    if pending is None:
+        return new
+    left = min(pending.area.x, new.area.x)
+    top = min(pending.area.y, new.area.y)
+    right = max(pending.area.x + pending.area.width, new.area.x + new.area.width)
+    bottom = max(pending.area.y + pending.area.height, new.area.y + new.area.height)
+    return rfb.UpdateRequest(
+        pending.incremental and new.incremental, Rect(left, top, right - left, bottom - top)
+    )
+
+
+class VncServer:
+    """RFB listeners for every connector a display backend publishes.
+
+    `port` 0 gives each connector an ephemeral port (see `ports`). With a `password`
+    clients must pass VNC authentication (only its first 8 characters count, as in RFB).
+    """
+
+    def __init__(
+        self,
+        planes_socket: str | os.PathLike[str],
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        password: str | None = None,
+    ) -> None:
+        self.feed = PlaneFeed(planes_socket)
+        self.host = host
+        self.port = port
+        self.password = password
+        self.ports: dict[PlaneKey, int] = {}
+        self._servers: list[asyncio.Server] = []
+        self._sessions: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._opener: asyncio.Task[None] | None = None
+        self._next_port = port
+        self._listening = asyncio.Condition()
+
+    async def start(self) -> None:
+        await self.feed.start()
+        self._opener = asyncio.create_task(self._open_listeners())
+
+    async def wait_port(self, key: PlaneKey) -> int:
+        """The port serving `key`, once it is listening."""
+        async with self._listening:
+            await self._listening.wait_for(lambda: key in self.ports)
+        return self.ports[key]
+
+    async def close(self) -> None:
+        if self._opener is not None:
+            self._opener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._opener
+        for server in self._servers:
+            server.close()
+        # Closing the connections ends each session (its read sees EOF); cancelling the
+        # tasks instead would upset asyncio's stream server, which inspects them.
+        for writer in self._sessions.values():
+            writer.close()
+        await asyncio.gather(*self._sessions, return_exceptions=True)
+        for server in self._servers:
+            await server.wait_closed()
+        self.feed.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _open_listeners(self) -> None:
+        while True:
+            key = await self.feed.new_connector()
+            wanted = self._next_port
+            if self.port != 0:
+                self._next_port += 1
+            try:
+                server = await asyncio.start_server(
+                    lambda r, w, key=key: self._accept(key, r, w),  # type: ignore[misc]
+                    self.host,
+                    wanted,
+                )
+            except OSError as error:
+                log.error(
+                    "vnc port unavailable", extra=logs.fields(plane=key, port=wanted, error=error)
+                )
+                continue
+            self._servers.append(server)
+            async with self._listening:
+                self.ports[key] = server.sockets[0].getsockname()[1]
+                self._listening.notify_all()
+            log.info(
+                "vnc listening",
+                extra=logs.fields(
+                    plane=key, address=f"{self.host}:{self.ports[key]}", display=self.ports[key]
+                ),
+            )
+
+    async def _accept(
+        self, key: PlaneKey, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        session = asyncio.current_task()
+        assert session is not None
+        self._sessions[session] = writer
+        try:
+            await _Session(self.feed, key, self.password, reader, writer).run()
+        except (ConnectionError, asyncio.IncompleteReadError) as error:
+            log.info("vnc client lost", extra=logs.fields(plane=key, reason=error))
+        finally:
+            self._sessions.pop(session, None)
+
+
+async def serve(
+    planes_socket: str | os.PathLike[str],
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    password: str | None = None,
+) -> None:
+    """Serve every connector of the backend at `planes_socket` until cancelled."""
+    async with VncServer(planes_socket, host, port, password):
+        await asyncio.Event().wait()
