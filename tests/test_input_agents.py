@@ -4,7 +4,8 @@
 its connector) and its keyboard, then answers commands on `control`:
 ("read", n) -> the next n events as tuples; ("poke", offset, value) writes a u32 into
 its own shared page and notifies the backend (a misbehaving guest); ("info",) -> what
-the keyboard negotiated.
+the keyboard negotiated; ("connections",) -> how many handshakes it completed.
+`host_guest` is the same guest as an `EmulatedHost.start_guest` entry.
 """
 
 import asyncio
@@ -27,6 +28,10 @@ def describe(event: kbdif.InEvent) -> tuple[Any, ...]:
 
 def guest(hv: Hypervisor, control: Connection, xenstore_dir: str) -> None:
     asyncio.run(_guest(hv, control, f"{xenstore_dir}/domain/{hv.domid}"))
+
+
+def host_guest(hv: Hypervisor, control: Connection, xenstore_socket: str, name: str) -> None:
+    asyncio.run(_guest(hv, control, xenstore_socket))
 
 
 async def _guest(hv: Hypervisor, control: Connection, socket: str) -> None:
@@ -62,6 +67,9 @@ async def _answer(hv: Hypervisor, keyboard: Keyboard, command: tuple[Any, ...]) 
             assert keyboard.port is not None
             hv.events.notify(keyboard.port)
             return None
+        case ("connections",):
+            await asyncio.wait_for(keyboard.wait_connected(), READ_PATIENCE)
+            return keyboard.connections
         case ("info",):
             return {
                 "unique_id": keyboard.unique_id,

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from pvdisplay import host, toolstack
 from pvdisplay.host import apply_plan
+from pvdisplay.input.config import Vkb
 from pvdisplay.store.client import Client
 from pvdisplay.store.permissions import Access, Permission
 from pvdisplay.toolstack import ConfigError, Connector, Vdispl
@@ -167,6 +168,70 @@ def test_nodes_follow_libxl_for_one_device() -> None:
     assert set(plan.removals) == {front, back, "/libxl/3/device/vdispl/0"}
 
 
+VKB_CONFIG = """
+[backend]
+name = "driver"
+domid = 7
+
+[[guest]]
+name = "alpha"
+vdispl = ["connectors=left:640x480;right:320x240"]
+vkb = [
+    "unique-id=left,feature-abs-pointer=1,feature-multi-touch=1",
+    " backend=driver , unique-id=right, width=100 ,height=50",
+    "backend=0,feature-disable-pointer=1",
+]
+
+[[guest]]
+name = "beta"
+vdispl = "connectors=main:8x8"
+vkb = "unique-id=main"
+"""
+
+
+def test_toml_vkb_lists_become_devices_numbered_in_order_with_their_backend() -> None:
+    alpha, beta = toolstack.parse_config(VKB_CONFIG).guests
+    assert alpha.vkbs == (
+        Vkb(0, 7, "left", abs_pointer=True, multi_touch=True),
+        Vkb(1, 7, "right", width=100, height=50),
+        Vkb(2, 0, "", disable_pointer=True),
+    )
+    assert beta.vkbs == (Vkb(0, 7, "main"),)
+    assert toolstack.parse_config(CONFIG).guests[0].vkbs == ()
+    paths = toolstack.guest_teardown_paths(3, alpha.vdispls, alpha.vkbs)
+    assert "/local/domain/7/backend/vkbd/3/1" in paths
+    assert "/local/domain/0/backend/vkbd/3/2" in paths
+    assert "/local/domain/3/device/vkbd/0" in paths
+
+
+GUEST = "[[guest]]\nname='a'\nvdispl=['connectors=left:8x8;right:8x8']\n"
+
+
+@pytest.mark.parametrize(
+    ("vkb", "message"),
+    [
+        ("3", "guest[0].vkb: expected a list of 'backend=DOMAIN,unique-id=ID,"),
+        ("[3]", "guest[0].vkb[0]: expected a string 'backend=DOMAIN,"),
+        ("['colour=red']", "guest[0].vkb[0].colour: unknown vkb setting; expected 'backend="),
+        ("['', 'width']", "guest[0].vkb[1]: 'width' is not KEY=VALUE; expected 'backend="),
+        ("['feature-abs-pointer=yes']", "guest[0].vkb[0].feature-abs-pointer: 'yes' is not 0"),
+        ("['backend=nowhere']", "guest[0].vkb[0].backend: 'nowhere' is not a domid or"),
+        ("['multi-touch-num-contacts=999']", "guest[0].vkb[0].multi-touch-num-contacts: at"),
+        ("['unique-id=a b']", "guest[0].vkb[0].unique-id: 'a b' is not 1-64 of"),
+        (
+            "['unique-id=middle']",
+            "guest[0].vkb[0].unique-id: 'middle' names no connector of this guest (left, right)",
+        ),
+        ("['unique-id=left', 'unique-id=left']", "guest[0].vkb: unique-id 'left' appears twice"),
+    ],
+)
+def test_toml_vkb_errors_name_the_key_and_the_form(vkb: str, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        toolstack.parse_config(f"{GUEST}vkb={vkb}\n")
+    assert str(raised.value).startswith(message)
+    assert "\n" not in str(raised.value)
+
+
 @pytest.fixture(scope="module")
 def xenstored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     socket_dir = tmp_path_factory.mktemp("xs")
@@ -231,3 +296,7 @@ def test_example_config_is_the_demo_default() -> None:
     assert [d.be_alloc for d in alpha.vdispls] == [False]
     assert len(alpha.vdispls[0].connectors) == 2
     assert [(d.be_alloc, len(d.connectors)) for d in beta.vdispls] == [(True, 1)]
+    for guest in config.guests:
+        connectors = [c.unique_id for device in guest.vdispls for c in device.connectors]
+        assert [vkb.unique_id for vkb in guest.vkbs] == connectors, "one vkb per connector"
+        assert all(vkb.abs_pointer and vkb.multi_touch for vkb in guest.vkbs)

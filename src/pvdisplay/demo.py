@@ -8,9 +8,16 @@ picture: diagonal stripes in the connector's own colours scrolling one step per 
 bouncing square, and a label with the guest, its domain, the connector and the frame
 number. A frame costs one copy of a precomputed band plus a small text blit.
 
+Input: the guest opens a `pvdisplay.input.front.Keyboard` for every vkb device
+(`device/vkbd/*`) and shows what arrives on the connector with the vkb's unique-id (the
+first connector if it has none): a red crosshair at the last absolute pointer position, a
+green dot on every touch contact (applied on each multi-touch SYN, as a touch frame), and
+the last key code pressed in the label. So input can be watched, and tested, end to end.
+
 When the backend goes away the connector's loop closes its framebuffers (so the
 frontend can go through Reconfiguring to Initialising), waits for the device to connect
-again and starts over; the guest itself never restarts.
+again and starts over; the keyboards reconnect on their own; the guest itself never
+restarts.
 """
 
 import asyncio
@@ -18,6 +25,7 @@ import colorsys
 import contextlib
 import logging
 import zlib
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 import numpy as np
@@ -27,8 +35,9 @@ from PIL import Image, ImageDraw, ImageFont
 from pvdisplay import logs
 from pvdisplay.display.front import Connector, Display, DisplayError, Framebuffer
 from pvdisplay.hv import Hypervisor
+from pvdisplay.input.front import InputLostError, Keyboard
 from pvdisplay.store.aio import AsyncClient
-from pvdisplay.wire import fourcc
+from pvdisplay.wire import displif, fourcc, kbdif
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +49,12 @@ LABEL_HEIGHT = 44
 FONT_SIZE = 16
 FRAME_RATE = 60
 RETRY_DELAY = 0.2
+CROSSHAIR_ARM = 12
+CROSSHAIR_HALF_WIDTH = 1
+TOUCH_RADIUS = 6
+# XRGB8888 bytes are B, G, R, X.
+CROSSHAIR_COLOUR = (0, 0, 255, 255)
+TOUCH_COLOUR = (0, 255, 0, 255)
 
 
 def _palette(name: str) -> tuple[Pixels, Pixels]:
@@ -52,13 +67,66 @@ def _palette(name: str) -> tuple[Pixels, Pixels]:
     return colours[0], colours[1]
 
 
+@dataclass
+class InputOverlay:
+    """What one connector's input device said last, in connector pixels."""
+
+    scale_pointer: tuple[int, int, int, int] = (1, 1, 1, 1)
+    """(device width, device height, connector width, connector height) for Position."""
+    scale_touch: tuple[int, int, int, int] = (1, 1, 1, 1)
+    pointer: tuple[int, int] | None = None
+    touches: dict[int, tuple[int, int]] = field(default_factory=dict)
+    last_key: int | None = None
+    _pending: dict[int, tuple[int, int]] = field(default_factory=dict, init=False, repr=False)
+
+    def apply(self, event: kbdif.InEvent) -> None:
+        match event:
+            case kbdif.Position(abs_x=x, abs_y=y):
+                self.pointer = _to_connector(x, y, self.scale_pointer)
+            case kbdif.Key(pressed=True, keycode=code):
+                self.last_key = code
+            case (
+                kbdif.MtDown(contact_id=contact, abs_x=x, abs_y=y)
+                | kbdif.MtMotion(contact_id=contact, abs_x=x, abs_y=y)
+            ):
+                self._pending[contact] = _to_connector(x, y, self.scale_touch)
+            case kbdif.MtUp(contact_id=contact):
+                self._pending.pop(contact, None)
+            case kbdif.MtSyn():
+                self.touches = dict(self._pending)
+
+    def draw(self, pixels: Pixels) -> None:
+        """Crosshair and touch dots over `pixels`, a (height, width, 4) XRGB8888 view."""
+        radius = TOUCH_RADIUS
+        for x, y in self.touches.values():
+            top, left = max(y - radius, 0), max(x - radius, 0)
+            window = pixels[top : y + radius + 1, left : x + radius + 1]
+            rows, columns = np.ogrid[top : top + window.shape[0], left : left + window.shape[1]]
+            window[(columns - x) ** 2 + (rows - y) ** 2 <= radius**2] = TOUCH_COLOUR
+        if self.pointer is not None:
+            x, y = self.pointer
+            half = CROSSHAIR_HALF_WIDTH
+            top, bottom = max(y - half, 0), y + half + 1
+            left, right = max(x - half, 0), x + half + 1
+            pixels[top:bottom, max(x - CROSSHAIR_ARM, 0) : x + CROSSHAIR_ARM + 1] = CROSSHAIR_COLOUR
+            pixels[max(y - CROSSHAIR_ARM, 0) : y + CROSSHAIR_ARM + 1, left:right] = CROSSHAIR_COLOUR
+
+
+def _to_connector(x: int, y: int, scale: tuple[int, int, int, int]) -> tuple[int, int]:
+    device_width, device_height, width, height = scale
+    return x * width // max(device_width, 1), y * height // max(device_height, 1)
+
+
 class TestCard:
     """Draws frame N of one connector's animation into an XRGB8888 framebuffer."""
 
-    def __init__(self, width: int, height: int, title: str) -> None:
+    def __init__(
+        self, width: int, height: int, title: str, overlay: InputOverlay | None = None
+    ) -> None:
         self.width = width
         self.height = height
         self.title = title
+        self.overlay = overlay
         dark, light = _palette(title)
         rows = np.arange(height)[:, None]
         columns = np.arange(width + STRIPE_PERIOD)[None, :]
@@ -73,7 +141,12 @@ class TestCard:
         shift = frame % STRIPE_PERIOD
         np.copyto(pixels, self._band[:, shift : shift + self.width])
         self._draw_box(frame, pixels)
-        self._draw_label(f"{self.title}  frame {frame}", pixels)
+        label = f"{self.title}  frame {frame}"
+        if self.overlay is not None and self.overlay.last_key is not None:
+            label += f"  key {self.overlay.last_key}"
+        self._draw_label(label, pixels)
+        if self.overlay is not None:
+            self.overlay.draw(pixels)
 
     def _draw_box(self, frame: int, pixels: Pixels) -> None:
         size = min(BOX_SIZE, self.width, self.height)
@@ -99,9 +172,11 @@ def _bounce(position: int, span: int) -> int:
     return phase if phase <= span else 2 * span - phase
 
 
-async def animate(display: Display, connector: Connector, title: str) -> None:
+async def animate(
+    display: Display, connector: Connector, title: str, overlay: InputOverlay | None = None
+) -> None:
     """Flip a fresh frame to `connector` 60 times a second, across backend restarts."""
-    card = TestCard(connector.width, connector.height, title)
+    card = TestCard(connector.width, connector.height, title, overlay)
     frame = 0
     while True:
         await display.wait_connected()
@@ -140,9 +215,34 @@ async def _flip_forever(
         await asyncio.sleep(max(delay, 0))
 
 
-async def _device_ids(xenstore_socket: str) -> list[int]:
+async def follow_input(keyboard: Keyboard, overlay: InputOverlay) -> None:
+    """Apply every event of `keyboard` to `overlay` until the backend closes the device."""
+    async with keyboard:
+        async for batch in keyboard:
+            for event in batch:
+                overlay.apply(event)
+    log.info("input device closed by the backend", extra=logs.fields(devid=keyboard.devid))
+
+
+def _bind(
+    keyboard: Keyboard, displays: list[Display], overlays: dict[tuple[int, int], InputOverlay]
+) -> InputOverlay:
+    """The overlay of `keyboard`'s connector (same unique-id, else the first), scaled to it."""
+    connectors = [(display, connector) for display in displays for connector in display.connectors]
+    bound = [pair for pair in connectors if pair[1].unique_id == keyboard.unique_id]
+    display, connector = (bound or connectors)[0]
+    overlay = overlays[(display.devid, connector.index)]
+    overlay.scale_pointer = (keyboard.width, keyboard.height, connector.width, connector.height)
+    overlay.scale_touch = (keyboard.mt_width, keyboard.mt_height, connector.width, connector.height)
+    return overlay
+
+
+async def _device_ids(xenstore_socket: str, kind: str) -> list[int]:
     async with await AsyncClient.connect(xenstore_socket) as xs:
-        return sorted(int(name) for name in await xs.ls("device/vdispl"))
+        try:
+            return sorted(int(name) for name in await xs.ls(f"device/{kind}"))
+        except FileNotFoundError:
+            return []
 
 
 def run(hv: Hypervisor, control: Connection, xenstore_socket: str, guest_name: str) -> None:
@@ -151,12 +251,25 @@ def run(hv: Hypervisor, control: Connection, xenstore_socket: str, guest_name: s
     async def session() -> None:
         displays = [
             await Display.open(hv, xenstore_socket, devid)
-            for devid in await _device_ids(xenstore_socket)
+            for devid in await _device_ids(xenstore_socket, displif.DRIVER_NAME)
         ]
+        overlays = {
+            (display.devid, connector.index): InputOverlay()
+            for display in displays
+            for connector in display.connectors
+        }
         async with asyncio.TaskGroup() as group:
             for display in displays:
                 for connector in display.connectors:
                     title = f"{guest_name} dom{hv.domid} {connector.unique_id or connector.index}"
-                    group.create_task(animate(display, connector, title))
+                    overlay = overlays[(display.devid, connector.index)]
+                    group.create_task(animate(display, connector, title, overlay))
+            for devid in await _device_ids(xenstore_socket, kbdif.DRIVER_NAME):
+                try:
+                    keyboard = await Keyboard.open(hv, xenstore_socket, devid)
+                except (InputLostError, OSError, TimeoutError) as error:
+                    log.warning("no input device", extra=logs.fields(devid=devid, error=error))
+                    continue
+                group.create_task(follow_input(keyboard, _bind(keyboard, displays, overlays)))
 
     asyncio.run(session())

@@ -5,8 +5,8 @@
 1. starts `pvdisplay xenstored` as a process and the `hv.local` broker;
 2. writes dom0's nodes and starts the display backend as domain 0
    (`pvdisplay.display.service:run`);
-3. for each guest: INTRODUCEs the domain, writes its home and its vdispl devices as
-   libxl does (`toolstack`), and starts its process;
+3. for each guest: INTRODUCEs the domain, writes its home, its vdispl devices and its
+   vkb devices as libxl does (`toolstack`, `input.config`), and starts its process;
 4. when a guest dies: RELEASEs it (so `@releaseDomain` fires), waits for the backend
    to let go of its devices, then removes its nodes as libxl's domain destroy does;
    when the backend dies, starts it again (frontends reconnect, guests keep running).
@@ -30,6 +30,7 @@ from typing import Self
 from pvdisplay import logs, toolstack, xenbus
 from pvdisplay.hv import HypervisorError
 from pvdisplay.hv.local.host import DomainProcess, Host
+from pvdisplay.input import config as input_config
 from pvdisplay.store.client import Client, Transaction
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ _BACKEND_LET_GO = (xenbus.XenbusState.INIT_WAIT, xenbus.XenbusState.CLOSED)
 
 DEMO_CONFIG = """\
 # The `make demo` host: the display backend in domain 0 and two guests, one with two
-# frontend-allocated connectors, one with a single be-alloc connector.
+# frontend-allocated connectors, one with a single be-alloc connector. Each connector
+# has a PV input device (absolute pointer and multi-touch) bound to it by unique-id.
 [backend]
 name = "Domain-0"
 domid = 0
@@ -53,10 +55,15 @@ domid = 0
 [[guest]]
 name = "alpha"
 vdispl = ["backend=Domain-0,be-alloc=0,connectors=left:640x480;right:480x360"]
+vkb = [
+    "backend=Domain-0,unique-id=left,feature-abs-pointer=1,feature-multi-touch=1",
+    "backend=Domain-0,unique-id=right,feature-abs-pointer=1,feature-multi-touch=1",
+]
 
 [[guest]]
 name = "beta"
 vdispl = ["backend=Domain-0,be-alloc=1,connectors=main:800x600"]
+vkb = ["backend=Domain-0,unique-id=main,feature-abs-pointer=1,feature-multi-touch=1"]
 """
 
 
@@ -180,6 +187,8 @@ class EmulatedHost:
     ) -> RunningGuest:
         """Create `guest` as a new domain: XenStore home and devices first, then its process.
 
+        Each device (vdispl, then vkb) is written in a transaction of its own, as libxl does.
+
         The process runs `entry(hv, control, xenstore_socket, guest_name, *args)`.
         """
         with self._lock:
@@ -189,6 +198,8 @@ class EmulatedHost:
             self.xs.introduce(domid, 0, 1)
             for device in guest.vdispls:
                 apply_plan(self.xs, toolstack.vdispl_nodes(domid, device))
+            for vkb in guest.vkbs:
+                apply_plan(self.xs, input_config.vkb_nodes(domid, vkb, guest.vdispls))
             process = self.hv.start_domain(
                 entry or self.guest_entry,
                 str(self.domain_socket(domid)),
@@ -340,8 +351,9 @@ class EmulatedHost:
         teardown = self.teardowns[domid]
         try:
             self.xs.release(domid)
-            teardown.states = self._await_backend_release(domid, running.devices)
-            for path in toolstack.guest_teardown_paths(domid, running.devices):
+            teardown.states = self._await_backend_release(domid, toolstack.KIND, running.devices)
+            self._await_backend_release(domid, input_config.KIND, running.guest.vkbs)
+            for path in toolstack.guest_teardown_paths(domid, running.devices, running.guest.vkbs):
                 self._remove_with_empty_parents(path)
         except (OSError, ConnectionError):
             log.exception("guest teardown failed", extra=logs.fields(domid=domid))
@@ -360,13 +372,13 @@ class EmulatedHost:
                 parent = parent.rsplit("/", 1)[0]
 
     def _await_backend_release(
-        self, domid: int, devices: Sequence[toolstack.Vdispl]
+        self, domid: int, kind: str, devices: Sequence[toolstack.Vdispl | input_config.Vkb]
     ) -> dict[int, xenbus.XenbusState | None]:
-        """Wait (bounded) until the backend has let go of each device of a dead guest."""
+        """Wait (bounded) until the backend has let go of each `kind` device of a dead guest."""
         states: dict[int, xenbus.XenbusState | None] = {}
         deadline = time.monotonic() + BACKEND_RELEASE_TIMEOUT
         for device in devices:
-            path = xenbus.backend_path(device.backend_domid, toolstack.KIND, domid, device.devid)
+            path = xenbus.backend_path(device.backend_domid, kind, domid, device.devid)
             with self.xs.watch(f"{path}/{xenbus.FIELD_STATE}") as watch:
                 while True:
                     states[device.devid] = self._read_state(f"{path}/{xenbus.FIELD_STATE}")
@@ -376,7 +388,7 @@ class EmulatedHost:
                     if remaining <= 0:
                         log.warning(
                             "backend did not release device",
-                            extra=logs.fields(domid=domid, devid=device.devid),
+                            extra=logs.fields(domid=domid, kind=kind, devid=device.devid),
                         )
                         break
                     watch.get(remaining)
@@ -409,6 +421,11 @@ def describe(host: EmulatedHost) -> str:
                     f"               vdispl {device.devid} connector {index} "
                     f"{connector.unique_id!r} {connector.width}x{connector.height} ({mode})"
                 )
+                for vkb in running.guest.vkbs:
+                    if vkb.unique_id == connector.unique_id:
+                        lines.append(
+                            f"                 input: vkb {vkb.devid} ({_vkb_features(vkb)})"
+                        )
                 device_option = f" --device {device.devid}" if device.devid else ""
                 examples.append(
                     f"  pvdisplay snapshot {running.domid} {connector.unique_id}{device_option}"
@@ -417,6 +434,22 @@ def describe(host: EmulatedHost) -> str:
     lines += ["snapshots (add --planes-socket PATH for another run dir):", *examples]
     lines.append("stop with Ctrl-C")
     return "\n".join(lines)
+
+
+def _vkb_features(vkb: input_config.Vkb) -> str:
+    features = [
+        name
+        for name, enabled in (
+            ("keyboard", not vkb.disable_keyboard),
+            (
+                "absolute pointer" if vkb.abs_pointer else "relative pointer",
+                not vkb.disable_pointer,
+            ),
+            ("multi-touch", vkb.multi_touch),
+        )
+        if enabled
+    ]
+    return ", ".join(features) or "nothing enabled"
 
 
 def run_demo(config: toolstack.HostConfig, run_dir: Path, log_level: str) -> None:

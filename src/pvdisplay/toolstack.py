@@ -10,11 +10,14 @@ uses xl.cfg's own device syntax (or the same fields as a TOML table):
     [[guest]]
     name = "alpha"
     vdispl = ["backend=0,be-alloc=1,connectors=id0:1920x1080;id1:800x600"]
+    vkb = ["backend=0,unique-id=id0,feature-abs-pointer=1,feature-multi-touch=1"]
 
-`domain_nodes` and `vdispl_nodes` give the writes libxl makes for a domain and
-for one vdispl device (libxl_create.c `libxl__domain_make`, libxl_device.c
-`libxl__device_generic_add`, libxl_vdispl.c `libxl__set_xenstore_vdispl`),
-each with its permission list, for the host to apply in one transaction.
+`vkb` strings are parsed by `input.config` (xl.cfg's vkb syntax); each binds to the
+guest's connector with the same unique-id. `domain_nodes` and `vdispl_nodes` give the
+writes libxl makes for a domain and for one vdispl device (libxl_create.c
+`libxl__domain_make`, libxl_device.c `libxl__device_generic_add`, libxl_vdispl.c
+`libxl__set_xenstore_vdispl`), each with its permission list, for the host to apply in
+one transaction.
 """
 
 import re
@@ -24,17 +27,48 @@ from dataclasses import dataclass
 from typing import Any
 
 from pvdisplay import xenbus
+from pvdisplay.input import config as input_config
 from pvdisplay.store.permissions import Access, Permission
 from pvdisplay.wire import displif
+from pvdisplay.xl import (
+    MAX_DIMENSION,
+    UNIQUE_ID,
+    ConfigError,
+    Connector,
+    NodePlan,
+    NodeWrite,
+    Vdispl,
+    split_settings,
+)
+
+# The shared device vocabulary (pvdisplay.xl) is part of this module's interface.
+__all__ = [
+    "CONNECTOR_FORM",
+    "KIND",
+    "MAX_CONNECTORS",
+    "MAX_DIMENSION",
+    "XL_FORM",
+    "BackendDomain",
+    "ConfigError",
+    "Connector",
+    "Guest",
+    "HostConfig",
+    "NodePlan",
+    "NodeWrite",
+    "Vdispl",
+    "domain_nodes",
+    "domain_path",
+    "guest_teardown_paths",
+    "parse_config",
+    "parse_connectors",
+    "parse_xl_vdispl",
+    "vdispl_nodes",
+]
 
 KIND = "vdispl"
-MAX_DIMENSION = 16384
 MAX_CONNECTORS = 64
 
 _DECIMAL = re.compile(r"[0-9]{1,5}")
-# unique-id travels in a XenStore value and in xl's "id:WxH;..." list, so it may not
-# contain the list's separators or whitespace.
-_UNIQUE_ID = re.compile(r"[A-Za-z0-9_.@+-]{1,64}")
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _RESOLUTION = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
 
@@ -42,44 +76,12 @@ CONNECTOR_FORM = "UNIQUE-ID:WIDTHxHEIGHT, e.g. id0:1920x1080"
 XL_FORM = "'backend=DOMAIN,be-alloc=0|1,connectors=ID:WxH;ID:WxH'"
 
 
-class ConfigError(ValueError):
-    """A config mistake: `key` says where, the message what was expected."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
-
-
-@dataclass(frozen=True)
-class Connector:
-    unique_id: str
-    width: int
-    height: int
-
-    def xl(self) -> str:
-        return f"{self.unique_id}:{displif.format_resolution(self.width, self.height)}"
-
-
-@dataclass(frozen=True)
-class Vdispl:
-    """One PV display device, as libxl_device_vdispl describes it."""
-
-    devid: int
-    backend_domid: int
-    be_alloc: bool
-    connectors: tuple[Connector, ...]
-
-    def xl(self) -> str:
-        """The device in xl.cfg syntax (what `parse_xl_vdispl` reads back)."""
-        connectors = ";".join(connector.xl() for connector in self.connectors)
-        return f"backend={self.backend_domid},be-alloc={int(self.be_alloc)},connectors={connectors}"
-
-
 @dataclass(frozen=True)
 class Guest:
     name: str
     domid: int | None
     vdispls: tuple[Vdispl, ...]
+    vkbs: tuple[input_config.Vkb, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,23 +97,6 @@ class HostConfig:
     guests: tuple[Guest, ...]
 
 
-@dataclass(frozen=True)
-class NodeWrite:
-    """Write `value` at `path` (an empty value for a directory), then set `permissions`."""
-
-    path: str
-    value: str
-    permissions: tuple[Permission, ...]
-
-
-@dataclass(frozen=True)
-class NodePlan:
-    """Subtrees to remove first (as libxl clears stale entries), then the writes, in order."""
-
-    removals: tuple[str, ...]
-    writes: tuple[NodeWrite, ...]
-
-
 # -- parsing ----------------------------------------------------------------------------
 
 
@@ -123,7 +108,7 @@ def parse_connectors(text: str, key: str) -> tuple[Connector, ...]:
             continue
         unique_id, sep, resolution = item.partition(":")
         match = _RESOLUTION.fullmatch(resolution.strip())
-        if not sep or not _UNIQUE_ID.fullmatch(unique_id.strip()) or match is None:
+        if not sep or not UNIQUE_ID.fullmatch(unique_id.strip()) or match is None:
             raise ConfigError(key, f"{item!r} is not {CONNECTOR_FORM}")
         connectors.append(
             Connector(unique_id.strip(), _dimension(match[1], key), _dimension(match[2], key))
@@ -141,14 +126,8 @@ def parse_xl_vdispl(
     backend = default_backend
     be_alloc = False
     connectors: tuple[Connector, ...] = ()
-    for token in (part.strip() for part in spec.split(",")):
-        if not token:
-            continue
-        name, sep, value = token.partition("=")
-        value = value.strip()
-        if not sep:
-            raise ConfigError(key, f"{token!r} is not KEY=VALUE; expected {XL_FORM}")
-        match name.strip():
+    for name, value in split_settings(spec, key, XL_FORM):
+        match name:
             case "backend":
                 backend = _backend_domid(value, f"{key}: backend", domains)
             case "be-alloc":
@@ -197,7 +176,7 @@ def parse_config(text: str) -> HostConfig:
 
 
 def _guest(table: dict[str, Any], key: str, domains: Mapping[str, int], backend: int) -> Guest:
-    _only_keys(table, ("name", "domid", "vdispl"), key)
+    _only_keys(table, ("name", "domid", "vdispl", "vkb"), key)
     if "name" not in table:
         raise ConfigError(f"{key}.name", 'missing; expected a name like "guest1"')
     name = _name(table["name"], f"{key}.name")
@@ -212,7 +191,31 @@ def _guest(table: dict[str, Any], key: str, domains: Mapping[str, int], backend:
         _vdispl(item, devid, f"{key}.vdispl[{devid}]", domains, backend)
         for devid, item in enumerate(items)
     )
-    return Guest(name, domid, vdispls)
+    return Guest(name, domid, vdispls, _vkbs(table.get("vkb", []), key, vdispls, domains, backend))
+
+
+def _vkbs(
+    raw: object, key: str, vdispls: Sequence[Vdispl], domains: Mapping[str, int], backend: int
+) -> tuple[input_config.Vkb, ...]:
+    """The guest's `vkb` strings; a unique-id must name one of the guest's connectors."""
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list):
+        raise ConfigError(f"{key}.vkb", f"expected a list of {input_config.XL_FORM} strings")
+    connectors = [c.unique_id for device in vdispls for c in device.connectors]
+    vkbs = []
+    for devid, item in enumerate(items):
+        item_key = f"{key}.vkb[{devid}]"
+        if not isinstance(item, str):
+            raise ConfigError(item_key, f"expected a string {input_config.XL_FORM}")
+        vkb = input_config.parse_xl_vkb(item, devid, item_key, domains, backend)
+        if vkb.unique_id and vkb.unique_id not in connectors:
+            raise ConfigError(
+                f"{item_key}.unique-id",
+                f"{vkb.unique_id!r} names no connector of this guest ({', '.join(connectors)})",
+            )
+        vkbs.append(vkb)
+    _check_unique([v.unique_id for v in vkbs if v.unique_id], f"{key}.vkb", "unique-id")
+    return tuple(vkbs)
 
 
 def _vdispl(
@@ -254,7 +257,7 @@ def _connector_entry(entry: object, key: str) -> tuple[Connector, ...]:
     _only_keys(table, ("unique-id", "resolution"), key)
     unique_id = table.get("unique-id")
     resolution = table.get("resolution")
-    if not isinstance(unique_id, str) or not _UNIQUE_ID.fullmatch(unique_id):
+    if not isinstance(unique_id, str) or not UNIQUE_ID.fullmatch(unique_id):
         raise ConfigError(f"{key}.unique-id", "expected letters, digits or _.@+- (1-64)")
     match = _RESOLUTION.fullmatch(resolution) if isinstance(resolution, str) else None
     if match is None:
@@ -408,11 +411,15 @@ def vdispl_nodes(frontend_domid: int, device: Vdispl) -> NodePlan:
     return NodePlan((libxl_dir, front, back), tuple(writes))
 
 
-def guest_teardown_paths(frontend_domid: int, devices: Sequence[Vdispl]) -> tuple[str, ...]:
+def guest_teardown_paths(
+    frontend_domid: int, devices: Sequence[Vdispl], vkbs: Sequence[input_config.Vkb] = ()
+) -> tuple[str, ...]:
     """What libxl removes once a guest is gone: its devices' directories and its home."""
     paths: list[str] = []
-    for device in devices:
-        paths.append(xenbus.backend_path(device.backend_domid, KIND, frontend_domid, device.devid))
-        paths.append(xenbus.frontend_path(frontend_domid, KIND, device.devid))
+    kinds: list[tuple[str, Vdispl | input_config.Vkb]] = [(KIND, d) for d in devices]
+    kinds += [(input_config.KIND, v) for v in vkbs]
+    for kind, device in kinds:
+        paths.append(xenbus.backend_path(device.backend_domid, kind, frontend_domid, device.devid))
+        paths.append(xenbus.frontend_path(frontend_domid, kind, device.devid))
     paths += [f"/libxl/{frontend_domid}", domain_path(frontend_domid)]
     return tuple(paths)

@@ -129,10 +129,17 @@ async def read_config(xs: AsyncClient, front: str) -> DeviceConfig:
     return DeviceConfig(backend_path, backend_id, be_alloc, tuple(connectors))
 
 
-class _PortReader:
-    """One reader of a domain's event channels on the loop, shared by every Display."""
+class PortReader:
+    """The one reader of a domain's event channels on the running loop.
 
-    _readers: ClassVar[dict[int, "_PortReader"]] = {}
+    A domain has one event-channel device (`hv.events`), shared by every frontend in the
+    process (each `Display`, each `input.front.Keyboard`). `add(hv, port, callback)`
+    routes notifications of `port` to `callback(port)`, called on the loop; `remove`
+    stops that. The reader is installed with the first port and removed with the last.
+    Pending notifications of ports nobody added are consumed and dropped.
+    """
+
+    _readers: ClassVar[dict[int, "PortReader"]] = {}
 
     def __init__(self, hv: Hypervisor) -> None:
         self._hv = hv
@@ -185,7 +192,7 @@ class _Transport:
 
     def close(self, hv: Hypervisor) -> None:
         for port in (self.req_port, self.evt_port):
-            _PortReader.remove(hv, port)
+            PortReader.remove(hv, port)
             with contextlib.suppress(HypervisorError):
                 hv.events.unbind(port)
         self.channel.release()
@@ -676,7 +683,7 @@ class Display:
         for connector in self.connectors:
             connector._transport = _Transport(self._hv, backend_id)
             for port in (connector._transport.req_port, connector._transport.evt_port):
-                _PortReader.add(self._hv, port, functools.partial(self._on_port, connector))
+                PortReader.add(self._hv, port, functools.partial(self._on_port, connector))
 
         async def publish(txn: AsyncTransaction) -> None:
             await txn.write(f"{self.path}/{displif.FIELD_FE_VERSION}", str(self.version))
@@ -744,7 +751,7 @@ class Display:
             connector._fail_all(DisplayLostError)
             if connector._transport is not None:
                 for port in (connector._transport.req_port, connector._transport.evt_port):
-                    _PortReader.remove(self._hv, port)
+                    PortReader.remove(self._hv, port)
 
     def _free_transports(self) -> None:
         for connector in self.connectors:
@@ -799,7 +806,7 @@ class Display:
         if unbound:
             log.warning("backend gone", extra=logs.fields(path=self.path, port=port))
             for stale in (transport.req_port, transport.evt_port):
-                _PortReader.remove(self._hv, stale)
+                PortReader.remove(self._hv, stale)
             self._inputs.put_nowait(self._machine.connection_lost)
 
     def _transport_for(self, connector: Connector, operation: str) -> _Transport:

@@ -4,23 +4,33 @@
 
 `parse_xl_vkb` reads one string as xl_parse.c does; `vkb_nodes` gives the writes
 `xl create` makes for the device (libxl_device.c `libxl__device_generic_add`,
-libxl_vkb.c `libxl__set_xenstore_vkb`), as a `toolstack.NodePlan` to apply in one
-transaction. The device binds to the display connector with the same `unique-id`: the
-pointer's `width`/`height` and the touch surface default to that connector's
-resolution, and are written with the device, before its frontend can probe.
+libxl_vkb.c `libxl__set_xenstore_vkb`), as a `NodePlan` to apply in one transaction.
+The device binds to the display connector with the same `unique-id`: the pointer's
+`width`/`height` and the touch surface default to that connector's resolution, and are
+written with the device, before its frontend can probe.
+
+`toolstack` reads the config file's `vkb` lists with this module, so this module depends
+only on the vocabulary the two share (`pvdisplay.xl`).
 """
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pvdisplay import xenbus
 from pvdisplay.store.permissions import Access, Permission
-from pvdisplay.toolstack import ConfigError, NodePlan, NodeWrite, Vdispl
 from pvdisplay.wire import kbdif
+from pvdisplay.xl import (
+    MAX_DIMENSION,
+    UNIQUE_ID,
+    UNIQUE_ID_FORM,
+    ConfigError,
+    NodePlan,
+    NodeWrite,
+    Vdispl,
+    split_settings,
+)
 
 KIND = kbdif.DRIVER_NAME
-MAX_DIMENSION = 16384
 MAX_CONTACTS = 256  # contact_id is a u8
 DEFAULT_CONTACTS = 10
 XL_FORM = (
@@ -28,7 +38,6 @@ XL_FORM = (
     "multi-touch-width=W,multi-touch-height=H,multi-touch-num-contacts=N,width=W,height=H'"
 )
 
-_UNIQUE_ID = re.compile(r"[A-Za-z0-9_.@+-]{1,64}")
 _FLAGS = {
     "feature-disable-keyboard": kbdif.FIELD_FEAT_DSBL_KEYBRD,
     "feature-disable-pointer": kbdif.FIELD_FEAT_DSBL_POINTER,
@@ -69,13 +78,7 @@ def parse_xl_vkb(
 ) -> Vkb:
     """One xl.cfg `vkb` string; `backend=` takes a domid or a name from `domains`."""
     values: dict[str, str] = {}
-    for raw in text.split(","):
-        item = raw.strip()
-        if not item:
-            continue
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(key, f"{item!r} is not KEY=VALUE; expected {XL_FORM}")
+    for name, value in split_settings(text, key, XL_FORM):
         if name not in ("backend", "unique-id", *_FLAGS, *_NUMBERS):
             raise ConfigError(f"{key}.{name}", f"unknown vkb setting; expected {XL_FORM}")
         if name in values:
@@ -91,8 +94,8 @@ def parse_xl_vkb(
         else:
             raise ConfigError(f"{key}.backend", f"{text_backend!r} is not a domid or domain name")
     unique_id = values.get("unique-id", "")
-    if unique_id and not _UNIQUE_ID.fullmatch(unique_id):
-        raise ConfigError(f"{key}.unique-id", "1-64 of A-Z a-z 0-9 _ . @ + -")
+    if unique_id and not UNIQUE_ID.fullmatch(unique_id):
+        raise ConfigError(f"{key}.unique-id", f"{unique_id!r} is not {UNIQUE_ID_FORM}")
     flags = {name: _flag(values.get(name, "0"), f"{key}.{name}") for name in _FLAGS}
     numbers = {name: _number(values.get(name, "0"), f"{key}.{name}") for name in _NUMBERS}
     if numbers["multi-touch-num-contacts"] > MAX_CONTACTS:
