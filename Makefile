@@ -3,12 +3,22 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := gcc libc6-dev libatomic1 libxen-dev xenstore-utils edid-decode libdrm-dev \
-	vncsnapshot tigervnc-viewer xvfb x11-apps imagemagick
+	vncsnapshot tigervnc-viewer xvfb x11-apps imagemagick chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test lint typecheck pytest deps apt venv bench clean demo
+.PHONY: test lint typecheck pytest deps apt venv bench clean demo guest-files test-guest
 
-test: deps lint typecheck pytest
+test: deps lint typecheck guest-files pytest
+
+# The arm64 guest of tests/test_vhost_user_guest.py: QEMU 10, kernel and busybox fetched
+# with apt into a private cache (about 200 MB, once); pytest skips that test without it.
+GUEST_CACHE := .cache/guest
+
+guest-files: apt
+	sh tools/guest/fetch.sh $(GUEST_CACHE)
+
+test-guest: deps guest-files
+	$(VENV)/bin/pytest -q tests/test_vhost_user_guest.py
 
 deps: apt venv
 
@@ -32,8 +42,8 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 lint: venv
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench tools
+	$(VENV)/bin/ruff format --check src tests bench tools
 
 typecheck: venv
 	$(VENV)/bin/mypy

@@ -8,6 +8,8 @@ import click
 from pvdisplay import __version__, host, logs, toolstack
 from pvdisplay import snapshot as snapshots
 from pvdisplay.outputs.vnc import server as vnc_server
+from pvdisplay.outputs.web import server as web_server
+from pvdisplay.outputs.web import tiles as web_tiles
 from pvdisplay.planes import PlaneClient
 from pvdisplay.store import server as xenstore_server
 
@@ -67,8 +69,21 @@ def xenstored(socket_dir: str, quota_settings: tuple[str, ...]) -> None:
     type=click.Path(file_okay=False),
     help="Where the sockets go.  [default: /tmp/pvdisplay-<uid>]",
 )
-def demo(config_path: str | None, run_dir: str | None) -> None:
-    """Run the emulated host (xenstored, broker, backend, demo guests) until Ctrl-C."""
+@click.option(
+    "--web",
+    "web_listen",
+    default="127.0.0.1:8080",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where the web viewer listens.",
+)
+@click.option("--no-web", is_flag=True, help="Do not start the web viewer.")
+def demo(config_path: str | None, run_dir: str | None, web_listen: str, no_web: bool) -> None:
+    """Run the emulated host (xenstored, broker, backend, demo guests, web viewer) until Ctrl-C."""
+    try:
+        web = None if no_web else web_server.parse_listen(web_listen)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--web") from None
     text = Path(config_path).read_text() if config_path else host.DEMO_CONFIG
     try:
         config = toolstack.parse_config(text)
@@ -76,7 +91,7 @@ def demo(config_path: str | None, run_dir: str | None) -> None:
         raise click.ClickException(f"{config_path or 'built-in config'}: {error}") from None
     level = click.get_current_context().find_root().params["log_level"]
     try:
-        host.run_demo(config, Path(run_dir) if run_dir else host.default_run_dir(), level)
+        host.run_demo(config, Path(run_dir) if run_dir else host.default_run_dir(), level, web)
     except host.HostError as error:
         raise click.ClickException(str(error)) from None
 
@@ -154,6 +169,48 @@ def backend(xenstore_dir: str, planes_socket: str, copy_frames: bool) -> None:
 @main.command()
 @click.option(
     "--planes-socket",
+    type=click.Path(dir_okay=False),
+    help="The backend's planes socket.  [default: <run dir of pvdisplay demo>/planes.sock]",
+)
+@click.option(
+    "--listen",
+    default="127.0.0.1:8080",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Address of the web viewer (loopback unless you say otherwise).",
+)
+@click.option(
+    "--quality",
+    default="80",
+    show_default=True,
+    help="JPEG quality 1..100 (PNG still wins where smaller), or 'lossless'.",
+)
+def web(planes_socket: str | None, listen: str, quality: str) -> None:
+    """Serve every guest display to web browsers, with keyboard, mouse and touch."""
+    socket_path = Path(planes_socket) if planes_socket else host.default_run_dir() / "planes.sock"
+    try:
+        address, port = web_server.parse_listen(listen)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--listen") from None
+    try:
+        level = web_tiles.parse_quality(quality)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--quality") from None
+    click.echo(f"web viewer on http://{listen}/ for {socket_path} (Ctrl-C stops it)")
+    try:
+        asyncio.run(web_server.serve(socket_path, address, port, level))
+    except OSError as error:
+        raise click.ClickException(
+            f"cannot serve on {listen} from {socket_path}: {error}; "
+            "start `pvdisplay demo` first or pass --planes-socket and a free --listen"
+        ) from None
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.option(
+    "--planes-socket",
     type=click.Path(),
     help="The backend's planes socket.  [default: <run dir of pvdisplay demo>/planes.sock]",
 )
@@ -181,5 +238,74 @@ def vnc(planes_socket: str | None, address: str, port: int, password_file: str |
             f"cannot serve VNC on {address}:{port} from {socket_path}: {error}; "
             "start `pvdisplay demo` first or pass --planes-socket and a free --port"
         ) from None
+    except KeyboardInterrupt:
+        pass
+
+
+def _scanout_size(text: str) -> tuple[int, int]:
+    width, sep, height = text.partition("x")
+    if not (sep and width.isdecimal() and height.isdecimal()):
+        raise click.BadParameter(f"{text!r} is not WIDTHxHEIGHT", param_hint="--scanout")
+    size = int(width), int(height)
+    if not all(16 <= value <= 16384 for value in size):
+        raise click.BadParameter(f"{text}: sides run from 16 to 16384", param_hint="--scanout")
+    return size
+
+
+@main.command("vhost-user-gpu")
+@click.option(
+    "-s", "--socket-path", type=click.Path(dir_okay=False), help="Listen on this unix socket."
+)
+@click.option("-f", "--fd", "fd", type=int, help="Serve this inherited, connected socket.")
+@click.option(
+    "-c", "--print-capabilities", is_flag=True, help="Print the back-end's capabilities (JSON)."
+)
+@click.option(
+    "--planes-socket",
+    type=click.Path(dir_okay=False),
+    help="Also serve the scanouts as planes here (snapshot, VNC, web).",
+)
+@click.option(
+    "--domid",
+    type=click.IntRange(0, 0x7FEF),
+    default=1,
+    show_default=True,
+    help="Guest id the planes carry.",
+)
+@click.option(
+    "--scanout",
+    "scanouts",
+    multiple=True,
+    metavar="WxH",
+    help="Size of each scanout, repeatable (match QEMU's max_outputs).  [default: 1280x800]",
+)
+def vhost_user_gpu(
+    *,
+    socket_path: str | None,
+    fd: int | None,
+    print_capabilities: bool,
+    planes_socket: str | None,
+    domid: int,
+    scanouts: tuple[str, ...],
+) -> None:
+    """Serve virtio-gpu (2D) to QEMU over vhost-user, like QEMU's own vhost-user-gpu."""
+    from pvdisplay.virtio import server  # noqa: PLC0415 (keeps cli start-up light)
+
+    if print_capabilities:
+        click.echo('{\n  "type": "gpu",\n  "features": []\n}')
+        return
+    if (socket_path is None) == (fd is None):
+        raise click.UsageError("pass exactly one of --socket-path and --fd")
+    sizes = [_scanout_size(text) for text in scanouts] or [(1280, 800)]
+    try:
+        listener = server.listen(Path(socket_path)) if socket_path is not None else None
+        connected = server.inherited(fd) if fd is not None else None
+    except OSError as error:
+        raise click.ClickException(f"cannot serve vhost-user: {error}") from None
+    planes = Path(planes_socket) if planes_socket else None
+    try:
+        asyncio.run(server.serve(listener, connected, sizes, domid, planes))
+    except OSError as error:
+        raise click.ClickException(f"cannot serve planes on {planes_socket}: {error}") from None
     except KeyboardInterrupt:
         pass

@@ -31,6 +31,7 @@ from pvdisplay import logs, toolstack, xenbus
 from pvdisplay.hv import HypervisorError
 from pvdisplay.hv.local.host import DomainProcess, Host
 from pvdisplay.input import config as input_config
+from pvdisplay.outputs.web.server import BackgroundViewer
 from pvdisplay.store.client import Client, Transaction
 
 log = logging.getLogger(__name__)
@@ -452,8 +453,14 @@ def _vkb_features(vkb: input_config.Vkb) -> str:
     return ", ".join(features) or "nothing enabled"
 
 
-def run_demo(config: toolstack.HostConfig, run_dir: Path, log_level: str) -> None:
-    """Run the host until SIGINT or SIGTERM, then tear everything down in order."""
+def run_demo(
+    config: toolstack.HostConfig,
+    run_dir: Path,
+    log_level: str,
+    web: tuple[str, int] | None = None,
+) -> None:
+    """Run the host (and the web viewer on `web`) until SIGINT or SIGTERM, then tear
+    everything down in order."""
     # Ctrl-C signals the whole process group. Blocked here, the signals stay blocked in every
     # process the host starts (the mask survives exec), so only the host reacts, and it
     # stops guests, backend, broker and xenstored in that order.
@@ -468,9 +475,22 @@ def run_demo(config: toolstack.HostConfig, run_dir: Path, log_level: str) -> Non
             f"cannot start the emulated host in {run_dir}: {error} "
             "(is another `pvdisplay demo` using it? pass --run-dir)"
         ) from None
+    viewer = None
     try:
+        if web is not None:
+            try:
+                viewer = BackgroundViewer(host.planes_socket, *web)
+            except OSError as error:
+                raise HostError(
+                    f"cannot serve the web viewer on {web[0]}:{web[1]}: {error} "
+                    "(pass another --web HOST:PORT, or --no-web)"
+                ) from None
         print(describe(host), flush=True)
+        if viewer is not None:
+            print(f"  web viewer {viewer.url}", flush=True)
         received = signal.sigwait(stop_signals)
         log.info("stopping", extra=logs.fields(signal=signal.Signals(received).name))
     finally:
+        if viewer is not None:
+            viewer.close()
         host.stop()

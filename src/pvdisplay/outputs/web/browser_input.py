@@ -1,0 +1,136 @@
+"""What the page sends about keys, mouse, wheel and touch, as guest input events.
+
+The page converts every position to the guest connector's pixels (it knows the canvas
+scale); this decoder checks each message, clamps positions into the connector, maps
+key codes and buttons to Linux codes, and gives each touching pointer a contact slot
+(0, 1, ... as kbdif multi-touch numbers them) for as long as it touches.
+
+Messages (JSON objects from the page), in a list under "events":
+
+- `{"t": "key", "code": KeyboardEvent.code, "down": bool}` (unknown codes are ignored)
+- `{"t": "move", "x": X, "y": Y}`
+- `{"t": "button", "button": MouseEvent.button, "down": bool, "x": X, "y": Y}`
+- `{"t": "wheel", "steps": N}` (positive: away from the user)
+- `{"t": "touch", "phase": "down" | "move" | "up", "id": PointerEvent.pointerId, "x": X, "y": Y}`
+"""
+
+import errno
+import math
+from collections.abc import Mapping
+from typing import Final
+
+from pvdisplay.input.events import (
+    InputEvent,
+    Key,
+    PointerMove,
+    TouchDown,
+    TouchMove,
+    TouchUp,
+    Wheel,
+)
+from pvdisplay.outputs.web.keys import LINUX_BUTTONS, LINUX_KEYS
+from pvdisplay.wire.errors import ProtocolError
+
+MAX_CONTACTS: Final = 10
+MAX_EVENTS: Final = 256
+MAX_WHEEL_STEPS: Final = 100
+
+
+class BrowserInput:
+    """Decodes one page's input for a `width`x`height` connector (call `resize` on a new mode)."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.width = width
+        self.height = height
+        self._contacts: dict[int, int] = {}  # pointerId -> contact slot
+
+    def resize(self, width: int, height: int) -> None:
+        self.width = width
+        self.height = height
+
+    def decode(self, message: Mapping[str, object]) -> list[InputEvent]:
+        """The guest events for one `{"events": [...]}` message; ProtocolError(EINVAL) if
+        it is malformed (then nothing of it is used)."""
+        items = message.get("events")
+        if not isinstance(items, list) or len(items) > MAX_EVENTS:
+            raise ProtocolError(errno.EINVAL, f"events must be a list of at most {MAX_EVENTS}")
+        contacts = dict(self._contacts)
+        events: list[InputEvent] = []
+        for item in items:
+            if not isinstance(item, dict):
+                raise ProtocolError(errno.EINVAL, "an input event is not an object")
+            events.extend(self._decode_one(item, contacts))
+        self._contacts = contacts
+        return events
+
+    def _decode_one(self, item: Mapping[str, object], contacts: dict[int, int]) -> list[InputEvent]:
+        kind = item.get("t")
+        if kind == "key":
+            code = LINUX_KEYS.get(_text(item, "code"))
+            return [] if code is None else [Key(code, _flag(item, "down"))]
+        if kind == "move":
+            return [PointerMove(*self._position(item))]
+        if kind == "button":
+            button = LINUX_BUTTONS.get(_integer(item, "button"))
+            if button is None:
+                return []
+            return [PointerMove(*self._position(item)), Key(button, _flag(item, "down"))]
+        if kind == "wheel":
+            steps = max(-MAX_WHEEL_STEPS, min(MAX_WHEEL_STEPS, _integer(item, "steps")))
+            return [Wheel(steps)] if steps else []
+        if kind == "touch":
+            return self._touch(item, contacts)
+        raise ProtocolError(errno.EINVAL, f"unknown input event {kind!r}")
+
+    def _touch(self, item: Mapping[str, object], contacts: dict[int, int]) -> list[InputEvent]:
+        phase, pointer = _text(item, "phase"), _integer(item, "id")
+        if phase == "down":
+            if pointer in contacts:
+                return []
+            free = sorted(set(range(MAX_CONTACTS)) - set(contacts.values()))
+            if not free:
+                return []  # more fingers than the device has contacts: ignore the extra one
+            contacts[pointer] = free[0]
+            return [TouchDown(free[0], *self._position(item))]
+        if phase == "move":
+            contact = contacts.get(pointer)
+            return [] if contact is None else [TouchMove(contact, *self._position(item))]
+        if phase == "up":
+            contact = contacts.pop(pointer, None)
+            return [] if contact is None else [TouchUp(contact)]
+        raise ProtocolError(errno.EINVAL, f"unknown touch phase {phase!r}")
+
+    def _position(self, item: Mapping[str, object]) -> tuple[int, int]:
+        x, y = _number(item, "x"), _number(item, "y")
+        return (
+            min(max(math.floor(x), 0), self.width - 1),
+            min(max(math.floor(y), 0), self.height - 1),
+        )
+
+
+def _text(item: Mapping[str, object], name: str) -> str:
+    value = item.get(name)
+    if not isinstance(value, str):
+        raise ProtocolError(errno.EINVAL, f"{name} must be a string")
+    return value
+
+
+def _flag(item: Mapping[str, object], name: str) -> bool:
+    value = item.get(name)
+    if not isinstance(value, bool):
+        raise ProtocolError(errno.EINVAL, f"{name} must be true or false")
+    return value
+
+
+def _integer(item: Mapping[str, object], name: str) -> int:
+    value = item.get(name)
+    if type(value) is not int or not -(2**31) <= value < 2**31:
+        raise ProtocolError(errno.EINVAL, f"{name} must be a 32-bit integer")
+    return value
+
+
+def _number(item: Mapping[str, object], name: str) -> float:
+    value = item.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ProtocolError(errno.EINVAL, f"{name} must be a finite number")
+    return float(value)

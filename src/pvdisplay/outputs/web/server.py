@@ -1,0 +1,354 @@
+"""The web viewer's aiohttp server: pages, the live index, and one WebSocket per viewer.
+
+    viewer = WebViewer(planes_socket, host="127.0.0.1", port=8080)
+    await viewer.start()        # viewer.url: http://127.0.0.1:8080/
+    ...
+    await viewer.close()
+
+or `await serve(planes_socket, host, port)` to run until cancelled, or
+`BackgroundViewer(planes_socket, host, port)` from synchronous code (a thread of its
+own). The server is a local client of the display backend's planes socket (`PlaneFeed`);
+everything it decides (diffs, encodings, pacing, input decoding) is in the sans-IO
+modules next to it.
+"""
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit
+
+from aiohttp import WSMsgType, web
+
+from pvdisplay import logs
+from pvdisplay.outputs.web.browser_input import BrowserInput
+from pvdisplay.outputs.web.feed import PlaneFeed
+from pvdisplay.outputs.web.session import ViewerSession
+from pvdisplay.outputs.web.tiles import DEFAULT_QUALITY, Quality
+from pvdisplay.planes import PlaneInfo, PlaneKey
+from pvdisplay.wire.errors import ProtocolError
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR: Final = Path(__file__).parent / "static"
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 8080
+INDEX_PERIOD: Final = 0.5
+MAX_CLIENT_MESSAGE: Final = 64 * 1024
+START_TIMEOUT: Final = 30.0
+
+
+class WebViewer:
+    """The web viewer for the backend serving `planes_socket`; loopback unless told."""
+
+    def __init__(
+        self,
+        planes_socket: str | os.PathLike[str],
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        quality: Quality = DEFAULT_QUALITY,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.quality = quality
+        self.feed = PlaneFeed(Path(planes_socket))
+        self.encoders = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="web-encode")
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    async def start(self) -> None:
+        """Listen (port 0 picks a free port; `port` then tells which) and follow the backend."""
+        app = web.Application(middlewares=[self._guard])
+        app.add_routes(
+            [
+                web.get("/", self._page("index.html")),
+                web.get(
+                    "/view/{domid:\\d+}/{devid:\\d+}/{connector:\\d+}", self._page("view.html")
+                ),
+                web.get("/api/planes", self._planes),
+                web.get("/ws/index", self._index_socket),
+                web.get("/ws/view/{domid:\\d+}/{devid:\\d+}/{connector:\\d+}", self._view_socket),
+                web.static("/static", STATIC_DIR),
+            ]
+        )
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port).start()
+        self.port = int(self._runner.addresses[0][1])  # the one bound, when asked for 0
+        self.feed.start()
+        log.info("web viewer listening", extra=logs.fields(url=self.url))
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.feed.close()
+        self.encoders.shutdown(wait=True)
+
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Refuse other web sites' pages: a page from elsewhere may not open our sockets
+        (its Origin differs), and on loopback a DNS-rebound name may not reach us at all."""
+        origin = request.headers.get("Origin")
+        if origin is not None and urlsplit(origin).netloc != request.host:
+            raise web.HTTPForbidden(text="cross-origin requests are refused")
+        if _is_loopback(self.host) and not _is_loopback(urlsplit(f"//{request.host}").hostname):
+            raise web.HTTPForbidden(text="this viewer answers to loopback names only")
+        return await handler(request)
+
+    # -- pages ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _page(name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def page(request: web.Request) -> web.StreamResponse:
+            return web.FileResponse(STATIC_DIR / name)
+
+        return page
+
+    def _listing(self) -> dict[str, object]:
+        now = time.monotonic()
+        rows = []
+        for key, info in sorted(self.feed.planes.items(), key=lambda item: _sort_key(item[0])):
+            rate = self.feed.rates.get(key)
+            rows.append(
+                {
+                    **info.to_json(),
+                    "fps": round(rate.fps(now), 1) if rate else 0.0,
+                    "latency_ms": round(rate.latency * 1000, 2) if rate else 0.0,
+                }
+            )
+        return {"backend": self.feed.connected, "planes": rows}
+
+    async def _planes(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(self._listing())
+
+    async def _index_socket(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_CLIENT_MESSAGE)
+        await ws.prepare(request)
+        reader = asyncio.create_task(_drain(ws))
+        try:
+            last = None
+            while not ws.closed and not reader.done():
+                listing = self._listing()
+                if listing != last:
+                    await ws.send_json(listing)
+                    last = listing
+                await asyncio.sleep(INDEX_PERIOD)
+        except ConnectionError:
+            pass
+        finally:
+            reader.cancel()
+        return ws
+
+    # -- one viewer of one connector --------------------------------------------------------
+
+    async def _view_socket(self, request: web.Request) -> web.StreamResponse:
+        key = PlaneKey(
+            int(request.match_info["domid"]),
+            int(request.match_info["devid"]),
+            int(request.match_info["connector"]),
+        )
+        ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_CLIENT_MESSAGE)
+        await ws.prepare(request)
+        viewer = _Viewer(self, key, ws)
+        unsubscribe = self.feed.subscribe(viewer.on_change)
+        reader = asyncio.create_task(viewer.read())
+        try:
+            await viewer.send_frames(reader)
+        except ConnectionError:
+            pass
+        finally:
+            unsubscribe()
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        return ws
+
+
+class _Viewer:
+    """Sends one page the frames of one connector as fast as it acks them; takes its input."""
+
+    def __init__(self, server: WebViewer, key: PlaneKey, ws: web.WebSocketResponse) -> None:
+        self.server = server
+        self.key = key
+        self.ws = ws
+        self.session = ViewerSession(server.quality)
+        self.input = BrowserInput(1, 1)
+        self.wake = asyncio.Event()
+        self.wake.set()
+        self._status: tuple[str, tuple[int, int, int, int] | None] | None = None
+
+    def on_change(self, key: PlaneKey | None) -> None:
+        if key is None or key == self.key:
+            self.wake.set()
+
+    async def send_frames(self, reader: asyncio.Task[None]) -> None:
+        feed = self.server.feed
+        loop = asyncio.get_running_loop()
+        while not self.ws.closed and not reader.done():
+            waiter = asyncio.ensure_future(self.wake.wait())
+            await asyncio.wait([waiter, reader], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            self.wake.clear()
+            info = feed.planes.get(self.key)
+            if info is None or not info.fb_cookie:
+                await self._announce("blank" if info else "disconnected", info)
+                continue
+            if not self.session.can_send():
+                continue  # the next ack wakes us; by then a newer frame may be on screen
+            capture = await feed.capture(self.key)
+            if capture is None:
+                continue
+            await self._announce("live", capture.info)
+            plan = await asyncio.to_thread(self.session.plan, capture.picture)
+            if plan is None:
+                continue
+            encoded = await asyncio.gather(
+                *(
+                    loop.run_in_executor(self.server.encoders, self.session.encode, plan, rect)
+                    for rect in plan.rects
+                )
+            )
+            header: dict[str, object] = {
+                "frame": capture.info.frame,
+                "presented": capture.info.presented_at,
+                "x": capture.info.x,
+                "y": capture.info.y,
+            }
+            await self.ws.send_bytes(self.session.message(plan, header, encoded))
+
+    async def _announce(self, state: str, info: PlaneInfo | None) -> None:
+        """Tell the page what it is looking at, once per change of state or geometry."""
+        geometry = None if info is None else (info.mode_width, info.mode_height, info.x, info.y)
+        status = (state, geometry)
+        if status == self._status:
+            return
+        self._status = status
+        self.session.reset()
+        if info is not None:
+            self.input.resize(info.mode_width, info.mode_height)
+        await self.ws.send_json(
+            {
+                "type": "status",
+                "state": state,
+                "backend": self.server.feed.connected,
+                "plane": None if info is None else info.to_json(),
+            }
+        )
+
+    async def read(self) -> None:
+        async for message in self.ws:
+            if message.type != WSMsgType.TEXT:
+                continue
+            try:
+                body = json.loads(message.data)
+                if not isinstance(body, dict):
+                    raise ProtocolError(errno.EINVAL, "message is not an object")
+                if body.get("type") == "ack" and isinstance(body.get("seq"), int):
+                    self.session.ack(body["seq"])
+                    self.wake.set()
+                elif body.get("type") == "input":
+                    events = self.input.decode(body)
+                    if events and self._status is not None and self._status[0] == "live":
+                        await self.server.feed.send_input(self.key, events)
+            except (ValueError, ProtocolError) as error:
+                log.info("bad message from page", extra=logs.fields(plane=self.key, reason=error))
+
+
+async def _drain(ws: web.WebSocketResponse) -> None:
+    async for _ in ws:
+        pass
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT`, `[IPV6]:PORT` or `PORT` (on loopback) -> (host, port); ValueError."""
+    host, colon, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]") if colon else DEFAULT_HOST
+    if not port.isdecimal() or not 0 <= int(port) <= 65535 or not host:
+        raise ValueError(f"expected HOST:PORT, e.g. {DEFAULT_HOST}:{DEFAULT_PORT}; got {text!r}")
+    return host, int(port)
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _sort_key(key: PlaneKey) -> tuple[int, int, int]:
+    return (key.domid, key.devid, key.connector)
+
+
+async def serve(
+    planes_socket: str | os.PathLike[str],
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    quality: Quality = DEFAULT_QUALITY,
+) -> None:
+    """Run the web viewer until cancelled."""
+    viewer = WebViewer(planes_socket, host, port, quality)
+    await viewer.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await viewer.close()
+
+
+class BackgroundViewer:
+    """A `WebViewer` on an event loop thread of its own, for synchronous hosts (the
+    emulated host's `run_demo`, tests): starts at once, `close()` stops it."""
+
+    def __init__(
+        self,
+        planes_socket: str | os.PathLike[str],
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        quality: Quality = DEFAULT_QUALITY,
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="web-viewer")
+        self._thread.start()
+        self.viewer = WebViewer(planes_socket, host, port, quality)
+        try:
+            self._run(self.viewer.start())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    @property
+    def url(self) -> str:
+        return self.viewer.url
+
+    def close(self) -> None:
+        try:
+            self._run(self.viewer.close())
+        finally:
+            self._stop_loop()
+
+    def _run(self, work: Coroutine[object, object, None]) -> None:
+        asyncio.run_coroutine_threadsafe(work, self._loop).result(START_TIMEOUT)
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()

@@ -1,0 +1,362 @@
+"""`pvdisplay vhost-user-gpu`: the asyncio adapter around `vhost_user.Backend` and `GpuDevice`.
+
+One front-end (QEMU) at a time. With a listening socket, a front-end that goes away
+leaves nothing behind (memory unmapped, fds closed, planes removed) and the next one is
+accepted: QEMU reconnects with `-chardev socket,...,reconnect-ms=N`. With an inherited,
+connected descriptor (`--fd`) the server returns when that connection ends, as QEMU's
+own back-end does.
+
+Requests on the vhost-user socket are read whole as they arrive (QEMU writes each
+message at once); kick eventfds are watched with `add_reader` and served in the loop;
+the device interrupts the guest by writing the ring's call eventfd. What the scanouts
+show reaches QEMU's display through the vhost-user-gpu socket as full-frame UPDATEs; a
+frame that cannot be sent because QEMU is still reading the previous one is coalesced
+with the next: QEMU always gets the latest picture, never a backlog.
+"""
+
+import array
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pvdisplay import logs
+from pvdisplay.hv import Mapping
+from pvdisplay.planes import PlaneInfo, PlaneKey, PlaneRegistry, PlaneServer
+from pvdisplay.virtio import gpu, vhost_user
+from pvdisplay.virtio.memory import GuestMemoryMap
+from pvdisplay.virtio.virtqueue import Virtqueue
+from pvdisplay.wire import fourcc
+from pvdisplay.wire.errors import ProtocolError
+
+log = logging.getLogger(__name__)
+
+CONTROL_QUEUE = 0
+CURSOR_QUEUE = 1
+DEVICE_INDEX = 0
+"""The planes `devid` of the one GPU this process serves."""
+
+
+class GpuQueues:
+    """The virtio-gpu device as `vhost_user.Backend` drives it: queue 0 control, 1 cursor."""
+
+    def __init__(self, device: gpu.GpuDevice) -> None:
+        self.device = device
+
+    def handle_queue(self, index: int, queue: Virtqueue) -> bool:
+        if index == CONTROL_QUEUE:
+            return self.device.handle_control(queue)
+        return self.device.handle_cursor(queue)
+
+    def config_bytes(self) -> bytes:
+        return self.device.config_bytes()
+
+    def write_config(self, offset: int, data: bytes) -> None:
+        self.device.write_config(offset, data)
+
+    def close(self) -> None:
+        self.device.close()
+
+
+class Connection:
+    """One front-end connection: the vhost-user socket, its kick fds and the display channel."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        registry: PlaneRegistry,
+        scanouts: Sequence[tuple[int, int]],
+        domid: int,
+    ) -> None:
+        self._sock = sock
+        self._registry = registry
+        self._domid = domid
+        self._loop = asyncio.get_running_loop()
+        self._closed = asyncio.Event()
+        self._backend = vhost_user.Backend(
+            lambda memory: GpuQueues(self._make_device(memory, scanouts)),
+            gpu.DEVICE_FEATURES,
+            queues=2,
+            on_gpu_socket=self._gpu_socket,
+        )
+        self._watched: dict[int, int] = {}
+        self._display: vhost_user.DisplayChannel | None = None
+        self._display_sock: socket.socket | None = None
+        self._display_writing = False
+        self._shown: dict[int, tuple[int, int]] = {}
+        self._dirty: set[int] = set()
+        self._unsubscribe = registry.subscribe(self._on_plane)
+        sock.setblocking(True)
+        self._loop.add_reader(sock.fileno(), self._on_request)
+
+    def _make_device(
+        self, memory: GuestMemoryMap, scanouts: Sequence[tuple[int, int]]
+    ) -> gpu.GpuDevice:
+        return gpu.GpuDevice(
+            memory, scanouts=list(scanouts), planes=self._registry, guest_domid=self._domid
+        )
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._unwatch_kicks()
+        self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+        self._close_display()
+        self._backend.close()
+        self._unsubscribe()
+        log.info("front-end disconnected")
+
+    def _on_request(self) -> None:
+        try:
+            message = self._receive()
+        except EOFError:
+            self.close()
+            return
+        except (OSError, ProtocolError) as exc:
+            log.warning("vhost-user connection failed", extra=logs.fields(reason=str(exc)))
+            self.close()
+            return
+        self._unwatch_kicks()
+        try:
+            answer = self._backend.handle(message)
+            if answer is not None:
+                self._sock.sendall(answer.encode())
+        except (OSError, ProtocolError) as exc:
+            log.warning(
+                "vhost-user request refused",
+                extra=logs.fields(request=message.request, reason=str(exc)),
+            )
+            self.close()
+            return
+        self._watch_kicks()
+
+    def _receive(self) -> vhost_user.Message:
+        fds = array.array("i")
+        header, ancillary, _, _ = self._sock.recvmsg(
+            vhost_user.HEADER.size, socket.CMSG_SPACE(vhost_user.MAX_FDS * fds.itemsize)
+        )
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+        try:
+            if not header:
+                raise EOFError("front-end closed the connection")
+            if len(header) < vhost_user.HEADER.size:
+                header += _receive_exactly(self._sock, vhost_user.HEADER.size - len(header))
+            request, flags, size = vhost_user.parse_header(header)
+            payload = _receive_exactly(self._sock, size)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return vhost_user.Message(request, flags, payload, list(fds))
+
+    def _watch_kicks(self) -> None:
+        for index, fd in self._backend.kick_fds.items():
+            self._loop.add_reader(fd, self._on_kick, index, fd)
+            self._watched[index] = fd
+
+    def _unwatch_kicks(self) -> None:
+        for fd in self._watched.values():
+            self._loop.remove_reader(fd)
+        self._watched = {}
+
+    def _on_kick(self, index: int, fd: int) -> None:
+        try:
+            os.eventfd_read(fd)
+        except BlockingIOError:
+            return
+        if self._backend.process(index):
+            call = self._backend.call_fd(index)
+            if call is not None:
+                os.eventfd_write(call, 1)
+
+    def _gpu_socket(self, fd: int) -> None:
+        self._close_display()
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        self._display_sock = sock
+        self._display = vhost_user.DisplayChannel()
+        self._shown = {}
+        for plane in self._registry.planes():
+            self._on_plane(plane.info, removed=False)
+        self._loop.add_reader(fd, self._on_display_readable)
+        self._send_display()
+
+    def _close_display(self) -> None:
+        if self._display_sock is not None:
+            self._loop.remove_reader(self._display_sock.fileno())
+            self._loop.remove_writer(self._display_sock.fileno())
+            self._display_sock.close()
+        self._display_sock = None
+        self._display = None
+        self._display_writing = False
+
+    def _on_display_readable(self) -> None:
+        assert self._display_sock is not None and self._display is not None
+        try:
+            data = self._display_sock.recv(4096)
+            if not data:
+                raise EOFError("QEMU closed the display socket")
+            self._display.receive(data)
+        except BlockingIOError:
+            return
+        except (OSError, ProtocolError, EOFError) as exc:
+            log.warning("display channel closed", extra=logs.fields(reason=str(exc)))
+            self._close_display()
+            return
+        self._send_display()
+
+    def _on_plane(self, info: PlaneInfo, removed: bool) -> None:
+        if self._display is None or (info.domid, info.devid) != (self._domid, DEVICE_INDEX):
+            return
+        size = (0, 0) if removed or not info.fb_cookie else (info.width, info.height)
+        if self._shown.get(info.connector) != size:
+            self._shown[info.connector] = size
+            self._display.scanout(info.connector, *size)
+        if size != (0, 0):
+            self._dirty.add(info.connector)
+        self._send_display()
+
+    def _send_display(self) -> None:
+        """Write what the channel holds; queue the latest frames once it has drained."""
+        display, sock = self._display, self._display_sock
+        if display is None or sock is None:
+            return
+        while True:
+            if display.ready and not display.pending:
+                self._queue_frames(display)
+            data = display.data_to_send()
+            if not data:
+                break
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                log.warning("display channel failed", extra=logs.fields(reason=str(exc)))
+                self._close_display()
+                return
+            display.sent(sent)
+        writing = bool(display.data_to_send())
+        if writing != self._display_writing:
+            if writing:
+                self._loop.add_writer(sock.fileno(), self._send_display)
+            else:
+                self._loop.remove_writer(sock.fileno())
+            self._display_writing = writing
+
+    def _queue_frames(self, display: vhost_user.DisplayChannel) -> None:
+        dirty, self._dirty = self._dirty, set()
+        for connector in sorted(dirty):
+            plane = self._registry.get(PlaneKey(self._domid, DEVICE_INDEX, connector))
+            if plane is None or plane.handle is None or not plane.info.fb_cookie:
+                continue
+            info = plane.info
+            try:
+                pixels = _xrgb_frame(info, plane.handle.map())
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("cannot read scanout", extra=logs.fields(plane=info.key, reason=exc))
+                continue
+            display.update(connector, (0, 0, info.width, info.height), pixels)
+
+
+def _xrgb_frame(info: PlaneInfo, mapping: Mapping) -> bytes:
+    """The plane's picture as packed x8r8g8b8 rows, the one format QEMU's UPDATE takes."""
+    with mapping:
+        source = np.frombuffer(mapping.view(), np.uint8)
+        rows = source[info.offset : info.offset + info.stride * info.height]
+        rows = rows.reshape(info.height, info.stride)
+        if info.fourcc in ("XR24", "AR24"):
+            frame = rows[:, : info.width * 4].tobytes()
+        else:
+            fmt = fourcc.by_fourcc(fourcc.fourcc_code(info.fourcc))
+            rgb = fourcc.to_rgb(fmt, rows.reshape(-1), info.width, info.height, info.stride)
+            xrgb = np.zeros((info.height, info.width, 4), np.uint8)
+            xrgb[..., 0], xrgb[..., 1], xrgb[..., 2] = rgb[..., 2], rgb[..., 1], rgb[..., 0]
+            frame = xrgb.tobytes()
+        del source, rows
+    return frame
+
+
+def _receive_exactly(sock: socket.socket, count: int) -> bytes:
+    data = bytearray()
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            raise EOFError("front-end closed the connection mid-message")
+        data += chunk
+    return bytes(data)
+
+
+async def serve(
+    listener: socket.socket | None,
+    connected: socket.socket | None,
+    scanouts: Sequence[tuple[int, int]],
+    domid: int,
+    planes_socket: Path | None,
+) -> None:
+    """Serve front-ends from `listener` forever, or the one `connected` socket until it ends."""
+    registry = PlaneRegistry()
+    plane_server = PlaneServer(registry, planes_socket) if planes_socket else None
+    if plane_server is not None:
+        plane_server.start()
+    try:
+        if connected is not None:
+            await _serve_connection(connected, registry, scanouts, domid)
+            return
+        assert listener is not None
+        listener.setblocking(False)
+        loop = asyncio.get_running_loop()
+        while True:
+            sock, _ = await loop.sock_accept(listener)
+            log.info("front-end connected")
+            await _serve_connection(sock, registry, scanouts, domid)
+    finally:
+        if plane_server is not None:
+            plane_server.close()
+
+
+async def _serve_connection(
+    sock: socket.socket, registry: PlaneRegistry, scanouts: Sequence[tuple[int, int]], domid: int
+) -> None:
+    connection = Connection(sock, registry, scanouts, domid)
+    try:
+        await connection.wait_closed()
+    finally:
+        connection.close()
+
+
+def listen(path: Path) -> socket.socket:
+    """A unix stream socket listening at `path` (a stale socket file is replaced)."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_socket():
+            path.unlink()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(path))
+        listener.listen(1)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
+
+
+def inherited(fd: int) -> socket.socket:
+    """The connected unix socket passed as descriptor `fd`; OSError if it is not one."""
+    sock = socket.socket(fileno=fd)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        sock.detach()
+        raise OSError(errno.ENOTSOCK, f"descriptor {fd} is not a unix stream socket")
+    return sock

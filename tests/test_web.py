@@ -1,0 +1,386 @@
+"""The web viewer's sans-IO core: tile diffs, encodings, pacing, key map, page input."""
+
+import asyncio
+import io
+import json
+import struct
+import subprocess
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from PIL import Image
+
+from pvdisplay.input.events import Key, PointerMove, TouchDown, TouchMove, TouchUp, Wheel
+from pvdisplay.outputs.web import keys, tiles
+from pvdisplay.outputs.web.browser_input import MAX_CONTACTS, BrowserInput
+from pvdisplay.outputs.web.feed import PlaneRate
+from pvdisplay.outputs.web.server import WebViewer, parse_listen
+from pvdisplay.outputs.web.session import ViewerSession
+from pvdisplay.outputs.web.tiles import Picture, Rect
+from pvdisplay.planes import PlaneInfo
+from pvdisplay.wire import fourcc
+from pvdisplay.wire.errors import ProtocolError
+from pvdisplay.wire.fourcc import PixelFormat
+
+BTN_LEFT, BTN_RIGHT = 0x110, 0x111
+
+
+def picture(rgb: np.ndarray, fmt: PixelFormat = fourcc.XRGB8888, pad: int = 0) -> Picture:
+    """`rgb` as the guest would store it: XRGB8888 (bytes B G R X) or RGB565, rows padded."""
+    height, width = rgb.shape[:2]
+    if fmt == fourcc.XRGB8888:
+        pixels = np.concatenate([rgb[..., ::-1], np.zeros((height, width, 1), np.uint8)], axis=2)
+        rows = pixels.reshape(height, width * 4)
+    else:
+        wide = rgb.astype(np.uint16)
+        value = (wide[..., 0] >> 3) << 11 | (wide[..., 1] >> 2) << 5 | wide[..., 2] >> 3
+        rows = value.astype("<u2").view(np.uint8).reshape(height, width * 2)
+    padded = np.zeros((height, rows.shape[1] + pad), np.uint8)
+    padded[:, : rows.shape[1]] = rows
+    return Picture(fmt, width, height, padded.shape[1], padded.reshape(-1))
+
+
+def decode(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+# -- key map, proven against the kernel header ------------------------------------------
+
+
+def test_key_and_button_codes_match_linux_input_event_codes(tmp_path: Path) -> None:
+    checks = [
+        f'_Static_assert({name} == {value}, "{code}");' for code, name, value in keys.KEY_TABLE
+    ]
+    checks += [
+        f'_Static_assert({name} == {value}, "button {button}");'
+        for button, name, value in keys.BUTTON_TABLE
+    ]
+    source = tmp_path / "keys.c"
+    source.write_text("#include <linux/input-event-codes.h>\n" + "\n".join(checks) + "\n")
+    result = subprocess.run(
+        ["gcc", "-fsyntax-only", "-Wall", "-Werror", str(source)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(keys.LINUX_KEYS) == len(keys.KEY_TABLE)  # no KeyboardEvent.code listed twice
+
+
+def test_a_wrong_key_code_fails_the_header_check(tmp_path: Path) -> None:
+    source = tmp_path / "wrong.c"
+    source.write_text('#include <linux/input-event-codes.h>\n_Static_assert(KEY_A == 31, "");\n')
+    result = subprocess.run(["gcc", "-fsyntax-only", str(source)], capture_output=True, check=False)
+    assert result.returncode != 0
+
+
+# -- tile diffs ------------------------------------------------------------------------
+
+images = hnp.arrays(
+    np.uint8,
+    st.tuples(st.integers(1, 300), st.integers(1, 300), st.just(3)),
+    elements=st.integers(0, 3),
+)
+
+
+def covered(rects: list[Rect], shape: tuple[int, ...]) -> np.ndarray:
+    count = np.zeros(shape[:2], dtype=np.int32)
+    for r in rects:
+        assert r.width > 0 and r.height > 0
+        assert r.x >= 0 and r.x + r.width <= shape[1] and r.y >= 0 and r.y + r.height <= shape[0]
+        assert r.x % tiles.TILE == 0 and r.y % tiles.TILE == 0
+        assert r.height <= tiles.BAND_ROWS
+        count[r.y : r.y + r.height, r.x : r.x + r.width] += 1
+    return count
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    images, st.data(), st.sampled_from([fourcc.XRGB8888, fourcc.RGB565]), st.sampled_from([0, 2, 8])
+)
+def test_rects_cover_every_changed_pixel_once(
+    before: np.ndarray, data: st.DataObject, fmt: PixelFormat, pad: int
+) -> None:
+    after = before.copy()
+    height, width = before.shape[:2]
+    for _ in range(data.draw(st.integers(0, 4))):
+        y, x = data.draw(st.integers(0, height - 1)), data.draw(st.integers(0, width - 1))
+        after[y : y + data.draw(st.integers(1, 80)), x : x + data.draw(st.integers(1, 80))] += 1
+    if fmt == fourcc.RGB565:  # only the bits RGB565 keeps can change
+        before, after = before << 3, after << 3
+    rects = tiles.changed_rects(picture(before, fmt, pad), picture(after, fmt, pad))
+    count = covered(rects, before.shape)
+    assert count.max(initial=0) <= 1  # no pixel sent twice
+    assert np.all(count[np.any(before != after, axis=2)] == 1)
+    # Only tiles holding a change are sent.
+    for r in rects:
+        for ty in range(r.y, r.y + r.height, tiles.TILE):
+            for tx in range(r.x, r.x + r.width, tiles.TILE):
+                tile = np.s_[ty : ty + tiles.TILE, tx : tx + tiles.TILE]
+                assert np.any(before[tile] != after[tile])
+
+
+@settings(max_examples=20, deadline=None)
+@given(images)
+def test_a_first_frame_is_sent_whole_and_an_unchanged_one_not_at_all(image: np.ndarray) -> None:
+    assert np.all(covered(tiles.changed_rects(None, picture(image)), image.shape) == 1)
+    assert tiles.changed_rects(picture(image), picture(image.copy())) == []
+    # Another format or geometry is a new picture: sent whole.
+    other = tiles.changed_rects(picture(image), picture(image, pad=8))
+    assert np.all(covered(other, image.shape) == 1)
+
+
+def test_a_full_screen_change_becomes_full_width_bands() -> None:
+    before = np.zeros((1080, 1920, 3), np.uint8)
+    rects = tiles.changed_rects(picture(before), picture(before + 1))
+    assert [(r.x, r.width) for r in rects] == [(0, 1920)] * 9
+    assert [r.height for r in rects] == [128] * 8 + [56]
+
+
+# -- encodings -------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(hnp.arrays(np.uint8, st.tuples(st.integers(1, 70), st.integers(1, 70), st.just(3))))
+def test_png_is_exact(pixels: np.ndarray) -> None:
+    assert np.array_equal(decode(tiles.encode_png(pixels)), pixels)
+
+
+def test_flat_content_goes_lossless_and_noise_goes_jpeg() -> None:
+    rng = np.random.default_rng(1)
+    image = np.zeros((256, 256, 3), np.uint8)
+    image[:, :128] = (200, 30, 30)
+    # Photo-like: a smooth gradient with sensor-like noise.
+    gradient = np.linspace(0, 200, 128)[None, :, None] + np.linspace(0, 40, 256)[:, None, None]
+    noise = rng.integers(0, 24, (256, 128, 3))
+    image[:, 128:] = (gradient + noise).astype(np.uint8)
+    flat = tiles.encode_rect(picture(image), Rect(0, 0, 128, 256), 80)
+    noisy = tiles.encode_rect(picture(image), Rect(128, 0, 128, 256), 80)
+    small_flat = tiles.encode_rect(picture(image), Rect(0, 0, 64, 20), 80)
+    assert (flat.kind, noisy.kind, small_flat.kind) == ("png", "jpeg", "png")
+    assert np.array_equal(decode(flat.data), image[:, :128])
+    # Whichever wins is smaller than the other would have been.
+    assert len(noisy.data) < len(tiles.encode_png(image[:, 128:]))
+    assert len(flat.data) < len(tiles.encode_jpeg(np.ascontiguousarray(image[:, :128]), 80))
+    jpeg = decode(noisy.data).astype(int)
+    assert np.abs(jpeg - image[:, 128:]).mean() < 12  # lossy, but the same picture
+
+
+def test_lossless_quality_never_uses_jpeg() -> None:
+    noise = np.random.default_rng(2).integers(0, 256, (200, 100, 3), dtype=np.uint8)
+    tile = tiles.encode_rect(picture(noise, pad=4), Rect(0, 64, 64, 128), tiles.LOSSLESS)
+    assert tile.kind == "png"
+    assert np.array_equal(decode(tile.data), noise[64:192, :64])
+
+
+def test_quality_parsing() -> None:
+    assert tiles.parse_quality("lossless") == "lossless"
+    assert tiles.parse_quality("75") == 75
+    for bad in ("0", "101", "high", ""):
+        with pytest.raises(ValueError, match="quality"):
+            tiles.parse_quality(bad)
+
+
+def test_frame_message_layout() -> None:
+    image = np.zeros((64, 128, 3), np.uint8)
+    encoded = [
+        tiles.encode_rect(picture(image), Rect(0, 0, 64, 64), 80),
+        tiles.Tile(Rect(64, 0, 64, 64), "jpeg", b"xyz"),
+    ]
+    message = tiles.pack_frame({"seq": 3}, encoded)
+    (length,) = struct.unpack_from("<I", message)
+    header = json.loads(message[4 : 4 + length])
+    assert header["seq"] == 3
+    assert header["tiles"] == [
+        [0, 0, 64, 64, encoded[0].kind, len(encoded[0].data)],
+        [64, 0, 64, 64, "jpeg", 3],
+    ]
+    assert message[4 + length :] == encoded[0].data + b"xyz"
+
+
+# -- pacing ----------------------------------------------------------------------------
+
+
+def frame(value: int) -> Picture:
+    image = np.zeros((100, 100, 3), np.uint8)
+    image[: value + 1, :10] = value
+    return picture(image)
+
+
+def test_at_most_window_frames_unacknowledged_and_the_newest_sent_next() -> None:
+    session = ViewerSession(tiles.LOSSLESS, window=2)
+    first = session.plan(frame(0))
+    assert first is not None and first.seq == 1
+    assert first.rects == [Rect(0, 0, 100, 100)]  # the whole frame
+    second = session.plan(frame(1))
+    assert second is not None and second.seq == 2
+    assert second.rects == [Rect(0, 0, 64, 64)]  # only the tile that changed
+    assert not session.can_send()
+    session.ack(5)  # a future ack cannot widen the window
+    assert not session.can_send()
+    session.ack(1)
+    assert session.can_send() and session.in_flight == 1
+    # Frames 2..9 were flipped meanwhile; only the newest is diffed and sent.
+    latest = session.plan(frame(9))
+    assert latest is not None and latest.seq == 3
+    session.ack(1)  # stale
+    assert session.in_flight == 2
+    assert session.plan(frame(9)) is None  # nothing changed: nothing to send
+
+
+def test_reset_sends_the_next_frame_whole() -> None:
+    session = ViewerSession(80)
+    session.plan(frame(0))
+    session.reset()
+    again = session.plan(frame(0))
+    assert again is not None and again.rects == [Rect(0, 0, 100, 100)]
+
+
+# -- page input ------------------------------------------------------------------------
+
+
+def test_mouse_keys_and_wheel_become_guest_events_clamped_to_the_connector() -> None:
+    page = BrowserInput(640, 480)
+    events = page.decode(
+        {
+            "events": [
+                {"t": "move", "x": 10.7, "y": 20.2},
+                {"t": "button", "button": 2, "down": True, "x": 700, "y": -5},
+                {"t": "key", "code": "KeyA", "down": True},
+                {"t": "key", "code": "LaunchMail", "down": True},
+                {"t": "wheel", "steps": -1000},
+            ]
+        }
+    )
+    assert events == [
+        PointerMove(10, 20),
+        PointerMove(639, 0),
+        Key(BTN_RIGHT, True),
+        Key(30, True),
+        Wheel(-100),
+    ]
+
+
+def test_touch_pointers_get_the_lowest_free_contact_slots() -> None:
+    page = BrowserInput(100, 100)
+
+    def touch(phase: str, pointer: int, x: float = 1, y: float = 2) -> list[object]:
+        return list(
+            page.decode({"events": [{"t": "touch", "phase": phase, "id": pointer, "x": x, "y": y}]})
+        )
+
+    assert touch("down", 17) == [TouchDown(0, 1, 2)]
+    assert touch("down", 4) == [TouchDown(1, 1, 2)]
+    assert touch("move", 4, 50, 60) == [TouchMove(1, 50, 60)]
+    assert touch("up", 17) == [TouchUp(0)]
+    assert touch("down", 99) == [TouchDown(0, 1, 2)]
+    assert touch("move", 12345) == []  # never went down
+    for pointer in range(1000, 1000 + MAX_CONTACTS):
+        touch("down", pointer)
+    assert touch("down", 5000) == []  # more fingers than contacts
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        "key",
+        {"t": "key", "code": 3, "down": True},
+        {"t": "move", "x": float("nan"), "y": 1},
+        {"t": "move", "x": True, "y": 1},
+        {"t": "button", "button": 0, "down": 1, "x": 1, "y": 1},
+        {"t": "wheel", "steps": 1.5},
+        {"t": "touch", "phase": "hover", "id": 1, "x": 1, "y": 1},
+        {"t": "teleport"},
+    ],
+)
+def test_malformed_input_is_refused_whole(event: object) -> None:
+    page = BrowserInput(100, 100)
+    with pytest.raises(ProtocolError):
+        page.decode({"events": [{"t": "touch", "phase": "down", "id": 1, "x": 1, "y": 1}, event]})
+    # The touch before the bad event was not taken either.
+    assert page.decode({"events": [{"t": "touch", "phase": "down", "id": 2, "x": 1, "y": 1}]}) == [
+        TouchDown(0, 1, 1)
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=5)
+        ),
+        max_leaves=20,
+    )
+)
+def test_any_json_from_a_page_is_events_or_protocol_error(message: object) -> None:
+    page = BrowserInput(320, 200)
+    try:
+        events = page.decode({"events": message})
+    except ProtocolError:
+        return
+    for event in events:
+        if isinstance(event, PointerMove | TouchDown | TouchMove):
+            assert 0 <= event.x < 320 and 0 <= event.y < 200
+
+
+# -- index figures ---------------------------------------------------------------------
+
+
+def test_frame_rate_and_flip_latency_from_changes() -> None:
+    rate = PlaneRate()
+    info = PlaneInfo(1, 0, 0, "main", 640, 480, fb_cookie=5, presented_at=100.0)
+    for step in range(11):
+        rate.update(
+            PlaneInfo(**{**info.to_json(), "frame": 2 * step}),  # type: ignore[arg-type]
+            now=10.0 + step * 0.05,
+            wall=100.004,
+        )
+    assert rate.fps(10.5) == pytest.approx(40.0)
+    assert rate.latency == pytest.approx(0.004)
+    assert rate.fps(12.0) == 0.0  # nothing flipped for a while: not moving
+
+
+# -- who may connect ----------------------------------------------------------------------
+
+
+def test_other_sites_and_rebound_names_are_refused(tmp_path: Path) -> None:
+    async def statuses() -> list[int]:
+        viewer = WebViewer(tmp_path / "no-backend.sock", port=0)
+        await viewer.start()
+        try:
+            async with aiohttp.ClientSession() as client:
+                base = f"http://127.0.0.1:{viewer.port}"
+                headers: list[dict[str, str]] = [
+                    {},
+                    {"Origin": base},
+                    {"Origin": "http://evil.example"},
+                    {
+                        "Host": f"evil.example:{viewer.port}",
+                        "Origin": f"http://evil.example:{viewer.port}",
+                    },
+                ]
+                results = []
+                for header in headers:
+                    async with client.get(f"{base}/api/planes", headers=header) as reply:
+                        results.append(reply.status)
+                return results
+        finally:
+            await viewer.close()
+
+    assert asyncio.run(statuses()) == [200, 200, 403, 403]
+
+
+def test_listen_addresses() -> None:
+    assert parse_listen("0.0.0.0:80") == ("0.0.0.0", 80)
+    assert parse_listen("[::1]:8080") == ("::1", 8080)
+    assert parse_listen("9000") == ("127.0.0.1", 9000)
+    for bad in ("host:", ":80", "host:port", "1.2.3.4:70000"):
+        with pytest.raises(ValueError, match="HOST:PORT"):
+            parse_listen(bad)

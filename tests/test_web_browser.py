@@ -1,0 +1,315 @@
+"""The web viewer in Debian's Chromium (Playwright), against real guests and backends.
+
+Two setups, both real processes: a guest showing a known pattern with a real keyboard
+device (xenstored, broker, backend domain, guest domain, as the input tests build them),
+and the emulated host running the demo guests (`EmulatedHost`). The test run also takes
+the README's screenshots: docs/screenshots/web-index.png and web-connector.png.
+"""
+
+import base64
+import contextlib
+import io
+import math
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pvdisplay import host as emulated
+from pvdisplay import snapshot, toolstack
+from pvdisplay.display.front_pattern import expected_rgb
+from pvdisplay.hv.local.host import DomainProcess, Host
+from pvdisplay.input import config
+from pvdisplay.outputs.web.server import BackgroundViewer
+from pvdisplay.outputs.web.tiles import LOSSLESS
+from pvdisplay.planes import PlaneClient
+from pvdisplay.store.client import Client
+from pvdisplay.wire import fourcc
+
+playwright = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+BACKEND = 0
+PATIENCE = 60.0  # hang protection only
+WAIT_MS = 60_000
+BTN_LEFT, KEY_A = 0x110, 30
+WIDTH, HEIGHT = 320, 240
+FULL_VKB = "backend=0,feature-abs-pointer=1,feature-multi-touch=1,multi-touch-num-contacts=4"
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    profile = tempfile.mkdtemp(prefix="pvd-chromium-")
+    with playwright.sync_playwright() as driver:
+        context = driver.chromium.launch_persistent_context(
+            profile,
+            executable_path=str(CHROMIUM),
+            args=CHROMIUM_ARGS,
+            headless=True,
+            has_touch=True,
+            viewport={"width": 1000, "height": 640},
+        )
+        try:
+            yield context
+        finally:
+            context.close()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+# -- a pattern guest with a real keyboard ---------------------------------------------------
+
+
+@dataclass
+class Guest:
+    process: DomainProcess
+    domid: int
+
+    def read_until(self, last: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """Events the guest received, up to and including `last`."""
+        events: list[tuple[Any, ...]] = []
+        while last not in events:
+            self.process.control.send(("read", 1))
+            if not self.process.control.poll(PATIENCE):
+                pytest.fail(f"guest {self.domid} received no input")
+            status, value = self.process.control.recv()
+            assert status == "ok", value
+            events += [tuple(event) for event in value]
+        return events
+
+
+@dataclass
+class World:
+    host: Host
+    xs: Client
+    xenstore_dir: str
+    planes_socket: str
+
+    def add_guest(self, domid: int) -> Guest:
+        """Write the guest's vdispl and vkb devices as xl does, then start its domain."""
+        self.xs.introduce(domid, 0, 1)
+        unique_id = f"dom{domid}"
+        connector = toolstack.Connector(unique_id, WIDTH, HEIGHT)
+        vdispl = toolstack.Vdispl(0, BACKEND, False, (connector,))
+        vkb = config.parse_xl_vkb(f"{FULL_VKB},unique-id={unique_id}", 0, "vkb", {}, BACKEND)
+        for plan in (
+            toolstack.domain_nodes(domid, f"guest{domid}"),
+            toolstack.vdispl_nodes(domid, vdispl),
+            config.vkb_nodes(domid, vkb, [vdispl]),
+        ):
+            emulated.apply_plan(self.xs, plan)
+        process = self.host.start_domain("test_web_agents:guest", self.xenstore_dir, domid=domid)
+        if not process.control.poll(PATIENCE):
+            pytest.fail(f"guest {domid} did not start (exit {process.returncode})")
+        assert process.control.recv() == ("ready", None)
+        return Guest(process, domid)
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    workdir = tempfile.mkdtemp(prefix="pvw-", dir="/tmp")
+    xenstore_dir = f"{workdir}/xs"
+    daemon = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from pvdisplay.cli import main; main()",
+            *("--log-level", "warning", "xenstored", "--socket-dir", xenstore_dir),
+        ]
+    )
+    try:
+        deadline = time.monotonic() + PATIENCE
+        while not Path(f"{xenstore_dir}/socket").exists():
+            assert time.monotonic() < deadline and daemon.poll() is None, "xenstored did not start"
+            time.sleep(0.05)
+        with Client(f"{xenstore_dir}/socket") as xs:
+
+            def release(domid: int) -> None:
+                if domid != BACKEND:
+                    xs.release(domid)
+
+            with Host(on_domain_released=release) as hv:
+                planes_socket = f"{workdir}/planes"
+                hv.start_domain(
+                    "pvdisplay.display.service:run", xenstore_dir, planes_socket, domid=BACKEND
+                )
+                yield World(hv, xs, xenstore_dir, planes_socket)
+    finally:
+        daemon.terminate()
+        daemon.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def canvas_rgb(page: Any) -> np.ndarray:
+    url = page.evaluate("document.getElementById('screen').toDataURL('image/png')")
+    with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def wait_live(page: Any, frames: int = 1) -> None:
+    page.wait_for_function(
+        f"window.pvdisplay && pvdisplay.state === 'live' && pvdisplay.frames >= {frames}",
+        timeout=WAIT_MS,
+    )
+
+
+def to_page(page: Any, x: int, y: int) -> tuple[float, float]:
+    """Where on the page guest pixel (x, y) is drawn (its centre), whatever the scale."""
+    box = page.evaluate(
+        "(() => { const r = document.getElementById('screen').getBoundingClientRect();"
+        " return [r.left, r.top, r.width, r.height]; })()"
+    )
+    scale_x, scale_y = box[2] / WIDTH, box[3] / HEIGHT
+    return box[0] + (x + 0.5) * scale_x, box[1] + (y + 0.5) * scale_y
+
+
+def test_canvas_shows_the_guest_exactly_and_input_arrives_at_guest_pixels(
+    world: World, browser: Any, tmp_path: Path
+) -> None:
+    guest = world.add_guest(11)
+    viewer = BackgroundViewer(world.planes_socket, port=0, quality=LOSSLESS)
+    page = browser.new_page()
+    try:
+        page.goto(f"{viewer.url}view/{guest.domid}/0/0")
+        wait_live(page)
+        # The picture: exactly the guest's pattern, and exactly `pvdisplay snapshot`'s PNG.
+        with PlaneClient(world.planes_socket) as client:
+            snapshot.save_png(snapshot.take(client, guest.domid, 0), tmp_path / "snap.png")
+        with Image.open(tmp_path / "snap.png") as png:
+            snap = np.asarray(png)
+        shown = canvas_rgb(page)
+        assert np.array_equal(shown, expected_rgb(fourcc.XRGB8888, WIDTH, HEIGHT, 0))
+        assert np.array_equal(shown, snap)
+
+        # Shown at 2.5x: page coordinates must still land on guest pixels.
+        page.evaluate(
+            "(() => { const c = document.getElementById('screen');"
+            " c.style.maxWidth = 'none'; c.style.maxHeight = 'none';"
+            f" c.style.width = '{WIDTH * 5 // 2}px'; c.style.height = '{HEIGHT * 5 // 2}px'; }})()"
+        )
+        page.mouse.click(*to_page(page, 100, 50))
+        clicked = guest.read_until(("Key", False, BTN_LEFT))
+        press = clicked.index(("Key", True, BTN_LEFT))
+        assert [e for e in clicked[:press] if e[0] == "Position"][-1] == ("Position", 100, 50, 0)
+
+        page.mouse.wheel(0, -100)  # one notch away from the user
+        assert guest.read_until(("Position", 100, 50, -1))[-1] == ("Position", 100, 50, -1)
+
+        page.keyboard.press("KeyA")
+        assert guest.read_until(("Key", False, KEY_A))[-2:] == [
+            ("Key", True, KEY_A),
+            ("Key", False, KEY_A),
+        ]
+
+        # Two fingers down, one moves, both lift (CDP touch events become Pointer Events).
+        first, second, moved = (
+            to_page(page, 40, 30),
+            to_page(page, 200, 150),
+            to_page(page, 210, 160),
+        )
+        cdp = browser.new_cdp_session(page)
+
+        def touch(kind: str, *points: tuple[int, tuple[float, float]]) -> None:
+            cdp.send(
+                "Input.dispatchTouchEvent",
+                {"type": kind, "touchPoints": [{"x": p[0], "y": p[1], "id": i} for i, p in points]},
+            )
+
+        touch("touchStart", (0, first), (1, second))
+        touch("touchMove", (0, first), (1, moved))
+        touch("touchEnd")
+        events = [e for e in guest.read_until(("MtUp", 1)) if e[0] != "MtSyn"]
+        if ("MtUp", 0) not in events:
+            events += [e for e in guest.read_until(("MtUp", 0)) if e[0] != "MtSyn"]
+        assert events[:3] == [
+            ("MtDown", 0, 40, 30),
+            ("MtDown", 1, 200, 150),
+            ("MtMotion", 1, 210, 160),
+        ]
+        assert sorted(events[3:]) == [("MtUp", 0), ("MtUp", 1)]
+
+        # The guest goes away: the page says so.
+        guest.process.kill()
+        page.wait_for_function("pvdisplay.state === 'disconnected'", timeout=WAIT_MS)
+        assert "guest disconnected" in page.inner_text("#overlay")
+    finally:
+        page.close()
+        viewer.close()
+
+
+# -- the demo host: index, screenshots, backend restart -----------------------------------------
+
+
+def test_index_lists_every_connector_live_and_viewer_resumes_after_backend_restart(
+    browser: Any,
+) -> None:
+    run_dir = Path(tempfile.mkdtemp(prefix="pvw-demo-", dir="/tmp"))
+    config_ = toolstack.parse_config(emulated.DEMO_CONFIG)
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, run_dir, ignore_errors=True)
+        demo = stack.enter_context(emulated.EmulatedHost(config_, run_dir))
+        viewer = BackgroundViewer(demo.planes_socket, port=0)
+        stack.callback(viewer.close)
+        page = browser.new_page()
+        stack.callback(page.close)
+
+        page.goto(viewer.url)
+        expected = {
+            f"{running.domid}/{device.devid}/{index}"
+            for running in demo.guests.values()
+            for device in running.devices
+            for index in range(len(device.connectors))
+        }
+        page.wait_for_function(
+            "(keys) => keys.every((k) => {"
+            " const row = document.querySelector(`tr[data-key='${k}']`);"
+            " return row && row.children[8].textContent === 'live'"
+            " && parseFloat(row.children[6].textContent) > 0; })",
+            arg=sorted(expected),
+            timeout=WAIT_MS,
+        )
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "web-index.png"))
+        rows = page.eval_on_selector_all(
+            "#planes tr", "rows => rows.map(r => [...r.children].map(c => c.textContent))"
+        )
+        alpha = next(r for r in rows if r[3] == "left")
+        assert alpha[4:6] == ["640\N{MULTIPLICATION SIGN}480", "XR24"]
+
+        domid = next(r.domid for r in demo.guests.values() if r.guest.name == "alpha")
+        page.goto(f"{viewer.url}view/{domid}/0/0")
+        wait_live(page, frames=10)
+        page.screenshot(path=str(SCREENSHOTS / "web-connector.png"))
+        shown = canvas_rgb(page)
+        assert shown.shape == (480, 640, 3) and len(np.unique(shown.reshape(-1, 3), axis=0)) > 2
+
+        # The backend dies and comes back: the page says so, then frames flow again.
+        page.evaluate("window.seen = []; setInterval(() => seen.push(pvdisplay.state), 5)")
+        before = page.evaluate("pvdisplay.frames")
+        demo.restart_backend()
+        page.wait_for_function("seen.includes('disconnected')", timeout=WAIT_MS)
+        page.wait_for_function(
+            f"pvdisplay.state === 'live' && pvdisplay.frames > {before + 10}", timeout=WAIT_MS
+        )
+        assert math.isfinite(page.evaluate("pvdisplay.latencies.at(-1)"))

@@ -1,0 +1,40 @@
+#!/bin/sh
+# Fetch and unpack what the arm64 test guest needs, with apt only and without installing:
+# QEMU 10 from bookworm-backports (Debian 12's QEMU 7.2 refuses vhost-user-gpu under TCG) plus
+# whichever of its libraries this host lacks, Debian's arm64 kernel (the generic flavour; the
+# cloud one has no DRM) and busybox-static:arm64. Everything lands unpacked in CACHE_DIR/root;
+# run QEMU with LD_LIBRARY_PATH=CACHE_DIR/root/usr/lib/x86_64-linux-gnu.
+# Usage: fetch.sh CACHE_DIR. Idempotent: a stamp file skips everything on reruns.
+set -eu
+CACHE=${1:?usage: fetch.sh CACHE_DIR}
+mkdir -p "$CACHE"
+CACHE=$(cd "$CACHE" && pwd)
+STAMP=$CACHE/fetched.stamp
+[ -e "$STAMP" ] && exit 0
+
+APT=$CACHE/apt
+mkdir -p "$APT/lists/partial" "$APT/cache/archives/partial" "$CACHE/debs"
+# Reuse the machine's own Debian mirror rather than naming one.
+URI=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+[ -n "$URI" ] || URI=$(awk '$1 == "deb" && $2 !~ /^\[/ {print $2; exit}' /etc/apt/sources.list)
+printf 'deb %s bookworm main\ndeb %s bookworm-backports main\n' "$URI" "$URI" > "$APT/sources.list"
+set -- -o Dir::Etc::SourceList="$APT/sources.list" -o Dir::Etc::SourceParts=/dev/null \
+  -o Dir::State::Lists="$APT/lists" -o Dir::Cache="$APT/cache" \
+  -o APT::Architectures::=amd64 -o APT::Architectures::=arm64 -o APT::Sandbox::User=root \
+  -o Debug::NoLocking=1
+apt-get "$@" -qq update
+KERNEL=$(apt-cache "$@" depends linux-image-arm64:arm64 | awk '/Depends: linux-image-/ {print $2; exit}')
+# Resolving against the host's own dpkg status fetches exactly the libraries it is missing.
+apt-get "$@" -qq -y --download-only --no-install-recommends -t bookworm-backports install \
+  qemu-system-arm qemu-system-gui
+cd "$CACHE/debs"
+apt-get "$@" -qq download "$KERNEL" busybox-static:arm64
+rm -rf "$CACHE/root"
+for deb in "$CACHE"/debs/*.deb "$APT"/cache/archives/*.deb; do dpkg-deb -x "$deb" "$CACHE/root"; done
+# Keep the cache small: the guest needs six of the kernel's modules, and the packages
+# themselves are not needed once unpacked.
+find "$CACHE/root/lib/modules" -name '*.ko*' ! \( -name 'virtio_mmio.ko*' -o -name 'drm.ko*' \
+  -o -name 'drm_kms_helper.ko*' -o -name 'drm_shmem_helper.ko*' -o -name 'virtio_dma_buf.ko*' \
+  -o -name 'virtio-gpu.ko*' \) -delete
+rm -rf "$CACHE/debs" "$APT"
+touch "$STAMP"
