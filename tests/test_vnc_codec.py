@@ -1,6 +1,7 @@
 """The sans-IO pieces of the VNC server: DES, pixel formats, ZRLE, damage, updates, the
 RFB handshake and message parser (fuzzed), and the keysym table against the C headers."""
 
+import itertools
 import os
 import struct
 import subprocess
@@ -33,6 +34,7 @@ FORMATS = [
     RfbPixelFormat(32, 24, False, True, 255, 255, 255, 0, 8, 16),  # vncdotool's RGB32
     RfbPixelFormat(32, 24, True, True, 255, 255, 255, 16, 8, 0),
     RfbPixelFormat(32, 24, False, True, 255, 255, 255, 24, 16, 8),  # high three bytes
+    RfbPixelFormat(32, 24, True, True, 255, 255, 255, 24, 16, 8),  # the same, big-endian
     RfbPixelFormat(16, 16, False, True, 31, 63, 31, 11, 5, 0),  # RGB565
     RfbPixelFormat(16, 15, True, True, 31, 31, 31, 10, 5, 0),
     RfbPixelFormat(8, 8, False, True, 7, 7, 3, 0, 3, 6),  # BGR233
@@ -137,9 +139,16 @@ def read_run_length(data: bytes, at: int) -> tuple[int, int]:
 
 
 def zrle_decode(
-    body: bytes, width: int, height: int, fmt: RfbPixelFormat, stream: "zlib._Decompress"
+    body: bytes,
+    width: int,
+    height: int,
+    fmt: RfbPixelFormat,
+    stream: "zlib._Decompress",
+    *,
+    tile_sizes: list[int] | None = None,
 ) -> npt.NDArray[np.int64]:
-    """RFC 6143 7.7.6 decoder, written from the text; returns client pixel values."""
+    """RFC 6143 7.7.6 decoder, written from the text; returns client pixel values and
+    appends each tile's encoded size to `tile_sizes`."""
     (length,) = struct.unpack_from(">I", body)
     assert len(body) == 4 + length
     data = stream.decompress(body[4:])
@@ -157,6 +166,7 @@ def zrle_decode(
     for top in range(0, height, 64):
         for left in range(0, width, 64):
             th, tw = min(64, height - top), min(64, width - left)
+            tile_start = at
             kind = data[at]
             at += 1
             pixels: list[int] = []
@@ -195,6 +205,8 @@ def zrle_decode(
             else:
                 raise AssertionError(f"unused subencoding {kind}")
             assert len(pixels) == th * tw
+            if tile_sizes is not None:
+                tile_sizes.append(at - tile_start)
             out[top : top + th, left : left + tw] = np.array(pixels).reshape(th, tw)
     assert at == len(data)
     return out
@@ -226,6 +238,50 @@ def test_zrle_decodes_back_to_the_client_pixels(
         decoded = zrle_decode(encoder.encode(version, fmt), width, height, fmt, stream)
         expected = client_pixels(version, fmt).astype(np.int64)
         np.testing.assert_array_equal(decoded, expected)
+
+
+def smallest_tile_size(tile: npt.NDArray[np.int64], cpixel: int) -> int:
+    """Reference: the fewest bytes any ZRLE subencoding needs for one tile (RFC 6143
+    7.7.6), counted directly from its runs and colours."""
+    height, width = tile.shape
+    flat = tile.ravel().tolist()
+    runs = [len(list(group)) for _, group in itertools.groupby(flat)]
+    colours = len(set(flat))
+    run_bytes = sum((run - 1) // 255 + 1 for run in runs)
+    sizes = [1 + width * height * cpixel, 1 + len(runs) * cpixel + run_bytes]
+    if colours == 1:
+        sizes.append(1 + cpixel)
+    if 2 <= colours <= 16:
+        bits = 1 if colours == 2 else 2 if colours <= 4 else 4
+        sizes.append(1 + colours * cpixel + height * ((width * bits + 7) // 8))
+    if 2 <= colours <= 127:
+        long_bytes = sum((run - 1) // 255 + 1 for run in runs if run > 1)
+        sizes.append(1 + colours * cpixel + len(runs) + long_bytes)
+    return int(min(sizes))
+
+
+@settings(max_examples=40, deadline=None)
+@given(frame=structured_frames, fmt=st.sampled_from(FORMATS), corner=st.integers(0, 70))
+def test_zrle_gives_every_tile_its_smallest_subencoding(
+    frame: npt.NDArray[np.uint32], fmt: RfbPixelFormat, corner: int
+) -> None:
+    """Also through a strided view, as updates pass regions of a larger frame."""
+    height, width = frame.shape
+    larger = np.zeros((height + corner, width + corner + 3), dtype=np.uint32)
+    larger[corner:, corner : corner + width] = frame
+    region = larger[corner:, corner : corner + width]
+    sizes: list[int] = []
+    body = ZrleEncoder().encode(region, fmt)
+    decoded = zrle_decode(body, width, height, fmt, zlib.decompressobj(), tile_sizes=sizes)
+    expected = client_pixels(frame, fmt).astype(np.int64)
+    np.testing.assert_array_equal(decoded, expected)
+    cpixel = fmt.compact_slice.stop - fmt.compact_slice.start
+    tiles = [
+        expected[top : top + 64, left : left + 64]
+        for top in range(0, height, 64)
+        for left in range(0, width, 64)
+    ]
+    assert sizes == [smallest_tile_size(tile, cpixel) for tile in tiles]
 
 
 def test_zrle_picks_solid_and_palette_tiles_for_flat_pictures() -> None:
@@ -305,6 +361,29 @@ def test_incremental_updates_with_copyrect_rebuild_the_new_frame(
         np.testing.assert_array_equal(old, new)
         return
     np.testing.assert_array_equal(apply_update(screen, update, rfb.ENCODING_RAW), new)
+
+
+def test_successive_partial_updates_rebuild_each_frame_and_leave_frames_untouched() -> None:
+    rng = np.random.default_rng(7)
+    frame = rng.integers(0, 1 << 24, size=(150, 200), dtype=np.uint32)
+    encoder = UpdateEncoder(200, 150)
+    encoder.encodings = (rfb.ENCODING_RAW,)
+    full = Rect(0, 0, 200, 150)
+    first = encoder.update(frame, full, incremental=False)
+    assert first is not None
+    screen = apply_update(np.zeros((150, 200), np.uint32), first, rfb.ENCODING_RAW)
+    shown = [(frame, frame.copy())]
+    for step in range(6):
+        frame = frame.copy()
+        top, left = rng.integers(0, 140), rng.integers(0, 190)
+        frame[top : top + 10, left : left + 10] = step
+        update = encoder.update(frame, full, incremental=True)
+        assert update is not None
+        screen = apply_update(screen, update, rfb.ENCODING_RAW)
+        np.testing.assert_array_equal(screen, frame)
+        shown.append((frame, frame.copy()))
+    for given_frame, snapshot in shown:  # frames are shared between clients: read-only
+        np.testing.assert_array_equal(given_frame, snapshot)
 
 
 def test_a_horizontal_scroll_is_sent_as_copyrect() -> None:

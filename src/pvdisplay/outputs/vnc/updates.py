@@ -39,6 +39,7 @@ class UpdateEncoder:
         self.pixel_format: RfbPixelFormat = SERVER_FORMAT
         self.encodings: tuple[int, ...] = ()
         self._sent: Frame | None = None
+        self._sent_is_own = False
         self._zrle = ZrleEncoder()
 
     @property
@@ -103,17 +104,18 @@ class UpdateEncoder:
 
     def _remember(self, frame: Frame, rects: list[Rect]) -> None:
         """Track what the client's framebuffer holds now. Frames are never modified in
-        place, so a whole-frame update keeps a reference instead of a copy."""
+        place, so a whole-frame update keeps a reference instead of a copy; partial updates
+        then patch one private copy instead of copying the frame every time."""
         covered = sum(rect.width * rect.height for rect in rects)
         if covered == self.width * self.height:
-            self._sent = frame
+            self._sent, self._sent_is_own = frame, False
             return
-        sent = (
-            np.zeros((self.height, self.width), dtype=np.uint32)
-            if self._sent is None
-            else self._sent.copy()
-        )
+        sent = self._sent
+        if sent is None:
+            sent = np.zeros((self.height, self.width), dtype=np.uint32)
+        elif not self._sent_is_own:  # a shared frame: patch a private copy, once
+            sent = sent.copy()
         for rect in rects:
             window = (slice(rect.y, rect.y + rect.height), slice(rect.x, rect.x + rect.width))
             sent[window] = frame[window]
-        self._sent = sent
+        self._sent, self._sent_is_own = sent, True
