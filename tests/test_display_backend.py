@@ -397,3 +397,32 @@ def test_any_slot_gets_a_response_with_its_id_and_operation(pair: Pair) -> None:
         )
 
     check()
+
+
+def test_flips_follow_set_config_moves_and_framebuffer_switches(pair: Pair) -> None:
+    size = 160 * 100 * 4
+    for cookie, name in ((1, "a"), (2, "b")):
+        directory = pair.fe_buffer(name, size, seed=cookie)
+        assert pair.create(cookie, (160, 100, 32), size, directory).status == 0
+        fb = displif.FbAttach(pair.rid(), cookie, cookie + 10, 160, 100, XR24)
+        assert pair.send(fb).status == 0
+    rid = pair.rid
+    assert pair.send(displif.SetConfig(rid(), 11, 0, 0, 160, 100, 32), 1).status == 0
+    shown = []
+    for cookie, position in ((12, (0, 0)), (11, (0, 0)), (12, (0, 0))):
+        assert pair.send_with_events(displif.PageFlip(rid(), cookie), 1)[0].status == 0
+        plane = pair.back("plane", pair.front.domid, 1)
+        shown.append((plane["fb_cookie"], plane["buffer_id"], (plane["x"], plane["y"])))
+        assert (plane["x"], plane["y"]) == position
+    # Flipping between two framebuffers reuses one cached handle per framebuffer.
+    assert shown[0][1] == shown[2][1] != shown[1][1]
+    assert [fb for fb, _, _ in shown] == [12, 11, 12]
+    # A SET_CONFIG that moves the picture shows on the very next flip of either buffer;
+    # one that would leave the 320x200 connector changes nothing.
+    assert pair.send(displif.SetConfig(rid(), 12, 100, 50, 160, 100, 32), 1).status == 0
+    assert pair.send(displif.SetConfig(rid(), 12, 200, 50, 160, 100, 32), 1).status == -22
+    for cookie in (11, 12):
+        assert pair.send_with_events(displif.PageFlip(rid(), cookie), 1)[0].status == 0
+        plane = pair.back("plane", pair.front.domid, 1)
+        assert (plane["fb_cookie"], plane["x"], plane["y"]) == (cookie, 100, 50)
+    assert pair.back("pixels", pair.front.domid, 1) == pair.front("read", "b", 0, size)

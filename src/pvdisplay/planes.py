@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import socket
@@ -97,9 +98,20 @@ class PlaneInfo:
     presented_at: float = 0.0
     bytes_copied: int = 0
 
-    @property
+    @functools.cached_property
     def key(self) -> PlaneKey:
+        # Cached, and carried along by `next_frame`, so the flip path builds no key.
         return PlaneKey(self.domid, self.devid, self.connector)
+
+    def next_frame(self, frame: int, presented_at: float) -> "PlaneInfo":
+        """This plane with a new `frame` and `presented_at`: what every page flip publishes.
+
+        Equal to `dataclasses.replace(self, frame=frame, presented_at=presented_at)`, at
+        a fraction of its cost: the other fields are taken over as they are.
+        """
+        plane = object.__new__(type(self))
+        plane.__dict__.update(self.__dict__, frame=frame, presented_at=presented_at)
+        return plane
 
     @property
     def frame_bytes(self) -> int:
@@ -107,7 +119,8 @@ class PlaneInfo:
         return self.stride * self.height
 
     def to_json(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
+        # Every field is a scalar, so a shallow dict is what asdict's deep copy would give.
+        return {name: getattr(self, name) for name in _PLANE_FIELDS}
 
     @classmethod
     def from_json(cls, body: object) -> "PlaneInfo":
@@ -121,6 +134,9 @@ class PlaneInfo:
                 raise ProtocolError(errno.EINVAL, f"plane field {field.name}: {value!r}")
             values[field.name] = value
         return cls(**values)  # type: ignore[arg-type]
+
+
+_PLANE_FIELDS = tuple(field.name for field in dataclasses.fields(PlaneInfo))
 
 
 @dataclass(frozen=True)
@@ -323,6 +339,8 @@ class PlaneServer:
         return self._input_handler(key, events)
 
     def _on_change(self, info: PlaneInfo, removed: bool) -> None:
+        if not self._watchers:
+            return  # every flip changes a plane: build no message nobody reads
         event = {"event": "removed" if removed else "changed", "plane": info.to_json()}
         for fd in list(self._watchers):
             try:

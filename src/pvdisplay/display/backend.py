@@ -94,6 +94,7 @@ class _Framebuffer:
     height: int
     format: fourcc.PixelFormat
     stride: int
+    fourcc_text: str  # the plane's `fourcc`, made once rather than per flip
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,9 @@ class _Connector:
     frames: int = 0
     position: _Position | None = None
     shown: _Framebuffer | None = None
+    # The plane last published for each framebuffer cookie at `position`: flipping
+    # between framebuffers then only renews the counters.
+    planes: dict[int, PlaneInfo] = field(default_factory=dict)
     copy: _OwnBuffer | None = None
 
 
@@ -159,7 +163,6 @@ class DisplayDevice:
         """Answer one request that arrived on `connector`'s ring."""
         if len(slot) != displif.REQUEST_SIZE:
             return Reply(displif.Response(0, 0, -errno.EINVAL))
-        header = displif.decode_request_header(slot)
         try:
             request = displif.decode_request(slot)
             return self._dispatch(self._connectors[connector], request)
@@ -169,6 +172,7 @@ class DisplayDevice:
         except HypervisorError as exc:
             status = -(exc.errno or errno.EIO)
             reason = str(exc)
+        header = displif.decode_request_header(slot)
         log.info(
             "request refused",
             extra=logs.fields(
@@ -187,6 +191,7 @@ class DisplayDevice:
         for connector in self._connectors:
             self._planes.remove(connector.key)
             connector.shown = None
+            connector.planes.clear()
             if connector.copy is not None:
                 self._release_own(connector.copy)
                 connector.copy = None
@@ -198,10 +203,10 @@ class DisplayDevice:
     # -- requests ------------------------------------------------------------------
 
     def _dispatch(self, connector: _Connector, request: displif.Request) -> Reply:
+        if isinstance(request, displif.PageFlip):
+            return self._page_flip(connector, request)
         if isinstance(request, displif.SetConfig):
             self._set_config(connector, request)
-        elif isinstance(request, displif.PageFlip):
-            return self._page_flip(connector, request)
         elif isinstance(request, displif.GetEdid):
             return self._get_edid(connector, request)
         else:
@@ -305,7 +310,13 @@ class DisplayDevice:
             raise _invalid(f"framebuffer ends at byte {end}, buffer_sz is {dbuf.size}")
         dbuf.pitch = stride
         self._fbs[request.fb_cookie] = _Framebuffer(
-            request.fb_cookie, dbuf, request.width, request.height, pixel_format, stride
+            request.fb_cookie,
+            dbuf,
+            request.width,
+            request.height,
+            pixel_format,
+            stride,
+            fourcc.fourcc_text(pixel_format.fourcc),
         )
 
     def _fb_detach(self, request: displif.FbDetach) -> None:
@@ -319,6 +330,7 @@ class DisplayDevice:
         if fields == (0, 0, 0, 0, 0) and request.bpp == 0:
             connector.position = None
             connector.shown = None
+            connector.planes.clear()
             self._publish_blank(connector)
             return
         fb = self._fbs.get(request.fb_cookie)
@@ -337,6 +349,7 @@ class DisplayDevice:
         if request.bpp != fb.format.bits_per_pixel:
             raise _invalid(f"bpp {request.bpp}, framebuffer is {fb.format.name}")
         connector.position = _Position(request.x, request.y, request.width, request.height)
+        connector.planes.clear()
         self._present(connector, fb)
 
     def _page_flip(self, connector: _Connector, request: displif.PageFlip) -> Reply:
@@ -381,10 +394,12 @@ class DisplayDevice:
         handle, offset, copied = fb.dbuf.handle, fb.dbuf.data_ofs, 0
         if self._copy_frames:
             handle, offset, copied = self._copy_frame(connector, fb, position.height)
-        connector.shown = fb
         connector.frames += 1
-        self._planes.publish(
-            PlaneInfo(
+        last = connector.planes.get(fb.cookie)
+        if last is not None and last.buffer_id == handle.id:
+            info = last.next_frame(connector.frames, time.time())
+        else:
+            info = PlaneInfo(
                 domid=self.config.frontend,
                 devid=self.config.devid,
                 connector=mode.index,
@@ -392,7 +407,7 @@ class DisplayDevice:
                 mode_width=mode.width,
                 mode_height=mode.height,
                 fb_cookie=fb.cookie,
-                fourcc=fourcc.fourcc_text(fb.format.fourcc),
+                fourcc=fb.fourcc_text,
                 width=position.width,
                 height=position.height,
                 stride=fb.stride,
@@ -403,9 +418,10 @@ class DisplayDevice:
                 frame=connector.frames,
                 presented_at=time.time(),
                 bytes_copied=copied,
-            ),
-            handle,
-        )
+            )
+        connector.shown = fb
+        connector.planes[fb.cookie] = info
+        self._planes.publish(info, handle)
 
     def _copy_frame(
         self, connector: _Connector, fb: _Framebuffer, rows: int
@@ -490,6 +506,7 @@ class DisplayDevice:
     def _drop_framebuffer(self, fb: _Framebuffer) -> None:
         del self._fbs[fb.cookie]
         for connector in self._connectors:
+            connector.planes.pop(fb.cookie, None)
             if connector.shown is fb:
                 connector.shown = None
                 self._publish_blank(connector)

@@ -183,6 +183,7 @@ class BackendService:
     ) -> None:
         """`other_port` gets every fired port that is not a display ring's (the input devices')."""
         self._hv = hv
+        self._events = hv.events
         self._other_port = other_port
         self._xs = xs
         self._planes = planes
@@ -196,7 +197,7 @@ class BackendService:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._hv.events.fileno(), self._on_events)
+        self._loop.add_reader(self._events.fileno(), self._on_events)
         root_watch = await self._xs.watch(self._root)
         release_watch = await self._xs.watch("@releaseDomain")
         self._tasks += [
@@ -206,7 +207,7 @@ class BackendService:
 
     async def stop(self) -> None:
         if self._loop is not None:
-            self._loop.remove_reader(self._hv.events.fileno())
+            self._loop.remove_reader(self._events.fileno())
         for task in self._tasks:
             task.cancel()
         for device in list(self._devices.values()):
@@ -431,13 +432,13 @@ class BackendService:
     # -- rings ---------------------------------------------------------------------
 
     def _on_events(self) -> None:
-        for port in self._hv.events.pending(0):
+        for port in self._events.pending(0):
             entry = self._ports.get(port)
             if entry is None:
                 self._other_port(port)
                 continue
             device, channel = entry
-            if self._hv.events.status(port).state == PortState.UNBOUND:
+            if self._events.status(port).state == PortState.UNBOUND:
                 log.info("frontend channel closed", extra=logs.fields(device=device.name))
                 self._teardown(device)
                 self._spawn(self._set_state(device, XenbusState.INIT_WAIT))
@@ -445,36 +446,50 @@ class BackendService:
                 self._service(device, channel)
 
     def _service(self, device: _Device, channel: _Channel) -> None:
-        """Answer the requests waiting on one ring, at most a ring's worth per call."""
+        """Answer the requests waiting on one ring, at most a ring's worth per call.
+
+        Responses and events are published as they are made, the notifications sent
+        once at the end: the frontend then wakes once per batch, not once per channel.
+        """
         device.scheduled.discard(channel.index)
-        if device.core is None or channel not in device.channels:
+        core = device.core
+        if core is None or channel not in device.channels:
             return
         ring = channel.ring
+        notify_requests = notify_events = False
+        failure: ProtocolError | None = None
         try:
             while True:
                 events: list[displif.PageFlipEvent] = []
                 handled = 0
                 while handled < ring.size and (slot := ring.take_request()) is not None:
-                    reply = self._handle(device.core, channel.index, slot)
+                    reply = self._handle(core, channel.index, slot)
                     ring.new_response()[:] = reply.response.encode()
-                    events.extend(reply.events)
+                    events += reply.events
                     handled += 1
                 if ring.push_responses():
-                    self._hv.events.notify(channel.req_port)
+                    notify_requests = True
                 for event in events:
-                    self._send_event(device, channel, event)
+                    if self._publish_event(device, channel, event):
+                        notify_events = True
                 if handled == ring.size:
                     # More may be waiting: let the other guests' rings go first.
                     if channel.index not in device.scheduled and self._loop is not None:
                         device.scheduled.add(channel.index)
                         self._loop.call_soon(self._service, device, channel)
-                    return
+                    break
                 if not ring.final_check_for_requests():
-                    return
+                    break
         except ProtocolError as exc:
+            failure = exc
+        if notify_requests:
+            self._events.notify(channel.req_port)
+        if notify_events:
+            self._events.notify(channel.evt_port)
+        if failure is not None:
             log.warning(
                 "frontend broke the ring protocol; disconnecting",
-                extra=logs.fields(device=device.name, connector=channel.index, reason=exc),
+                extra=logs.fields(device=device.name, connector=channel.index, reason=failure),
             )
             self._teardown(device)
             self._spawn(self._set_state(device, XenbusState.CLOSING))
@@ -488,7 +503,10 @@ class BackendService:
             header = displif.decode_request_header(slot)
             return Reply(displif.Response(header.id, header.operation, -errno.EIO))
 
-    def _send_event(self, device: _Device, channel: _Channel, event: displif.PageFlipEvent) -> None:
+    def _publish_event(
+        self, device: _Device, channel: _Channel, event: displif.PageFlipEvent
+    ) -> bool:
+        """Put `event` on the connector's event page; False if the frontend left no room."""
         page = channel.event_view
         in_cons = displif.read_index(page, displif.IN_CONS_OFFSET)
         if (channel.in_prod - in_cons) & 0xFFFFFFFF >= displif.IN_RING_LEN:
@@ -496,11 +514,11 @@ class BackendService:
                 "event ring full; event dropped",
                 extra=logs.fields(device=device.name, connector=channel.index, id=event.id),
             )
-            return
+            return False
         displif.write_event(page, channel.in_prod, event)
         channel.in_prod = (channel.in_prod + 1) & 0xFFFFFFFF
         displif.write_index(page, displif.IN_PROD_OFFSET, channel.in_prod)
-        self._hv.events.notify(channel.evt_port)
+        return True
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)
