@@ -25,7 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from pvdisplay.outputs.vnc import rfb
-from test_vnc_guest import Guest, ServerThread, world
+from rigs import Guest
+from test_vnc_guest import ServerThread, world
 
 WIDTH, HEIGHT = 1920, 1080
 FRAMES = 240  # four seconds at 60 Hz

@@ -28,6 +28,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+import rigs
 from pvdisplay import toolstack
 from pvdisplay.demo import TestCard
 from pvdisplay.display.front import Display, Framebuffer
@@ -42,17 +45,6 @@ BOX = 64
 WARMUP = 3.0
 MEASURE = 8.0
 GUEST_ENTRY = f"{__name__}:animator"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 CONFIG = f"""
 [[guest]]
 name = "bench"
@@ -215,7 +207,7 @@ def run_mode(mode: str, viewers: tuple[int, ...]) -> list[tuple[int, dict[str, A
         assert host.backend is not None
         with web_viewer(host.planes_socket) as (viewer, url), sync_playwright() as driver:
             browser = driver.chromium.launch(
-                executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+                executable_path=str(rigs.CHROMIUM), args=rigs.CHROMIUM_ARGS, headless=True
             )
             context = browser.new_context(viewport={"width": 1280, "height": 800})
             pids = {

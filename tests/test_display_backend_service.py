@@ -5,46 +5,31 @@ channels built on the wire codecs), so the tests control every byte and every st
 the backend sees.
 """
 
-import itertools
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+import rigs
 from pvdisplay import xenbus
-from pvdisplay.hv.local.host import DomainProcess, Host
 from pvdisplay.planes import PlaneClient
-from pvdisplay.store.client import Client, Transaction
+from pvdisplay.store.client import Transaction
 from pvdisplay.store.permissions import Access, Permission
 from pvdisplay.wire import displif, edid
 from pvdisplay.wire.fourcc import XRGB8888
+from rigs import BACKEND
 from test_display_backend_agents import Remote, start
 
-BACKEND = 0
 XR24 = XRGB8888.fourcc
 State = xenbus.XenbusState
-_domids = itertools.count(1)
 
 
-@dataclass
-class World:
-    host: Host
-    xs: Client
-    xenstore_dir: str
-    planes_socket: str
-    backend: DomainProcess
-
+class World(rigs.Rig):
     def add_guest(self, resolutions: list[str], be_alloc: bool = False) -> Remote:
         """Write the device as the toolstack does, then start the guest domain."""
-        fe = next(_domids)
+        fe = next(self.domids)
         self.xs.introduce(fe, 0, 1)
         front = xenbus.frontend_path(fe, "vdispl", 0)
         back = xenbus.backend_path(BACKEND, "vdispl", fe, 0)
@@ -92,44 +77,8 @@ class World:
 
 @pytest.fixture
 def world() -> Iterator[World]:
-    workdir = tempfile.mkdtemp(prefix="pvd-", dir="/tmp")
-    xenstore_dir = f"{workdir}/xs"
-    daemon = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from pvdisplay.cli import main; main()",
-            "--log-level",
-            "warning",
-            "xenstored",
-            "--socket-dir",
-            xenstore_dir,
-        ]
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not Path(f"{xenstore_dir}/socket").exists():
-            assert time.monotonic() < deadline and daemon.poll() is None, "xenstored did not start"
-            time.sleep(0.05)
-        with Client(f"{xenstore_dir}/socket") as xs:
-
-            def release(domid: int) -> None:
-                if domid != BACKEND:
-                    xs.release(domid)
-
-            with Host(on_domain_released=release) as host:
-                planes_socket = f"{workdir}/planes"
-                backend = host.start_domain(
-                    "test_display_backend_agents:restartable_backend",
-                    xenstore_dir,
-                    planes_socket,
-                    domid=BACKEND,
-                )
-                yield World(host, xs, xenstore_dir, planes_socket, backend)
-    finally:
-        daemon.terminate()
-        daemon.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+    with rigs.backend_world(World, "test_display_backend_agents:restartable_backend") as running:
+        yield running
 
 
 def request(guest: Remote, connector: int, req: displif.Request) -> displif.Response:
@@ -258,10 +207,7 @@ def test_backend_restart_is_reconnected_by_a_live_frontend(world: World) -> None
     flip(guest, 0, 10)
 
     world.backend.control.send("stop")
-    deadline = time.monotonic() + 30
-    while world.host.usage(BACKEND)["mapped_pages"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    rigs.wait_until(lambda: not world.host.usage(BACKEND)["mapped_pages"], "the backend to stop")
     world.backend.control.send("start")
     # The new backend offers a new connection; the frontend starts over and is served.
     assert guest("wait_backend_state", State.INIT_WAIT) == State.INIT_WAIT

@@ -7,8 +7,7 @@ and must equal the pattern pixel for pixel.
 
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +15,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import rigs
 from pvdisplay import snapshot, toolstack, xenbus
 from pvdisplay.display import front_pattern
 from pvdisplay.host import EmulatedHost, RunningGuest
 from pvdisplay.planes import PlaneClient, PlaneInfo
 from pvdisplay.wire import fourcc
+from rigs import PATIENCE, wait_until
 
 PATTERN_ENTRY = "pvdisplay.display.front_pattern:run"
 DEMO_ENTRY = "pvdisplay.demo:run"
-# Hang protection only: nothing asserts how fast anything happens.
-PATIENCE = 60.0
 
 # Pitches that are not a multiple of 4 bytes (RGB888 at 62 and 46 pixels); widths stay
 # even because a YUYV framebuffer needs whole 2-pixel blocks (the backend says EINVAL).
@@ -42,21 +41,8 @@ def guest(name: str, spec: str) -> toolstack.Guest:
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedHost]:
     config = toolstack.HostConfig(toolstack.BackendDomain("Domain-0", 0, copy=False), ())
-    emulated = EmulatedHost(config, tmp_path_factory.mktemp("host"), log_level="warning")
-    try:
-        emulated.start(guests=False)
-        wait_until(emulated.planes_socket.exists, "the planes socket")
+    with rigs.emulated_host(config, tmp_path_factory.mktemp("host")) as emulated:
         yield emulated
-    finally:
-        emulated.stop()
-
-
-def wait_until(condition: Callable[[], object], what: str) -> None:
-    deadline = time.monotonic() + PATIENCE
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.05)
 
 
 def receive(running: RunningGuest) -> Any:
@@ -138,44 +124,25 @@ def test_snapshot_command_writes_the_png(host: EmulatedHost, tmp_path: Path) -> 
     report = receive(running)
     width, height = report["connectors"][0]["width"], report["connectors"][0]["height"]
     output = tmp_path / "solo.png"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from pvdisplay.cli import main; main()",
-            "snapshot",
-            str(running.domid),
-            "solo",
-            "-o",
-            str(output),
-            "--planes-socket",
-            str(host.planes_socket),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+
+    def snapshot_command(connector: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                *(sys.executable, "-c", "from pvdisplay.cli import main; main()", "snapshot"),
+                *(str(running.domid), connector, "-o", str(output)),
+                *("--planes-socket", str(host.planes_socket)),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    result = snapshot_command("solo")
     assert result.returncode == 0, result.stderr
     picture = np.asarray(Image.open(output).convert("RGB"))
     expected = front_pattern.expected_rgb(fourcc.RGB565, width, height, 7)
     np.testing.assert_array_equal(picture, expected)
-    missing = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from pvdisplay.cli import main; main()",
-            "snapshot",
-            str(running.domid),
-            "nosuch",
-            "-o",
-            str(output),
-            "--planes-socket",
-            str(host.planes_socket),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    missing = snapshot_command("nosuch")
     assert missing.returncode == 1
     assert "has no connector 'nosuch'; has 0 (solo)" in missing.stderr
     assert "Traceback" not in missing.stderr

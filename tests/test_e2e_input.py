@@ -7,21 +7,20 @@ keep receiving input across a backend restart.
 """
 
 import errno
-import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
+import rigs
 from pvdisplay import demo, snapshot, toolstack
-from pvdisplay.host import EmulatedHost, RunningGuest
+from pvdisplay.host import EmulatedHost
 from pvdisplay.input.events import InputEvent, Key, PointerMove, TouchDown, TouchUp
 from pvdisplay.planes import PlaneClient, PlaneKey
 from pvdisplay.wire import kbdif
+from rigs import PATIENCE, wait_until
 
-PATIENCE = 60.0  # hang protection only: nothing asserts how fast anything happens
 BTN_LEFT = 0x110
 KEY_A = 30
 RED, GREEN = (255, 0, 0), (0, 255, 0)
@@ -41,23 +40,9 @@ vkb = ["unique-id=desk,feature-abs-pointer=1,feature-multi-touch=1"]
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedHost]:
-    emulated = EmulatedHost(
-        toolstack.parse_config(CONFIG), tmp_path_factory.mktemp("host"), log_level="warning"
-    )
-    try:
-        emulated.start(guests=False)
-        wait_until(emulated.planes_socket.exists, "the planes socket")
+    config = toolstack.parse_config(CONFIG)
+    with rigs.emulated_host(config, tmp_path_factory.mktemp("host")) as emulated:
         yield emulated
-    finally:
-        emulated.stop()
-
-
-def wait_until(condition: Callable[[], object], what: str) -> None:
-    deadline = time.monotonic() + PATIENCE
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.05)
 
 
 def guest_config(host: EmulatedHost, name: str) -> toolstack.Guest:
@@ -169,28 +154,18 @@ def test_demo_label_shows_the_last_key_pressed() -> None:
     np.testing.assert_array_equal(label(overlay), after)
 
 
-def ask(running: RunningGuest, *command: Any) -> Any:
-    running.process.control.send(command)
-    if not running.process.control.poll(PATIENCE):
-        pytest.fail(f"guest {running.domid} sent nothing (exit {running.process.returncode})")
-    status, value = running.process.control.recv()
-    assert status in ("ok", "ready"), value
-    return value
-
-
 def test_keyboard_reconnects_after_a_backend_restart(host: EmulatedHost) -> None:
     running = host.start_guest(guest_config(host, "typist"), "test_input_agents:host_guest")
-    assert running.process.control.poll(PATIENCE)
-    assert running.process.control.recv() == ("ready", None)
-    key = PlaneKey(running.domid, 0, 0)
-    send_when_connected(host, key, [Key(KEY_A, True)])
-    assert ask(running, "read", 1) == [("Key", True, KEY_A)]
-    assert ask(running, "connections") == 1
+    guest = rigs.Guest(running.process)
+    guest.wait_ready()
+    send_when_connected(host, guest.key, [Key(KEY_A, True)])
+    assert guest("read", 1) == [("Key", True, KEY_A)]
+    assert guest("connections") == 1
 
     host.restart_backend()
-    send_when_connected(host, key, [PointerMove(20, 30), Key(KEY_A, False)])
-    assert ask(running, "read", 2) == [("Position", 20, 30, 0), ("Key", False, KEY_A)]
-    assert ask(running, "connections") == 2
-    assert ask(running, "info")["abs_pointer"]
+    send_when_connected(host, guest.key, [PointerMove(20, 30), Key(KEY_A, False)])
+    assert guest("read", 2) == [("Position", 20, 30, 0), ("Key", False, KEY_A)]
+    assert guest("connections") == 2
+    assert guest("info")["abs_pointer"]
     running.process.kill()
     host.wait_guest_destroyed(running.domid, PATIENCE)

@@ -9,21 +9,14 @@ the keyboard negotiated; ("connections",) -> how many handshakes it completed.
 """
 
 import asyncio
-import dataclasses
 import struct
 from multiprocessing.connection import Connection
 from typing import Any
 
+from guest_commands import READ_PATIENCE, Command, read_events, serve
 from pvdisplay.display.front import Display
 from pvdisplay.hv import Hypervisor
 from pvdisplay.input.front import Keyboard
-from pvdisplay.wire import kbdif
-
-READ_PATIENCE = 30.0
-
-
-def describe(event: kbdif.InEvent) -> tuple[Any, ...]:
-    return (type(event).__name__, *dataclasses.astuple(event))
 
 
 def guest(hv: Hypervisor, control: Connection, xenstore_dir: str) -> None:
@@ -35,33 +28,18 @@ def host_guest(hv: Hypervisor, control: Connection, xenstore_socket: str, name: 
 
 
 async def _guest(hv: Hypervisor, control: Connection, socket: str) -> None:
-    loop = asyncio.get_running_loop()
-    commands: asyncio.Queue[tuple[Any, ...] | None] = asyncio.Queue()
-
-    def on_control() -> None:
-        try:
-            commands.put_nowait(control.recv())
-        except (EOFError, OSError):
-            commands.put_nowait(None)
-
-    loop.add_reader(control.fileno(), on_control)
     async with await Display.open(hv, socket), await Keyboard.open(hv, socket) as keyboard:
-        control.send(("ready", None))
-        while (command := await commands.get()) is not None:
-            try:
-                control.send(("ok", await _answer(hv, keyboard, command)))
-            except Exception as exc:
-                control.send(("error", f"{type(exc).__name__}: {exc}"))
+
+        async def answer(command: Command) -> Any:
+            return await _answer(hv, keyboard, command)
+
+        await serve(control, answer)
 
 
-async def _answer(hv: Hypervisor, keyboard: Keyboard, command: tuple[Any, ...]) -> Any:
+async def _answer(hv: Hypervisor, keyboard: Keyboard, command: Command) -> Any:
     match command:
         case ("read", int(count)):
-            events: list[tuple[Any, ...]] = []
-            while len(events) < count:
-                batch = await asyncio.wait_for(keyboard.read(), READ_PATIENCE)
-                events += [describe(event) for event in batch]
-            return events
+            return await read_events(keyboard, count)
         case ("poke", int(offset), int(value)):
             struct.pack_into("<I", keyboard.page, offset, value)
             assert keyboard.port is not None

@@ -5,85 +5,27 @@ input frontend (`Keyboard`); the test plays an output and sends events with
 `PlaneClient.send_input`, then asks the guest what arrived on its ring.
 """
 
-import contextlib
-import itertools
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pvdisplay import toolstack, xenbus
-from pvdisplay.hv.local.host import DomainProcess, Host
-from pvdisplay.input import config
+import rigs
+from pvdisplay import xenbus
 from pvdisplay.input.events import Key, PointerMove, TouchDown, TouchMove, TouchUp, Wheel
 from pvdisplay.planes import PlaneClient, PlaneKey
-from pvdisplay.store.client import Client, Transaction
 from pvdisplay.wire import kbdif
+from rigs import BACKEND, PATIENCE
 
-BACKEND = 0
-PATIENCE = 60.0  # hang protection only
 BTN_LEFT = 0x110
 KEY_A = 30
-_domids = itertools.count(1)
 
 
-@dataclass
-class Guest:
-    process: DomainProcess
-    domid: int
+class World(rigs.Rig):
+    def add_guest(self, vkb: str, resolution: str = "640x480") -> rigs.Guest:
+        return self.start_guest("test_input_agents:guest", vkb=vkb, resolution=resolution)
 
-    def __call__(self, *command: Any) -> Any:
-        self.process.control.send(command)
-        return receive(self.process)
-
-    @property
-    def key(self) -> PlaneKey:
-        return PlaneKey(self.domid, 0, 0)
-
-
-def receive(process: DomainProcess) -> Any:
-    if not process.control.poll(PATIENCE):
-        pytest.fail(f"domain {process.domid} sent nothing (exit {process.returncode})")
-    status, value = process.control.recv()
-    assert status in ("ok", "ready"), value
-    return value
-
-
-@dataclass
-class World:
-    host: Host
-    xs: Client
-    xenstore_dir: str
-    planes_socket: str
-    backend: DomainProcess
-
-    def add_guest(self, vkb: str, resolution: str = "640x480") -> Guest:
-        domid = next(_domids)
-        self.xs.introduce(domid, 0, 1)
-        unique_id = f"dom{domid}"
-        width, height = resolution.split("x")
-        vdispl = toolstack.Vdispl(
-            0, BACKEND, False, (toolstack.Connector(unique_id, int(width), int(height)),)
-        )
-        device = config.parse_xl_vkb(f"{vkb},unique-id={unique_id}", 0, "vkb", {}, BACKEND)
-        for plan in (
-            toolstack.domain_nodes(domid, f"guest{domid}"),
-            toolstack.vdispl_nodes(domid, vdispl),
-            config.vkb_nodes(domid, device, [vdispl]),
-        ):
-            apply(self.xs, plan)
-        process = self.host.start_domain("test_input_agents:guest", self.xenstore_dir, domid=domid)
-        receive(process)
-        return Guest(process, domid)
-
-    def send(self, guest: Guest, *events: Any) -> Any:
+    def send(self, guest: rigs.Guest, *events: Any) -> Any:
         with PlaneClient(self.planes_socket) as client:
             return client.send_input(guest.key, list(events))
 
@@ -95,55 +37,10 @@ class World:
         return status
 
 
-def apply(xs: Client, plan: toolstack.NodePlan) -> None:
-    def body(txn: Transaction) -> None:
-        for path in plan.removals:
-            with contextlib.suppress(FileNotFoundError):
-                txn.rm(path)
-        for write in plan.writes:
-            txn.write(write.path, write.value)
-            txn.set_permissions(write.path, list(write.permissions))
-
-    xs.transact(body)
-
-
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    workdir = tempfile.mkdtemp(prefix="pvi-", dir="/tmp")
-    xenstore_dir = f"{workdir}/xs"
-    daemon = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from pvdisplay.cli import main; main()",
-            "--log-level",
-            "warning",
-            "xenstored",
-            "--socket-dir",
-            xenstore_dir,
-        ]
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not Path(f"{xenstore_dir}/socket").exists():
-            assert time.monotonic() < deadline and daemon.poll() is None, "xenstored did not start"
-            time.sleep(0.05)
-        with Client(f"{xenstore_dir}/socket") as xs:
-
-            def release(domid: int) -> None:
-                if domid != BACKEND:
-                    xs.release(domid)
-
-            with Host(on_domain_released=release) as host:
-                planes_socket = f"{workdir}/planes"
-                backend = host.start_domain(
-                    "pvdisplay.display.service:run", xenstore_dir, planes_socket, domid=BACKEND
-                )
-                yield World(host, xs, xenstore_dir, planes_socket, backend)
-    finally:
-        daemon.terminate()
-        daemon.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+    with rigs.backend_world(World) as running:
+        yield running
 
 
 FULL = "backend=0,feature-abs-pointer=1,feature-multi-touch=1,multi-touch-num-contacts=4"
@@ -221,10 +118,7 @@ def test_misbehaving_guest_is_disconnected_and_others_carry_on(
     good, bad = world.add_guest(FULL), world.add_guest(FULL)
     bad("poke", offset, value)
     back = xenbus.backend_path(BACKEND, kbdif.DRIVER_NAME, bad.domid, 0)
-    deadline = time.monotonic() + PATIENCE
-    while world.xs.read(f"{back}/state") != b"5":
-        assert time.monotonic() < deadline, "the backend did not close the bad guest"
-        time.sleep(0.05)
+    rigs.wait_until(lambda: world.xs.read(f"{back}/state") == b"5", "the backend to close it")
     with pytest.raises(OSError) as raised:
         world.send(bad, Key(KEY_A, True))
     assert raised.value.errno == 2

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from pvdisplay.store import tree
 from pvdisplay.store.permissions import Access, Caller, Permission, Permissions
 from pvdisplay.store.tree import Quotas, Store, StoreError, Transaction, View
+from test_store_tree import snapshot
 
 CALLERS = (Caller(0), Caller(5), Caller(6), Caller(9, target=5), Caller(0, read_only=True))
 QUOTAS = Quotas(nodes=12, node_size=200, node_permissions=3)
@@ -97,15 +98,6 @@ def populated_store() -> Store:
         permissions = tuple(Permission.parse(entry.encode()) for entry in listed.split())
         tree.set_permissions(store, dom0, path, permissions, Quotas())
     return store
-
-
-def snapshot(store: Store) -> dict[str, tuple[bytes, Permissions, tuple[str, ...]]]:
-    result = {}
-    for path in store.paths():
-        node = store.get(path)
-        assert node is not None
-        result[path] = (node.value, node.permissions, node.children)
-    return result
 
 
 def check_structure(store: Store) -> None:

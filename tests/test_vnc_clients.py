@@ -24,7 +24,8 @@ from PIL import Image
 from pvdisplay.display import front_pattern
 from pvdisplay.outputs.vnc import des
 from pvdisplay.wire import fourcc
-from test_vnc_guest import PATIENCE, Guest, ServerThread, World, world
+from rigs import PATIENCE, Guest
+from test_vnc_guest import ServerThread, World, world
 
 PASSWORD = "sesame"
 VNCDO = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "vncdo"

@@ -12,41 +12,25 @@ keyboard, shows `front_pattern` on connector 0 and answers commands on `control`
 
 import asyncio
 import contextlib
-import dataclasses
-import itertools
-import shutil
-import subprocess
-import sys
-import tempfile
 import threading
-import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pvdisplay import toolstack
+import rigs
+from guest_commands import Command, read_events, serve
 from pvdisplay.display import front_pattern
 from pvdisplay.display.front import Display, Framebuffer
-from pvdisplay.host import apply_plan
 from pvdisplay.hv import Hypervisor
-from pvdisplay.hv.local.host import DomainProcess, Host
-from pvdisplay.input import config
 from pvdisplay.input.front import Keyboard
 from pvdisplay.outputs.vnc.server import VncServer
 from pvdisplay.planes import PlaneKey
-from pvdisplay.store.client import Client
-from pvdisplay.wire import fourcc, kbdif
+from pvdisplay.wire import fourcc
 
-READ_PATIENCE = 30.0
 MARKER = 64
 FRAME_PERIOD = 1 / 60
-
-
-def describe(event: kbdif.InEvent) -> tuple[Any, ...]:
-    return (type(event).__name__, *dataclasses.astuple(event))
 
 
 def guest(
@@ -58,37 +42,22 @@ def guest(
 async def _guest(
     hv: Hypervisor, control: Connection, socket: str, format_name: str, seed: int
 ) -> None:
-    loop = asyncio.get_running_loop()
-    commands: asyncio.Queue[tuple[Any, ...] | None] = asyncio.Queue()
-
-    def on_control() -> None:
-        try:
-            commands.put_nowait(control.recv())
-        except (EOFError, OSError):
-            commands.put_nowait(None)
-
-    loop.add_reader(control.fileno(), on_control)
     async with await Display.open(hv, socket) as display, await Keyboard.open(hv, socket) as kbd:
         shown = await front_pattern.show_pattern(display, fourcc.by_name(format_name), seed)
-        control.send(("ready", None))
-        while (command := await commands.get()) is not None:
-            try:
-                control.send(("ok", await _answer(display, kbd, shown, command)))
-            except Exception as exc:
-                control.send(("error", f"{type(exc).__name__}: {exc}"))
+
+        async def answer(command: Command) -> Any:
+            return await _answer(display, kbd, shown, command)
+
+        await serve(control, answer)
 
 
 async def _answer(
-    display: Display, keyboard: Keyboard, shown: list[Framebuffer], command: tuple[Any, ...]
+    display: Display, keyboard: Keyboard, shown: list[Framebuffer], command: Command
 ) -> Any:
     connector = display.connectors[0]
     match command:
         case ("read", int(count)):
-            events: list[tuple[Any, ...]] = []
-            while len(events) < count:
-                batch = await asyncio.wait_for(keyboard.read(), READ_PATIENCE)
-                events += [describe(event) for event in batch]
-            return events
+            return await read_events(keyboard, count)
         case ("mode", int(width), int(height), str(format_name), int(seed)):
             fb = await display.create_framebuffer(width, height, fourcc.by_name(format_name))
             front_pattern.draw(fb, seed)
@@ -127,109 +96,20 @@ async def _animate(display: Display, frames: int, full: bool) -> list[float]:
 
 # -- the world around it (used by the tests and bench/bench_vnc.py) -----------------------
 
-BACKEND = 0
-PATIENCE = 60.0  # hang protection only
 ENTRY = "test_vnc_guest:guest"
 
 
-@dataclasses.dataclass
-class Guest:
-    process: DomainProcess
-    domid: int
-
-    def __call__(self, *command: Any) -> Any:
-        self.process.control.send(command)
-        return receive(self.process)
-
-    @property
-    def key(self) -> PlaneKey:
-        return PlaneKey(self.domid, 0, 0)
+class World(rigs.Rig):
+    def add_guest(
+        self, resolution: str, format_name: str = "XRGB8888", seed: int = 0
+    ) -> rigs.Guest:
+        vkb = "backend=0,feature-abs-pointer=1"
+        return self.start_guest(ENTRY, format_name, str(seed), vkb=vkb, resolution=resolution)
 
 
-@dataclasses.dataclass
-class World:
-    host: Host
-    xs: Client
-    xenstore_dir: str
-    planes_socket: str
-    domids: Iterator[int]
-
-    def add_guest(self, resolution: str, format_name: str = "XRGB8888", seed: int = 0) -> Guest:
-        domid = next(self.domids)
-        self.xs.introduce(domid, 0, 1)
-        unique_id = f"vnc{domid}"
-        width, height = (int(part) for part in resolution.split("x"))
-        vdispl = toolstack.Vdispl(
-            0, BACKEND, False, (toolstack.Connector(unique_id, width, height),)
-        )
-        vkb = config.parse_xl_vkb(
-            f"backend=0,feature-abs-pointer=1,unique-id={unique_id}", 0, "vkb", {}, BACKEND
-        )
-        for plan in (
-            toolstack.domain_nodes(domid, f"guest{domid}"),
-            toolstack.vdispl_nodes(domid, vdispl),
-            config.vkb_nodes(domid, vkb, [vdispl]),
-        ):
-            apply_plan(self.xs, plan)
-        process = self.host.start_domain(
-            ENTRY, self.xenstore_dir, format_name, str(seed), domid=domid
-        )
-        receive(process)
-        return Guest(process, domid)
-
-
-def receive(process: DomainProcess) -> Any:
-    if not process.control.poll(PATIENCE):
-        raise TimeoutError(f"domain {process.domid} sent nothing (exit {process.returncode})")
-    status, value = process.control.recv()
-    if status not in ("ok", "ready"):
-        raise RuntimeError(value)
-    return value
-
-
-@contextlib.contextmanager
-def world() -> Iterator[World]:
+def world() -> contextlib.AbstractContextManager[World]:
     """xenstored, the broker, the display backend (domain 0) and its planes socket."""
-    workdir = tempfile.mkdtemp(prefix="pvvnc-", dir="/tmp")
-    xenstore_dir = f"{workdir}/xs"
-    daemon = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from pvdisplay.cli import main; main()",
-            "--log-level",
-            "warning",
-            "xenstored",
-            "--socket-dir",
-            xenstore_dir,
-        ]
-    )
-    try:
-        deadline = time.monotonic() + PATIENCE
-        while not Path(f"{xenstore_dir}/socket").exists():
-            if time.monotonic() > deadline or daemon.poll() is not None:
-                raise RuntimeError("xenstored did not start")
-            time.sleep(0.05)
-        with Client(f"{xenstore_dir}/socket") as xs:
-
-            def release(domid: int) -> None:
-                if domid != BACKEND:
-                    xs.release(domid)
-
-            with Host(on_domain_released=release) as host:
-                planes_socket = f"{workdir}/planes"
-                host.start_domain(
-                    "pvdisplay.display.service:run", xenstore_dir, planes_socket, domid=BACKEND
-                )
-                while not Path(planes_socket).exists():
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("the backend did not open its planes socket")
-                    time.sleep(0.05)
-                yield World(host, xs, xenstore_dir, planes_socket, itertools.count(1))
-    finally:
-        daemon.terminate()
-        daemon.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+    return rigs.backend_world(World)
 
 
 class ServerThread:
@@ -243,7 +123,7 @@ class ServerThread:
         self.call(self.server.start())
 
     def call(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(PATIENCE)
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(rigs.PATIENCE)
 
     def port(self, key: PlaneKey) -> int:
         port: int = self.call(self.server.wait_port(key))
@@ -252,5 +132,5 @@ class ServerThread:
     def close(self) -> None:
         self.call(self.server.close())
         self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(PATIENCE)
+        self._thread.join(rigs.PATIENCE)
         self.loop.close()

@@ -11,12 +11,8 @@ import contextlib
 import io
 import math
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,39 +20,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import rigs
 from pvdisplay import host as emulated
 from pvdisplay import snapshot, toolstack
 from pvdisplay.display.front_pattern import expected_rgb
-from pvdisplay.hv.local.host import DomainProcess, Host
-from pvdisplay.input import config
 from pvdisplay.outputs.web.server import BackgroundViewer
 from pvdisplay.outputs.web.tiles import LOSSLESS
 from pvdisplay.planes import PlaneClient
-from pvdisplay.store.client import Client
 from pvdisplay.wire import fourcc
 
 playwright = pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
-BACKEND = 0
-PATIENCE = 60.0  # hang protection only
 WAIT_MS = 60_000
 BTN_LEFT, KEY_A = 0x110, 30
 WIDTH, HEIGHT = 320, 240
 FULL_VKB = "backend=0,feature-abs-pointer=1,feature-multi-touch=1,multi-touch-num-contacts=4"
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
+pytestmark = pytest.mark.skipif(not rigs.CHROMIUM.exists(), reason="needs Debian's chromium")
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +46,8 @@ def browser() -> Iterator[Any]:
     with playwright.sync_playwright() as driver:
         context = driver.chromium.launch_persistent_context(
             profile,
-            executable_path=str(CHROMIUM),
-            args=CHROMIUM_ARGS,
+            executable_path=str(rigs.CHROMIUM),
+            args=rigs.CHROMIUM_ARGS,
             headless=True,
             has_touch=True,
             viewport={"width": 1000, "height": 640},
@@ -81,84 +62,17 @@ def browser() -> Iterator[Any]:
 # -- a pattern guest with a real keyboard ---------------------------------------------------
 
 
-@dataclass
-class Guest:
-    process: DomainProcess
-    domid: int
-
-    def read_until(self, last: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        """Events the guest received, up to and including `last`."""
-        events: list[tuple[Any, ...]] = []
-        while last not in events:
-            self.process.control.send(("read", 1))
-            if not self.process.control.poll(PATIENCE):
-                pytest.fail(f"guest {self.domid} received no input")
-            status, value = self.process.control.recv()
-            assert status == "ok", value
-            events += [tuple(event) for event in value]
-        return events
-
-
-@dataclass
-class World:
-    host: Host
-    xs: Client
-    xenstore_dir: str
-    planes_socket: str
-
-    def add_guest(self, domid: int) -> Guest:
-        """Write the guest's vdispl and vkb devices as xl does, then start its domain."""
-        self.xs.introduce(domid, 0, 1)
-        unique_id = f"dom{domid}"
-        connector = toolstack.Connector(unique_id, WIDTH, HEIGHT)
-        vdispl = toolstack.Vdispl(0, BACKEND, False, (connector,))
-        vkb = config.parse_xl_vkb(f"{FULL_VKB},unique-id={unique_id}", 0, "vkb", {}, BACKEND)
-        for plan in (
-            toolstack.domain_nodes(domid, f"guest{domid}"),
-            toolstack.vdispl_nodes(domid, vdispl),
-            config.vkb_nodes(domid, vkb, [vdispl]),
-        ):
-            emulated.apply_plan(self.xs, plan)
-        process = self.host.start_domain("test_web_agents:guest", self.xenstore_dir, domid=domid)
-        if not process.control.poll(PATIENCE):
-            pytest.fail(f"guest {domid} did not start (exit {process.returncode})")
-        assert process.control.recv() == ("ready", None)
-        return Guest(process, domid)
+class World(rigs.Rig):
+    def add_guest(self, domid: int) -> rigs.Guest:
+        return self.start_guest(
+            "test_web_agents:guest", vkb=FULL_VKB, resolution=f"{WIDTH}x{HEIGHT}", domid=domid
+        )
 
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    workdir = tempfile.mkdtemp(prefix="pvw-", dir="/tmp")
-    xenstore_dir = f"{workdir}/xs"
-    daemon = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from pvdisplay.cli import main; main()",
-            *("--log-level", "warning", "xenstored", "--socket-dir", xenstore_dir),
-        ]
-    )
-    try:
-        deadline = time.monotonic() + PATIENCE
-        while not Path(f"{xenstore_dir}/socket").exists():
-            assert time.monotonic() < deadline and daemon.poll() is None, "xenstored did not start"
-            time.sleep(0.05)
-        with Client(f"{xenstore_dir}/socket") as xs:
-
-            def release(domid: int) -> None:
-                if domid != BACKEND:
-                    xs.release(domid)
-
-            with Host(on_domain_released=release) as hv:
-                planes_socket = f"{workdir}/planes"
-                hv.start_domain(
-                    "pvdisplay.display.service:run", xenstore_dir, planes_socket, domid=BACKEND
-                )
-                yield World(hv, xs, xenstore_dir, planes_socket)
-    finally:
-        daemon.terminate()
-        daemon.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+    with rigs.backend_world(World) as running:
+        yield running
 
 
 def canvas_rgb(page: Any) -> np.ndarray:
