@@ -26,7 +26,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pvdisplay import xenbus
 from pvdisplay.input import config as input_config
 from pvdisplay.store.permissions import Access, Permission
 from pvdisplay.wire import displif
@@ -35,6 +34,7 @@ from pvdisplay.xl import (
     UNIQUE_ID,
     ConfigError,
     Connector,
+    DeviceDirs,
     NodePlan,
     NodeWrite,
     Vdispl,
@@ -361,54 +361,27 @@ def domain_nodes(domid: int, name: str) -> NodePlan:
 def vdispl_nodes(frontend_domid: int, device: Vdispl) -> NodePlan:
     """What `xl create` writes for one vdispl device of domain `frontend_domid`.
 
-    Frontend directory: owned by the guest, readable by the backend; `backend`,
-    `backend-id`, `state` there are the guest's. `be-alloc` and the connectors'
-    `resolution` and `unique-id` are the toolstack's: owned by the backend domain, the
-    guest may only read them (libxl's ro_front). The per-connector directories stay the
-    guest's, so it can add its ring refs and event channels. Backend directory: owned by
-    the backend domain, readable by the guest. libxl keeps a dom0-only copy under /libxl.
+    The device's directories are laid out as `DeviceDirs` says. In the frontend
+    directory, `backend`, `backend-id`, `state` are the guest's; `be-alloc` and the
+    connectors' `resolution` and `unique-id` are the toolstack's: owned by the backend
+    domain, the guest may only read them (libxl's ro_front). The per-connector
+    directories stay the guest's, so it can add its ring refs and event channels.
     """
-    be = device.backend_domid
-    fe = frontend_domid
-    front = xenbus.frontend_path(fe, KIND, device.devid)
-    back = xenbus.backend_path(be, KIND, fe, device.devid)
-    libxl_dir = f"/libxl/{fe}/device/{KIND}/{device.devid}"
-    front_perms = (Permission(fe, Access.NONE), Permission(be, Access.READ))
-    read_only_front = (Permission(be, Access.NONE), Permission(fe, Access.READ))
-    back_perms = (Permission(be, Access.NONE), Permission(fe, Access.READ))
-    dom0_only = (Permission(0, Access.NONE),)
-    initialising = xenbus.XenbusState.INITIALISING.encode()
-    back_entries = (
-        (xenbus.FIELD_FRONTEND_ID, str(fe)),
-        (xenbus.FIELD_ONLINE, "1"),
-        (xenbus.FIELD_STATE, initialising),
-    )
-    writes = [
-        NodeWrite(libxl_dir, "", dom0_only),
-        NodeWrite(f"{libxl_dir}/{xenbus.FIELD_FRONTEND}", front, dom0_only),
-        NodeWrite(f"{libxl_dir}/{xenbus.FIELD_BACKEND}", back, dom0_only),
-        NodeWrite(front, "", front_perms),
-        NodeWrite(f"{front}/{xenbus.FIELD_BACKEND}", back, front_perms),
-        NodeWrite(f"{front}/{xenbus.FIELD_BACKEND_ID}", str(be), front_perms),
-        NodeWrite(f"{front}/{xenbus.FIELD_STATE}", initialising, front_perms),
-        NodeWrite(f"{front}/{displif.FIELD_BE_ALLOC}", str(int(device.be_alloc)), read_only_front),
+    dirs = DeviceDirs(KIND, frontend_domid, device.backend_domid, device.devid)
+    front, guest_owned, toolstack_owned = dirs.front, dirs.guest_owned, dirs.toolstack_owned
+    settings = [
+        NodeWrite(f"{front}/{displif.FIELD_BE_ALLOC}", str(int(device.be_alloc)), toolstack_owned)
     ]
     for index, connector in enumerate(device.connectors):
         resolution = displif.format_resolution(connector.width, connector.height)
-        writes += [
-            NodeWrite(f"{front}/{index}", "", front_perms),
-            NodeWrite(f"{front}/{index}/{displif.FIELD_RESOLUTION}", resolution, read_only_front),
+        settings += [
+            NodeWrite(f"{front}/{index}", "", guest_owned),
+            NodeWrite(f"{front}/{index}/{displif.FIELD_RESOLUTION}", resolution, toolstack_owned),
             NodeWrite(
-                f"{front}/{index}/{displif.FIELD_UNIQUE_ID}", connector.unique_id, read_only_front
+                f"{front}/{index}/{displif.FIELD_UNIQUE_ID}", connector.unique_id, toolstack_owned
             ),
         ]
-    writes += [
-        NodeWrite(back, "", back_perms),
-        NodeWrite(f"{back}/{xenbus.FIELD_FRONTEND}", front, back_perms),
-        *(NodeWrite(f"{back}/{name}", value, back_perms) for name, value in back_entries),
-        *(NodeWrite(f"{libxl_dir}/{name}", value, dom0_only) for name, value in back_entries),
-    ]
-    return NodePlan((libxl_dir, front, back), tuple(writes))
+    return dirs.plan(front_settings=settings)
 
 
 def guest_teardown_paths(
@@ -419,7 +392,7 @@ def guest_teardown_paths(
     kinds: list[tuple[str, Vdispl | input_config.Vkb]] = [(KIND, d) for d in devices]
     kinds += [(input_config.KIND, v) for v in vkbs]
     for kind, device in kinds:
-        paths.append(xenbus.backend_path(device.backend_domid, kind, frontend_domid, device.devid))
-        paths.append(xenbus.frontend_path(frontend_domid, kind, device.devid))
+        dirs = DeviceDirs(kind, frontend_domid, device.backend_domid, device.devid)
+        paths += [dirs.back, dirs.front]
     paths += [f"/libxl/{frontend_domid}", domain_path(frontend_domid)]
     return tuple(paths)

@@ -163,6 +163,13 @@ class PortReader:
             asyncio.get_running_loop().remove_reader(hv.events.fileno())
             del cls._readers[id(hv)]
 
+    @classmethod
+    def unbind(cls, hv: Hypervisor, port: int) -> None:
+        """`remove`, then close the port; one the hypervisor already dropped is fine."""
+        cls.remove(hv, port)
+        with contextlib.suppress(HypervisorError):
+            hv.events.unbind(port)
+
     def _ready(self) -> None:
         for port in self._hv.events.pending(0):
             callback = self._callbacks.get(port)
@@ -192,9 +199,7 @@ class _Transport:
 
     def close(self, hv: Hypervisor) -> None:
         for port in (self.req_port, self.evt_port):
-            PortReader.remove(hv, port)
-            with contextlib.suppress(HypervisorError):
-                hv.events.unbind(port)
+            PortReader.unbind(hv, port)
         self.channel.release()
         for memory in (self.ring_memory, self.event_memory):
             with contextlib.suppress(HypervisorError):

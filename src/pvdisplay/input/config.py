@@ -16,16 +16,14 @@ only on the vocabulary the two share (`pvdisplay.xl`).
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from pvdisplay import xenbus
-from pvdisplay.store.permissions import Access, Permission
 from pvdisplay.wire import kbdif
 from pvdisplay.xl import (
     MAX_DIMENSION,
     UNIQUE_ID,
     UNIQUE_ID_FORM,
     ConfigError,
+    DeviceDirs,
     NodePlan,
-    NodeWrite,
     Vdispl,
     split_settings,
 )
@@ -176,35 +174,8 @@ def vkb_nodes(frontend_domid: int, device: Vkb, vdispls: Sequence[Vdispl] = ()) 
     """What `xl create` writes for one vkb device of domain `frontend_domid`.
 
     Pass the guest's vdispl devices so the device's sizes default to its bound
-    connector. Frontend directory: the guest's, readable by the backend. Backend
-    directory (with the settings): the backend domain's, readable by the guest.
-    libxl keeps a dom0-only copy under /libxl.
+    connector. The directories are laid out as `DeviceDirs` says; the settings go
+    in the backend directory.
     """
-    be, fe = device.backend_domid, frontend_domid
-    front = xenbus.frontend_path(fe, KIND, device.devid)
-    back = xenbus.backend_path(be, KIND, fe, device.devid)
-    libxl_dir = f"/libxl/{fe}/device/{KIND}/{device.devid}"
-    front_perms = (Permission(fe, Access.NONE), Permission(be, Access.READ))
-    back_perms = (Permission(be, Access.NONE), Permission(fe, Access.READ))
-    dom0_only = (Permission(0, Access.NONE),)
-    initialising = xenbus.XenbusState.INITIALISING.encode()
-    back_entries = [
-        (xenbus.FIELD_FRONTEND_ID, str(fe)),
-        (xenbus.FIELD_ONLINE, "1"),
-        (xenbus.FIELD_STATE, initialising),
-        *backend_entries(device, vdispls),
-    ]
-    writes = [
-        NodeWrite(libxl_dir, "", dom0_only),
-        NodeWrite(f"{libxl_dir}/{xenbus.FIELD_FRONTEND}", front, dom0_only),
-        NodeWrite(f"{libxl_dir}/{xenbus.FIELD_BACKEND}", back, dom0_only),
-        NodeWrite(front, "", front_perms),
-        NodeWrite(f"{front}/{xenbus.FIELD_BACKEND}", back, front_perms),
-        NodeWrite(f"{front}/{xenbus.FIELD_BACKEND_ID}", str(be), front_perms),
-        NodeWrite(f"{front}/{xenbus.FIELD_STATE}", initialising, front_perms),
-        NodeWrite(back, "", back_perms),
-        NodeWrite(f"{back}/{xenbus.FIELD_FRONTEND}", front, back_perms),
-        *(NodeWrite(f"{back}/{name}", value, back_perms) for name, value in back_entries),
-        *(NodeWrite(f"{libxl_dir}/{name}", value, dom0_only) for name, value in back_entries),
-    ]
-    return NodePlan((libxl_dir, front, back), tuple(writes))
+    dirs = DeviceDirs(KIND, frontend_domid, device.backend_domid, device.devid)
+    return dirs.plan(back_settings=backend_entries(device, vdispls))

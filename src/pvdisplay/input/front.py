@@ -303,9 +303,7 @@ class Keyboard:
     def _disconnect(self) -> None:
         """Unbind the channel and end the grant (the page stays, for the next connection)."""
         if self.port is not None:
-            PortReader.remove(self._hv, self.port)
-            with contextlib.suppress(HypervisorError):
-                self._hv.events.unbind(self.port)
+            PortReader.unbind(self._hv, self.port)
             self.port = None
         if self._ref is not None:
             with contextlib.suppress(HypervisorError):

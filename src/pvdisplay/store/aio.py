@@ -7,8 +7,6 @@ tasks may issue requests concurrently; they are pipelined on the socket.
 
 import asyncio
 import contextlib
-import errno
-import itertools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
@@ -22,7 +20,6 @@ from pvdisplay.store.protocol import (
     ClientProtocol,
     Request,
     WatchEvent,
-    XenStoreError,
 )
 from pvdisplay.wire.xs_wire import Message
 
@@ -80,7 +77,6 @@ class AsyncClient(_AsyncOperations):
         self._wakeups: dict[str, asyncio.Event] = {}
         self._closed = False
         self._failure: BaseException | None = None
-        self._tokens = itertools.count()
         self._reader_task = asyncio.get_running_loop().create_task(self._read_loop())
 
     @classmethod
@@ -146,7 +142,7 @@ class AsyncClient(_AsyncOperations):
         self._wake_everyone()
 
     def _wake_everyone(self) -> None:
-        error = self._unusable()
+        error = protocol.connection_error(self.path, self._failure)
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(error)
@@ -154,19 +150,15 @@ class AsyncClient(_AsyncOperations):
         for wakeup in self._wakeups.values():
             wakeup.set()
 
-    def _unusable(self) -> ConnectionError:
-        if self._failure is not None:
-            error = ConnectionError(f"xenstore connection to {self.path} failed")
-            error.__cause__ = self._failure
-            return error
-        return ConnectionError("xenstore client is closed")
+    def _raise_if_unusable(self) -> None:
+        if self._closed or self._failure is not None:
+            raise protocol.connection_error(self.path, self._failure)
 
     async def _call(self, request: Request[T]) -> T:
         return await self._exchange(request, 0)
 
     async def _exchange(self, request: Request[T], tx_id: int) -> T:
-        if self._closed or self._failure is not None:
-            raise self._unusable()
+        self._raise_if_unusable()
         req_id, data = self._protocol.send(request, tx_id)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[req_id] = future
@@ -185,10 +177,8 @@ class AsyncClient(_AsyncOperations):
 
         `token` must be unique among this client's watches; by default one is made up.
         """
-        if self._closed or self._failure is not None:
-            raise self._unusable()
-        chosen = token if token is not None else f"pvdisplay-{next(self._tokens)}"
-        self._protocol.add_watch(path, chosen)
+        self._raise_if_unusable()
+        chosen = self._protocol.add_watch(path, token)
         self._wakeups[chosen] = asyncio.Event()
         try:
             await self._call(protocol.watch(path, chosen))
@@ -197,16 +187,16 @@ class AsyncClient(_AsyncOperations):
             raise
         return AsyncWatch(self, path, chosen)
 
-    def _forget_watch(self, token: str) -> None:
-        self._protocol.remove_watch(token)
+    def _forget_watch(self, token: str) -> bool:
+        """Stop the watch and wake its reader; False if it was not watching."""
         wakeup = self._wakeups.pop(token, None)
         if wakeup is not None:
             wakeup.set()
+        return self._protocol.remove_watch(token)
 
     async def _unwatch(self, watch: "AsyncWatch") -> None:
-        if not self._protocol.is_watching(watch.token):
+        if not self._forget_watch(watch.token):
             return
-        self._forget_watch(watch.token)
         if self._closed or self._failure is not None:
             return
         await self._call(protocol.unwatch(watch.path, watch.token))
@@ -219,7 +209,7 @@ class AsyncClient(_AsyncOperations):
             if event is not None:
                 return event
             if self._failure is not None:
-                raise self._unusable()
+                raise protocol.connection_error(self.path, self._failure)
             wakeup = self._wakeups[token]
             wakeup.clear()
             await wakeup.wait()
@@ -238,20 +228,15 @@ class AsyncClient(_AsyncOperations):
         Any other exception aborts the transaction and propagates. After `attempts`
         conflicts the last EAGAIN XenStoreError (a BlockingIOError) propagates.
         """
-        if attempts < 1:
-            raise ValueError("attempts must be at least 1")
-        for attempt in range(attempts):
+        for attempt in protocol.transaction_attempts(attempts):
             txn = await self.start_transaction()
             try:
                 result = await body(txn)
                 await txn.commit()
-            except XenStoreError as exc:
+            except BaseException as exc:
                 await txn.abort()
-                if exc.errno != errno.EAGAIN or attempt == attempts - 1:
-                    raise
-                continue
-            except BaseException:
-                await txn.abort()
+                if protocol.retries_transaction(exc, attempt, attempts):
+                    continue
                 raise
             return result
         raise AssertionError("unreachable: the last attempt returns or raises")

@@ -10,7 +10,6 @@ sleep on a condition until their item has been routed or it is their turn to rea
 
 import contextlib
 import errno
-import itertools
 import os
 import select
 import socket
@@ -28,7 +27,6 @@ from pvdisplay.store.protocol import (
     ClientProtocol,
     Request,
     WatchEvent,
-    XenStoreError,
 )
 from pvdisplay.wire.errors import ProtocolError
 
@@ -114,7 +112,6 @@ class Client(_Operations):
         self._reading = False
         self._closed = False
         self._failure: BaseException | None = None
-        self._tokens = itertools.count()
 
     def __enter__(self) -> Self:
         return self
@@ -167,10 +164,8 @@ class Client(_Operations):
             raise
 
     def _raise_if_unusable(self) -> None:
-        if self._failure is not None:
-            raise ConnectionError(f"xenstore connection to {self.path} failed") from self._failure
-        if self._closed:
-            raise ConnectionError("xenstore client is closed")
+        if self._closed or self._failure is not None:
+            raise protocol.connection_error(self.path, self._failure)
 
     def _wait(self, ready: Callable[[], X | None], timeout: float | None) -> X | None:
         """Until `ready()` gives something, read the socket or wait for whoever does.
@@ -238,10 +233,9 @@ class Client(_Operations):
 
         `token` must be unique among this client's watches; by default one is made up.
         """
-        chosen = token if token is not None else f"pvdisplay-{next(self._tokens)}"
         with self._state:
             self._raise_if_unusable()
-            self._protocol.add_watch(path, chosen)
+            chosen = self._protocol.add_watch(path, token)
         try:
             self._call(protocol.watch(path, chosen))
         except BaseException:
@@ -252,9 +246,8 @@ class Client(_Operations):
 
     def _unwatch(self, watch: "Watch") -> None:
         with self._state:
-            if not self._protocol.is_watching(watch.token):
+            if not self._protocol.remove_watch(watch.token):
                 return
-            self._protocol.remove_watch(watch.token)
             self._state.notify_all()
             if self._closed or self._failure is not None:
                 return
@@ -288,20 +281,15 @@ class Client(_Operations):
         Any other exception aborts the transaction and propagates. After `attempts`
         conflicts the last EAGAIN XenStoreError (a BlockingIOError) propagates.
         """
-        if attempts < 1:
-            raise ValueError("attempts must be at least 1")
-        for attempt in range(attempts):
+        for attempt in protocol.transaction_attempts(attempts):
             txn = self.start_transaction()
             try:
                 result = body(txn)
                 txn.commit()
-            except XenStoreError as exc:
+            except BaseException as exc:
                 txn.abort()
-                if exc.errno != errno.EAGAIN or attempt == attempts - 1:
-                    raise
-                continue
-            except BaseException:
-                txn.abort()
+                if protocol.retries_transaction(exc, attempt, attempts):
+                    continue
                 raise
             return result
         raise AssertionError("unreachable: the last attempt returns or raises")

@@ -7,6 +7,7 @@ replies, to one bounded queue per watch token. Nothing here touches a socket.
 """
 
 import errno
+import itertools
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -106,6 +107,33 @@ class Request(Generic[T]):
         if reply.type != self.type:
             raise ProtocolError(errno.EIO, f"reply type {reply.type} to a {self.type.name} request")
         return self.decode(reply.payload)
+
+
+def connection_error(path: str, failure: BaseException | None) -> ConnectionError:
+    """What a call on a client that is closed (`failure` None) or whose connection broke raises."""
+    if failure is None:
+        return ConnectionError("xenstore client is closed")
+    error = ConnectionError(f"xenstore connection to {path} failed")
+    error.__cause__ = failure
+    return error
+
+
+def transaction_attempts(attempts: int) -> range:
+    """The attempt numbers `transact` may make; at least one."""
+    if attempts < 1:
+        raise ValueError("attempts must be at least 1")
+    return range(attempts)
+
+
+def retries_transaction(error: BaseException, attempt: int, attempts: int) -> bool:
+    """Whether `transact` reruns its body after `error` ended attempt number `attempt`.
+
+    Only a lost race (EAGAIN) is retried, and only while attempts remain; the last
+    EAGAIN XenStoreError (a BlockingIOError) propagates.
+    """
+    return (
+        isinstance(error, XenStoreError) and error.errno == errno.EAGAIN and attempt < attempts - 1
+    )
 
 
 def _checked(*parts: str) -> list[str]:
@@ -282,6 +310,7 @@ class ClientProtocol:
         self._abandoned: set[int] = set()
         self._replies: dict[int, Message] = {}
         self._watches: dict[str, _WatchQueue] = {}
+        self._tokens = itertools.count()
 
     def send(self, request: Request[T], tx_id: int = 0) -> tuple[int, bytes]:
         """Number `request`; returns its req_id and the bytes to write."""
@@ -339,20 +368,25 @@ class ClientProtocol:
         if self._replies.pop(req_id, None) is None and req_id in self._awaiting:
             self._abandoned.add(req_id)
 
-    def add_watch(self, path: str, token: str) -> None:
-        """Start queueing events for `token`; call before sending XS_WATCH.
+    def add_watch(self, path: str, token: str | None = None) -> str:
+        """Start queueing events for `token` (made up if None); call before sending XS_WATCH.
 
         Registering first keeps the initial event even if a daemon sends it
-        ahead of the WATCH reply.
+        ahead of the WATCH reply. Returns the token.
         """
-        if token in self._watches:
-            raise ValueError(f"watch token {token!r} is already in use on this connection")
-        _checked(path, token)
-        self._watches[token] = _WatchQueue(path, token, self._max_pending_events)
+        chosen = token if token is not None else f"pvdisplay-{next(self._tokens)}"
+        if chosen in self._watches:
+            raise ValueError(f"watch token {chosen!r} is already in use on this connection")
+        _checked(path, chosen)
+        self._watches[chosen] = _WatchQueue(path, chosen, self._max_pending_events)
+        return chosen
 
-    def remove_watch(self, token: str) -> None:
-        """Stop queueing events for `token` and drop the ones not yet taken."""
-        self._watches.pop(token, None)
+    def remove_watch(self, token: str) -> bool:
+        """Stop queueing events for `token` and drop the ones not yet taken.
+
+        Returns whether `token` was being watched.
+        """
+        return self._watches.pop(token, None) is not None
 
     def is_watching(self, token: str) -> bool:
         return token in self._watches
