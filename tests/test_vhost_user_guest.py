@@ -10,9 +10,11 @@ Needs the files `make test-guest` fetches into .cache/guest (skipped without the
 """
 
 import functools
+import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import pytest
 from PIL import Image
 
 import guest_vm
+from pvdisplay.outputs.web.server import BackgroundViewer
 
 WIDTH, HEIGHT = 1280, 800
 DOMID = 3
@@ -99,6 +102,29 @@ def boot_and_check(files: guest_vm.GuestFiles, workdir: Path, vhost: Path, plane
             )
             settles(functools.partial(snapshot, planes, connector, plane_png), expected)
             settles(functools.partial(guest.screendump, qemu_ppm, connector), expected)
+        web_viewer_lists_both_scanouts(planes)
+
+
+def web_viewer_lists_both_scanouts(planes: Path) -> None:
+    """The web viewer, a client of the same planes socket, shows the guest's scanouts live."""
+    viewer = BackgroundViewer(planes, "127.0.0.1", 0)
+    try:
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while True:
+            with urllib.request.urlopen(viewer.url + "api/planes", timeout=10) as reply:
+                listing = json.load(reply)
+            shown = {
+                (row["domid"], row["connector"], row["width"], row["height"])
+                for row in listing["planes"]
+                if row["fb_cookie"]
+            }
+            if shown == {(DOMID, 0, WIDTH, HEIGHT), (DOMID, 1, WIDTH, HEIGHT)}:
+                return
+            if time.monotonic() > deadline:
+                pytest.fail(f"web viewer lists {sorted(shown)}")
+            time.sleep(0.1)
+    finally:
+        viewer.close()
 
 
 def test_guest_pattern_on_both_scanouts_then_reconnect(
