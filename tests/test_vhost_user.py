@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from pvdisplay.virtio import VirtioError
 from pvdisplay.virtio import vhost_user as vu
+from pvdisplay.virtio.gpu import Cursor
 from pvdisplay.virtio.memory import GuestMemoryMap
 from pvdisplay.virtio.virtqueue import VIRTIO_RING_F_EVENT_IDX, Virtqueue
 
@@ -354,3 +355,25 @@ def test_display_channel_cursor_messages() -> None:
         + image
         + struct.pack("<IIIIII", vu.GPU_CURSOR_POS_HIDE, 0, 12, 0, 11, 21)
     )
+
+
+def test_display_channel_follows_the_guest_cursor() -> None:
+    channel = vu.DisplayChannel()
+    channel.receive(struct.pack("<IIIQ", vu.GPU_GET_PROTOCOL_FEATURES, vu.FLAG_REPLY, 8, 0))
+    drain(channel)
+    # ARGB8888 bytes go through as they are; XRGB8888 gets an opaque alpha.
+    argb = bytes(range(256)) * 64
+    channel.show_cursor(Cursor(0, 10, 20, hot_x=1, hot_y=2, fourcc="AR24", image=argb))
+    update = struct.pack("<III", vu.GPU_CURSOR_UPDATE, 0, 20 + len(argb))
+    assert drain(channel) == update + struct.pack("<IIIII", 0, 10, 20, 1, 2) + argb
+    channel.show_cursor(Cursor(0, 10, 20, hot_x=1, hot_y=2, fourcc="AR24", image=argb))
+    assert drain(channel) == b""
+    channel.show_cursor(Cursor(0, 30, 40, hot_x=1, hot_y=2, fourcc="AR24", image=argb))
+    assert drain(channel) == struct.pack("<IIIIII", vu.GPU_CURSOR_POS, 0, 12, 0, 30, 40)
+    xrgb = bytes([1, 2, 3, 0]) * 64 * 64
+    channel.show_cursor(Cursor(0, 30, 40, fourcc="XR24", image=xrgb))
+    opaque = bytes([1, 2, 3, 255]) * 64 * 64
+    assert drain(channel) == update + struct.pack("<IIIII", 0, 30, 40, 0, 0) + opaque
+    channel.show_cursor(Cursor(0, 30, 40))
+    channel.show_cursor(None)
+    assert drain(channel) == struct.pack("<IIIIII", vu.GPU_CURSOR_POS_HIDE, 0, 12, 0, 30, 40)

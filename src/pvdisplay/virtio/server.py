@@ -21,7 +21,7 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,13 +46,18 @@ DEVICE_INDEX = 0
 class GpuQueues:
     """The virtio-gpu device as `vhost_user.Backend` drives it: queue 0 control, 1 cursor."""
 
-    def __init__(self, device: gpu.GpuDevice) -> None:
+    def __init__(
+        self, device: gpu.GpuDevice, on_cursor: Callable[[gpu.Cursor | None], None]
+    ) -> None:
         self.device = device
+        self._on_cursor = on_cursor
 
     def handle_queue(self, index: int, queue: Virtqueue) -> bool:
         if index == CONTROL_QUEUE:
             return self.device.handle_control(queue)
-        return self.device.handle_cursor(queue)
+        interrupt = self.device.handle_cursor(queue)
+        self._on_cursor(self.device.cursor)
+        return interrupt
 
     def config_bytes(self) -> bytes:
         return self.device.config_bytes()
@@ -80,7 +85,7 @@ class Connection:
         self._loop = asyncio.get_running_loop()
         self._closed = asyncio.Event()
         self._backend = vhost_user.Backend(
-            lambda memory: GpuQueues(self._make_device(memory, scanouts)),
+            lambda memory: GpuQueues(self._make_device(memory, scanouts), self._on_cursor),
             gpu.DEVICE_FEATURES,
             queues=2,
             on_gpu_socket=self._gpu_socket,
@@ -227,6 +232,15 @@ class Connection:
             self._display.scanout(info.connector, *size)
         if size != (0, 0):
             self._dirty.add(info.connector)
+        self._send_display()
+
+    def _on_cursor(self, cursor: gpu.Cursor | None) -> None:
+        if self._display is None:
+            return
+        try:
+            self._display.show_cursor(cursor)
+        except ProtocolError as exc:
+            log.warning("cursor not shown", extra=logs.fields(reason=exc))
         self._send_display()
 
     def _send_display(self) -> None:

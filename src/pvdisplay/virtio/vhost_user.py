@@ -27,14 +27,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
+
 from pvdisplay import logs
 from pvdisplay.virtio import VirtioError
+from pvdisplay.virtio.gpu import Cursor
 from pvdisplay.virtio.memory import GuestMemoryMap, Region
 from pvdisplay.virtio.virtqueue import (
     VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC,
     Virtqueue,
 )
+from pvdisplay.wire import fourcc
 from pvdisplay.wire.errors import ProtocolError
 
 log = logging.getLogger(__name__)
@@ -520,6 +524,9 @@ class DisplayChannel:
         self._held: list[bytes] = []
         self._incoming = bytearray()
         self.ready = False
+        # What QEMU was last told of the pointer: where it is, and which image.
+        self._cursor_at: tuple[int, int, int] | None = None
+        self._cursor_image: tuple[bytes, int, int] | None = None
 
     @property
     def pending(self) -> int:
@@ -581,6 +588,24 @@ class DisplayChannel:
         body = _GPU_CURSOR_POS.pack(scanout_id, *position) + _GPU_CURSOR_HOT.pack(*hotspot)
         self._queue(GPU_CURSOR_UPDATE, body, image)
 
+    def show_cursor(self, cursor: Cursor | None) -> None:
+        """Bring QEMU's pointer in line with the guest's: a new image or hotspot goes as
+        CURSOR_UPDATE, a move as CURSOR_POS, hiding as CURSOR_POS_HIDE, no change as
+        nothing. ProtocolError for an image format that cannot be converted."""
+        if cursor is None or cursor.image is None:
+            if self._cursor_at is not None:
+                self.cursor_position(*self._cursor_at, visible=False)
+            self._cursor_at = self._cursor_image = None
+            return
+        at = (cursor.scanout_id, cursor.x, cursor.y)
+        image = (cursor.image, cursor.hot_x, cursor.hot_y)
+        if image != self._cursor_image:
+            pixels = _argb_cursor(cursor.fourcc, cursor.image)
+            self.cursor_update(at[0], (at[1], at[2]), (image[1], image[2]), pixels)
+        elif at != self._cursor_at:
+            self.cursor_position(*at, visible=True)
+        self._cursor_at, self._cursor_image = at, image
+
     def _queue(self, request: int, body: bytes, data: bytes = b"") -> None:
         header = HEADER.pack(request, 0, len(body) + len(data))
         if self.ready:
@@ -589,3 +614,14 @@ class DisplayChannel:
                 self._outgoing.append(memoryview(data))
         else:
             self._held.append(header + body + data)
+
+
+def _argb_cursor(fourcc_text: str, image: bytes) -> bytes:
+    """The 64x64 cursor as native a8r8g8b8, the one format CURSOR_UPDATE takes."""
+    if fourcc_text == "AR24":
+        return image
+    fmt = fourcc.by_fourcc(fourcc.fourcc_code(fourcc_text))
+    rgba = fourcc.to_rgba(
+        fmt, np.frombuffer(image, np.uint8), CURSOR_SIZE, CURSOR_SIZE, fmt.min_pitch(CURSOR_SIZE)
+    )
+    return rgba[..., [2, 1, 0, 3]].tobytes()
