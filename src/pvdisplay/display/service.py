@@ -12,7 +12,7 @@ worth of requests per connector before yielding, so no guest can hold the loop. 
 frontend that publishes an impossible ring index is disconnected (backend state
 Closing) and never read again.
 
-XenBus states (backend side), per device:
+XenBus states (backend side), per device, following `backend_devices.BackendDevices`:
 
 - found, or frontend Closed/gone: tear down, write `versions`, state InitWait;
 - frontend Initialised while InitWait: read its config and transport, map, bind, Connected;
@@ -25,18 +25,18 @@ import asyncio
 import contextlib
 import errno
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
-from pvdisplay import logs, xenbus
+from pvdisplay import logs
+from pvdisplay.backend_devices import BackendDevice, BackendDevices
 from pvdisplay.display.backend import ConnectorConfig, DeviceConfig, DisplayDevice, Reply
 from pvdisplay.hv import Hypervisor, HypervisorError, Mapping, PortState
 from pvdisplay.input.service import InputService
 from pvdisplay.planes import PlaneRegistry, PlaneServer
-from pvdisplay.store.aio import AsyncClient, AsyncWatch
+from pvdisplay.store.aio import AsyncClient
 from pvdisplay.wire import displif
 from pvdisplay.wire.errors import ProtocolError
 from pvdisplay.wire.ring import BackRing
@@ -46,11 +46,6 @@ log = logging.getLogger(__name__)
 
 SUPPORTED_VERSIONS = (1, 2)
 COPY_FLAG = "--copy"
-# Frontend states after which the backend gives everything back and waits in InitWait:
-# gone, or starting over.
-_STARTING_OVER = frozenset(
-    {XenbusState.CLOSED, XenbusState.UNKNOWN, XenbusState.INITIALISING, XenbusState.RECONFIGURING}
-)
 
 
 @dataclass(frozen=True)
@@ -150,27 +145,16 @@ class _Channel:
 
 
 @dataclass
-class _Device:
-    frontend: int
-    devid: int
-    backend_path: str
-    frontend_path: str = ""
-    state: XenbusState = XenbusState.UNKNOWN
-    core: DisplayDevice | None = None
+class _Device(BackendDevice[DisplayDevice]):
     channels: list[_Channel] = field(default_factory=list)
-    watcher: asyncio.Task[None] | None = None
     scheduled: set[int] = field(default_factory=set)
-
-    @property
-    def name(self) -> str:
-        return f"{self.frontend}/{self.devid}"
 
 
 class TransportError(Exception):
     """The frontend's published configuration or transport cannot be used."""
 
 
-class BackendService:
+class BackendService(BackendDevices[_Device]):
     """All vdispl devices this backend domain serves."""
 
     def __init__(
@@ -182,148 +166,42 @@ class BackendService:
         other_port: Callable[[int], None] = lambda port: None,
     ) -> None:
         """`other_port` gets every fired port that is not a display ring's (the input devices')."""
+        super().__init__(xs, hv.domid, displif.DRIVER_NAME)
         self._hv = hv
         self._events = hv.events
         self._other_port = other_port
-        self._xs = xs
         self._planes = planes
         self._copy_frames = copy_frames
-        self._root = f"/local/domain/{hv.domid}/backend/{displif.DRIVER_NAME}"
-        self._devices: dict[tuple[int, int], _Device] = {}
         self._ports: dict[int, tuple[_Device, _Channel]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self._lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._events.fileno(), self._on_events)
-        root_watch = await self._xs.watch(self._root)
-        release_watch = await self._xs.watch("@releaseDomain")
-        self._tasks += [
-            asyncio.create_task(self._follow(root_watch, self._rescan)),
-            asyncio.create_task(self._follow(release_watch, self._check_frontends)),
-        ]
+        await super().start()
 
     async def stop(self) -> None:
         if self._loop is not None:
             self._loop.remove_reader(self._events.fileno())
-        for task in self._tasks:
-            task.cancel()
-        for device in list(self._devices.values()):
-            if device.watcher is not None:
-                device.watcher.cancel()
-            self._teardown(device)
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await super().stop()
 
-    def status(self) -> list[dict[str, object]]:
-        """Each device's state and usage, for the host's supervision and tests."""
-        return [
-            {
-                "frontend": d.frontend,
-                "devid": d.devid,
-                "state": int(d.state),
-                "buffers": d.core.buffers if d.core else 0,
-                "bytes_copied": d.core.bytes_copied if d.core else 0,
-            }
-            for d in self._devices.values()
-        ]
+    def _usage(self, device: _Device) -> dict[str, object]:
+        core = device.core
+        return {
+            "buffers": core.buffers if core else 0,
+            "bytes_copied": core.bytes_copied if core else 0,
+        }
 
     # -- XenStore ------------------------------------------------------------------
 
-    async def _follow(self, watch: AsyncWatch, react: Callable[[], Awaitable[None]]) -> None:
-        async for _ in watch:
-            try:
-                await react()
-            except (ConnectionError, asyncio.CancelledError):
-                raise
-            except Exception:
-                log.exception("reacting to a XenStore change failed")
+    def _new_device(self, frontend: int, devid: int, backend_path: str) -> _Device:
+        return _Device(frontend, devid, backend_path)
 
-    async def _rescan(self) -> None:
-        async with self._lock:
-            found: set[tuple[int, int]] = set()
-            for fe_name in await self._ls(self._root):
-                for dev_name in await self._ls(f"{self._root}/{fe_name}"):
-                    if fe_name.isdigit() and dev_name.isdigit():
-                        found.add((int(fe_name), int(dev_name)))
-            for key in sorted(found - self._devices.keys()):
-                device = _Device(*key, backend_path=f"{self._root}/{key[0]}/{key[1]}")
-                self._devices[key] = device
-                device.watcher = asyncio.create_task(self._watch_device(device))
-            for key in self._devices.keys() - found:
-                device = self._devices.pop(key)
-                if device.watcher is not None:
-                    device.watcher.cancel()
-                self._teardown(device)
-                log.info("device removed", extra=logs.fields(device=device.name))
-
-    async def _ls(self, path: str) -> list[str]:
-        try:
-            return await self._xs.ls(path)
-        except FileNotFoundError:
-            return []
-
-    async def _check_frontends(self) -> None:
-        for device in list(self._devices.values()):
-            if device.core is not None and not await self._xs.is_domain_introduced(device.frontend):
-                log.info("frontend domain gone", extra=logs.fields(device=device.name))
-                self._teardown(device)
-                await self._set_state(device, XenbusState.INIT_WAIT)
-
-    async def _watch_device(self, device: _Device) -> None:
-        try:
-            device.frontend_path = await self._read(
-                f"{device.backend_path}/{xenbus.FIELD_FRONTEND}"
-            ) or xenbus.frontend_path(device.frontend, displif.DRIVER_NAME, device.devid)
-            await self._xs.write(
-                f"{device.backend_path}/{displif.FIELD_BE_VERSIONS}",
-                displif.format_versions(SUPPORTED_VERSIONS),
-            )
-            await self._set_state(device, XenbusState.INIT_WAIT)
-            async with await self._xs.watch(device.frontend_path) as watch:
-                async for _ in watch:
-                    await self._frontend_changed(device)
-        except FileNotFoundError:
-            pass  # the toolstack removed the device while we set it up
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("device watcher failed", extra=logs.fields(device=device.name))
-
-    async def _frontend_changed(self, device: _Device) -> None:
-        text = await self._read(f"{device.frontend_path}/{xenbus.FIELD_STATE}")
-        try:
-            fe_state = xenbus.parse_state(text) if text is not None else XenbusState.CLOSED
-        except ProtocolError:
-            fe_state = XenbusState.UNKNOWN
-        if fe_state == XenbusState.INITIALISED:
-            if device.core is None and device.state == XenbusState.INIT_WAIT:
-                await self._connect(device)
-            return
-        if fe_state == XenbusState.CLOSING:
-            target = XenbusState.CLOSING
-        elif fe_state in _STARTING_OVER:
-            target = XenbusState.INIT_WAIT
-        else:
-            return
-        if device.state != target:
-            self._teardown(device)
-            await self._set_state(device, target)
-
-    async def _read(self, path: str) -> str | None:
-        try:
-            return (await self._xs.read(path)).decode("utf-8", "replace")
-        except FileNotFoundError:
-            return None
-
-    async def _set_state(self, device: _Device, state: XenbusState) -> None:
-        device.state = state
-        try:
-            await self._xs.write(f"{device.backend_path}/{xenbus.FIELD_STATE}", state.encode())
-        except FileNotFoundError:
-            return
-        log.info("backend state", extra=logs.fields(device=device.name, state=state.name))
+    async def _prepare(self, device: _Device) -> None:
+        await self._xs.write(
+            f"{device.backend_path}/{displif.FIELD_BE_VERSIONS}",
+            displif.format_versions(SUPPORTED_VERSIONS),
+        )
 
     # -- connecting ----------------------------------------------------------------
 
@@ -374,12 +252,6 @@ class BackendService:
             raise TransportError(f"no connectors under {front}")
         be_alloc = await self._read(f"{front}/{displif.FIELD_BE_ALLOC}") == "1"
         return DeviceConfig(device.frontend, device.devid, tuple(connectors), be_alloc, version)
-
-    async def _read_u32(self, path: str) -> int:
-        text = await self._read(path)
-        if text is None or not text.isdigit() or int(text) > 0xFFFFFFFF:
-            raise TransportError(f"{path} = {text!r} is not a uint32")
-        return int(text)
 
     async def _open_channel(self, device: _Device, index: int) -> _Channel:
         base = f"{device.frontend_path}/{index}"
@@ -519,8 +391,3 @@ class BackendService:
         channel.in_prod = (channel.in_prod + 1) & 0xFFFFFFFF
         displif.write_index(page, displif.IN_PROD_OFFSET, channel.in_prod)
         return True
-
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coroutine)
-        self._tasks.append(task)
-        task.add_done_callback(self._tasks.remove)

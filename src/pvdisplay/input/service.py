@@ -7,7 +7,8 @@ it and hands it the event-channel ports that are not the display's). It watches
 events for a connector to the connected vkbd of the same domain whose `unique-id` is
 the connector's (or, failing that, the domain's vkbd without a `unique-id`).
 
-XenBus states (backend side), per device, as the display backend's:
+XenBus states (backend side), per device, as the display backend's
+(`backend_devices.BackendDevices`):
 
 - found, or frontend Closed/gone: tear down; write `width`/`height` if the toolstack did
   not (from the bound connector's resolution); state InitWait;
@@ -18,20 +19,19 @@ XenBus states (backend side), per device, as the display backend's:
   tear down, Closing, and never read its page again.
 """
 
-import asyncio
 import contextlib
 import errno
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from pvdisplay import logs, xenbus
+from pvdisplay import logs
+from pvdisplay.backend_devices import BackendDevice, BackendDevices
 from pvdisplay.hv import Hypervisor, HypervisorError, Mapping, PortState
 from pvdisplay.input import events as ev
 from pvdisplay.input.back import DeviceConfig, FrontendRequests, InputDevice
 from pvdisplay.planes import InputReceipt, PlaneKey, PlaneRegistry
-from pvdisplay.store.aio import AsyncClient, AsyncWatch
+from pvdisplay.store.aio import AsyncClient
 from pvdisplay.wire import displif, kbdif
 from pvdisplay.wire.errors import ProtocolError
 from pvdisplay.xenbus import XenbusState
@@ -40,71 +40,32 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WIDTH, DEFAULT_HEIGHT = 800, 600
 """The pointer range of a vkbd bound to no connector (xenfb's default mode)."""
-_STARTING_OVER = frozenset(
-    {XenbusState.CLOSED, XenbusState.UNKNOWN, XenbusState.INITIALISING, XenbusState.RECONFIGURING}
-)
 
 
 @dataclass
-class _Vkbd:
-    frontend: int
-    devid: int
-    backend_path: str
-    frontend_path: str = ""
+class _Vkbd(BackendDevice[InputDevice]):
     config: DeviceConfig | None = None
-    state: XenbusState = XenbusState.UNKNOWN
-    core: InputDevice | None = None
     mapping: Mapping | None = None
     page: memoryview | None = None
     port: int | None = None
-    watcher: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:
-        return f"vkbd {self.frontend}/{self.devid}"
+        return f"vkbd {super().name}"
 
 
-class InputService:
+class InputService(BackendDevices[_Vkbd]):
     """All vkbd devices this backend domain serves."""
 
     def __init__(self, hv: Hypervisor, xs: AsyncClient, planes: PlaneRegistry) -> None:
+        super().__init__(xs, hv.domid, kbdif.DRIVER_NAME)
         self._hv = hv
-        self._xs = xs
         self._planes = planes
-        self._root = f"/local/domain/{hv.domid}/backend/{kbdif.DRIVER_NAME}"
-        self._devices: dict[tuple[int, int], _Vkbd] = {}
         self._ports: dict[int, _Vkbd] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self._lock = asyncio.Lock()
 
-    async def start(self) -> None:
-        root_watch = await self._xs.watch(self._root)
-        release_watch = await self._xs.watch("@releaseDomain")
-        self._tasks += [
-            asyncio.create_task(self._follow(root_watch, self._rescan)),
-            asyncio.create_task(self._follow(release_watch, self._check_frontends)),
-        ]
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for device in list(self._devices.values()):
-            if device.watcher is not None:
-                device.watcher.cancel()
-            self._teardown(device)
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def status(self) -> list[dict[str, object]]:
-        return [
-            {
-                "frontend": d.frontend,
-                "devid": d.devid,
-                "state": int(d.state),
-                "dropped": d.core.dropped if d.core else 0,
-                "backlog": d.core.backlog if d.core else 0,
-            }
-            for d in self._devices.values()
-        ]
+    def _usage(self, device: _Vkbd) -> dict[str, object]:
+        core = device.core
+        return {"dropped": core.dropped if core else 0, "backlog": core.backlog if core else 0}
 
     # -- the planes socket's "input" op ------------------------------------------------
 
@@ -173,60 +134,11 @@ class InputService:
 
     # -- XenStore ----------------------------------------------------------------------
 
-    async def _follow(self, watch: AsyncWatch, react: Callable[[], Awaitable[None]]) -> None:
-        async for _ in watch:
-            try:
-                await react()
-            except (ConnectionError, asyncio.CancelledError):
-                raise
-            except Exception:
-                log.exception("reacting to a XenStore change failed")
+    def _new_device(self, frontend: int, devid: int, backend_path: str) -> _Vkbd:
+        return _Vkbd(frontend, devid, backend_path)
 
-    async def _rescan(self) -> None:
-        async with self._lock:
-            found: set[tuple[int, int]] = set()
-            for fe_name in await self._ls(self._root):
-                for dev_name in await self._ls(f"{self._root}/{fe_name}"):
-                    if fe_name.isdigit() and dev_name.isdigit():
-                        found.add((int(fe_name), int(dev_name)))
-            for key in sorted(found - self._devices.keys()):
-                device = _Vkbd(*key, backend_path=f"{self._root}/{key[0]}/{key[1]}")
-                self._devices[key] = device
-                device.watcher = asyncio.create_task(self._watch_device(device))
-            for key in self._devices.keys() - found:
-                device = self._devices.pop(key)
-                if device.watcher is not None:
-                    device.watcher.cancel()
-                self._teardown(device)
-
-    async def _ls(self, path: str) -> list[str]:
-        try:
-            return await self._xs.ls(path)
-        except FileNotFoundError:
-            return []
-
-    async def _check_frontends(self) -> None:
-        for device in list(self._devices.values()):
-            if device.core is not None and not await self._xs.is_domain_introduced(device.frontend):
-                self._teardown(device)
-                await self._set_state(device, XenbusState.INIT_WAIT)
-
-    async def _watch_device(self, device: _Vkbd) -> None:
-        try:
-            device.frontend_path = await self._read(
-                f"{device.backend_path}/{xenbus.FIELD_FRONTEND}"
-            ) or xenbus.frontend_path(device.frontend, kbdif.DRIVER_NAME, device.devid)
-            device.config = await self._read_config(device)
-            await self._set_state(device, XenbusState.INIT_WAIT)
-            async with await self._xs.watch(device.frontend_path) as watch:
-                async for _ in watch:
-                    await self._frontend_changed(device)
-        except FileNotFoundError:
-            pass
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("device watcher failed", extra=logs.fields(device=device.name))
+    async def _prepare(self, device: _Vkbd) -> None:
+        device.config = await self._read_config(device)
 
     async def _read_config(self, device: _Vkbd) -> DeviceConfig:
         """The toolstack's settings; writes `width`/`height` first if it did not."""
@@ -277,46 +189,6 @@ class InputService:
                 found.append(size)
         return found[0] if found else (DEFAULT_WIDTH, DEFAULT_HEIGHT)
 
-    async def _frontend_changed(self, device: _Vkbd) -> None:
-        text = await self._read(f"{device.frontend_path}/{xenbus.FIELD_STATE}")
-        try:
-            fe_state = xenbus.parse_state(text) if text is not None else XenbusState.CLOSED
-        except ProtocolError:
-            fe_state = XenbusState.UNKNOWN
-        if fe_state == XenbusState.INITIALISED:
-            if device.core is None and device.state == XenbusState.INIT_WAIT:
-                await self._connect(device)
-            return
-        if fe_state == XenbusState.CLOSING:
-            target = XenbusState.CLOSING
-        elif fe_state in _STARTING_OVER:
-            target = XenbusState.INIT_WAIT
-        else:
-            return
-        if device.state != target:
-            self._teardown(device)
-            await self._set_state(device, target)
-
-    async def _read(self, path: str) -> str | None:
-        try:
-            return (await self._xs.read(path)).decode("utf-8", "replace")
-        except FileNotFoundError:
-            return None
-
-    async def _read_u32(self, path: str) -> int:
-        text = await self._read(path)
-        if text is None or not text.isdigit() or int(text) > 0xFFFFFFFF:
-            raise ProtocolError(errno.EINVAL, f"{path} = {text!r} is not a uint32")
-        return int(text)
-
-    async def _set_state(self, device: _Vkbd, state: XenbusState) -> None:
-        device.state = state
-        try:
-            await self._xs.write(f"{device.backend_path}/{xenbus.FIELD_STATE}", state.encode())
-        except FileNotFoundError:
-            return
-        log.info("backend state", extra=logs.fields(device=device.name, state=state.name))
-
     async def _connect(self, device: _Vkbd) -> None:
         front = device.frontend_path
         assert device.config is not None
@@ -362,8 +234,3 @@ class InputService:
             with contextlib.suppress(HypervisorError):
                 device.mapping.close()
             device.mapping = None
-
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coroutine)
-        self._tasks.append(task)
-        task.add_done_callback(self._tasks.remove)

@@ -10,11 +10,16 @@ request: it goes straight back to the guest as used with length 0. Only a corrup
 (an avail index that runs ahead by more than the queue size, a head outside the table)
 breaks the queue, as `virtio_error()` would in QEMU: every later `pop` raises.
 
-Ordering: CPython has no memory barriers, but its stores reach memory in program order
-on x86-64 (TSO) and each ring access here is a separate bytecode, so the used element is
-visible before the used index that publishes it. The one pattern TSO does reorder is a
-store followed by a load (EVENT_IDX's avail_event write, then re-reading avail idx);
-`pop` re-checks the ring after every such store to keep that window small.
+Ordering: the five 16-bit fields the two sides synchronise on (avail flags and idx,
+used idx, and with EVENT_IDX used_event and avail_event) are only ever accessed with
+libatomic's sequentially consistent loads and stores (`pvdisplay.wire.atomics`), the
+mechanism the Xen rings use. The avail idx load is an acquire, so ring entries and
+descriptors are read after it; the used idx store is a release, so the used element is
+visible before the index that publishes it. Store then load is never reordered: the
+avail_event store before `pop` re-reads avail idx, and the used idx store before
+`should_notify` reads used_event or flags, are the full barriers virtio's notification
+suppression needs (else a kick or an interrupt can be lost). Ring fields are accessed
+in native byte order, virtio's little-endian on every supported host (x86-64, arm64).
 """
 
 import logging
@@ -24,6 +29,7 @@ from dataclasses import dataclass, field
 from pvdisplay import logs
 from pvdisplay.virtio import VirtioError
 from pvdisplay.virtio.memory import GuestMemoryMap
+from pvdisplay.wire.atomics import AtomicIndices
 from pvdisplay.wire.layout import Layout
 
 log = logging.getLogger(__name__)
@@ -52,6 +58,7 @@ AVAIL_RING_OFFSET = AVAIL_HEADER.struct.size
 USED_RING_OFFSET = USED_HEADER.struct.size
 
 DESC_SIZE = DESCRIPTOR.struct.size
+_AVAIL_FLAGS = AVAIL_HEADER.fields["flags"].offset
 _AVAIL_IDX = AVAIL_HEADER.fields["idx"].offset
 _USED_IDX = USED_HEADER.fields["idx"].offset
 _U16 = struct.Struct("<H")
@@ -118,12 +125,13 @@ class Chain:
 class Virtqueue:
     """The device side of one split virtqueue of `size` entries.
 
-    `desc_addr`, `avail_addr` and `used_addr` are guest physical addresses (convert
-    vhost-user's QEMU addresses with `GuestMemoryMap.user_to_guest`). `next_avail` is
-    the first available-ring index to serve (vhost-user SET_VRING_BASE); the used index
-    is read from the ring. Raises VirtioError when the rings do not fit in guest memory.
+        `desc_addr`, `avail_addr` and `used_addr` are guest physical addresses (convert
+        vhost-user's QEMU addresses with `GuestMemoryMap.user_to_guest`). `next_avail` is
+        the first available-ring index to serve (vhost-user SET_VRING_BASE); the used index
+        is read from the ring. Raises VirtioError when the rings do not fit in guest memory,
+    or their indices are not 2-byte aligned where this process maps them.
 
-    The queue keeps views of the rings: build a new queue after replacing the memory map.
+        The queue keeps views of the rings: build a new queue after replacing the memory map.
     """
 
     def __init__(
@@ -155,8 +163,18 @@ class Virtqueue:
         self._used = memory.view(used_addr, avail_event_offset(size) + event_bytes)
         self._used_event_offset = used_event_offset(size)
         self._avail_event_offset = avail_event_offset(size)
+        # Every field the guest and this device synchronise on; see "Ordering" above.
+        avail_fields, used_fields = [_AVAIL_FLAGS, _AVAIL_IDX], [_USED_IDX]
+        if event_idx:
+            avail_fields.append(self._used_event_offset)
+            used_fields.append(self._avail_event_offset)
+        try:
+            self._avail_fields = AtomicIndices(self._avail, avail_fields, 2)
+            self._used_fields = AtomicIndices(self._used, used_fields, 2)
+        except ValueError as exc:
+            raise VirtioError(f"ring index unusable: {exc}") from None
         self._last_avail = next_avail & _INDEX_MASK
-        self._used_idx: int = _U16.unpack_from(self._used, _USED_IDX)[0]
+        self._used_idx = self._used_fields.load(_USED_IDX)
         self._signalled_used = self._used_idx
         self._in_flight: set[int] = set()
         self._broken: str | None = None
@@ -189,7 +207,7 @@ class Virtqueue:
         while True:
             if self._broken is not None:
                 raise VirtioError(self._broken)
-            avail_idx: int = _U16.unpack_from(self._avail, _AVAIL_IDX)[0]
+            avail_idx = self._avail_fields.load(_AVAIL_IDX)
             pending = (avail_idx - self._last_avail) & _INDEX_MASK
             if pending > self._size:
                 self._break(f"avail index {avail_idx} is {pending} ahead of {self._last_avail}")
@@ -197,8 +215,10 @@ class Virtqueue:
             if pending == 0:
                 if not self._event_idx:
                     return None
+                # Ask for a kick at the next entry, then look again: the guest may have
+                # published one before it could see the request (seq-cst store -> load).
                 self._set_avail_event()
-                if _U16.unpack_from(self._avail, _AVAIL_IDX)[0] == avail_idx:
+                if self._avail_fields.load(_AVAIL_IDX) == avail_idx:
                     return None
                 continue
             slot = AVAIL_RING_OFFSET + 2 * (self._last_avail % self._size)
@@ -234,10 +254,10 @@ class Virtqueue:
         """Whether the guest wants an interrupt for what was pushed since the last call."""
         old, new = self._signalled_used, self._used_idx
         self._signalled_used = new
+        # The used idx store in `_complete` is seq-cst, so these loads cannot pass it.
         if self._event_idx:
-            used_event: int = _U16.unpack_from(self._avail, self._used_event_offset)[0]
-            return vring_need_event(used_event, new, old)
-        flags: int = _U16.unpack_from(self._avail, AVAIL_HEADER.fields["flags"].offset)[0]
+            return vring_need_event(self._avail_fields.load(self._used_event_offset), new, old)
+        flags = self._avail_fields.load(_AVAIL_FLAGS)
         return new != old and not flags & VRING_AVAIL_F_NO_INTERRUPT
 
     def _walk(self, head: int) -> Chain:
@@ -280,10 +300,10 @@ class Virtqueue:
         slot = USED_RING_OFFSET + USED_ELEMENT.struct.size * (self._used_idx % self._size)
         USED_ELEMENT.struct.pack_into(self._used, slot, head, written)
         self._used_idx = (self._used_idx + 1) & _INDEX_MASK
-        _U16.pack_into(self._used, _USED_IDX, self._used_idx)
+        self._used_fields.store(_USED_IDX, self._used_idx)  # release: element first
 
     def _set_avail_event(self) -> None:
-        _U16.pack_into(self._used, self._avail_event_offset, self._last_avail)
+        self._used_fields.store(self._avail_event_offset, self._last_avail)
 
     def _break(self, reason: str) -> None:
         log.error("virtqueue broken", extra=logs.fields(reason=reason))

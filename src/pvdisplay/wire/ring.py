@@ -12,7 +12,7 @@ sleeping to the caller.
 
 Memory ordering. ring.h orders index publication with ``xen_wmb``/``xen_rmb``/``xen_mb``.
 Here every access to a header index goes through libatomic (``__atomic_load_4`` /
-``__atomic_store_4`` with ``__ATOMIC_SEQ_CST``):
+``__atomic_store_4`` with ``__ATOMIC_SEQ_CST``, see `pvdisplay.wire.atomics`):
 
 * a sequentially consistent store is at least a release store, so slot bytes written
   before ``push_*()`` are visible before the new producer index (``xen_wmb``);
@@ -38,14 +38,13 @@ impossible index raises `ProtocolError` with errno ``EIO``, and the ring then st
 failed: every later read of the peer's index raises the same error.
 """
 
-import ctypes
 import errno
 import mmap
 import struct
-from collections.abc import Callable
 from types import TracebackType
 from typing import Final, Self, TypeAlias
 
+from pvdisplay.wire.atomics import AtomicIndices
 from pvdisplay.wire.errors import ProtocolError
 
 WritableBuffer: TypeAlias = bytearray | memoryview | mmap.mmap
@@ -69,15 +68,6 @@ SRING_HEADER_SIZE: Final = 64
 _REQ_PROD, _REQ_EVENT, _RSP_PROD, _RSP_EVENT = (
     SRING_FIELDS[name][0] for name in ("req_prod", "req_event", "rsp_prod", "rsp_event")
 )
-_SEQ_CST: Final = 5  # __ATOMIC_SEQ_CST
-
-# Debian package libatomic1 (pulled in by gcc). Its 4-byte load/store are the same
-# lock-free instructions gcc emits inline, so they interoperate with a C peer.
-_libatomic = ctypes.CDLL("libatomic.so.1")
-_atomic_load_4: Callable[[ctypes.c_void_p, int], int] = _libatomic.__atomic_load_4
-_atomic_load_4.restype = ctypes.c_uint32  # type: ignore[attr-defined]
-_atomic_store_4: Callable[[ctypes.c_void_p, int, int], None] = _libatomic.__atomic_store_4
-_atomic_store_4.restype = None  # type: ignore[attr-defined]
 
 
 class RingFullError(Exception):
@@ -131,37 +121,17 @@ class _SharedArea:
         self.size = ring_size(slot_size, len(view))
         self.slot_size = slot_size
         self._view = view
-        # Holding this export pins the buffer: an mmap cannot be closed and a bytearray
-        # cannot be resized while the raw index pointers below may still be used.
-        self._pin: ctypes.Array[ctypes.c_char] | None = (ctypes.c_char * len(view)).from_buffer(
-            view
-        )
-        base = ctypes.addressof(self._pin)
-        if base % 4:
-            raise ValueError("the ring area must be 4-byte aligned for atomic indices")
-        self._index_ptrs = {
-            offset: ctypes.c_void_p(base + offset)
-            for offset in (_REQ_PROD, _REQ_EVENT, _RSP_PROD, _RSP_EVENT)
-        }
+        # Holding the indices pins the buffer: an mmap cannot be closed and a bytearray
+        # cannot be resized while their raw pointers may still be used.
+        self._indices = AtomicIndices(view, (_REQ_PROD, _REQ_EVENT, _RSP_PROD, _RSP_EVENT), 4)
+        # Bound straight to the libatomic accessors: one Python call per index access.
+        self.load = self._indices.load
+        self.store = self._indices.store
         self._zero_slot = bytes(slot_size)
 
     def release(self) -> None:
-        # Forget the raw pointers before unpinning, so no index access can follow.
-        self._index_ptrs = {}
-        self._pin = None
+        self._indices.release()
         self._view.release()
-
-    def load(self, offset: int) -> int:
-        try:
-            return _atomic_load_4(self._index_ptrs[offset], _SEQ_CST)
-        except KeyError:
-            raise ValueError("the ring has been released") from None
-
-    def store(self, offset: int, value: int) -> None:
-        try:
-            _atomic_store_4(self._index_ptrs[offset], value & RING_IDX_MASK, _SEQ_CST)
-        except KeyError:
-            raise ValueError("the ring has been released") from None
 
     def slot(self, index: int) -> memoryview:
         start = SRING_HEADER_SIZE + (index & (self.size - 1)) * self.slot_size
