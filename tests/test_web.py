@@ -20,7 +20,7 @@ from pvdisplay.outputs.web import keys, tiles
 from pvdisplay.outputs.web.browser_input import MAX_CONTACTS, BrowserInput
 from pvdisplay.outputs.web.feed import PlaneRate
 from pvdisplay.outputs.web.server import WebViewer, parse_listen
-from pvdisplay.outputs.web.session import ViewerSession
+from pvdisplay.outputs.web.session import REFRESH_DELAY, ViewerSession
 from pvdisplay.outputs.web.tiles import Picture, Rect
 from pvdisplay.planes import PlaneInfo
 from pvdisplay.wire import fourcc
@@ -131,6 +131,8 @@ def test_rects_cover_every_changed_pixel_once(
 def test_a_first_frame_is_sent_whole_and_an_unchanged_one_not_at_all(image: np.ndarray) -> None:
     assert np.all(covered(tiles.changed_rects(None, picture(image)), image.shape) == 1)
     assert tiles.changed_rects(picture(image), picture(image.copy())) == []
+    same = picture(image)
+    assert tiles.changed_rects(same, same) == []
     # Another format or geometry is a new picture: sent whole.
     other = tiles.changed_rects(picture(image), picture(image, pad=8))
     assert np.all(covered(other, image.shape) == 1)
@@ -215,10 +217,10 @@ def frame(value: int) -> Picture:
 
 def test_at_most_window_frames_unacknowledged_and_the_newest_sent_next() -> None:
     session = ViewerSession(tiles.LOSSLESS, window=2)
-    first = session.plan(frame(0))
+    first = session.plan(frame(0), 0.0)
     assert first is not None and first.seq == 1
     assert first.rects == [Rect(0, 0, 100, 100)]  # the whole frame
-    second = session.plan(frame(1))
+    second = session.plan(frame(1), 0.0)
     assert second is not None and second.seq == 2
     assert second.rects == [Rect(0, 0, 64, 64)]  # only the tile that changed
     assert not session.can_send()
@@ -227,19 +229,97 @@ def test_at_most_window_frames_unacknowledged_and_the_newest_sent_next() -> None
     session.ack(1)
     assert session.can_send() and session.in_flight == 1
     # Frames 2..9 were flipped meanwhile; only the newest is diffed and sent.
-    latest = session.plan(frame(9))
+    latest = session.plan(frame(9), 0.0)
     assert latest is not None and latest.seq == 3
     session.ack(1)  # stale
     assert session.in_flight == 2
-    assert session.plan(frame(9)) is None  # nothing changed: nothing to send
+    assert session.plan(frame(9), 0.0) is None  # nothing changed: nothing to send
 
 
 def test_reset_sends_the_next_frame_whole() -> None:
     session = ViewerSession(80)
-    session.plan(frame(0))
+    session.plan(frame(0), 0.0)
     session.reset()
-    again = session.plan(frame(0))
+    again = session.plan(frame(0), 0.0)
     assert again is not None and again.rects == [Rect(0, 0, 100, 100)]
+
+
+def test_full_screen_motion_goes_as_one_jpeg_then_is_refreshed_once_still() -> None:
+    flat = np.zeros((300, 400, 3), np.uint8)
+    flat[:, 200:] = (10, 120, 240)
+    moved = flat.copy()
+    moved[:, :290] = np.linspace(0, 250, 290)[None, :, None]  # 5 of 7 tile columns
+    session = ViewerSession(80)
+    first = session.plan(picture(flat), 0.0)
+    assert first is not None and first.motion and first.rects == [Rect(0, 0, 400, 300)]
+    assert session.encode(first, first.rects[0]).kind == "jpeg"  # though PNG is smaller
+    assert session.refresh_in(0.1) == pytest.approx(REFRESH_DELAY - 0.1)
+    second = session.plan(picture(moved), 1.0)
+    assert second is not None and second.motion and second.rects == [Rect(0, 0, 320, 300)]
+    tile = session.encode(second, second.rects[0])
+    assert np.abs(decode(tile.data).astype(int) - moved[:, :320]).mean() < 12
+    assert session.plan(picture(moved), 1.0 + REFRESH_DELAY / 2) is None  # not still long
+    refresh = session.plan(picture(moved), 1.0 + REFRESH_DELAY)
+    assert refresh is not None and not refresh.motion
+    assert np.all(covered(refresh.rects, flat.shape) == 1)  # all of it was sent as motion
+    flat_band = session.encode(refresh, Rect(320, 0, 80, 300))
+    assert flat_band.kind == "png" and np.array_equal(decode(flat_band.data), moved[:, 320:])
+    assert session.refresh_in(5.0) is None and session.plan(picture(moved), 5.0) is None
+
+
+def test_small_changes_and_lossless_quality_never_go_as_motion() -> None:
+    before = np.zeros((300, 400, 3), np.uint8)
+    session = ViewerSession(80)
+    session.plan(picture(before), 0.0)
+    after = before.copy()
+    after[:100, :100] = 9  # 4 of 35 tiles
+    small = session.plan(picture(after), 1.0)
+    assert small is not None and not small.motion
+    assert small.rects == [Rect(0, 0, 128, 128)]
+    lossless = ViewerSession(tiles.LOSSLESS)
+    whole = lossless.plan(picture(before), 0.0)
+    assert whole is not None and not whole.motion and len(whole.rects) == 3
+    assert all(lossless.encode(whole, r).kind == "png" for r in whole.rects)
+    assert lossless.refresh_in(1.0) is None
+
+
+def test_refresh_covers_only_motion_tiles_not_sent_again_since() -> None:
+    before = np.zeros((128, 128, 3), np.uint8)
+    session = ViewerSession(80)
+    session.plan(picture(before), 0.0)  # sent whole as motion
+    after = before.copy()
+    after[:64, :64] = 50  # that tile is sent again with the usual choice
+    assert session.plan(picture(after), 0.1) is not None
+    refresh = session.plan(picture(after), 1.0)
+    assert refresh is not None
+    assert refresh.rects == [Rect(64, 0, 64, 64), Rect(0, 64, 128, 64)]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.sampled_from(fourcc.FORMATS[:4]),
+    st.integers(1, 5),
+    st.integers(1, 5),
+    st.integers(0, 3),
+    st.data(),
+)
+def test_jpeg_from_the_guest_bytes_shows_what_the_rgb_conversion_shows(
+    fmt: PixelFormat, blocks_x: int, blocks_y: int, pad_pixels: int, data: st.DataObject
+) -> None:
+    """XRGB8888/ARGB8888/RGB888 go to the JPEG encoder as they are, the others through
+    RGB: either way the picture is `to_rgb`'s (flat 16x16 blocks, so JPEG keeps them)."""
+    size = fmt.bytes_per_pixel
+    colours = data.draw(hnp.arrays(np.uint8, (blocks_y, blocks_x, size)))
+    pixels = colours.repeat(16, axis=0).repeat(16, axis=1)
+    height, width = pixels.shape[:2]
+    stride = (width + pad_pixels) * size
+    rows = np.zeros((height, stride), np.uint8)
+    rows[:, : width * size] = pixels.reshape(height, -1)
+    guest = Picture(fmt, width, height, stride, rows.reshape(-1))
+    rect = Rect(0, 16 if height > 16 else 0, width, height - 16 if height > 16 else height)
+    tile = tiles.encode_motion(guest, rect, 95)
+    error = np.abs(decode(tile.data).astype(int) - guest.rgb(rect).astype(int))
+    assert error.mean() < 4
 
 
 # -- page input ------------------------------------------------------------------------

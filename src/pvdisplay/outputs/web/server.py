@@ -202,7 +202,14 @@ class _Viewer:
         loop = asyncio.get_running_loop()
         while not self.ws.closed and not reader.done():
             waiter = asyncio.ensure_future(self.wake.wait())
-            await asyncio.wait([waiter, reader], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                [waiter, reader],
+                # Full window: the next ack wakes us, refresh or not.
+                timeout=self.session.refresh_in(time.monotonic())
+                if self.session.can_send()
+                else None,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             waiter.cancel()
             self.wake.clear()
             info = feed.planes.get(self.key)
@@ -215,7 +222,7 @@ class _Viewer:
             if capture is None:
                 continue
             await self._announce("live", capture.info)
-            plan = await asyncio.to_thread(self.session.plan, capture.picture)
+            plan = await asyncio.to_thread(self.session.plan, capture.picture, time.monotonic())
             if plan is None:
                 continue
             encoded = await asyncio.gather(

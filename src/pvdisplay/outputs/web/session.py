@@ -4,7 +4,11 @@ Flow control is by acknowledgement: the page acks each frame once it is drawn, a
 most `WINDOW` frames are ever unacknowledged. Frames the guest flips meanwhile are never
 queued; the next frame sent is the newest picture, diffed against the last one sent (the
 page's canvas holds exactly that). No I/O here: the adapter captures, calls `plan` and
-`finish`, and runs the encoding where it likes.
+`message`, and runs the encoding where it likes.
+
+Full-screen motion goes as one JPEG, whatever PNG would have saved; once the picture has
+been still for `REFRESH_DELAY`, the tiles sent that way are sent again with the usual
+choice (so still text ends up as sharp as if it had never moved), when `refresh_in` says.
 """
 
 from collections.abc import Sequence
@@ -16,6 +20,7 @@ from pvdisplay.outputs.web.tiles import Picture, Quality, Rect, Tile
 
 # Two in flight: the server encodes frame N+1 while the page decodes frame N.
 WINDOW: Final = 2
+REFRESH_DELAY: Final = 0.3
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,8 @@ class FramePlan:
     seq: int
     picture: Picture
     rects: list[Rect]
+    motion: bool = False
+    """One rectangle, sent as JPEG without trying PNG."""
 
 
 class ViewerSession:
@@ -34,6 +41,9 @@ class ViewerSession:
         self._sent: Picture | None = None
         self._seq = 0
         self._acked = 0
+        # Tiles the page holds from a motion frame, and when the picture last changed.
+        self._lossy: tiles.TileMask | None = None
+        self._changed_at = 0.0
 
     @property
     def in_flight(self) -> int:
@@ -52,21 +62,49 @@ class ViewerSession:
         """The page's canvas is no longer a frame we sent (new mode, guest gone): the
         next frame is sent whole."""
         self._sent = None
+        self._lossy = None
 
-    def plan(self, picture: Picture) -> FramePlan | None:
-        """The next frame for `picture` (a capture), or None if nothing changed.
+    def refresh_in(self, now: float) -> float | None:
+        """Seconds until `plan` would refresh tiles sent as motion, None if there are none."""
+        if self._lossy is None:
+            return None
+        return max(self._changed_at + REFRESH_DELAY - now, 0.0)
+
+    def plan(self, picture: Picture, now: float) -> FramePlan | None:
+        """The next frame for `picture` (a capture, at monotonic time `now`), or None if
+        there is nothing to send.
 
         The picture becomes the reference for the next diff at once: frames are sent in
         order on one stream, so the page has it by the time it draws the next one.
         """
-        rects = tiles.changed_rects(self._sent, picture)
+        mask = tiles.changed_tiles(self._sent, picture)
+        if self._lossy is not None and self._lossy.shape != mask.shape:
+            self._lossy = None  # a new geometry: all of it is sent anew
         self._sent = picture
-        if not rects:
-            return None
+        if not mask.any():
+            if self._lossy is None or now - self._changed_at < REFRESH_DELAY:
+                return None
+            mask, self._lossy = self._lossy, None
+            return self._next(picture, tiles.mask_rects(mask, picture.width, picture.height))
+        self._changed_at = now
+        if isinstance(self.quality, int) and tiles.is_motion(mask):
+            box = tiles.bounding_rect(mask, picture.width, picture.height)
+            covered = tiles.rect_tiles(box, mask.shape)
+            self._lossy = covered if self._lossy is None else self._lossy | covered
+            return self._next(picture, [box], motion=True)
+        if self._lossy is not None:
+            self._lossy &= ~mask
+            if not self._lossy.any():
+                self._lossy = None
+        return self._next(picture, tiles.mask_rects(mask, picture.width, picture.height))
+
+    def _next(self, picture: Picture, rects: list[Rect], motion: bool = False) -> FramePlan:
         self._seq += 1
-        return FramePlan(self._seq, picture, rects)
+        return FramePlan(self._seq, picture, rects, motion)
 
     def encode(self, plan: FramePlan, rect: Rect) -> Tile:
+        if plan.motion and isinstance(self.quality, int):
+            return tiles.encode_motion(plan.picture, rect, self.quality)
         return tiles.encode_rect(plan.picture, rect, self.quality)
 
     @staticmethod

@@ -1,13 +1,14 @@
 """What changed between two frames, and the smallest way to send each changed region.
 
 Pure functions over captured pictures in the guest's own pixel format: the diff runs on
-the raw bytes (8 bytes at a time where the stride allows), and only changed regions are
-converted to RGB. A frame is cut into `TILE`-pixel tiles; changed tiles are merged into
-rectangles (runs along a tile row, then identical runs down consecutive rows, at most
-`BAND_ROWS` pixels high so a full-screen change becomes bands that can be encoded in
-parallel). Each rectangle is sent as JPEG or as lossless PNG,
-whichever a trial on the rectangle (or on a sample of its rows, for tall ones) says is
-smaller.
+the raw bytes (8 bytes at a time where the stride allows) into a mask of changed
+`TILE`-pixel tiles. A mask becomes rectangles (runs along a tile row, then identical runs
+down consecutive rows, at most `BAND_ROWS` pixels high so a large change becomes bands
+that can be encoded in parallel), each sent as JPEG or as lossless PNG, whichever a trial
+on the rectangle (or on a sample of its rows, for tall ones) says is smaller. When most of
+the picture changed (full-screen motion), its bounding box goes as one JPEG instead: one
+encode, one decode in the browser. JPEG is encoded straight from the guest's bytes where
+the format allows; only PNG (and JPEG of the 16-bit formats) converts to RGB first.
 """
 
 import json
@@ -31,10 +32,14 @@ TILE: Final = 64
 BAND_ROWS: Final = 128
 # Tall rectangles are judged on this many of their middle rows, not encoded twice whole.
 SAMPLE_ROWS: Final = 16
+# A change covering at least this share of the tiles is motion: sent as one JPEG.
+MOTION_SHARE: Final = 0.5
 LOSSLESS: Final = "lossless"
 DEFAULT_QUALITY: Final = 80
 HEADER_LENGTH: Final = struct.Struct("<I")
 
+TileMask = npt.NDArray[np.bool_]
+"""One flag per tile, rows by columns: set where the tile changed."""
 Quality = int | Literal["lossless"]
 """JPEG quality 1..100 (lossless PNG still wins where it is smaller), or lossless only."""
 
@@ -74,6 +79,25 @@ class Picture:
         start = rect.y * self.stride + rect.x * self.fmt.bits_per_pixel // 8
         return fourcc.to_rgb(self.fmt, self.data[start:], rect.width, rect.height, self.stride)
 
+    def jpeg_source(self, rect: Rect) -> tuple[npt.NDArray[np.uint8], str]:
+        """`rect` as pixels simplejpeg reads, and their colourspace: a view of the guest's
+        own bytes where it has one (XRGB/ARGB8888 are B, G, R, X/A in memory: alpha is
+        dropped, as `rgb` does; RGB888 is B, G, R), else converted to RGB."""
+        colourspace = _JPEG_COLOURSPACES.get(self.fmt.fourcc)
+        if colourspace is None:
+            return self.rgb(rect), "RGB"
+        size = self.fmt.bytes_per_pixel
+        rows = self.data[: self.height * self.stride].reshape(self.height, self.stride)
+        area = rows[rect.y : rect.y + rect.height, rect.x * size : (rect.x + rect.width) * size]
+        return area.reshape(rect.height, rect.width, size), colourspace
+
+
+_JPEG_COLOURSPACES: Final = {
+    fourcc.XRGB8888.fourcc: "BGRX",
+    fourcc.ARGB8888.fourcc: "BGRX",
+    fourcc.RGB888.fourcc: "BGR",
+}
+
 
 @dataclass(frozen=True)
 class Tile:
@@ -85,18 +109,20 @@ class Tile:
 
 
 def changed_rects(previous: Picture | None, current: Picture) -> list[Rect]:
-    """Rectangles covering every pixel of `current` that differs from `previous`.
+    """Rectangles covering every pixel of `current` that differs from `previous`."""
+    return mask_rects(changed_tiles(previous, current), current.width, current.height)
+
+
+def changed_tiles(previous: Picture | None, current: Picture) -> TileMask:
+    """The tiles of `current` holding a pixel that differs from `previous`.
 
     No previous picture (or one of another format or geometry) means everything changed.
     """
+    grid = (-(-current.height // TILE), -(-current.width // TILE))
     if previous is None or previous.geometry != current.geometry:
-        mask = np.ones((-(-current.height // TILE), -(-current.width // TILE)), dtype=bool)
-    else:
-        mask = _changed_tiles(previous, current)
-    return [_clip(rect, current.width, current.height) for rect in _merge(mask)]
-
-
-def _changed_tiles(previous: Picture, current: Picture) -> npt.NDArray[np.bool_]:
+        return np.ones(grid, dtype=bool)
+    if previous is current:  # woken by an ack, not a flip: the same capture again
+        return np.zeros(grid, dtype=bool)
     # Compare whole 64-bit words where rows are aligned to them; TILE pixels are always a
     # whole number of words (TILE * bits_per_pixel is a multiple of 64).
     word = 8 if current.stride % 8 == 0 else 1
@@ -109,10 +135,41 @@ def _changed_tiles(previous: Picture, current: Picture) -> npt.NDArray[np.bool_]
     differs = rows(previous) != rows(current)
     tile_words = TILE * current.fmt.bits_per_pixel // (8 * word)
     by_row = np.logical_or.reduceat(differs, np.arange(0, current.height, TILE), axis=0)
-    result: npt.NDArray[np.bool_] = np.logical_or.reduceat(
-        by_row, np.arange(0, row_words, tile_words), axis=1
-    )
+    result: TileMask = np.logical_or.reduceat(by_row, np.arange(0, row_words, tile_words), axis=1)
     return result
+
+
+def mask_rects(mask: TileMask, width: int, height: int) -> list[Rect]:
+    """Rectangles, in pixels of a `width`x`height` picture, covering the tiles set in `mask`
+    exactly once."""
+    return [_clip(rect, width, height) for rect in _merge(mask)]
+
+
+def is_motion(mask: TileMask) -> bool:
+    """Whether a change is large enough to go as one JPEG of its bounding box."""
+    return bool(np.count_nonzero(mask) >= MOTION_SHARE * max(mask.size, 1))
+
+
+def bounding_rect(mask: TileMask, width: int, height: int) -> Rect:
+    """The smallest rectangle, in pixels, holding every tile set in `mask` (not empty)."""
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    tile_rect = Rect(
+        int(columns[0]),
+        int(rows[0]),
+        int(columns[-1] - columns[0]) + 1,
+        int(rows[-1] - rows[0]) + 1,
+    )
+    return _clip(tile_rect, width, height)
+
+
+def rect_tiles(rect: Rect, shape: tuple[int, ...]) -> TileMask:
+    """A mask of `shape` with the tiles `rect` (tile-aligned, in pixels) covers set."""
+    mask = np.zeros(shape, dtype=bool)
+    mask[
+        rect.y // TILE : -(-(rect.y + rect.height) // TILE),
+        rect.x // TILE : -(-(rect.x + rect.width) // TILE),
+    ] = True
+    return mask
 
 
 def _runs(row: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
@@ -166,25 +223,33 @@ def _chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
-def encode_jpeg(pixels: Rgb, quality: int) -> bytes:
-    data: bytes = simplejpeg.encode_jpeg(pixels, quality, "RGB", "420", fastdct=True)
+def encode_jpeg(pixels: npt.NDArray[np.uint8], quality: int, colourspace: str = "RGB") -> bytes:
+    """A 4:2:0 JPEG of HxWxN pixels in `colourspace` (simplejpeg's names: RGB, BGRX, ...)."""
+    data: bytes = simplejpeg.encode_jpeg(pixels, quality, colourspace, "420", fastdct=True)
     return data
+
+
+def encode_motion(picture: Picture, rect: Rect, quality: int) -> Tile:
+    """`rect` of `picture` as one JPEG, without trying PNG: for full-screen motion, where
+    encoding and decoding time matter more than bytes."""
+    pixels, colourspace = picture.jpeg_source(rect)
+    return Tile(rect, "jpeg", encode_jpeg(pixels, quality, colourspace))
 
 
 def encode_rect(picture: Picture, rect: Rect, quality: Quality) -> Tile:
     """`rect` of `picture` as the smaller of JPEG and PNG (PNG only when `quality` is
     lossless)."""
-    pixels = picture.rgb(rect)
     if quality == LOSSLESS:
-        return Tile(rect, "png", encode_png(pixels))
+        return Tile(rect, "png", encode_png(picture.rgb(rect)))
     if rect.height <= 2 * SAMPLE_ROWS:
+        pixels = picture.rgb(rect)
         jpeg, png = encode_jpeg(pixels, quality), encode_png(pixels)
         return Tile(rect, "png", png) if len(png) <= len(jpeg) else Tile(rect, "jpeg", jpeg)
     middle = (rect.height - SAMPLE_ROWS) // 2
-    sample = pixels[middle : middle + SAMPLE_ROWS]
-    if len(encode_png(sample)) <= len(encode_jpeg(sample, quality)):
-        return Tile(rect, "png", encode_png(pixels))
-    return Tile(rect, "jpeg", encode_jpeg(pixels, quality))
+    sample = Rect(rect.x, rect.y + middle, rect.width, SAMPLE_ROWS)
+    if len(encode_png(picture.rgb(sample))) <= len(encode_motion(picture, sample, quality).data):
+        return Tile(rect, "png", encode_png(picture.rgb(rect)))
+    return encode_motion(picture, rect, quality)
 
 
 def pack_frame(header: dict[str, object], tiles: Sequence[Tile]) -> bytes:
