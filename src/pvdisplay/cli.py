@@ -10,6 +10,7 @@ from pvdisplay import snapshot as snapshots
 from pvdisplay.outputs.vnc import server as vnc_server
 from pvdisplay.outputs.web import server as web_server
 from pvdisplay.outputs.web import tiles as web_tiles
+from pvdisplay.outputs.window import viewer as window_viewer
 from pvdisplay.planes import PlaneClient
 from pvdisplay.store import server as xenstore_server
 
@@ -307,5 +308,25 @@ def vhost_user_gpu(
         asyncio.run(server.serve(listener, connected, sizes, domid, planes))
     except OSError as error:
         raise click.ClickException(f"cannot serve planes on {planes_socket}: {error}") from None
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.argument("domid", type=click.IntRange(0, 0x7FEF))
+@click.argument("connector")
+@click.option("--device", "devid", default=0, show_default=True, help="vdispl device id.")
+@click.option(
+    "--planes-socket",
+    type=click.Path(dir_okay=False),
+    help="The backend's planes socket.  [default: /tmp/pvdisplay-<uid>/planes.sock]",
+)
+def view(domid: int, connector: str, devid: int, planes_socket: str | None) -> None:
+    """Show connector CONNECTOR (index or unique-id) of domain DOMID in a window, with input."""
+    socket_path = Path(planes_socket) if planes_socket else host.default_run_dir() / "planes.sock"
+    try:
+        window_viewer.view(socket_path, domid, connector, devid)
+    except window_viewer.ViewerError as error:
+        raise click.ClickException(str(error)) from None
     except KeyboardInterrupt:
         pass
