@@ -1,7 +1,7 @@
-"""Shared fixtures: C programs compiled against the real Xen headers, and C peers."""
+"""Shared fixtures: C programs compiled against the real Xen and Linux headers, and C peers."""
 
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -43,6 +43,26 @@ def compile_c(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
         return built[key]
 
     return build
+
+
+@pytest.fixture
+def check_linux_input_codes(tmp_path: Path) -> Callable[[Iterable[tuple[str, int, str]]], None]:
+    """Assert, by compiling with gcc, that each (name, value, label) holds in
+    <linux/input-event-codes.h>; the failure message names the labels that do not."""
+
+    def check(codes: Iterable[tuple[str, int, str]]) -> None:
+        checks = [f'_Static_assert({name} == {value}, "{label}");' for name, value, label in codes]
+        source = tmp_path / "input_codes.c"
+        source.write_text("#include <linux/input-event-codes.h>\n" + "\n".join(checks) + "\n")
+        result = subprocess.run(
+            ["gcc", "-fsyntax-only", "-Wall", "-Werror", str(source)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+
+    return check
 
 
 @pytest.fixture(scope="module")

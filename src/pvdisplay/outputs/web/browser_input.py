@@ -19,6 +19,7 @@ import math
 from collections.abc import Mapping
 from typing import Final
 
+from pvdisplay.input.contacts import ContactSlots
 from pvdisplay.input.events import (
     InputEvent,
     Key,
@@ -42,7 +43,7 @@ class BrowserInput:
     def __init__(self, width: int, height: int) -> None:
         self.width = width
         self.height = height
-        self._contacts: dict[int, int] = {}  # pointerId -> contact slot
+        self._contacts = ContactSlots[int](MAX_CONTACTS)  # by pointerId
 
     def resize(self, width: int, height: int) -> None:
         self.width = width
@@ -54,7 +55,7 @@ class BrowserInput:
         items = message.get("events")
         if not isinstance(items, list) or len(items) > MAX_EVENTS:
             raise ProtocolError(errno.EINVAL, f"events must be a list of at most {MAX_EVENTS}")
-        contacts = dict(self._contacts)
+        contacts = self._contacts.copy()
         events: list[InputEvent] = []
         for item in items:
             if not isinstance(item, dict):
@@ -63,7 +64,9 @@ class BrowserInput:
         self._contacts = contacts
         return events
 
-    def _decode_one(self, item: Mapping[str, object], contacts: dict[int, int]) -> list[InputEvent]:
+    def _decode_one(
+        self, item: Mapping[str, object], contacts: ContactSlots[int]
+    ) -> list[InputEvent]:
         kind = item.get("t")
         if kind == "key":
             code = LINUX_KEYS.get(_text(item, "code"))
@@ -82,21 +85,16 @@ class BrowserInput:
             return self._touch(item, contacts)
         raise ProtocolError(errno.EINVAL, f"unknown input event {kind!r}")
 
-    def _touch(self, item: Mapping[str, object], contacts: dict[int, int]) -> list[InputEvent]:
+    def _touch(self, item: Mapping[str, object], contacts: ContactSlots[int]) -> list[InputEvent]:
         phase, pointer = _text(item, "phase"), _integer(item, "id")
         if phase == "down":
-            if pointer in contacts:
-                return []
-            free = sorted(set(range(MAX_CONTACTS)) - set(contacts.values()))
-            if not free:
-                return []  # more fingers than the device has contacts: ignore the extra one
-            contacts[pointer] = free[0]
-            return [TouchDown(free[0], *self._position(item))]
+            contact = contacts.touch(pointer)
+            return [] if contact is None else [TouchDown(contact, *self._position(item))]
         if phase == "move":
-            contact = contacts.get(pointer)
+            contact = contacts.slot(pointer)
             return [] if contact is None else [TouchMove(contact, *self._position(item))]
         if phase == "up":
-            contact = contacts.pop(pointer, None)
+            contact = contacts.lift(pointer)
             return [] if contact is None else [TouchUp(contact)]
         raise ProtocolError(errno.EINVAL, f"unknown touch phase {phase!r}")
 

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Final
 
+from pvdisplay.input.contacts import ContactSlots
 from pvdisplay.input.events import (
     InputEvent,
     Key,
@@ -72,7 +73,9 @@ class InputTranslator:
 
     viewport: Viewport
     _keys: set[int] = field(default_factory=set)  # Linux codes held, buttons included
-    _contacts: dict[tuple[int, int], int] = field(default_factory=dict)
+    _contacts: ContactSlots[tuple[int, int]] = field(  # by (touch device, finger)
+        default_factory=lambda: ContactSlots(MAX_CONTACTS)
+    )
     _pointer: tuple[int, int] | None = None
 
     def key(self, scancode: int, pressed: bool) -> list[InputEvent]:
@@ -103,28 +106,22 @@ class InputTranslator:
 
     def finger_down(self, touch: int, finger: int, fx: float, fy: float) -> list[InputEvent]:
         """A finger touched; beyond `MAX_CONTACTS` fingers the extra ones are ignored."""
-        if (touch, finger) in self._contacts:
-            return []
-        free = sorted(set(range(MAX_CONTACTS)) - set(self._contacts.values()))
-        if not free:
-            return []
-        self._contacts[touch, finger] = free[0]
-        return [TouchDown(free[0], *self._finger_position(fx, fy))]
+        contact = self._contacts.touch((touch, finger))
+        return [] if contact is None else [TouchDown(contact, *self._finger_position(fx, fy))]
 
     def finger_move(self, touch: int, finger: int, fx: float, fy: float) -> list[InputEvent]:
-        contact = self._contacts.get((touch, finger))
+        contact = self._contacts.slot((touch, finger))
         return [] if contact is None else [TouchMove(contact, *self._finger_position(fx, fy))]
 
     def finger_up(self, touch: int, finger: int) -> list[InputEvent]:
-        contact = self._contacts.pop((touch, finger), None)
+        contact = self._contacts.lift((touch, finger))
         return [] if contact is None else [TouchUp(contact)]
 
     def release_all(self) -> list[InputEvent]:
         """Let go of every key, button and finger (the window lost focus or the mouse)."""
         events: list[InputEvent] = [Key(code, False) for code in sorted(self._keys)]
-        events += [TouchUp(contact) for contact in sorted(self._contacts.values())]
+        events += [TouchUp(contact) for contact in self._contacts.lift_all()]
         self._keys.clear()
-        self._contacts.clear()
         return events
 
     def _press(self, code: int, pressed: bool) -> list[InputEvent]:
