@@ -11,15 +11,20 @@ import os
 import struct
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pvdisplay.planes import PlaneKey
 from pvdisplay.virtio import VirtioError
 from pvdisplay.virtio import vhost_user as vu
 from pvdisplay.virtio.gpu import Cursor
+from pvdisplay.virtio.gpu_wire import Format
 from pvdisplay.virtio.memory import GuestMemoryMap
+from pvdisplay.virtio.server import xrgb_pixels
 from pvdisplay.virtio.virtqueue import VIRTIO_RING_F_EVENT_IDX, Virtqueue
+from test_virtio_gpu import CREATE, DOMID, FLUSH, SET_SCANOUT, TRANSFER, Rig, command
 
 GUEST_BASE = 0x4000_0000
 USER_BASE = 0x7F00_0000_0000
@@ -377,3 +382,38 @@ def test_display_channel_follows_the_guest_cursor() -> None:
     channel.show_cursor(Cursor(0, 30, 40))
     channel.show_cursor(None)
     assert drain(channel) == struct.pack("<IIIIII", vu.GPU_CURSOR_POS_HIDE, 0, 12, 0, 30, 40)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "xrgb_bytes"),
+    # Where each format's name puts B, G, R and X in memory, the byte order x8r8g8b8 wants.
+    [
+        (Format.B8G8R8X8_UNORM, [0, 1, 2, 3]),
+        (Format.X8R8G8B8_UNORM, [3, 2, 1, 0]),
+        (Format.R8G8B8X8_UNORM, [2, 1, 0, 3]),
+        (Format.X8B8G8R8_UNORM, [1, 2, 3, 0]),
+    ],
+)
+def test_partial_flush_sends_only_its_rectangle(fmt: Format, xrgb_bytes: list[int]) -> None:
+    """What the server queues for a flush: the damaged rectangle's pixels, as x8r8g8b8."""
+    rig = Rig([(40, 20)])
+    rig.ok(command(CREATE, 1, fmt, 64, 32))
+    pixels, entries = rig.guest_image(64, 32, seed=3)
+    rig.attach(1, entries)
+    rig.ok(command(TRANSFER, 0, 0, 64, 32, 0, 1))
+    rig.ok(command(SET_SCANOUT, 8, 4, 40, 20, 0, 1))
+    rig.device.take_damage(0)
+    rig.ok(command(FLUSH, 13, 9, 6, 3, 1))
+    damage = rig.device.take_damage(0)
+    assert damage is not None and (damage.x, damage.y, damage.width, damage.height) == (5, 5, 6, 3)
+    plane = rig.registry.get(PlaneKey(DOMID, 0, 0))
+    assert plane is not None and plane.handle is not None
+    channel = vu.DisplayChannel()
+    channel.receive(struct.pack("<IIIQ", vu.GPU_GET_PROTOCOL_FEATURES, vu.FLAG_REPLY, 8, 0))
+    drain(channel)
+    channel.update(0, (5, 5, 6, 3), xrgb_pixels(plane.info, plane.handle.map(), damage))
+    source = np.frombuffer(pixels, np.uint8).reshape(32, 64, 4)[9:12, 13:19]
+    expected = source[..., xrgb_bytes].tobytes()
+    assert drain(channel) == (
+        struct.pack("<IIIIIIII", vu.GPU_UPDATE, 0, 20 + 6 * 3 * 4, 0, 5, 5, 6, 3) + expected
+    )

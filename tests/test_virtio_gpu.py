@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from pvdisplay.planes import PlaneKey, PlaneRegistry
 from pvdisplay.virtio import gpu_wire as wire
 from pvdisplay.virtio.gpu import MAX_HOST_MEMORY, GpuDevice
+from pvdisplay.virtio.gpu_resource import Rect
 from pvdisplay.virtio.gpu_wire import CtrlType, Format
 from pvdisplay.wire.edid import parse_edid, serial_string_for
 from pvdisplay.wire.layout import Layout
@@ -195,6 +196,31 @@ def test_scanout_of_a_sub_rectangle_sets_the_plane_offset() -> None:
         16,
         8,
     )
+
+
+def test_flushes_report_their_damage_per_scanout() -> None:
+    rig = Rig([(16, 8), (64, 32)])
+    rig.ok(command(CREATE, 1, Format.B8G8R8X8_UNORM, 64, 32))
+    assert rig.device.take_damage(0) is None
+    rig.ok(command(SET_SCANOUT, 10, 4, 16, 8, 0, 1))
+    rig.ok(command(SET_SCANOUT, 0, 0, 64, 32, 1, 1))
+    # A newly shown scanout is damaged whole, in its own coordinates.
+    assert rig.device.take_damage(0) == Rect(0, 0, 16, 8)
+    assert rig.device.take_damage(1) == Rect(0, 0, 64, 32)
+    assert rig.device.take_damage(1) is None
+    rig.ok(command(FLUSH, 20, 5, 3, 2, 1))
+    # Scanout 0 shows (10, 4)-(26, 12) of the resource: the flush lands at (10, 1).
+    assert rig.device.take_damage(0) == Rect(10, 1, 3, 2)
+    assert rig.device.take_damage(1) == Rect(20, 5, 3, 2)
+    # Flushes accumulate as their bounding box until taken; a part off-screen is clipped.
+    rig.ok(command(FLUSH, 1, 1, 2, 2, 1))
+    rig.ok(command(FLUSH, 24, 10, 8, 8, 1))
+    assert rig.device.take_damage(0) == Rect(14, 6, 2, 2)
+    assert rig.device.take_damage(1) == Rect(1, 1, 31, 17)
+    rig.ok(command(FLUSH, 40, 20, 4, 4, 1))
+    assert rig.device.take_damage(0) is None  # nothing of scanout 0 was flushed
+    rig.ok(command(SET_SCANOUT, 0, 0, 0, 0, 1, 0))
+    assert rig.device.take_damage(1) is None  # blank: nothing to show
 
 
 def test_fenced_commands_echo_their_fence() -> None:

@@ -77,6 +77,7 @@ class _Scanout:
     resource: Resource | None = None
     rect: Rect = field(default_factory=lambda: Rect(0, 0, 0, 0))
     frame: int = 0
+    damage: Rect | None = None
 
 
 class GpuDevice:
@@ -132,6 +133,14 @@ class GpuDevice:
         """Bytes the guest's resources hold on the host."""
         return sum(resource.size for resource in self._resources.values())
 
+    def take_damage(self, scanout_id: int) -> Rect | None:
+        """What changed on the scanout since the last call, in scanout coordinates: the
+        bounding box of the RESOURCE_FLUSHes since (the whole picture after SET_SCANOUT);
+        None when nothing did. Lets a display update send only the flushed pixels."""
+        scanout = self._scanouts[scanout_id]
+        damage, scanout.damage = scanout.damage, None
+        return damage
+
     def config_bytes(self) -> bytes:
         """`struct virtio_gpu_config` (vhost-user GET_CONFIG)."""
         return wire.CONFIG.pack(self._events_read, 0, len(self._scanouts), 0)
@@ -181,6 +190,7 @@ class GpuDevice:
     def reset(self) -> None:
         """Back to the state after construction: no resources, every scanout blank."""
         for scanout_id, scanout in enumerate(self._scanouts):
+            scanout.damage = None
             if scanout.resource is not None:
                 scanout.resource = None
                 self._publish(scanout_id)
@@ -278,7 +288,7 @@ class GpuDevice:
         resource = self._resource(fields[0])
         for scanout_id, scanout in enumerate(self._scanouts):
             if scanout.resource is resource:
-                scanout.resource = None
+                scanout.resource, scanout.damage = None, None
                 self._publish(scanout_id)
         del self._resources[resource.resource_id]
         resource.close()
@@ -317,7 +327,7 @@ class GpuDevice:
         x, y, width, height, scanout_id, resource_id = fields
         scanout = self._scanout(scanout_id, CtrlType.RESP_ERR_INVALID_SCANOUT_ID)
         if resource_id == 0:
-            scanout.resource = None
+            scanout.resource, scanout.damage = None, None
             self._publish(scanout_id)
             return b""
         resource = self._resource(resource_id)
@@ -327,6 +337,7 @@ class GpuDevice:
                 CtrlType.RESP_ERR_INVALID_PARAMETER, f"scanout {rect} outside the resource"
             )
         scanout.resource, scanout.rect = resource, rect
+        scanout.damage = Rect(0, 0, rect.width, rect.height)
         scanout.frame += 1
         self._publish(scanout_id)
         return b""
@@ -334,10 +345,16 @@ class GpuDevice:
     def _flush(self, fields: tuple[int, ...]) -> bytes:
         x, y, width, height, resource_id = fields
         resource = self._resource(resource_id)
-        if not Rect(x, y, width, height).inside(resource.width, resource.height):
+        flushed = Rect(x, y, width, height)
+        if not flushed.inside(resource.width, resource.height):
             raise ResourceError(CtrlType.RESP_ERR_INVALID_PARAMETER, "flush outside the resource")
         for scanout_id, scanout in enumerate(self._scanouts):
             if scanout.resource is resource:
+                damage = flushed.clip(scanout.rect)
+                if damage is not None:
+                    scanout.damage = (
+                        damage if scanout.damage is None else scanout.damage.union(damage)
+                    )
                 scanout.frame += 1
                 self._publish(scanout_id)
         resource.copied = 0

@@ -51,6 +51,23 @@ class Rect:
             and self.y + self.height <= height
         )
 
+    def clip(self, bounds: "Rect") -> "Rect | None":
+        """The part of this rectangle inside `bounds`, relative to `bounds`' origin;
+        None when they do not overlap."""
+        left, top = max(self.x, bounds.x), max(self.y, bounds.y)
+        right = min(self.x + self.width, bounds.x + bounds.width)
+        bottom = min(self.y + self.height, bounds.y + bounds.height)
+        if right <= left or bottom <= top:
+            return None
+        return Rect(left - bounds.x, top - bounds.y, right - left, bottom - top)
+
+    def union(self, other: "Rect") -> "Rect":
+        """The smallest rectangle holding both."""
+        left, top = min(self.x, other.x), min(self.y, other.y)
+        right = max(self.x + self.width, other.x + other.width)
+        bottom = max(self.y + self.height, other.y + other.height)
+        return Rect(left, top, right - left, bottom - top)
+
 
 class Resource:
     """One RESOURCE_CREATE_2D resource: `height` rows of `stride` bytes in a memfd."""

@@ -9,9 +9,10 @@ own back-end does.
 Requests on the vhost-user socket are read whole as they arrive (QEMU writes each
 message at once); kick eventfds are watched with `add_reader` and served in the loop;
 the device interrupts the guest by writing the ring's call eventfd. What the scanouts
-show reaches QEMU's display through the vhost-user-gpu socket as full-frame UPDATEs; a
-frame that cannot be sent because QEMU is still reading the previous one is coalesced
-with the next: QEMU always gets the latest picture, never a backlog.
+show reaches QEMU's display through the vhost-user-gpu socket as UPDATEs of what the
+guest flushed (the whole picture when a scanout is (re)shown); flushes that arrive while
+QEMU is still reading the previous update are merged into one rectangle: QEMU always
+gets the latest picture, never a backlog.
 """
 
 import array
@@ -30,9 +31,9 @@ from pvdisplay import logs
 from pvdisplay.hv import Mapping
 from pvdisplay.planes import PlaneInfo, PlaneKey, PlaneRegistry, PlaneServer
 from pvdisplay.virtio import gpu, vhost_user
+from pvdisplay.virtio.gpu_resource import Rect
 from pvdisplay.virtio.memory import GuestMemoryMap
 from pvdisplay.virtio.virtqueue import Virtqueue
-from pvdisplay.wire import fourcc
 from pvdisplay.wire.errors import ProtocolError
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,11 @@ class Connection:
         self._display: vhost_user.DisplayChannel | None = None
         self._display_sock: socket.socket | None = None
         self._display_writing = False
+        self._device: gpu.GpuDevice | None = None
         self._shown: dict[int, tuple[int, int]] = {}
         self._dirty: set[int] = set()
+        # Connectors whose display surface is new, so their next update is the whole picture.
+        self._whole: set[int] = set()
         self._unsubscribe = registry.subscribe(self._on_plane)
         sock.setblocking(True)
         self._loop.add_reader(sock.fileno(), self._on_request)
@@ -103,9 +107,10 @@ class Connection:
     def _make_device(
         self, memory: GuestMemoryMap, scanouts: Sequence[tuple[int, int]]
     ) -> gpu.GpuDevice:
-        return gpu.GpuDevice(
+        self._device = gpu.GpuDevice(
             memory, scanouts=list(scanouts), planes=self._registry, guest_domid=self._domid
         )
+        return self._device
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
@@ -230,6 +235,7 @@ class Connection:
         if self._shown.get(info.connector) != size:
             self._shown[info.connector] = size
             self._display.scanout(info.connector, *size)
+            self._whole.add(info.connector)
         if size != (0, 0):
             self._dirty.add(info.connector)
         self._send_display()
@@ -273,35 +279,53 @@ class Connection:
 
     def _queue_frames(self, display: vhost_user.DisplayChannel) -> None:
         dirty, self._dirty = self._dirty, set()
+        whole, self._whole = self._whole, set()
         for connector in sorted(dirty):
             plane = self._registry.get(PlaneKey(self._domid, DEVICE_INDEX, connector))
             if plane is None or plane.handle is None or not plane.info.fb_cookie:
                 continue
             info = plane.info
+            damage = self._device.take_damage(connector) if self._device is not None else None
+            if connector in whole:
+                damage = Rect(0, 0, info.width, info.height)
+            elif damage is None:
+                continue  # republished (a mode change), but no pixel changed
             try:
-                pixels = _xrgb_frame(info, plane.handle.map())
+                pixels = xrgb_pixels(info, plane.handle.map(), damage)
             except (OSError, ValueError, KeyError) as exc:
                 log.warning("cannot read scanout", extra=logs.fields(plane=info.key, reason=exc))
                 continue
-            display.update(connector, (0, 0, info.width, info.height), pixels)
+            display.update(connector, (damage.x, damage.y, damage.width, damage.height), pixels)
 
 
-def _xrgb_frame(info: PlaneInfo, mapping: Mapping) -> bytes:
-    """The plane's picture as packed x8r8g8b8 rows, the one format QEMU's UPDATE takes."""
+_XRGB_BYTES = {
+    "XR24": (0, 1, 2, 3),
+    "AR24": (0, 1, 2, 3),
+    "BX24": (3, 2, 1, 0),
+    "BA24": (3, 2, 1, 0),
+    "XB24": (2, 1, 0, 3),
+    "AB24": (2, 1, 0, 3),
+    "RX24": (1, 2, 3, 0),
+    "RA24": (1, 2, 3, 0),
+}
+"""Where each virtio-gpu format keeps the bytes x8r8g8b8 stores as B, G, R, X."""
+
+
+def xrgb_pixels(info: PlaneInfo, mapping: Mapping, rect: Rect) -> bytes:
+    """`rect` of the plane's picture as packed x8r8g8b8 rows, the one format QEMU's
+    UPDATE takes; KeyError for a format that is not a virtio-gpu one."""
     with mapping:
+        order = _XRGB_BYTES[info.fourcc]
         source = np.frombuffer(mapping.view(), np.uint8)
-        rows = source[info.offset : info.offset + info.stride * info.height]
-        rows = rows.reshape(info.height, info.stride)
-        if info.fourcc in ("XR24", "AR24"):
-            frame = rows[:, : info.width * 4].tobytes()
+        start = info.offset + rect.y * info.stride
+        rows = source[start : start + info.stride * rect.height].reshape(rect.height, info.stride)
+        region = rows[:, rect.x * 4 : (rect.x + rect.width) * 4]
+        if order == (0, 1, 2, 3):
+            pixels = region.tobytes()
         else:
-            fmt = fourcc.by_fourcc(fourcc.fourcc_code(info.fourcc))
-            rgb = fourcc.to_rgb(fmt, rows.reshape(-1), info.width, info.height, info.stride)
-            xrgb = np.zeros((info.height, info.width, 4), np.uint8)
-            xrgb[..., 0], xrgb[..., 1], xrgb[..., 2] = rgb[..., 2], rgb[..., 1], rgb[..., 0]
-            frame = xrgb.tobytes()
-        del source, rows
-    return frame
+            pixels = region.reshape(rect.height, rect.width, 4)[..., order].tobytes()
+        del source, rows, region
+    return pixels
 
 
 def _receive_exactly(sock: socket.socket, count: int) -> bytes:
