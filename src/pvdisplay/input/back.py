@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pvdisplay.input import events as ev
+from pvdisplay.input.contacts import ContactSlots
 from pvdisplay.wire import kbdif
 from pvdisplay.wire.errors import ProtocolError
 from pvdisplay.wire.layout import WritableBuffer
@@ -79,7 +80,7 @@ class InputDevice:
         self._prod = kbdif.read_index(page, kbdif.IN_PROD_OFFSET)
         self._backlog: deque[kbdif.InEvent] = deque()
         self._pointer = (0, 0)
-        self._contacts: dict[int, int] = {}  # output contact -> kbdif contact_id
+        self._contacts: ContactSlots[int] = ContactSlots(config.mt_contacts)
 
     # -- translation --------------------------------------------------------------
 
@@ -135,22 +136,21 @@ class InputDevice:
             self.ignored += 1
             return []
         cfg = self.config
-        slot = self._contacts.get(event.contact)
         if isinstance(event, ev.TouchUp):
-            if slot is None:
+            lifted = self._contacts.lift(event.contact)
+            if lifted is None:
                 self.ignored += 1
                 return []
-            del self._contacts[event.contact]
-            return [kbdif.MtUp(slot)]
+            return [kbdif.MtUp(lifted)]
         x, y = _scale(event.x, cw, cfg.mt_width), _scale(event.y, ch, cfg.mt_height)
-        if slot is not None:
-            return [kbdif.MtMotion(slot, x, y)]
-        free = sorted(set(range(cfg.mt_contacts)) - set(self._contacts.values()))
-        if isinstance(event, ev.TouchMove) or not free:
+        held = self._contacts.slot(event.contact)
+        if held is not None:
+            return [kbdif.MtMotion(held, x, y)]
+        taken = None if isinstance(event, ev.TouchMove) else self._contacts.touch(event.contact)
+        if taken is None:
             self.ignored += 1
             return []
-        self._contacts[event.contact] = free[0]
-        return [kbdif.MtDown(free[0], x, y)]
+        return [kbdif.MtDown(taken, x, y)]
 
     # -- the ring -----------------------------------------------------------------
 
