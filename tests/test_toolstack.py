@@ -1,5 +1,6 @@
 """The toolstack: TOML and xl.cfg vdispl syntax in, libxl's XenStore nodes out."""
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -12,7 +13,9 @@ from hypothesis import strategies as st
 
 from pvdisplay import host, toolstack
 from pvdisplay.host import apply_plan
+from pvdisplay.display import front
 from pvdisplay.input.config import Vkb
+from pvdisplay.store.aio import AsyncClient
 from pvdisplay.store.client import Client
 from pvdisplay.store.permissions import Access, Permission
 from pvdisplay.toolstack import ConfigError, Connector, Vdispl
@@ -286,6 +289,28 @@ def test_guest_may_write_its_handshake_nodes_but_not_the_toolstack_config(
         apply_plan(dom0, toolstack.vdispl_nodes(4, device))
         assert not dom0.exists(f"{front}/version")
         assert dom0.read(f"{front}/state") == b"1"
+
+
+def test_frontend_library_reads_as_many_connectors_as_the_toolstack_allows(
+    xenstored: Path,
+) -> None:
+    connectors = tuple(
+        Connector(f"c{index}", 64 + index, 48) for index in range(toolstack.MAX_CONNECTORS)
+    )
+    with Client(xenstored / "socket") as dom0:
+        apply_plan(dom0, toolstack.domain_nodes(5, "guest5"))
+        apply_plan(dom0, toolstack.vdispl_nodes(5, Vdispl(0, 0, False, connectors)))
+
+    async def read() -> front.DeviceConfig:
+        async with await AsyncClient.connect(xenstored / "socket") as xs:
+            return await front.read_config(xs, "/local/domain/5/device/vdispl/0")
+
+    config = asyncio.run(read())
+    assert config.connectors == tuple((c.unique_id, c.width, c.height) for c in connectors)
+    with pytest.raises(ConfigError, match="at most"):
+        parse_xl(
+            "connectors=" + ";".join(f"c{i}:64x48" for i in range(toolstack.MAX_CONNECTORS + 1))
+        )
 
 
 def test_example_config_is_the_demo_default() -> None:

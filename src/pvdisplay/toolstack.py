@@ -67,6 +67,8 @@ __all__ = [
 
 KIND = "vdispl"
 MAX_CONNECTORS = 64
+"""Connectors one vdispl device may have; the frontend library reads no more (Linux
+xen-front stops at 4)."""
 
 _DECIMAL = re.compile(r"[0-9]{1,5}")
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")

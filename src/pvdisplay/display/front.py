@@ -37,6 +37,7 @@ from pvdisplay.display.front_core import (
 )
 from pvdisplay.hv import GuestMemory, Hypervisor, HypervisorError, Mapping, PortState
 from pvdisplay.store.aio import AsyncClient, AsyncTransaction
+from pvdisplay.toolstack import MAX_CONNECTORS
 from pvdisplay.wire import displif, edid
 from pvdisplay.wire.errors import ProtocolError
 from pvdisplay.wire.fourcc import PixelFormat
@@ -55,8 +56,6 @@ FLIP_TIMEOUT = 3.1
 CLOSE_TIMEOUT = 3.0
 """Seconds `close()` waits for the backend to let go of the device before leaving."""
 SUPPORTED_VERSIONS = (1, 2)
-MAX_CONNECTORS = 31
-"""xen-front's XEN_DRM_FRONT_MAX_CRTCS."""
 EDID_MIN_VERSION = 2
 
 
