@@ -1,8 +1,9 @@
 """A real arm64 Linux guest under QEMU (TCG) whose virtio-gpu is served over vhost-user.
 
-tools/guest/fetch.sh unpacks QEMU 10, Debian's arm64 kernel and busybox under
+tools/guest/fetch.sh unpacks QEMU 10, Debian's arm64 kernel, busybox and modetest under
 .cache/guest; tools/guest/mkinitramfs.py builds an initramfs whose init (tools/guest/init)
-draws a known pattern to /dev/fb0 or runs a redraw loop. Used by the guest test and by
+draws a known pattern to /dev/fb0 (then takes commands typed on its console, such as a
+mode change through modetest) or runs a redraw loop. Used by the guest test and by
 bench/bench_virtio_gpu.py.
 """
 
@@ -138,7 +139,7 @@ class Qemu:
         with self.stderr_path.open("wb") as stderr:
             self.process = subprocess.Popen(
                 command,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 env=files.env(),
@@ -166,6 +167,12 @@ class Qemu:
                 raise RuntimeError(self._story(line))
             if line.startswith(prefix):
                 return line
+
+    def send(self, line: str) -> None:
+        """Type `line` on the guest's serial console (tools/guest/init reads commands there)."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(line.encode() + b"\n")
+        self.process.stdin.flush()
 
     def _story(self, what: str) -> str:
         stderr = self.stderr_path.read_text(errors="replace")
@@ -206,6 +213,8 @@ class Qemu:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
+        assert self.process.stdin is not None
+        self.process.stdin.close()
         self._reader.join(5)
 
     def __enter__(self) -> Self:

@@ -212,6 +212,43 @@ def test_edid_decode_has_no_warnings_for_desktop_sizes() -> None:
 
 
 @pytest.mark.parametrize(
+    ("width", "height", "listed"),
+    [
+        (639, 480, []),
+        (640, 480, [(640, 480)]),
+        (1023, 768, [(640, 480), (800, 600)]),
+        (1024, 767, [(640, 480), (800, 600)]),
+        (1024, 768, [(640, 480), (800, 600), (1024, 768)]),
+        (1280, 800, [(640, 480), (800, 600), (1024, 768)]),
+        (4095, 4095, [(640, 480), (800, 600), (1024, 768)]),
+    ],
+)
+def test_established_modes_are_the_vesa_60hz_ones_that_fit(
+    width: int, height: int, listed: list[tuple[int, int]]
+) -> None:
+    """edid-decode's own DMT table confirms each listed mode's clock and refresh."""
+    report = subprocess.run(
+        [edid_decode(), "--check", "--skip-hex-dump", "-"],
+        input=build_edid(width, height),
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    decoded = [
+        (int(w), int(h), float(hz), float(mhz))
+        for w, h, hz, mhz in re.findall(
+            r"DMT 0x[0-9a-f]+:\s+(\d+)x(\d+)\s+([\d.]+) Hz.*?([\d.]+) MHz", report
+        )
+    ]
+    timings = edid.established_timings(width, height)
+    assert [(w, h) for w, h, _, _ in decoded] == listed, report
+    assert [(t.h_active, t.v_active) for t in timings] == listed
+    for (_, _, hz, mhz), timing in zip(decoded, timings, strict=True):
+        assert mhz * 1000 == pytest.approx(timing.pixel_clock_khz)
+        assert hz == pytest.approx(timing.refresh_hz, abs=1e-5)
+    assert "EDID conformity: PASS" in report and "Warnings:" not in report, report
+
+
+@pytest.mark.parametrize(
     ("kwargs", "match"),
     [
         ({"width": 0, "height": 600}, "0x600"),

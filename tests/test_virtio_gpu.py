@@ -330,15 +330,58 @@ def test_cursor_queue_updates_and_moves_the_cursor() -> None:
     assert [length for _, length in rig.cursor_driver.used()] == [0, 0]
 
 
-def test_config_space_and_display_change_event() -> None:
-    rig = Rig([(64, 32)])
-    assert wire.CONFIG.unpack(rig.device.config_bytes()) == (0, 0, 1, 0)
-    rig.device.resize([(128, 64)])
-    assert wire.CONFIG.unpack(rig.device.config_bytes())[0] == wire.VIRTIO_GPU_EVENT_DISPLAY
-    plane = rig.registry.get(PlaneKey(DOMID, 0, 0))
-    assert plane is not None and (plane.info.mode_width, plane.info.mode_height) == (128, 64)
+def test_config_space_has_no_events_and_counts_scanouts() -> None:
+    rig = Rig([(64, 32), (64, 32)])
+    assert wire.CONFIG.unpack(rig.device.config_bytes()) == (0, 0, 2, 0)
     rig.device.write_config(4, wire.VIRTIO_GPU_EVENT_DISPLAY.to_bytes(4, "little"))
-    assert wire.CONFIG.unpack(rig.device.config_bytes())[0] == 0
+    rig.device.write_config(8, (5).to_bytes(4, "little"))  # num_scanouts is read-only
+    assert wire.CONFIG.unpack(rig.device.config_bytes()) == (0, 0, 2, 0)
+
+
+def test_guest_mode_change_follows_the_scanout_rectangle() -> None:
+    """What Linux does when a KMS client sets 32x16 on a 64x32 connector and exits:
+    a new resource, SET_SCANOUT to it, the fbdev one shown again, the client's unref'd."""
+    rig = Rig([(64, 32)])
+    key = PlaneKey(DOMID, 0, 0)
+    rig.ok(command(CREATE, 1, Format.B8G8R8X8_UNORM, 64, 32))
+    console, entries = rig.guest_image(64, 32, seed=1)
+    rig.attach(1, entries)
+    rig.ok(command(TRANSFER, 0, 0, 64, 32, 0, 1))
+    rig.ok(command(SET_SCANOUT, 0, 0, 64, 32, 0, 1))
+    rig.device.take_damage(0)
+
+    rig.ok(command(CREATE, 2, Format.B8G8R8X8_UNORM, 32, 16))
+    small, entries = rig.guest_image(32, 16, seed=2)
+    rig.attach(2, entries)
+    rig.ok(command(TRANSFER, 0, 0, 32, 16, 0, 2))
+    rig.ok(command(SET_SCANOUT, 0, 0, 32, 16, 0, 2))
+    plane = rig.registry.get(key)
+    assert plane is not None
+    info = plane.info
+    assert (info.mode_width, info.mode_height, info.width, info.height) == (32, 16, 32, 16)
+    assert (info.fb_cookie, info.stride) == (2, 32 * 4)
+    assert rig.shown() == small
+    assert rig.device.take_damage(0) == Rect(0, 0, 32, 16)
+    # GET_DISPLAY_INFO and the EDID still describe the connector as configured.
+    assert wire.RESP_DISPLAY_INFO.unpack(rig.call(hdr(CtrlType.CMD_GET_DISPLAY_INFO)))[2:4] == (
+        64,
+        32,
+    )
+
+    rig.ok(command(SET_SCANOUT, 0, 0, 0, 0, 0, 0))  # the client's framebuffer removed
+    blank = rig.registry.get(key)
+    assert blank is not None and blank.handle is None
+    assert (blank.info.mode_width, blank.info.mode_height) == (64, 32)
+    rig.ok(command(UNREF, 2))
+    rig.ok(command(SET_SCANOUT, 0, 0, 64, 32, 0, 1))  # fbdev restores its mode
+    rig.ok(command(FLUSH, 0, 0, 64, 32, 1))
+    plane = rig.registry.get(key)
+    assert plane is not None
+    info = plane.info
+    assert (info.mode_width, info.mode_height, info.width, info.height) == (64, 32, 64, 32)
+    assert info.fb_cookie == 1 and rig.shown() == console
+    assert rig.device.take_damage(0) == Rect(0, 0, 64, 32)
+    assert rig.device.host_memory == 64 * 32 * 4
 
 
 def test_close_removes_the_planes() -> None:

@@ -2,15 +2,19 @@
 # Fetch and unpack what the arm64 test guest needs, with apt only and without installing:
 # QEMU 10 from bookworm-backports (Debian 12's QEMU 7.2 refuses vhost-user-gpu under TCG) plus
 # whichever of its libraries this host lacks, Debian's arm64 kernel (the generic flavour; the
-# cloud one has no DRM) and busybox-static:arm64. Everything lands unpacked in CACHE_DIR/root;
-# run QEMU with LD_LIBRARY_PATH=CACHE_DIR/root/usr/lib/x86_64-linux-gnu.
-# Usage: fetch.sh CACHE_DIR. Idempotent: a stamp file skips everything on reruns.
+# cloud one has no DRM), busybox-static:arm64, and libdrm's modetest (a KMS client: the guest
+# changes its display mode with it) with the arm64 loader and libraries it links. Everything
+# lands unpacked in CACHE_DIR/root; run QEMU with LD_LIBRARY_PATH=CACHE_DIR/root/usr/lib/x86_64-linux-gnu.
+# Usage: fetch.sh CACHE_DIR. Idempotent: a stamp file holding CONTENT skips everything on
+# reruns; bump CONTENT whenever what is fetched changes, so existing caches are refreshed.
 set -eu
 CACHE=${1:?usage: fetch.sh CACHE_DIR}
 mkdir -p "$CACHE"
 CACHE=$(cd "$CACHE" && pwd)
 STAMP=$CACHE/fetched.stamp
-[ -e "$STAMP" ] && exit 0
+CONTENT="qemu kernel busybox modetest 2"
+[ "$(cat "$STAMP" 2>/dev/null)" = "$CONTENT" ] && exit 0
+rm -f "$STAMP"
 
 APT=$CACHE/apt
 mkdir -p "$APT/lists/partial" "$APT/cache/archives/partial" "$CACHE/debs"
@@ -31,10 +35,24 @@ cd "$CACHE/debs"
 apt-get "$@" -qq download "$KERNEL" busybox-static:arm64
 rm -rf "$CACHE/root"
 for deb in "$CACHE"/debs/*.deb "$APT"/cache/archives/*.deb; do dpkg-deb -x "$deb" "$CACHE/root"; done
+# modetest and exactly what it loads (`readelf -d`: NEEDED libdrm.so.2 and libc.so.6; the
+# interpreter /lib/ld-linux-aarch64.so.1), copied out of their packages: the rest of libc6
+# and libdrm-tests is not needed.
+mkdir -p "$CACHE/userland"
+cd "$CACHE/userland"
+apt-get "$@" -qq download libdrm-tests:arm64 libdrm2:arm64 libc6:arm64
+for deb in *.deb; do dpkg-deb -x "$deb" unpacked; done
+ARM64=$CACHE/root/usr/lib/aarch64-linux-gnu
+mkdir -p "$ARM64"
+cp -L unpacked/usr/bin/modetest "$CACHE/root/usr/bin/modetest"
+cp -L unpacked/lib/ld-linux-aarch64.so.1 unpacked/lib/aarch64-linux-gnu/libc.so.6 \
+  unpacked/usr/lib/aarch64-linux-gnu/libdrm.so.2 "$ARM64/"
+cd "$CACHE"
+rm -rf "$CACHE/userland"
 # Keep the cache small: the guest needs six of the kernel's modules, and the packages
 # themselves are not needed once unpacked.
 find "$CACHE/root/lib/modules" -name '*.ko*' ! \( -name 'virtio_mmio.ko*' -o -name 'drm.ko*' \
   -o -name 'drm_kms_helper.ko*' -o -name 'drm_shmem_helper.ko*' -o -name 'virtio_dma_buf.ko*' \
   -o -name 'virtio-gpu.ko*' \) -delete
 rm -rf "$CACHE/debs" "$APT"
-touch "$STAMP"
+echo "$CONTENT" > "$STAMP"

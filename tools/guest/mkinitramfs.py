@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Build the test guest's initramfs: busybox, the virtio-gpu module stack, tools/guest/init.
+"""Build the test guest's initramfs: busybox, the virtio-gpu module stack, modetest with the
+arm64 loader and libraries it links, tools/guest/init.
 
 Usage: mkinitramfs.py ROOT WIDTHxHEIGHT OUTDIR
 
@@ -25,6 +26,9 @@ MODULES = (
     "virtio_dma_buf",
     "virtio-gpu",
 )
+# modetest, linked against these (tools/guest/fetch.sh copies them out of their packages).
+LOADER = "ld-linux-aarch64.so.1"
+LIBRARIES = (LOADER, "libc.so.6", "libdrm.so.2")
 
 
 def pattern(width: int, height: int) -> bytes:
@@ -86,11 +90,17 @@ def main(root: Path, size: str, outdir: Path) -> None:
     inverse = bytes(b ^ 0xFF for b in picture)
 
     archive = Newc()
-    for directory in ("bin", "dev", "proc", "sys", "modules"):
+    for directory in ("bin", "dev", "proc", "sys", "modules", "lib", "lib/aarch64-linux-gnu"):
         archive.directory(directory)
     archive.char_device("dev/console", 5, 1)
     archive.file("bin/busybox", (root / "bin/busybox").read_bytes(), 0o755)
     archive.symlink("bin/sh", "busybox")
+    archive.file("bin/modetest", (root / "usr/bin/modetest").read_bytes(), 0o755)
+    # Debian's loader searches lib/aarch64-linux-gnu without an ld.so.cache.
+    for library in LIBRARIES:
+        data = (root / "usr/lib/aarch64-linux-gnu" / library).read_bytes()
+        archive.file(f"lib/aarch64-linux-gnu/{library}", data, 0o755)
+    archive.symlink(f"lib/{LOADER}", f"aarch64-linux-gnu/{LOADER}")
     for name in MODULES:
         module = modules[name]
         if module.suffix != ".ko":

@@ -104,7 +104,6 @@ class GpuDevice:
         self._devid = device_index
         self._scanouts = [_Scanout(width, height) for width, height in scanouts]
         self._resources: dict[int, Resource] = {}
-        self._events_read = 0
         self._cursor: Cursor | None = None
         self._handlers: dict[int, tuple[Layout, Callable[[tuple[int, ...]], bytes]]] = {
             CtrlType.CMD_GET_DISPLAY_INFO: (wire.CTRL_HDR, self._get_display_info),
@@ -142,30 +141,17 @@ class GpuDevice:
         return damage
 
     def config_bytes(self) -> bytes:
-        """`struct virtio_gpu_config` (vhost-user GET_CONFIG)."""
-        return wire.CONFIG.pack(self._events_read, 0, len(self._scanouts), 0)
+        """`struct virtio_gpu_config` (vhost-user GET_CONFIG): no pending event; scanout
+        sizes never change under the guest (QEMU's vhost-user-gpu front-end owns the event
+        fields anyway, see docs/virtio-gpu.md)."""
+        return wire.CONFIG.pack(0, 0, len(self._scanouts), 0)
 
     def write_config(self, offset: int, data: bytes) -> None:
-        """A guest write to the config space: only events_clear is writable."""
+        """A guest write to the config space: only events_clear is writable, and with no
+        event ever raised it has nothing to clear."""
         clear = wire.CONFIG.fields["events_clear"]
-        if offset == clear.offset and len(data) == clear.size:
-            self._events_read &= ~int.from_bytes(data, "little")
-        else:
+        if offset != clear.offset or len(data) != clear.size:
             log.warning("config write ignored", extra=logs.fields(offset=offset, size=len(data)))
-
-    def resize(self, scanouts: Sequence[tuple[int, int]]) -> None:
-        """New display sizes (same count): raises VIRTIO_GPU_EVENT_DISPLAY in the config
-        space; the transport must then signal a config change so the guest re-reads."""
-        if len(scanouts) != len(self._scanouts):
-            raise ValueError(f"{len(self._scanouts)} scanouts, got {len(scanouts)} sizes")
-        for width, height in scanouts:
-            edid.preferred_timing(width, height)
-        for scanout_id, (scanout, (width, height)) in enumerate(
-            zip(self._scanouts, scanouts, strict=True)
-        ):
-            scanout.width, scanout.height = width, height
-            self._publish(scanout_id)
-        self._events_read |= wire.VIRTIO_GPU_EVENT_DISPLAY
 
     def handle_control(self, queue: Virtqueue) -> bool:
         """Answer every request on the control queue; returns whether to interrupt."""
@@ -198,7 +184,6 @@ class GpuDevice:
             resource.close()
         self._resources.clear()
         self._cursor = None
-        self._events_read = 0
 
     def close(self) -> None:
         """Free every resource and remove the scanouts' planes."""
@@ -430,6 +415,9 @@ class GpuDevice:
         self._planes.publish(
             dataclasses.replace(
                 info,
+                # The guest's mode is the rectangle it scans out (QEMU sizes its console so).
+                mode_width=rect.width,
+                mode_height=rect.height,
                 fb_cookie=resource.resource_id,
                 fourcc=resource.fourcc,
                 width=rect.width,

@@ -1,8 +1,11 @@
 """EDID 1.4 base blocks: the one a backend answers GET_EDID with, and a reader.
 
-The block describes a digital sRGB flat panel whose preferred (and only)
+The block describes a digital sRGB flat panel whose preferred (native)
 timing is the connector's resolution, timed with VESA CVT reduced blanking
-(version 1) at 60 Hz. Everything a guest may use is derived from the width,
+(version 1) at 60 Hz. Like a real panel, and like QEMU's generated EDID, it
+also accepts the smaller 60 Hz VESA modes of the established timings
+(640x480, 800x600, 1024x768) that fit in the native one, so a guest has
+modes to switch to. Everything a guest may use is derived from the width,
 the height and the connector's unique-id, so the same connector always gets
 the same bytes.
 
@@ -122,6 +125,35 @@ class EdidInfo:
         return self.preferred.v_active
 
 
+_ESTABLISHED_OFFSET: Final = 35
+ESTABLISHED_60HZ: Final = (
+    # (byte, bit) in "established timings I & II", and the VESA DMT timing the bit names.
+    ((35, 5), Timing(25_175, 640, 16, 96, 48, 480, 10, 2, 33)),
+    ((35, 0), Timing(40_000, 800, 40, 128, 88, 600, 1, 4, 23)),
+    ((36, 3), Timing(65_000, 1024, 24, 136, 160, 768, 3, 6, 29)),
+)
+
+
+def _established(width: int, height: int) -> list[tuple[tuple[int, int], Timing]]:
+    return [
+        (position, timing)
+        for position, timing in ESTABLISHED_60HZ
+        if timing.h_active <= width and timing.v_active <= height
+    ]
+
+
+def established_timings(width: int, height: int) -> list[Timing]:
+    """The established 60 Hz modes a `width`x`height` block lists besides its preferred one."""
+    return [timing for _, timing in _established(width, height)]
+
+
+def _established_bits(width: int, height: int) -> bytes:
+    bits = bytearray(3)  # bytes 35-37
+    for (byte, bit), _ in _established(width, height):
+        bits[byte - _ESTABLISHED_OFFSET] |= 1 << bit
+    return bytes(bits)
+
+
 def _cvt_v_sync(width: int, height: int) -> int:
     """CVT's vertical sync width, which encodes the aspect ratio.
 
@@ -237,15 +269,16 @@ def _text_descriptor(tag: int, text: str) -> bytes:
     return bytes((0, 0, 0, tag, 0)) + body
 
 
-def _range_limits_descriptor(timing: Timing) -> bytes:
-    refresh = timing.refresh_hz
-    h_freq = timing.h_freq_khz
-    max_clock_10mhz = -(-timing.pixel_clock_khz // 10_000)
+def _range_limits_descriptor(timings: list[Timing]) -> bytes:
+    """Limits that just contain every mode the block lists."""
+    refresh = [timing.refresh_hz for timing in timings]
+    h_freq = [timing.h_freq_khz for timing in timings]
+    max_clock_10mhz = -(-max(timing.pixel_clock_khz for timing in timings) // 10_000)
     limits = (
-        math.floor(refresh),
-        math.ceil(refresh),
-        math.floor(h_freq),
-        math.ceil(h_freq),
+        math.floor(min(refresh)),
+        math.ceil(max(refresh)),
+        math.floor(min(h_freq)),
+        math.ceil(max(h_freq)),
         max_clock_10mhz,
     )
     # Byte 10 = 0x01: range limits only, no GTF or CVT formula support.
@@ -340,10 +373,10 @@ def build_edid(
         + bytes(max(round(mm / 10), 1) for mm in size_mm)
         + bytes((_GAMMA_2_2, _FEATURES))
         + _chromaticity()
-        + bytes(3)  # no established timings
+        + _established_bits(width, height)
         + b"\x01\x01" * 8  # no standard timings
         + _detailed_timing(timing, size_mm)
-        + _range_limits_descriptor(timing)
+        + _range_limits_descriptor([timing, *established_timings(width, height)])
         + _text_descriptor(_TAG_NAME, name)
         + serial_descriptor
         + bytes(1)  # no extension blocks
