@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pvdisplay import host, toolstack
-from pvdisplay.host import apply_plan
 from pvdisplay.display import front
+from pvdisplay.host import apply_plan
 from pvdisplay.input.config import Vkb
 from pvdisplay.store.aio import AsyncClient
 from pvdisplay.store.client import Client
