@@ -93,9 +93,17 @@ def run_case(server: ServerThread, guest: Guest, region: str) -> dict[str, float
     client.request(False)
     client.update()
     flips: list[float] = []
-    animator = threading.Thread(target=lambda: flips.extend(guest("animate", FRAMES, region)))
+    animator_cpu: list[float] = []
+
+    def animate() -> None:
+        flips.extend(guest("animate", FRAMES, region))
+        animator_cpu.append(time.thread_time())
+
+    animator = threading.Thread(target=animate)
     arrived: dict[int, float] = {}
     sent_bytes = 0
+    # The server's CPU: this process's, less the client's (this thread) and the animator's.
+    process_before, client_before = time.process_time(), time.thread_time()
     animator.start()
     started = time.monotonic()
     while animator.is_alive() or FRAMES not in arrived:
@@ -107,6 +115,8 @@ def run_case(server: ServerThread, guest: Guest, region: str) -> dict[str, float
         if time.monotonic() - started > PATIENCE:
             break
     animator.join()
+    client_cpu = time.thread_time() - client_before
+    server_cpu = time.process_time() - process_before - client_cpu - sum(animator_cpu)
     client.close()
     latencies = [(arrived[n] - flips[n - 1]) * 1000 for n in arrived if 1 <= n <= len(flips)]
     duration = max(arrived.values()) - min(arrived.values())
@@ -116,6 +126,7 @@ def run_case(server: ServerThread, guest: Guest, region: str) -> dict[str, float
         "p95_ms": sorted(latencies)[int(len(latencies) * 0.95)],
         "kib_per_frame": sent_bytes / 1024 / max(len(arrived), 1),
         "guest_fps": (len(flips) - 1) / (flips[-1] - flips[0]),
+        "server_ms_per_frame": server_cpu * 1000 / max(len(arrived), 1),
     }
 
 
@@ -140,17 +151,24 @@ def main() -> None:
     with world() as emulated:
         guest = emulated.add_guest(f"{WIDTH}x{HEIGHT}", "XRGB8888")
         server = ServerThread(emulated.planes_socket)
+        per_frame: dict[str, float] = {}
         try:
             for region in ("full", "small"):
                 figures = run_case(server, guest, region)
+                per_frame[region] = figures["server_ms_per_frame"]
                 print(
                     f"vnc 1080p {region:5s}: {figures['fps']:6.1f} frames/s delivered"
                     f" (guest flips {figures['guest_fps']:.0f}/s),"
                     f" latency median {figures['median_ms']:6.1f} ms,"
-                    f" p95 {figures['p95_ms']:6.1f} ms, {figures['kib_per_frame']:8.1f} KiB/frame"
+                    f" p95 {figures['p95_ms']:6.1f} ms, {figures['kib_per_frame']:8.1f} KiB/frame,"
+                    f" server CPU {figures['server_ms_per_frame']:6.2f} ms/frame"
                 )
         finally:
             server.close()
+    print(
+        f"server CPU per frame, small / full: {per_frame['small']:.2f} / {per_frame['full']:.2f} ms"
+        f" = {per_frame['small'] / per_frame['full']:.2f}"
+    )
     base = baselines()
     print(
         f"baseline 1080p frame: zlib level 1 {base['zlib1_fps']:6.1f} frames/s,"

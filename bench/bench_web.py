@@ -257,6 +257,7 @@ def baseline(mode: str) -> tuple[float, float, int, int]:
 
 def main() -> None:
     print(f"web viewer at {WIDTH}x{HEIGHT}, guest flipping at {RATE} Hz, {os.cpu_count()} CPUs")
+    per_frame: dict[str, float] = {}  # one viewer: the viewer's CPU ms per frame delivered
     for mode, label, viewers in (
         ("full", "full-screen animation", (1, 4)),
         ("small", f"{BOX}x{BOX} region changing", (1,)),
@@ -277,3 +278,12 @@ def main() -> None:
             )
             capacity = (os.cpu_count() or 1) * 100
             print(f"      CPU: {cpu}; whole machine {result['machine'] * 100:5.1f}% of {capacity}%")
+            frame_ms = result["cpu"]["viewer"] * 1000 / max(result["fps"] * count, 1e-9)
+            print(f"      viewer CPU per frame sent: {frame_ms:6.2f} ms")
+            if count == 1:
+                per_frame[mode] = frame_ms
+    print(
+        f"-- viewer CPU per frame, {BOX}x{BOX} change / full screen:"
+        f" {per_frame['small']:.2f} / {per_frame['full']:.2f} ms"
+        f" = {per_frame['small'] / per_frame['full']:.2f}"
+    )

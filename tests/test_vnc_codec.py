@@ -22,10 +22,17 @@ from hypothesis.extra import numpy as hnp
 from pvdisplay.input.events import Key, PointerMove, Wheel
 from pvdisplay.outputs.vnc import damage, des, keysyms, rfb
 from pvdisplay.outputs.vnc.damage import Rect
-from pvdisplay.outputs.vnc.pixels import SERVER_FORMAT, RfbPixelFormat, client_pixels
+from pvdisplay.outputs.vnc.mirror import FrameMirror
+from pvdisplay.outputs.vnc.pixels import (
+    SERVER_FORMAT,
+    RfbPixelFormat,
+    canonical_frame,
+    client_pixels,
+)
 from pvdisplay.outputs.vnc.pointer import InputTranslator
 from pvdisplay.outputs.vnc.updates import UpdateEncoder
 from pvdisplay.outputs.vnc.zrle import ZrleEncoder
+from pvdisplay.wire import fourcc
 from pvdisplay.wire.errors import ProtocolError
 
 CHALLENGE = bytes(range(16))
@@ -419,6 +426,160 @@ def test_without_desktop_size_a_resized_frame_is_cropped_to_the_client() -> None
     assert update is not None
     screen = apply_update(np.zeros((64, 80), np.uint32), update, rfb.ENCODING_RAW)
     np.testing.assert_array_equal(screen, bigger[:64, :80])
+
+
+# -- the frame mirror: what the guest changed, found in place ------------------------------
+
+
+def tile_truth(old: npt.NDArray[np.uint32], new: npt.NDArray[np.uint32]) -> npt.NDArray[np.bool_]:
+    return damage.changed_tiles(old, new)
+
+
+def guest_bytes(
+    frame: npt.NDArray[np.uint32], fmt: fourcc.PixelFormat, pad: int, alpha: int
+) -> npt.NDArray[np.uint8]:
+    """A canonical frame as the guest stores it: XRGB8888/ARGB8888 words with `alpha` in
+    the top byte, or RGB565; rows padded by `pad` bytes."""
+    height, width = frame.shape
+    if fmt == fourcc.RGB565:
+        r, g, b = (frame >> 16) & 0xFF, (frame >> 8) & 0xFF, frame & 0xFF
+        rows = ((r >> 3) << 11 | (g >> 2) << 5 | b >> 3).astype("<u2").view(np.uint8)
+    else:
+        rows = (frame | np.uint32(alpha << 24)).astype("<u4").view(np.uint8)
+    padded = np.zeros((height, width * fmt.bytes_per_pixel + pad), np.uint8)
+    padded[:, : rows.shape[1]] = rows.reshape(height, -1)
+    return padded.reshape(-1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    first=hnp.arrays(
+        np.uint32,
+        st.tuples(st.integers(1, 200), st.integers(1, 200)),
+        elements=st.integers(0, 0xFFFFFF),
+    ),
+    fmt=st.sampled_from([fourcc.XRGB8888, fourcc.ARGB8888, fourcc.RGB565]),
+    pad=st.sampled_from([0, 4, 12]),
+    data=st.data(),
+)
+def test_the_mirror_finds_exactly_the_changed_tiles_and_ends_equal_to_the_guest(
+    first: npt.NDArray[np.uint32], fmt: fourcc.PixelFormat, pad: int, data: st.DataObject
+) -> None:
+    height, width = first.shape
+    stride = width * fmt.bytes_per_pixel + pad
+    mirror = FrameMirror(fmt, width, height, stride)
+    shown = [first]
+    for _ in range(data.draw(st.integers(1, 4))):
+        after = shown[-1].copy()
+        for _ in range(data.draw(st.integers(0, 3))):
+            y, x = data.draw(st.integers(0, height - 1)), data.draw(st.integers(0, width - 1))
+            after[y : y + data.draw(st.integers(1, 70)), x : x + data.draw(st.integers(1, 70))] ^= (
+                0x080808
+            )
+        shown.append(after)
+    generations = []
+    for index, frame in enumerate(shown):
+        # The X/A byte never counts: only what a client sees.
+        guest = guest_bytes(frame, fmt, pad, alpha=data.draw(st.integers(0, 255)))
+        expected = canonical_frame(fmt, guest, width, height, stride)
+        before = mirror.frame.copy()
+        changed = mirror.update(guest)
+        if index:
+            np.testing.assert_array_equal(changed, tile_truth(before, expected))
+        np.testing.assert_array_equal(mirror.frame, expected)
+        generations.append((mirror.generation, expected))
+    # Since any earlier generation: every tile that differs, and only tiles that changed.
+    last = generations[-1][1]
+    for index, (generation, frame) in enumerate(generations[:-1]):
+        since = mirror.changed_since(generation)
+        assert not np.any(tile_truth(frame, last) & ~since)
+        steps = np.zeros_like(since)
+        for (_, old), (_, new) in itertools.pairwise(generations[index:]):
+            steps |= tile_truth(old, new)
+        np.testing.assert_array_equal(since, steps)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    base=hnp.arrays(np.uint32, (150, 200), elements=st.integers(0, 0xFFFFFF)),
+    data=st.data(),
+)
+def test_clock_driven_updates_of_a_mirror_written_during_encoding_end_exact(
+    base: npt.NDArray[np.uint32], data: st.DataObject
+) -> None:
+    """Updates built from the mirror's clock (no comparison), for requests of any area,
+    with CopyRect, while the next frame is written into the mirror between the update's
+    planning and its encoding (a torn read): once the guest stops, the client's screen
+    equals the guest's frame."""
+    fmt, stride = fourcc.XRGB8888, 200 * 4
+    mirror = FrameMirror(fmt, 200, 150, stride)
+    mirror.update(guest_bytes(base, fmt, 0, 0))
+    encoder = UpdateEncoder(200, 150)
+    encoder.encodings = (rfb.ENCODING_RAW, rfb.ENCODING_COPYRECT)
+    first = encoder.update(mirror.frame, Rect(0, 0, 200, 150), incremental=False)
+    assert first is not None
+    screen = apply_update(np.zeros((150, 200), np.uint32), first, rfb.ENCODING_RAW)
+    given_generation, frame = mirror.generation, base
+    for _ in range(data.draw(st.integers(1, 5))):
+        frame = frame.copy()
+        shift = data.draw(st.integers(-20, 20))
+        frame = np.roll(frame, shift, axis=data.draw(st.integers(0, 1)))
+        y, x = data.draw(st.integers(0, 149)), data.draw(st.integers(0, 199))
+        frame[y : y + 20, x : x + 20] = data.draw(st.integers(0, 0xFFFFFF))
+        mirror.update(guest_bytes(frame, fmt, 0, 0))
+        changed = mirror.changed_since(given_generation)
+        given_generation = mirror.generation
+        area = Rect(data.draw(st.integers(0, 199)), data.draw(st.integers(0, 149)), 200, 150).clip(
+            200, 150
+        )
+        if data.draw(st.booleans()):  # the guest's next frame lands mid-update
+            torn = frame.copy()
+            torn[: data.draw(st.integers(0, 150))] ^= 0x010101
+            written = torn
+        else:
+            written = frame
+        update = _update_while_written(encoder, mirror, area, changed, written)
+        if update is not None:
+            screen = apply_update(screen, update, rfb.ENCODING_RAW)
+        if written is not frame:
+            frame = written
+    # Still: the last frame, asked for whole until nothing is left to send.
+    changed = mirror.changed_since(given_generation)
+    for _ in range(3):
+        update = encoder.update(mirror.frame, Rect(0, 0, 200, 150), True, changed)
+        changed = np.zeros_like(changed)
+        if update is not None:
+            screen = apply_update(screen, update, rfb.ENCODING_RAW)
+    np.testing.assert_array_equal(screen, frame)
+
+
+def _update_while_written(
+    encoder: UpdateEncoder,
+    mirror: FrameMirror,
+    area: Rect,
+    changed: npt.NDArray[np.bool_],
+    written: npt.NDArray[np.uint32],
+) -> bytes | None:
+    """`encoder.update`, with `written` put into the mirror while the update encodes
+    (once its first rectangle is encoded)."""
+    original = encoder._encode
+    wrote = False
+
+    def encode_then_write(region: npt.NDArray[np.uint32]) -> bytes:
+        nonlocal wrote
+        encoded = original(region)
+        if not wrote:
+            wrote = True
+            mirror.update(guest_bytes(written, fourcc.XRGB8888, 0, 0))
+        return encoded
+
+    encoder._encode = encode_then_write  # type: ignore[method-assign]
+    try:
+        return encoder.update(mirror.frame, area, True, changed)
+    finally:
+        encoder._encode = original  # type: ignore[method-assign]
+        if not wrote:  # nothing was encoded: the frame lands after the update
+            mirror.update(guest_bytes(written, fourcc.XRGB8888, 0, 0))
 
 
 # -- the RFB state machine ----------------------------------------------------------------

@@ -45,6 +45,35 @@ def picture(rgb: np.ndarray, fmt: PixelFormat = fourcc.XRGB8888, pad: int = 0) -
     return Picture(fmt, width, height, padded.shape[1], padded.reshape(-1))
 
 
+class Screen:
+    """A connector's mirror as the feed keeps it: a new one per geometry, updated from
+    each picture shown."""
+
+    def __init__(self) -> None:
+        self.mirror: tiles.Mirror | None = None
+
+    def show(self, shown: Picture) -> tiles.Snapshot:
+        if self.mirror is None or self.mirror.geometry != shown.geometry:
+            self.mirror = tiles.Mirror(shown.fmt, shown.width, shown.height, shown.stride)
+        self.mirror.update(shown.data)
+        return self.mirror.snapshot()
+
+
+def changed_rects(before: Picture | None, after: Picture) -> list[Rect]:
+    screen = Screen()
+    sent = None if before is None else screen.show(before)
+    return tiles.mask_rects(screen.show(after).changed_after(sent), after.width, after.height)
+
+
+def tile_truth(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Per tile: does any pixel differ?"""
+    height, width = before.shape[:2]
+    rows, columns = -(-height // tiles.TILE), -(-width // tiles.TILE)
+    differs = np.zeros((rows * tiles.TILE, columns * tiles.TILE), bool)
+    differs[:height, :width] = np.any(before != after, axis=2)
+    return np.asarray(differs.reshape(rows, tiles.TILE, columns, tiles.TILE).any(axis=(1, 3)))
+
+
 def decode(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as image:
         return np.asarray(image.convert("RGB"))
@@ -104,7 +133,7 @@ def test_rects_cover_every_changed_pixel_once(
         after[y : y + data.draw(st.integers(1, 80)), x : x + data.draw(st.integers(1, 80))] += 1
     if fmt == fourcc.RGB565:  # only the bits RGB565 keeps can change
         before, after = before << 3, after << 3
-    rects = tiles.changed_rects(picture(before, fmt, pad), picture(after, fmt, pad))
+    rects = changed_rects(picture(before, fmt, pad), picture(after, fmt, pad))
     count = covered(rects, before.shape)
     assert count.max(initial=0) <= 1  # no pixel sent twice
     assert np.all(count[np.any(before != after, axis=2)] == 1)
@@ -119,18 +148,59 @@ def test_rects_cover_every_changed_pixel_once(
 @settings(max_examples=20, deadline=None)
 @given(images)
 def test_a_first_frame_is_sent_whole_and_an_unchanged_one_not_at_all(image: np.ndarray) -> None:
-    assert np.all(covered(tiles.changed_rects(None, picture(image)), image.shape) == 1)
-    assert tiles.changed_rects(picture(image), picture(image.copy())) == []
-    same = picture(image)
-    assert tiles.changed_rects(same, same) == []
+    assert np.all(covered(changed_rects(None, picture(image)), image.shape) == 1)
+    assert changed_rects(picture(image), picture(image.copy())) == []
+    screen = Screen()
+    same = screen.show(picture(image))
+    assert tiles.mask_rects(same.changed_after(same), image.shape[1], image.shape[0]) == []
     # Another format or geometry is a new picture: sent whole.
-    other = tiles.changed_rects(picture(image), picture(image, pad=8))
+    other = changed_rects(picture(image), picture(image, pad=8))
     assert np.all(covered(other, image.shape) == 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    images, st.data(), st.sampled_from([fourcc.XRGB8888, fourcc.RGB565]), st.sampled_from([0, 6])
+)
+def test_the_mirror_finds_exactly_the_changed_tiles_and_ends_equal_to_the_guest(
+    first: np.ndarray, data: st.DataObject, fmt: PixelFormat, pad: int
+) -> None:
+    if fmt == fourcc.RGB565:
+        first = first << 3  # only the bits RGB565 keeps
+    height, width = first.shape[:2]
+    images_shown = [first]
+    for _ in range(data.draw(st.integers(1, 4))):
+        after = images_shown[-1].copy()
+        for _ in range(data.draw(st.integers(0, 3))):
+            y, x = data.draw(st.integers(0, height - 1)), data.draw(st.integers(0, width - 1))
+            size = data.draw(st.integers(1, 70)), data.draw(st.integers(1, 70))
+            after[y : y + size[0], x : x + size[1]] += 8
+        images_shown.append(after)
+    screen = Screen()
+    snapshots = []
+    for index, image in enumerate(images_shown):
+        shown = picture(image, fmt, pad)
+        mirror_before = screen.mirror
+        previous = mirror_before.generation if mirror_before is not None else 0
+        snapshots.append(screen.show(shown))
+        assert screen.mirror is not None
+        if index:  # each update reports exactly the tiles that differ
+            step = screen.mirror.changed_since(previous)
+            assert np.array_equal(step, tile_truth(images_shown[index - 1], image))
+        assert np.array_equal(screen.mirror.picture.data, shown.data)
+    # A viewer holding any earlier frame learns every tile it lacks, and nothing else.
+    last = snapshots[-1]
+    for index, sent in enumerate(snapshots[:-1]):
+        steps = np.zeros(last.mirror.grid, bool)
+        for before, after in zip(images_shown[index:], images_shown[index + 1 :], strict=False):
+            steps |= tile_truth(before, after)
+        assert np.array_equal(last.changed_after(sent), steps)
+        assert not np.any(tile_truth(images_shown[index], images_shown[-1]) & ~steps)
 
 
 def test_a_full_screen_change_becomes_full_width_bands() -> None:
     before = np.zeros((1080, 1920, 3), np.uint8)
-    rects = tiles.changed_rects(picture(before), picture(before + 1))
+    rects = changed_rects(picture(before), picture(before + 1))
     assert [(r.x, r.width) for r in rects] == [(0, 1920)] * 9
     assert [r.height for r in rects] == [128] * 8 + [56]
 
@@ -207,10 +277,11 @@ def frame(value: int) -> Picture:
 
 def test_at_most_window_frames_unacknowledged_and_the_newest_sent_next() -> None:
     session = ViewerSession(tiles.LOSSLESS, window=2)
-    first = session.plan(frame(0), 0.0)
+    screen = Screen()
+    first = session.plan(screen.show(frame(0)), 0.0)
     assert first is not None and first.seq == 1
     assert first.rects == [Rect(0, 0, 100, 100)]  # the whole frame
-    second = session.plan(frame(1), 0.0)
+    second = session.plan(screen.show(frame(1)), 0.0)
     assert second is not None and second.seq == 2
     assert second.rects == [Rect(0, 0, 64, 64)]  # only the tile that changed
     assert not session.can_send()
@@ -219,18 +290,19 @@ def test_at_most_window_frames_unacknowledged_and_the_newest_sent_next() -> None
     session.ack(1)
     assert session.can_send() and session.in_flight == 1
     # Frames 2..9 were flipped meanwhile; only the newest is diffed and sent.
-    latest = session.plan(frame(9), 0.0)
+    latest = session.plan(screen.show(frame(9)), 0.0)
     assert latest is not None and latest.seq == 3
     session.ack(1)  # stale
     assert session.in_flight == 2
-    assert session.plan(frame(9), 0.0) is None  # nothing changed: nothing to send
+    assert session.plan(screen.show(frame(9)), 0.0) is None  # nothing changed: nothing to send
 
 
 def test_reset_sends_the_next_frame_whole() -> None:
     session = ViewerSession(80)
-    session.plan(frame(0), 0.0)
+    screen = Screen()
+    session.plan(screen.show(frame(0)), 0.0)
     session.reset()
-    again = session.plan(frame(0), 0.0)
+    again = session.plan(screen.show(frame(0)), 0.0)
     assert again is not None and again.rects == [Rect(0, 0, 100, 100)]
 
 
@@ -240,34 +312,41 @@ def test_full_screen_motion_goes_as_one_jpeg_then_is_refreshed_once_still() -> N
     moved = flat.copy()
     moved[:, :290] = np.linspace(0, 250, 290)[None, :, None]  # 5 of 7 tile columns
     session = ViewerSession(80)
-    first = session.plan(picture(flat), 0.0)
+    screen = Screen()
+    first = session.plan(screen.show(picture(flat)), 0.0)
     assert first is not None and first.motion and first.rects == [Rect(0, 0, 400, 300)]
     assert session.encode(first, first.rects[0]).kind == "jpeg"  # though PNG is smaller
     assert session.refresh_in(0.1) == pytest.approx(REFRESH_DELAY - 0.1)
-    second = session.plan(picture(moved), 1.0)
+    second = session.plan(screen.show(picture(moved)), 1.0)
     assert second is not None and second.motion and second.rects == [Rect(0, 0, 320, 300)]
     tile = session.encode(second, second.rects[0])
     assert np.abs(decode(tile.data).astype(int) - moved[:, :320]).mean() < 12
-    assert session.plan(picture(moved), 1.0 + REFRESH_DELAY / 2) is None  # not still long
-    refresh = session.plan(picture(moved), 1.0 + REFRESH_DELAY)
+    assert (
+        session.plan(screen.show(picture(moved)), 1.0 + REFRESH_DELAY / 2) is None
+    )  # not still long
+    refresh = session.plan(screen.show(picture(moved)), 1.0 + REFRESH_DELAY)
     assert refresh is not None and not refresh.motion
     assert np.all(covered(refresh.rects, flat.shape) == 1)  # all of it was sent as motion
     flat_band = session.encode(refresh, Rect(320, 0, 80, 300))
     assert flat_band.kind == "png" and np.array_equal(decode(flat_band.data), moved[:, 320:])
-    assert session.refresh_in(5.0) is None and session.plan(picture(moved), 5.0) is None
+    assert (
+        session.refresh_in(5.0) is None and session.plan(screen.show(picture(moved)), 5.0) is None
+    )
 
 
 def test_small_changes_and_lossless_quality_never_go_as_motion() -> None:
     before = np.zeros((300, 400, 3), np.uint8)
     session = ViewerSession(80)
-    session.plan(picture(before), 0.0)
+    screen = Screen()
+    session.plan(screen.show(picture(before)), 0.0)
     after = before.copy()
     after[:100, :100] = 9  # 4 of 35 tiles
-    small = session.plan(picture(after), 1.0)
+    small = session.plan(screen.show(picture(after)), 1.0)
     assert small is not None and not small.motion
     assert small.rects == [Rect(0, 0, 128, 128)]
     lossless = ViewerSession(tiles.LOSSLESS)
-    whole = lossless.plan(picture(before), 0.0)
+    screen = Screen()
+    whole = lossless.plan(screen.show(picture(before)), 0.0)
     assert whole is not None and not whole.motion and len(whole.rects) == 3
     assert all(lossless.encode(whole, r).kind == "png" for r in whole.rects)
     assert lossless.refresh_in(1.0) is None
@@ -276,11 +355,12 @@ def test_small_changes_and_lossless_quality_never_go_as_motion() -> None:
 def test_refresh_covers_only_motion_tiles_not_sent_again_since() -> None:
     before = np.zeros((128, 128, 3), np.uint8)
     session = ViewerSession(80)
-    session.plan(picture(before), 0.0)  # sent whole as motion
+    screen = Screen()
+    session.plan(screen.show(picture(before)), 0.0)  # sent whole as motion
     after = before.copy()
     after[:64, :64] = 50  # that tile is sent again with the usual choice
-    assert session.plan(picture(after), 0.1) is not None
-    refresh = session.plan(picture(after), 1.0)
+    assert session.plan(screen.show(picture(after)), 0.1) is not None
+    refresh = session.plan(screen.show(picture(after)), 1.0)
     assert refresh is not None
     assert refresh.rects == [Rect(64, 0, 64, 64), Rect(0, 64, 128, 64)]
 

@@ -55,9 +55,36 @@ def changed_tiles(old: Frame, new: Frame) -> Mask:
 
 def region_tiles(area: Rect, width: int, height: int) -> Mask:
     """Tiles that intersect `area`."""
-    mask = np.zeros((height, width), dtype=np.bool_)
-    mask[area.y : area.y + area.height, area.x : area.x + area.width] = True
-    return _tiled(mask)
+    mask = np.zeros((-(-height // TILE), -(-width // TILE)), dtype=np.bool_)
+    if not area.empty:
+        mask[
+            area.y // TILE : -(-(area.y + area.height) // TILE),
+            area.x // TILE : -(-(area.x + area.width) // TILE),
+        ] = True
+    return mask
+
+
+def covered_tiles(area: Rect, width: int, height: int) -> Mask:
+    """Tiles lying wholly inside `area` (a tile cut by the frame's edge counts whole)."""
+    mask = np.zeros((-(-height // TILE), -(-width // TILE)), dtype=np.bool_)
+    right = area.x + area.width
+    bottom = area.y + area.height
+    last_column = mask.shape[1] if right >= width else right // TILE
+    last_row = mask.shape[0] if bottom >= height else bottom // TILE
+    if not area.empty:
+        mask[-(-area.y // TILE) : last_row, -(-area.x // TILE) : last_column] = True
+    return mask
+
+
+def bounding_box(tiles: Mask, width: int, height: int, margin: int = 0) -> Rect:
+    """The pixels of the marked tiles' bounding box (not empty), grown by `margin`,
+    clipped to the frame."""
+    rows, columns = np.flatnonzero(tiles.any(axis=1)), np.flatnonzero(tiles.any(axis=0))
+    x, y = int(columns[0]) * TILE - margin, int(rows[0]) * TILE - margin
+    right = (int(columns[-1]) + 1) * TILE + margin
+    bottom = (int(rows[-1]) + 1) * TILE + margin
+    x, y = max(x, 0), max(y, 0)
+    return Rect(x, y, min(right, width) - x, min(bottom, height) - y)
 
 
 def tile_rects(tiles: Mask, width: int, height: int) -> list[Rect]:
@@ -100,14 +127,19 @@ def _best_shift(old: npt.NDArray[np.uint32], new: npt.NDArray[np.uint32]) -> tup
     return best, best_score
 
 
-def estimate_motion(old: Frame, new: Frame) -> tuple[int, int] | None:
-    """A candidate (dx, dy) offset for CopyRect from a few probe rows and columns, or
-    None when standing still matches the probes best."""
+def estimate_motion(old: Frame, new: Frame, tiles: Mask) -> tuple[int, int] | None:
+    """A candidate (dx, dy) offset for CopyRect from a few probe rows and columns through
+    the marked tiles (and MAX_MOTION pixels around them), or None when standing still
+    matches the probes best."""
     height, width = new.shape
-    rows = np.linspace(0, height - 1, _PROBES + 2, dtype=np.intp)[1:-1]
-    columns = np.linspace(0, width - 1, _PROBES + 2, dtype=np.intp)[1:-1]
-    dx, x_score = _best_shift(old[rows], new[rows])
-    dy, y_score = _best_shift(old[:, columns].T, new[:, columns].T)
+    box = bounding_box(tiles, width, height)
+    near = bounding_box(tiles, width, height, MAX_MOTION)
+    rows = np.linspace(box.y, box.y + box.height - 1, _PROBES + 2, dtype=np.intp)[1:-1]
+    columns = np.linspace(box.x, box.x + box.width - 1, _PROBES + 2, dtype=np.intp)[1:-1]
+    across = slice(near.x, near.x + near.width)
+    down = slice(near.y, near.y + near.height)
+    dx, x_score = _best_shift(old[rows, across], new[rows, across])
+    dy, y_score = _best_shift(old[down, columns].T, new[down, columns].T)
     if x_score >= y_score:
         return None if dx == 0 else (dx, 0)
     return None if dy == 0 else (0, dy)
@@ -116,14 +148,20 @@ def estimate_motion(old: Frame, new: Frame) -> tuple[int, int] | None:
 def copyable_tiles(old: Frame, new: Frame, tiles: Mask, dx: int, dy: int) -> Mask:
     """Marked tiles whose new pixels all equal the old frame at (x - dx, y - dy)."""
     height, width = new.shape
-    same = np.zeros((height, width), dtype=np.bool_)
-    top, bottom = max(dy, 0), height + min(dy, 0)
-    left, right = max(dx, 0), width + min(dx, 0)
-    same[top:bottom, left:right] = (
-        new[top:bottom, left:right] == old[top - dy : bottom - dy, left - dx : right - dx]
-    )
+    box = bounding_box(tiles, width, height)
+    same = np.zeros((box.height, box.width), dtype=np.bool_)
+    top, bottom = max(dy, box.y), min(height + dy, box.y + box.height)
+    left, right = max(dx, box.x), min(width + dx, box.x + box.width)
+    if top < bottom and left < right:
+        same[top - box.y : bottom - box.y, left - box.x : right - box.x] = (
+            new[top:bottom, left:right] == old[top - dy : bottom - dy, left - dx : right - dx]
+        )
     # A tile qualifies only if every pixel matched: reduce "any mismatch" per tile.
-    return tiles & ~_tiled(~same)
+    moved = np.zeros_like(tiles)
+    rows = slice(box.y // TILE, -(-(box.y + box.height) // TILE))
+    columns = slice(box.x // TILE, -(-(box.x + box.width) // TILE))
+    moved[rows, columns] = tiles[rows, columns] & ~_tiled(~same)
+    return moved
 
 
 def copy_order(rects: list[Rect], dx: int, dy: int) -> list[Rect]:

@@ -4,8 +4,9 @@
 gets its own TCP port (`port`, `port + 1`, ... in order of appearance, kept for the
 life of the server, so a guest that reconnects or a backend that restarts keeps its
 address). Every client session runs the sans-IO `rfb.ServerConnection`, reads frames
-through `PlaneFeed` (zero-copy mapped, copied once per frame and shared by all
-clients of the connector), encodes off the event loop, and sends input back with
+through `PlaneFeed` (zero-copy mapped, compared in place and shared by all
+clients of the connector, kept current tile by tile in a `FrameMirror`), encodes off the
+event loop, and sends input back with
 `PlaneClient.send_input`.
 
 A client gets at most one update per request it sent, built from the newest frame
@@ -28,10 +29,12 @@ import numpy as np
 
 from pvdisplay import logs
 from pvdisplay.hv.local.buffers import LocalBufferHandle
+from pvdisplay.hv.local.memory import LocalMapping
 from pvdisplay.input.events import InputEvent, PointerMove
 from pvdisplay.outputs.vnc import rfb
-from pvdisplay.outputs.vnc.damage import Rect
-from pvdisplay.outputs.vnc.pixels import Frame, canonical_frame
+from pvdisplay.outputs.vnc.damage import Mask, Rect
+from pvdisplay.outputs.vnc.mirror import FrameMirror
+from pvdisplay.outputs.vnc.pixels import Frame
 from pvdisplay.outputs.vnc.pointer import InputTranslator
 from pvdisplay.outputs.vnc.updates import UpdateEncoder
 from pvdisplay.planes import PlaneClient, PlaneInfo, PlaneKey
@@ -49,10 +52,19 @@ BLANK_SIZE: Final = (640, 480)
 
 @dataclass(frozen=True)
 class Picture:
-    """A connector's frame: the plane it came from (None: gone) and its canonical pixels."""
+    """A connector's frame: the plane it came from (None: gone) and its canonical pixels,
+    the `mirror`'s frame as of `generation` (no mirror: a blank frame of its own)."""
 
     plane: PlaneInfo | None
     frame: Frame
+    mirror: FrameMirror | None = None
+    generation: int = 0
+
+    def changed_after(self, previous: "Picture | None") -> Mask | None:
+        """The tiles that may differ from `previous`, None if unknown (compare them)."""
+        if previous is None or self.mirror is None or previous.mirror is not self.mirror:
+            return None
+        return self.mirror.changed_since(previous.generation)
 
 
 class PlaneFeed:
@@ -68,7 +80,8 @@ class PlaneFeed:
         self._versions: dict[PlaneKey, int] = {}
         self._changed: dict[PlaneKey, asyncio.Event] = {}
         self._pictures: dict[PlaneKey, tuple[int, asyncio.Future[Picture]]] = {}
-        self._handles: dict[PlaneKey, dict[str, LocalBufferHandle]] = {}
+        self._handles: dict[PlaneKey, dict[str, tuple[LocalBufferHandle, LocalMapping]]] = {}
+        self._mirrors: dict[PlaneKey, FrameMirror] = {}
         self._new_key: asyncio.Queue[PlaneKey] = asyncio.Queue()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="vnc-frames")
         self._input_worker = ThreadPoolExecutor(1, thread_name_prefix="vnc-input")
@@ -97,7 +110,8 @@ class PlaneFeed:
         self._worker.shutdown(wait=True)
         self._input_worker.shutdown(wait=True)
         for handles in self._handles.values():
-            for handle in handles.values():
+            for handle, mapping in handles.values():
+                mapping.close()
                 handle.close()
         self._handles.clear()
 
@@ -161,35 +175,42 @@ class PlaneFeed:
         self._changed.setdefault(key, asyncio.Event()).set()
 
     def _grab(self, key: PlaneKey, known: PlaneInfo | None) -> Picture:
-        """Copy the connector's picture out of the guest's pages (worker thread)."""
+        """Bring the connector's mirror up to the guest's pages (worker thread)."""
         assert self._reader is not None
         if known is None:
             return _blank(None)
         handles = self._handles.setdefault(key, {})
-        handle = handles.get(known.buffer_id)
+        mapped = handles.get(known.buffer_id)
         plane = known
-        if handle is None:
+        if mapped is None:
             try:
                 plane, handle = self._reader.get(key.domid, key.connector, key.devid)
             except OSError:
                 return _blank(known)
             if handle is None:
                 return _blank(plane)
-            handles[plane.buffer_id] = handle
+            mapped = handles[plane.buffer_id] = (handle, handle.map())
             while len(handles) > HANDLES_PER_CONNECTOR:
-                handles.pop(next(iter(handles))).close()
+                old_handle, old_mapping = handles.pop(next(iter(handles)))
+                old_mapping.close()
+                old_handle.close()
         if plane.fb_cookie == 0:
             return _blank(plane)
         fmt = fourcc.by_fourcc(fourcc.fourcc_code(plane.fourcc))
-        with handle.map() as mapping:
-            view = np.asarray(mapping.array(), dtype=np.uint8)
-            try:
-                frame = canonical_frame(
-                    fmt, view[plane.offset :], plane.width, plane.height, plane.stride
-                )
-            finally:
-                del view
-        return Picture(plane, frame)
+        mirror = self._mirrors.get(key)
+        if mirror is None or mirror.geometry != (
+            fmt.fourcc,
+            plane.width,
+            plane.height,
+            plane.stride,
+        ):
+            mirror = self._mirrors[key] = FrameMirror(fmt, plane.width, plane.height, plane.stride)
+        view = mapped[1].array()
+        try:
+            mirror.update(view[plane.offset :])
+        finally:
+            del view  # no view may outlive this call: the mapping closes when evicted
+        return Picture(plane, mirror.frame, mirror, mirror.generation)
 
 
 def desktop_size(plane: PlaneInfo | None) -> tuple[int, int]:
@@ -243,6 +264,7 @@ class _Session:
         self.connection = rfb.ServerConnection(password, os.urandom(rfb.CHALLENGE_SIZE))
         self.translator = InputTranslator()
         self.encoder: UpdateEncoder | None = None
+        self.given: Picture | None = None  # the picture the encoder saw last
         self.request: rfb.UpdateRequest | None = None
         self.requested = asyncio.Event()
 
@@ -315,8 +337,9 @@ class _Session:
             picture = await self.feed.picture(self.key)
             request = self.request
             assert request is not None
+            changed, self.given = picture.changed_after(self.given), picture
             update = await asyncio.to_thread(
-                self.encoder.update, picture.frame, request.area, request.incremental
+                self.encoder.update, picture.frame, request.area, request.incremental, changed
             )
             if update is None:
                 continue  # nothing changed where the client looks; wait for the next change

@@ -38,8 +38,10 @@ class UpdateEncoder:
         self.height = height
         self.pixel_format: RfbPixelFormat = SERVER_FORMAT
         self.encodings: tuple[int, ...] = ()
+        # What the client's framebuffer holds (exactly: patched with what was encoded), and
+        # the tiles where it may differ from the frame last given to `update`.
         self._sent: Frame | None = None
-        self._sent_is_own = False
+        self._pending: damage.Mask | None = None
         self._zrle = ZrleEncoder()
 
     @property
@@ -50,11 +52,20 @@ class UpdateEncoder:
                 return encoding
         return rfb.ENCODING_RAW
 
-    def update(self, frame: Frame, area: Rect, incremental: bool) -> bytes | None:
+    def update(
+        self, frame: Frame, area: Rect, incremental: bool, changed: damage.Mask | None = None
+    ) -> bytes | None:
         """The FramebufferUpdate answering a request for `area`, or None if nothing changed
-        (an incremental request then waits for the next frame)."""
+        (an incremental request then waits for the next frame).
+
+        `changed`: the tiles of `frame` that may differ from the frame of the previous call
+        (a `FrameMirror`'s clock knows them), so nothing is compared; None: not known,
+        compare `frame` with what the client holds. `frame` may be written meanwhile:
+        the client's copy is kept from what was encoded, not from `frame`.
+        """
         prefix = []
         if frame.shape != (self.height, self.width):
+            changed = None
             if rfb.ENCODING_DESKTOP_SIZE in self.encodings:
                 self.height, self.width = frame.shape
                 prefix.append(rfb.desktop_size(self.width, self.height))
@@ -63,22 +74,38 @@ class UpdateEncoder:
             else:
                 frame = fit(frame, self.width, self.height)
         area = area.clip(self.width, self.height)
+        if self._sent is None or self._pending is None:
+            everything = Rect(0, 0, self.width, self.height)
+            self._pending = damage.region_tiles(everything, self.width, self.height)
+        elif changed is None:
+            self._pending = damage.changed_tiles(self._sent, frame)
+        else:
+            self._pending |= changed
         copies: list[tuple[Rect, int, int]] = []
         if incremental and self._sent is not None:
-            tiles = damage.changed_tiles(self._sent, frame) & damage.region_tiles(
-                area, self.width, self.height
-            )
+            tiles = self._pending & damage.region_tiles(area, self.width, self.height)
             if not tiles.any():
                 return None
+            self._pending &= ~tiles
             copies = self._copies(frame, tiles)
             rects = damage.tile_rects(tiles, self.width, self.height)
         else:
             rects = [] if area.empty else [area]
+            self._pending &= ~damage.covered_tiles(area, self.width, self.height)
         body = [rfb.copy_rect(rect, rect.x - dx, rect.y - dy) for rect, dx, dy in copies]
+        whole = not copies and sum(r.width * r.height for r in rects) == self.width * self.height
+        # What is encoded is copied first (the frame may be written meanwhile), once.
+        source = frame.copy() if whole else frame
+        encoded = []
         for rect in rects:
-            region = frame[rect.y : rect.y + rect.height, rect.x : rect.x + rect.width]
+            region = source[rect.y : rect.y + rect.height, rect.x : rect.x + rect.width]
+            region = region if whole else region.copy()
             body.append(rfb.rect_header(rect, self.encoding) + self._encode(region))
-        self._remember(frame, [rect for rect, _, _ in copies] + rects)
+            encoded.append((rect, region))
+        if whole:
+            self._sent = source
+        else:
+            self._remember(copies, encoded)
         count = len(prefix) + len(body)
         return rfb.update_header(count) + b"".join(prefix) + b"".join(body)
 
@@ -86,7 +113,7 @@ class UpdateEncoder:
         """CopyRects for moved tiles (removed from `tiles`), in a safe order."""
         if rfb.ENCODING_COPYRECT not in self.encodings or self._sent is None:
             return []
-        motion = damage.estimate_motion(self._sent, frame)
+        motion = damage.estimate_motion(self._sent, frame, tiles)
         if motion is None:
             return []
         dx, dy = motion
@@ -102,20 +129,17 @@ class UpdateEncoder:
             return self._zrle.encode(region, self.pixel_format)
         return pixel_bytes(region, self.pixel_format)
 
-    def _remember(self, frame: Frame, rects: list[Rect]) -> None:
-        """Track what the client's framebuffer holds now. Frames are never modified in
-        place, so a whole-frame update keeps a reference instead of a copy; partial updates
-        then patch one private copy instead of copying the frame every time."""
-        covered = sum(rect.width * rect.height for rect in rects)
-        if covered == self.width * self.height:
-            self._sent, self._sent_is_own = frame, False
-            return
+    def _remember(
+        self, copies: list[tuple[Rect, int, int]], encoded: list[tuple[Rect, Frame]]
+    ) -> None:
+        """Do to our copy of the client's framebuffer what the update does to it."""
+        if self._sent is None:
+            self._sent = np.zeros((self.height, self.width), dtype=np.uint32)
         sent = self._sent
-        if sent is None:
-            sent = np.zeros((self.height, self.width), dtype=np.uint32)
-        elif not self._sent_is_own:  # a shared frame: patch a private copy, once
-            sent = sent.copy()
-        for rect in rects:
-            window = (slice(rect.y, rect.y + rect.height), slice(rect.x, rect.x + rect.width))
-            sent[window] = frame[window]
-        self._sent, self._sent_is_own = sent, True
+        for rect, dx, dy in copies:
+            source = sent[
+                rect.y - dy : rect.y - dy + rect.height, rect.x - dx : rect.x - dx + rect.width
+            ]
+            sent[rect.y : rect.y + rect.height, rect.x : rect.x + rect.width] = source
+        for rect, region in encoded:
+            sent[rect.y : rect.y + rect.height, rect.x : rect.x + rect.width] = region

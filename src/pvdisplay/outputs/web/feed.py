@@ -2,9 +2,9 @@
 
 Watches every plane (reconnecting when the backend goes away and comes back), keeps
 per-connector rates, caches one mapped buffer handle per display buffer (a guest that
-double-buffers costs two `get` calls, ever), and captures the picture on screen as RGB:
-copied once out of the guest's pages, converted once, and shared by every viewer of the
-connector.
+double-buffers costs two `get` calls, ever), and keeps each connector's `Mirror` up to
+date from the guest's pages (compared in place on a worker thread, only changed tiles
+copied), shared by every viewer of the connector.
 """
 
 import asyncio
@@ -25,7 +25,7 @@ from pvdisplay.hv.local import protocol
 from pvdisplay.hv.local.buffers import LocalBufferHandle
 from pvdisplay.hv.local.memory import LocalMapping
 from pvdisplay.input.events import InputEvent
-from pvdisplay.outputs.web.tiles import Picture
+from pvdisplay.outputs.web.tiles import Mirror, Snapshot
 from pvdisplay.planes import PlaneClient, PlaneInfo, PlaneKey
 from pvdisplay.wire import fourcc
 from pvdisplay.wire.errors import ProtocolError
@@ -60,20 +60,31 @@ class PlaneRate:
 
 @dataclass(frozen=True)
 class Capture:
-    """The picture of one presented frame, copied out of the guest's pages."""
+    """The connector's mirror once it holds one presented frame."""
 
     info: PlaneInfo
-    picture: Picture
+    snapshot: Snapshot
 
 
 @dataclass
 class _Mapped:
+    """A mapped buffer; closed once retired and no worker reads it any more."""
+
     handle: LocalBufferHandle
     mapping: LocalMapping
+    readers: int = 0
+    retired: bool = False
 
-    def close(self) -> None:
-        self.mapping.close()
-        self.handle.close()
+    def retire(self) -> None:
+        self.retired = True
+        if self.readers == 0:
+            self.mapping.close()
+            self.handle.close()
+
+    def release(self) -> None:
+        self.readers -= 1
+        if self.retired:
+            self.retire()
 
 
 class PlaneFeed:
@@ -87,6 +98,7 @@ class PlaneFeed:
         self._listeners: list[Callable[[PlaneKey | None], None]] = []
         self._mapped: dict[PlaneKey, dict[str, _Mapped]] = {}
         self._captures: dict[PlaneKey, asyncio.Task[Capture | None]] = {}
+        self._mirrors: dict[PlaneKey, Mirror] = {}
         self._query: PlaneClient | None = None
         self._query_lock = asyncio.Lock()
         self._input: PlaneClient | None = None
@@ -101,6 +113,7 @@ class PlaneFeed:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await asyncio.gather(*self._captures.values(), return_exceptions=True)
         self._forget_all()
 
     def subscribe(self, listener: Callable[[PlaneKey | None], None]) -> Callable[[], None]:
@@ -147,22 +160,26 @@ class PlaneFeed:
         if entry is None:
             return None
         info, mapped = entry
-        # One copy out of shared memory, here in the loop (the only place mappings are
-        # closed), so a guest drawing meanwhile cannot change what is diffed and encoded.
         try:
             fmt = fourcc.by_fourcc(fourcc.fourcc_code(info.fourcc))
         except (ProtocolError, ValueError) as error:
             log.warning("plane format unknown", extra=logs.fields(plane=key, reason=error))
             return None
-        pixels = mapped.mapping.array()
         if info.width <= 0 or info.height <= 0 or info.stride < fmt.min_pitch(info.width):
             return None
-        if info.offset + info.frame_bytes > pixels.size:
+        if info.offset + info.frame_bytes > mapped.mapping.length:
             return None  # the backend checked this; a torn-down buffer is not worth a crash
-        data = np.array(pixels[info.offset : info.offset + info.frame_bytes], dtype=np.uint8)
-        del pixels
-        data.flags.writeable = False
-        return Capture(info, Picture(fmt, info.width, info.height, info.stride, data))
+        mirror = self._mirrors.get(key)
+        if mirror is None or mirror.geometry != (fmt.fourcc, info.width, info.height, info.stride):
+            mirror = self._mirrors[key] = Mirror(fmt, info.width, info.height, info.stride)
+        # The worker reads the guest's pages in place; the mapping stays open until it is
+        # done (mappings are retired here, in the loop, and closed when no reader is left).
+        mapped.readers += 1
+        try:
+            await asyncio.to_thread(_update, mirror, mapped.mapping, info)
+        finally:
+            mapped.release()
+        return Capture(info, mirror.snapshot())
 
     def _mapped_entry(self, key: PlaneKey) -> tuple[PlaneInfo, _Mapped] | None:
         info = self.planes.get(key)
@@ -195,7 +212,7 @@ class PlaneFeed:
         mapped = self._mapped.setdefault(key, {})
         mapped[handle.id] = _Mapped(handle, handle.map())
         while len(mapped) > MAPPED_PER_CONNECTOR:
-            mapped.pop(next(iter(mapped))).close()
+            mapped.pop(next(iter(mapped))).retire()
         if current.frame >= self.planes[key].frame:
             self.planes[key] = current  # its watch event is on the way; use its buffer now
 
@@ -261,8 +278,9 @@ class PlaneFeed:
         self.planes.pop(key, None)
         self.rates.pop(key, None)
         self._captures.pop(key, None)
+        self._mirrors.pop(key, None)
         for entry in self._mapped.pop(key, {}).values():
-            entry.close()
+            entry.retire()
         self._notify(key)
 
     def _forget_all(self) -> None:
@@ -270,7 +288,7 @@ class PlaneFeed:
             self._remove(key)
         for entries in self._mapped.values():
             for entry in entries.values():
-                entry.close()
+                entry.retire()
         self._mapped.clear()
         self._close_query()
         self._close_input()
@@ -288,3 +306,11 @@ class PlaneFeed:
     def _notify(self, key: PlaneKey | None) -> None:
         for listener in list(self._listeners):
             listener(key)
+
+
+def _update(mirror: Mirror, mapping: LocalMapping, info: PlaneInfo) -> None:
+    pixels = np.asarray(mapping.array(), dtype=np.uint8)
+    try:
+        mirror.update(pixels[info.offset : info.offset + info.frame_bytes])
+    finally:
+        del pixels  # no view may outlive the read: the mapping closes once retired

@@ -45,6 +45,9 @@ DEFAULT_PORT: Final = 8080
 INDEX_PERIOD: Final = 0.5
 MAX_CLIENT_MESSAGE: Final = 64 * 1024
 START_TIMEOUT: Final = 30.0
+# Changes this small are encoded in the loop (well under a millisecond): handing them to
+# the encoder threads would cost more than encoding them.
+INLINE_PIXELS: Final = 8 * 64 * 64
 
 
 class WebViewer:
@@ -222,15 +225,18 @@ class _Viewer:
             if capture is None:
                 continue
             await self._announce("live", capture.info)
-            plan = await asyncio.to_thread(self.session.plan, capture.picture, time.monotonic())
+            plan = self.session.plan(capture.snapshot, time.monotonic())
             if plan is None:
                 continue
-            encoded = await asyncio.gather(
-                *(
-                    loop.run_in_executor(self.server.encoders, self.session.encode, plan, rect)
-                    for rect in plan.rects
+            if sum(rect.width * rect.height for rect in plan.rects) <= INLINE_PIXELS:
+                encoded = [self.session.encode(plan, rect) for rect in plan.rects]
+            else:
+                encoded = await asyncio.gather(
+                    *(
+                        loop.run_in_executor(self.server.encoders, self.session.encode, plan, rect)
+                        for rect in plan.rects
+                    )
                 )
-            )
             header: dict[str, object] = {
                 "frame": capture.info.frame,
                 "presented": capture.info.presented_at,

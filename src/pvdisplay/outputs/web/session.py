@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from pvdisplay.outputs.web import tiles
-from pvdisplay.outputs.web.tiles import Picture, Quality, Rect, Tile
+from pvdisplay.outputs.web.tiles import Quality, Rect, Snapshot, Tile
 
 # Two in flight: the server encodes frame N+1 while the page decodes frame N.
 WINDOW: Final = 2
@@ -28,7 +28,7 @@ class FramePlan:
     """A frame to send: the picture and the rectangles of it the page does not have yet."""
 
     seq: int
-    picture: Picture
+    snapshot: Snapshot
     rects: list[Rect]
     motion: bool = False
     """One rectangle, sent as JPEG without trying PNG."""
@@ -38,7 +38,7 @@ class ViewerSession:
     def __init__(self, quality: Quality, window: int = WINDOW) -> None:
         self.quality = quality
         self.window = window
-        self._sent: Picture | None = None
+        self._sent: Snapshot | None = None
         self._seq = 0
         self._acked = 0
         # Tiles the page holds from a motion frame, and when the picture last changed.
@@ -70,42 +70,43 @@ class ViewerSession:
             return None
         return max(self._changed_at + REFRESH_DELAY - now, 0.0)
 
-    def plan(self, picture: Picture, now: float) -> FramePlan | None:
-        """The next frame for `picture` (a capture, at monotonic time `now`), or None if
-        there is nothing to send.
+    def plan(self, snapshot: Snapshot, now: float) -> FramePlan | None:
+        """The next frame for `snapshot` (of the connector's mirror, at monotonic time
+        `now`), or None if there is nothing to send.
 
-        The picture becomes the reference for the next diff at once: frames are sent in
+        The snapshot becomes the reference for the next diff at once: frames are sent in
         order on one stream, so the page has it by the time it draws the next one.
         """
-        mask = tiles.changed_tiles(self._sent, picture)
+        picture = snapshot.picture
+        mask = snapshot.changed_after(self._sent)
         if self._lossy is not None and self._lossy.shape != mask.shape:
             self._lossy = None  # a new geometry: all of it is sent anew
-        self._sent = picture
+        self._sent = snapshot
         if not mask.any():
             if self._lossy is None or now - self._changed_at < REFRESH_DELAY:
                 return None
             mask, self._lossy = self._lossy, None
-            return self._next(picture, tiles.mask_rects(mask, picture.width, picture.height))
+            return self._next(snapshot, tiles.mask_rects(mask, picture.width, picture.height))
         self._changed_at = now
         if isinstance(self.quality, int) and tiles.is_motion(mask):
             box = tiles.bounding_rect(mask, picture.width, picture.height)
             covered = tiles.rect_tiles(box, mask.shape)
             self._lossy = covered if self._lossy is None else self._lossy | covered
-            return self._next(picture, [box], motion=True)
+            return self._next(snapshot, [box], motion=True)
         if self._lossy is not None:
             self._lossy &= ~mask
             if not self._lossy.any():
                 self._lossy = None
-        return self._next(picture, tiles.mask_rects(mask, picture.width, picture.height))
+        return self._next(snapshot, tiles.mask_rects(mask, picture.width, picture.height))
 
-    def _next(self, picture: Picture, rects: list[Rect], motion: bool = False) -> FramePlan:
+    def _next(self, snapshot: Snapshot, rects: list[Rect], motion: bool = False) -> FramePlan:
         self._seq += 1
-        return FramePlan(self._seq, picture, rects, motion)
+        return FramePlan(self._seq, snapshot, rects, motion)
 
     def encode(self, plan: FramePlan, rect: Rect) -> Tile:
         if plan.motion and isinstance(self.quality, int):
-            return tiles.encode_motion(plan.picture, rect, self.quality)
-        return tiles.encode_rect(plan.picture, rect, self.quality)
+            return tiles.encode_motion(plan.snapshot.picture, rect, self.quality)
+        return tiles.encode_rect(plan.snapshot.picture, rect, self.quality)
 
     @staticmethod
     def message(plan: FramePlan, header: dict[str, object], encoded: Sequence[Tile]) -> bytes:

@@ -1,14 +1,16 @@
 """What changed between two frames, and the smallest way to send each changed region.
 
-Pure functions over captured pictures in the guest's own pixel format: the diff runs on
-the raw bytes (8 bytes at a time where the stride allows) into a mask of changed
-`TILE`-pixel tiles. A mask becomes rectangles (runs along a tile row, then identical runs
-down consecutive rows, at most `BAND_ROWS` pixels high so a large change becomes bands
-that can be encoded in parallel), each sent as JPEG or as lossless PNG, whichever a trial
-on the rectangle (or on a sample of its rows, for tall ones) says is smaller. When most of
-the picture changed (full-screen motion), its bounding box goes as one JPEG instead: one
-encode, one decode in the browser. JPEG is encoded straight from the guest's bytes where
-the format allows; only PNG (and JPEG of the 16-bit formats) converts to RGB first.
+A `Mirror` keeps each connector's picture in the guest's own pixel format and finds what
+changed by comparing the guest's pages with it in place (8 bytes at a time where the
+stride allows), copying only the changed `TILE`-pixel tiles; a tile clock then tells each
+viewer what changed since its last frame. A mask becomes rectangles (runs along a tile
+row, then identical runs down consecutive rows, at most `BAND_ROWS` pixels high so a
+large change becomes bands that can be encoded in parallel), each sent as JPEG or as
+lossless PNG, whichever a trial on the rectangle (or on a sample of its rows, for tall
+ones) says is smaller. When most of the picture changed (full-screen motion), its
+bounding box goes as one JPEG instead: one encode, one decode in the browser. JPEG is
+encoded straight from the guest's bytes where the format allows; only PNG (and JPEG of
+the 16-bit formats) converts to RGB first.
 """
 
 import json
@@ -62,7 +64,7 @@ class Rect:
 
 @dataclass(frozen=True)
 class Picture:
-    """`height` rows of `stride` bytes of `fmt` pixels, owned (nobody writes it again)."""
+    """`height` rows of `stride` bytes of `fmt` pixels (a `Mirror`'s, or a test's)."""
 
     fmt: PixelFormat
     width: int
@@ -108,35 +110,103 @@ class Tile:
     data: bytes
 
 
-def changed_rects(previous: Picture | None, current: Picture) -> list[Rect]:
-    """Rectangles covering every pixel of `current` that differs from `previous`."""
-    return mask_rects(changed_tiles(previous, current), current.width, current.height)
+class Mirror:
+    """The last picture captured of one connector, kept up to date tile by tile.
 
+    `update` compares the guest's bytes in place with the mirror, band of `TILE` rows by
+    band (so the comparison stays in cache), and copies only the tiles that differ, so a
+    small change costs one read of the guest's picture and little else: no full copy, no
+    full-frame temporaries. Each update that changes something is a new *generation*;
+    a per-tile clock records the generation that last wrote each tile, so any number of
+    viewers learn what changed since the picture they were sent (`changed_since`)
+    without comparing pixels again.
 
-def changed_tiles(previous: Picture | None, current: Picture) -> TileMask:
-    """The tiles of `current` holding a pixel that differs from `previous`.
-
-    No previous picture (or one of another format or geometry) means everything changed.
+    The guest may draw while it is read: a tile read half-old is as a VNC server would
+    see it, and the flip that follows the drawing makes the next update find the rest.
+    Readers of an older generation may meet newer tiles (written meanwhile): those carry
+    a later clock, so they are sent again. One update at a time.
     """
-    grid = (-(-current.height // TILE), -(-current.width // TILE))
-    if previous is None or previous.geometry != current.geometry:
-        return np.ones(grid, dtype=bool)
-    if previous is current:  # woken by an ack, not a flip: the same capture again
-        return np.zeros(grid, dtype=bool)
-    # Compare whole 64-bit words where rows are aligned to them; TILE pixels are always a
-    # whole number of words (TILE * bits_per_pixel is a multiple of 64).
-    word = 8 if current.stride % 8 == 0 else 1
-    row_words = -(-current.fmt.min_pitch(current.width) // word)
-    dtype = np.uint64 if word == 8 else np.uint8
 
-    def rows(picture: Picture) -> npt.NDArray[np.generic]:
-        return picture.data.view(dtype).reshape(picture.height, -1)[:, :row_words]
+    def __init__(self, fmt: PixelFormat, width: int, height: int, stride: int) -> None:
+        self.picture = Picture(fmt, width, height, stride, np.zeros(stride * height, np.uint8))
+        self.generation = 0
+        self.grid = (-(-height // TILE), -(-width // TILE))
+        self._clock = np.zeros(self.grid, dtype=np.int64)
+        # Whole 64-bit words where rows are aligned to them; TILE pixels are always a whole
+        # number of words (TILE * bits_per_pixel is a multiple of 64).
+        self._word = 8 if stride % 8 == 0 else 1
+        self._row_words = -(-fmt.min_pitch(width) // self._word)
+        tile_words = TILE * fmt.bits_per_pixel // (8 * self._word)
+        self._tile_words = tile_words
+        self._tile_starts = np.arange(0, self._row_words, tile_words)
+        self._differs = np.empty((TILE, self._row_words), dtype=bool)
 
-    differs = rows(previous) != rows(current)
-    tile_words = TILE * current.fmt.bits_per_pixel // (8 * word)
-    by_row = np.logical_or.reduceat(differs, np.arange(0, current.height, TILE), axis=0)
-    result: TileMask = np.logical_or.reduceat(by_row, np.arange(0, row_words, tile_words), axis=1)
-    return result
+    @property
+    def geometry(self) -> tuple[int, int, int, int]:
+        return self.picture.geometry
+
+    def snapshot(self) -> "Snapshot":
+        return Snapshot(self, self.generation)
+
+    def changed_since(self, generation: int) -> TileMask:
+        """The tiles written after `generation` (all of them for a mirror never updated)."""
+        return self._clock > generation
+
+    def update(self, source: npt.NDArray[np.uint8]) -> TileMask:
+        """Bring the mirror up to `source` (`stride * height` bytes in its geometry, which
+        may be the guest's own pages); returns the tiles that changed."""
+        picture = self.picture
+        if self.generation == 0:
+            np.copyto(picture.data, source[: picture.data.size])
+            mask: TileMask = np.ones(self._clock.shape, dtype=bool)
+        else:
+            mask = np.zeros(self._clock.shape, dtype=bool)
+            new_rows, old_rows = self._rows(source), self._rows(picture.data)
+            for band, top in enumerate(range(0, picture.height, TILE)):
+                new, old = new_rows[top : top + TILE], old_rows[top : top + TILE]
+                differs = np.not_equal(new, old, out=self._differs[: len(new)])
+                if not differs.any():
+                    continue
+                changed = np.logical_or.reduceat(differs.any(axis=0), self._tile_starts)
+                mask[band] = changed
+                if changed.all():
+                    old[...] = new
+                    continue
+                for first, end in _runs(changed):
+                    words = np.s_[:, first * self._tile_words : end * self._tile_words]
+                    old[words] = new[words]
+            if not mask.any():
+                return mask
+        self.generation += 1
+        self._clock[mask] = self.generation
+        return mask
+
+    def _rows(self, data: npt.NDArray[np.uint8]) -> npt.NDArray[np.generic]:
+        height, stride = self.picture.height, self.picture.stride
+        dtype = np.uint64 if self._word == 8 else np.uint8
+        words = data[: height * stride].view(dtype).reshape(height, stride // self._word)
+        return words[:, : self._row_words]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A mirror as of one generation: what a viewer is sent, and what it diffs against next."""
+
+    mirror: Mirror
+    generation: int
+
+    @property
+    def picture(self) -> Picture:
+        return self.mirror.picture
+
+    def changed_after(self, sent: "Snapshot | None") -> TileMask:
+        """The tiles a viewer holding `sent` lacks: all of them unless `sent` is an earlier
+        generation of the same mirror."""
+        if sent is None or sent.mirror is not self.mirror:
+            return np.ones(self.mirror.grid, dtype=bool)
+        if sent.generation == self.generation:  # an update running now shows next time
+            return np.zeros(self.mirror.grid, dtype=bool)
+        return self.mirror.changed_since(sent.generation)
 
 
 def mask_rects(mask: TileMask, width: int, height: int) -> list[Rect]:
@@ -182,8 +252,9 @@ def _merge(mask: npt.NDArray[np.bool_]) -> Iterable[Rect]:
     """Tile-unit rectangles: row runs, stacked while the same run repeats below."""
     band_tiles = BAND_ROWS // TILE
     open_runs: dict[tuple[int, int], int] = {}  # run -> first tile row
+    marked: list[bool] = np.any(mask, axis=1).tolist()
     for row_index, row in enumerate(mask):
-        runs = set(_runs(row))
+        runs = set(_runs(row)) if marked[row_index] else set()
         for run, first in list(open_runs.items()):
             if run not in runs or row_index - first >= band_tiles:
                 del open_runs[run]
