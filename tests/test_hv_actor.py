@@ -310,7 +310,7 @@ def actor(hv: Hypervisor, control: Connection) -> None:
         try:
             result = ACTIONS[action](hv, held, **kwargs)
         except HypervisorError as exc:
-            control.send(("error", exc.errno, str(exc)))
+            control.send(("error", exc.errno, exc.message))
         else:
             control.send(("ok", result))
 

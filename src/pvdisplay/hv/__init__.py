@@ -36,6 +36,7 @@ class HypervisorError(OSError):
 
     def __init__(self, errno: int, message: str) -> None:
         super().__init__(errno, f"{message} [{_errno.errorcode.get(errno, errno)}]")
+        self.message = message
 
 
 class Mapping(Protocol):

@@ -182,7 +182,7 @@ class Broker:
             else:
                 raise HypervisorError(errno.ENOSYS, f"unknown control request {op!r}")
         except (HypervisorError, ProtocolError) as exc:
-            self._control.queue({"error": exc.errno, "message": str(exc)})
+            self._control.queue({"error": exc.errno, "message": exc.message})
         finally:
             close_all(fds)
 
@@ -228,7 +228,7 @@ class Broker:
             link.queue(reply, out_fds)
             close_all(passed_on)
         except (HypervisorError, ProtocolError) as exc:
-            link.queue({"error": exc.errno, "message": str(exc)})
+            link.queue({"error": exc.errno, "message": exc.message})
         except Exception:
             # A bug here must cost one request, not every domain its hypervisor.
             log.exception("request failed", extra=logs.fields(domid=domid, op=op))
