@@ -155,7 +155,12 @@ class EventChannels(Protocol):
         """Ports that fired since last asked; blocks up to `timeout` seconds (None: forever)."""
         ...
 
-    def status(self, port: int) -> ChannelStatus: ...
+    def status(self, port: int) -> ChannelStatus:
+        """The port as the last `pending()` (or a later call) left it; `pending()` reports
+        every change of it. Asking costs no system call, so a backend can check each port
+        that fires."""
+        ...
+
     def fileno(self) -> int:
         """Readable when `pending()` has something; for selectors and asyncio.add_reader."""
         ...

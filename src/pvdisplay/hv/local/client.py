@@ -218,7 +218,6 @@ class LocalEvents:
         return fired
 
     def status(self, port: int) -> ChannelStatus:
-        self._hv.drain_events()
         local = self._ports.get(port)
         if local is None:
             raise HypervisorError(errno.ENOTCONN, f"port {port} is not bound here")
