@@ -385,6 +385,59 @@ class TestCommandLine:
         assert "Traceback" not in result.stderr
         assert "--quota" in result.stderr and "node-size" in result.stderr
 
+    def test_a_quota_in_digits_int_refuses_names_the_key(self, tmp_path: Path) -> None:
+        result = subprocess.run(
+            [
+                PVDISPLAY,
+                "xenstored",
+                "--socket-dir",
+                tmp_path,
+                "--quota",
+                "nodes=\N{SUPERSCRIPT TWO}",
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr and "invalid literal" not in result.stderr
+        (error,) = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+        assert "--quota" in error and "quota nodes needs a whole number" in error
+        assert "(nodes=100)" in error
+
+    def test_a_live_daemon_in_the_socket_dir_is_named_as_the_problem(self, daemon: Daemon) -> None:
+        result = subprocess.run(
+            [PVDISPLAY, "xenstored", "--socket-dir", daemon.directory],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1
+        assert result.stderr == (
+            f"Error: another xenstored is listening on {daemon.socket}; "
+            "stop that daemon or pass another --socket-dir\n"
+        )
+        assert xs_ok(daemon, "read", "/tool/xenstored") == "\n"
+
+    def test_a_socket_dir_too_long_for_socket_addresses_says_so(self, tmp_path: Path) -> None:
+        directory = tmp_path / ("d" * 120)
+        result = subprocess.run(
+            [PVDISPLAY, "xenstored", "--socket-dir", directory],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1
+        size = len(os.fsencode(directory / "socket"))
+        assert result.stderr == (
+            f"Error: cannot serve XenStore in {directory}: socket path {directory / 'socket'} "
+            f"is {size} bytes, over the 107 a unix socket address holds; "
+            "pass another --socket-dir\n"
+        )
+
     def test_unusable_socket_dir_names_the_fix(self, tmp_path: Path) -> None:
         not_a_directory = tmp_path / "file"
         not_a_directory.write_text("")

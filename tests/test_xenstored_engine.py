@@ -412,6 +412,44 @@ class TestReadOnlySocket:
             assert reader.fails(kind, payload) == errno.EACCES
         assert reader.ok(T.READ, z("/ro")) == b"v"
 
+    def test_its_connections_share_a_guests_quotas(
+        self, engine: Engine, dom0: Peer, guest: Peer
+    ) -> None:
+        """The socket is group-accessible, so only dom0's read-write socket goes unlimited."""
+        readers = [Peer(engine, read_only=True), Peer(engine, read_only=True)]
+        with pytest.raises(StoreError) as refused:
+            Peer(engine, read_only=True)
+        assert refused.value.errno == errno.EBUSY
+
+        readers[0].ok(T.WATCH, z("/secret", "1"))
+        readers[1].ok(T.WATCH, z("/secret", "2"))
+        readers[1].ok(T.WATCH, z("/secret", "3"))
+        assert readers[0].fails(T.WATCH, z("/secret", "4")) == errno.E2BIG
+        guest.ok(T.WATCH, z("/shared", "4"))
+
+        readers[0].ok(T.TRANSACTION_START, b"\0")
+        readers[1].ok(T.TRANSACTION_START, b"\0")
+        assert readers[0].fails(T.TRANSACTION_START, b"\0") == errno.ENOSPC
+        guest.ok(T.TRANSACTION_START, b"\0")
+        for index in range(5):
+            dom0.ok(T.WATCH, z("/secret", str(index)))
+            dom0.ok(T.TRANSACTION_START, b"\0")
+        assert readers[1].ok(T.READ, z("/secret")) == b"hidden"
+
+        engine.disconnect(readers[1].connection)
+        Peer(engine, read_only=True).ok(T.WATCH, z("/secret", "again"))
+
+    def test_its_transactions_touch_a_bounded_number_of_paths(self) -> None:
+        engine = Engine(Quotas(transaction_nodes=3))
+        reader = Peer(engine, read_only=True)
+        dom0 = Peer(engine)
+        for name in "abcd":
+            dom0.ok(T.WRITE, f"/{name}\0".encode())
+        tx_id = int(reader.ok(T.TRANSACTION_START, b"\0")[:-1])
+        for name in "abc":
+            reader.ok(T.READ, z(f"/{name}"), tx_id)
+        assert reader.fails(T.READ, z("/d"), tx_id) == errno.ENOSPC
+
 
 class TestQuotas:
     def test_watches_are_counted_per_domain(self, engine: Engine, guest: Peer) -> None:

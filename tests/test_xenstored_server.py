@@ -109,7 +109,33 @@ def test_a_live_daemon_is_not_replaced_but_a_stale_socket_is(tmp_path: Path) -> 
     run(scenario)
 
 
-def test_a_client_that_never_reads_replies_is_throttled(tmp_path: Path) -> None:
+def test_the_read_only_socket_is_held_to_a_guests_quotas(tmp_path: Path) -> None:
+    """socket_ro is mode 0660: its users get a guest's limits, not dom0's."""
+
+    async def scenario() -> None:
+        async with XenStoreServer(tmp_path, Quotas(watches=2, connections=2)) as server:
+            dom0 = await Client.open(server.socket_path)
+            await dom0.ok(T.INTRODUCE, b"3\x00100\x007\0")
+            guest = await Client.open(server.domain_socket_path(3))
+            readers = [await Client.open(server.readonly_socket_path) for _ in range(2)]
+            for client in (guest, *readers):
+                await client.ok(T.WATCH, b"@releaseDomain\0a\0")
+            await guest.ok(T.WATCH, b"@releaseDomain\0b\0")
+            guest_refusal = await guest.call(T.WATCH, b"@releaseDomain\0c\0")
+            reader_refusal = await readers[1].call(T.WATCH, b"@releaseDomain\0c\0")
+            assert guest_refusal.type == reader_refusal.type == T.ERROR
+            assert guest_refusal.payload == reader_refusal.payload == b"E2BIG\0"
+
+            third = await Client.open(server.readonly_socket_path)
+            assert await third.reader.read() == b"", "over the connections quota: closed"
+            for client in (dom0, guest, *readers, third):
+                await client.close()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("read_only", [False, True], ids=["socket", "socket_ro"])
+def test_a_client_that_never_reads_replies_is_throttled(tmp_path: Path, read_only: bool) -> None:
     """Requests stop being read once `outstanding` replies wait, and resume when read."""
     limit = 64 << 20
 
@@ -117,7 +143,8 @@ def test_a_client_that_never_reads_replies_is_throttled(tmp_path: Path) -> None:
         async with XenStoreServer(tmp_path, Quotas(outstanding=4)) as server:
             flooder = socket.socket(socket.AF_UNIX)
             flooder.setblocking(False)
-            flooder.connect(str(server.socket_path))
+            path = server.readonly_socket_path if read_only else server.socket_path
+            flooder.connect(str(path))
             request = Message(T.READ, 0, 0, b"/tool/xenstored\0").encode()
             sent = 0
             idle_rounds = 0
@@ -190,3 +217,7 @@ def test_quota_settings_from_the_command_line() -> None:
     for bad in ("nodes", "bogus=1", "nodes=-1", "nodes=0", "path-max=9999"):
         with pytest.raises(ValueError):
             parse_quotas([bad])
+    # Digits str.isdigit() accepts but int() refuses, or refuses to convert at that length.
+    for number in ("\N{SUPERSCRIPT TWO}", "\N{ARABIC-INDIC DIGIT FIVE}", "9" * 5000):
+        with pytest.raises(ValueError, match=r"^quota nodes needs a whole number .*\(nodes=100\)"):
+            parse_quotas([f"nodes={number}"])

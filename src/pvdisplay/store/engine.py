@@ -201,12 +201,13 @@ class Engine:
 
     def connect(self, domid: int, *, read_only: bool = False) -> Connection:
         """Register a socket; guests need INTRODUCE first and stay within `connections`."""
-        if domid != 0:
-            if domid not in self._domains:
-                raise StoreError(errno.ENOENT, f"domain {domid} is not introduced")
-            if len(self._connections_of(domid)) >= self.quotas.connections:
-                raise StoreError(errno.EBUSY, f"domain {domid} has too many connections")
+        if domid != 0 and domid not in self._domains:
+            raise StoreError(errno.ENOENT, f"domain {domid} is not introduced")
         connection = Connection(domid, read_only, next(self._serials))
+        sharing = self._sharing_quotas(connection)
+        if sharing is not None and len(sharing) >= self.quotas.connections:
+            who = "the read-only socket" if read_only else f"domain {domid}"
+            raise StoreError(errno.EBUSY, f"{who} has too many connections")
         self._connections[connection] = None
         return connection
 
@@ -218,6 +219,23 @@ class Engine:
 
     def _connections_of(self, domid: int) -> list[Connection]:
         return [connection for connection in self._connections if connection.domid == domid]
+
+    def _sharing_quotas(self, connection: Connection) -> list[Connection] | None:
+        """The registered connections counted with `connection` against one set of
+        quotas, or None for dom0's read-write socket, which has none.
+
+        The read-only socket is open to a group, not only to root, and reads are
+        all it is privileged for: its connections together get one guest's
+        connection, watch and transaction quotas, so its users cannot grow the
+        daemon without bound.
+        """
+        if connection.domid == 0 and not connection.read_only:
+            return None
+        return [
+            other
+            for other in self._connections
+            if other.domid == connection.domid and other.read_only == connection.read_only
+        ]
 
     def _caller(self, connection: Connection) -> Caller:
         domain = self._domains.get(connection.domid)
@@ -392,10 +410,9 @@ class Engine:
         connection = request.connection
         if (path, token) in connection.watches:
             raise StoreError(errno.EEXIST, "watch already set")
-        if not request.caller.privileged:
-            count = sum(len(c.watches) for c in self._connections_of(connection.domid))
-            if count >= self.quotas.watches:
-                raise StoreError(errno.E2BIG, "watches quota reached")
+        sharing = self._sharing_quotas(connection)
+        if sharing is not None and sum(len(c.watches) for c in sharing) >= self.quotas.watches:
+            raise StoreError(errno.E2BIG, "watches quota reached")
         watch = Watch(path, token, strip)
         connection.watches[path, token] = watch
         request.after.append(Send(connection, watch.event(path)))
@@ -418,12 +435,12 @@ class Engine:
         if request.transaction is not None:
             raise StoreError(errno.EBUSY, "transactions do not nest")
         connection = request.connection
-        privileged = request.caller.privileged
-        if not privileged:
-            count = sum(len(c.transactions) for c in self._connections_of(connection.domid))
-            if count >= self.quotas.transactions:
+        sharing = self._sharing_quotas(connection)
+        node_limit = None
+        if sharing is not None:
+            if sum(len(c.transactions) for c in sharing) >= self.quotas.transactions:
                 raise StoreError(errno.ENOSPC, "transactions quota reached")
-        node_limit = None if privileged else self.quotas.transaction_nodes
+            node_limit = self.quotas.transaction_nodes
         transaction_id = connection.allocate_transaction_id()
         connection.transactions[transaction_id] = Transaction(self.store, node_limit)
         return f"{transaction_id}\0".encode()

@@ -2,7 +2,7 @@
 
 Sockets in the socket directory:
 - `socket`: dom0, read-write (mode 0600)
-- `socket_ro`: dom0, read-only (mode 0660)
+- `socket_ro`: dom0, read-only (mode 0660), its connections held to one guest's quotas
 - `domain/<domid>`: that domain's own socket, from its INTRODUCE to its RELEASE (0600)
 
 Output is flow-controlled per connection. Messages go straight to the socket
@@ -44,6 +44,14 @@ from pvdisplay.wire.xs_wire import Message, MessageReader, Oversized
 log = logging.getLogger(__name__)
 
 _LISTEN_BACKLOG = 64
+# Linux's sun_path is 108 bytes, one of them the terminating NUL.
+_SOCKET_PATH_MAX = 107
+# Far above any useful limit, and far below the length at which int() gives up.
+_QUOTA_DIGITS_MAX = 9
+
+
+class DaemonRunningError(OSError):
+    """A live daemon answers on one of the sockets this one would bind."""
 
 
 def quota_names() -> list[str]:
@@ -60,14 +68,24 @@ def parse_quotas(settings: Iterable[str]) -> Quotas:
             raise ValueError(
                 f"{setting!r} is not NAME=N with NAME one of {', '.join(quota_names())}"
             )
-        if not number.isdigit():
-            raise ValueError(f"quota {name} needs a whole number, got {number!r}")
+        # str.isdigit() also takes digits int() refuses, such as "²".
+        if not (number.isascii() and number.isdigit()) or len(number) > _QUOTA_DIGITS_MAX:
+            raise ValueError(
+                f"quota {name} needs a whole number of at most {_QUOTA_DIGITS_MAX} digits "
+                f"0-9 ({name}=100), got {number!r}"
+            )
         values[name.replace("-", "_")] = int(number)
     return Quotas(**values)
 
 
 def _listening_socket(path: Path, mode: int) -> socket.socket:
     """Bind `path`, replacing a stale socket file but never a live daemon or another file."""
+    size = len(os.fsencode(path))
+    if size > _SOCKET_PATH_MAX:
+        raise OSError(
+            f"socket path {path} is {size} bytes, over the {_SOCKET_PATH_MAX} "
+            "a unix socket address holds"
+        )
     if path.is_socket():
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
             try:
@@ -75,7 +93,7 @@ def _listening_socket(path: Path, mode: int) -> socket.socket:
             except OSError:
                 path.unlink()
             else:
-                raise OSError(f"another xenstored is listening on {path}")
+                raise DaemonRunningError(f"another xenstored is listening on {path}")
     elif path.exists() or path.is_symlink():
         raise OSError(f"{path} exists and is not a socket")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -221,7 +239,10 @@ class XenStoreServer:
         return self.socket_dir / "domain" / str(domid)
 
     async def start(self) -> None:
-        """Create the directory and the dom0 sockets; OSError if that is impossible."""
+        """Create the directory and the dom0 sockets; OSError if that is impossible.
+
+        DaemonRunningError (an OSError) if another daemon listens in the directory.
+        """
         self.socket_dir.mkdir(parents=True, exist_ok=True)
         self.domain_socket_path(0).parent.mkdir(exist_ok=True)
         if not os.access(self.socket_dir, os.W_OK | os.X_OK):

@@ -56,7 +56,8 @@ class StoreError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Quotas:
-    """Limits for unprivileged domains; defaults are xenstored's (domain.c hard_quotas).
+    """Limits for unprivileged domains and, together, the read-only socket's
+    connections; defaults are xenstored's (domain.c hard_quotas).
 
     `outstanding` and `event_backlog` bound every connection's unsent output;
     `connections` bounds how many sockets one guest may open.
