@@ -88,6 +88,40 @@ def test_pages_mapped_from_a_dead_domain_stay_valid_until_unmapped() -> None:
         assert tables(host) == EMPTY_TABLES | {"domains": 1}
 
 
+def test_a_restarted_domain_0_grants_afresh_while_its_old_grants_are_mapped() -> None:
+    with Host() as host:
+        old = Actor(host.start_domain("test_hv_actor:actor", domid=0))
+        (guest,) = start_actors(host, 1)
+        old_refs = old("share", key="fb", domid=guest.domid, pages=2)
+        old("write", key="fb", offset=0, data=b"old backend")
+        guest("map", key="old", domid=0, refs=old_refs)
+        old.domain.kill()
+        assert host.wait_released(0, 30)
+
+        new = Actor(host.start_domain("test_hv_actor:actor", domid=0))
+        new_refs = new("share", key="fb", domid=guest.domid, pages=1)
+        assert new_refs == old_refs[:1]  # the same number, in the new domain's own table
+        new("write", key="fb", offset=0, data=b"new backend")
+        with pytest.raises(HypervisorError) as stale:
+            guest("map", key="stale", domid=0, refs=old_refs[1:])
+        assert stale.value.errno == errno.EINVAL
+        assert guest("read", key="old", offset=0, length=11) == b"old backend"
+        guest("close", key="old")
+
+        guest("map", key="new", domid=0, refs=new_refs)
+        assert guest("read", key="new", offset=0, length=11) == b"new backend"
+        guest("close", key="new")
+        assert host.usage(0) == {
+            "memory_pages": 1,
+            "granted_pages": 1,
+            "mapped_pages": 0,
+            "event_channels": 0,
+        }
+        assert new("end", refs=new_refs) == []
+        new("close", key="fb")
+        assert tables(host) == EMPTY_TABLES | {"domains": 2}
+
+
 def test_a_thousand_map_and_export_cycles_grow_nothing() -> None:
     with Host() as host:
         front, back = start_actors(host, 2)

@@ -105,7 +105,11 @@ class GrantTable(Protocol):
     def grant(
         self, domid: int, memory: GuestMemory, pages: Sequence[int], readonly: bool = False
     ) -> list[int]:
-        """Grant `pages` (indexes into `memory`) to `domid`, one ref per page, in order."""
+        """Grant `pages` (indexes into `memory`) to `domid`, one ref per page, in order.
+
+        Portable code grants all of `memory`: the local hypervisor isolates whole memory
+        objects, not pages, and refuses anything less with EINVAL.
+        """
         ...
 
     def share(

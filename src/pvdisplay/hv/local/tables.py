@@ -12,7 +12,9 @@ Lifetimes, as in Xen:
   and completes on the last unmap (gntalloc's and gntdev IMP_RELEASE's behaviour).
 - A mapping or export pins the entries it covers; a dead domain's mappings unpin.
 - A dead domain's grants are ended at once; entries still mapped by others stay,
-  without the domain, until unmapped.
+  without the domain, until unmapped. They stay in the dead domain's own grant table,
+  as Xen keeps a dying domain until its pages are released: its id may be reused at
+  once, and the new domain starts with an empty table that the old refs never touch.
 """
 
 import errno
@@ -110,7 +112,7 @@ class Imported:
 
 @dataclass(slots=True, eq=False)
 class _Entry:
-    granter: int
+    granter: "_Domain" = field(repr=False)
     ref: int
     alloc: int
     page: int
@@ -124,7 +126,7 @@ class _Entry:
 @dataclass(slots=True, eq=False)
 class _Allocation:
     id: int
-    owner: int
+    owner: "_Domain" = field(repr=False)
     pages: int
     writable: bool
     held: bool
@@ -151,22 +153,33 @@ class _Domain:
     ports: dict[int, _Port] = field(default_factory=dict)
     maps: dict[int, list[_Entry]] = field(default_factory=dict)
     next_map: int = 1
+    grants: dict[int, _Entry] = field(default_factory=dict)
 
 
 @dataclass(slots=True, eq=False)
 class _Export:
-    exporter: int
+    exporter: _Domain
     entries: list[_Entry]
 
 
 @dataclass(slots=True, eq=False)
 class _Import:
-    importer: int
+    importer: _Domain
     entries: list[_Entry]
 
 
 _ACCESS = attrgetter("access")
 _FRAME = attrgetter("frame")
+_FIRST = attrgetter("first_page")
+
+
+def _partial(memory: int | NewObject, pages: int) -> HypervisorError:
+    # A grantee gets the descriptor of a whole memory object, so granting part of one
+    # would expose the rest; page-exact isolation takes separate objects.
+    name = "new memory" if isinstance(memory, NewObject) else f"memory {memory}"
+    return HypervisorError(
+        errno.EINVAL, f"a grant must cover all {pages} pages of {name}, not part of it"
+    )
 
 
 def new_handle_id() -> str:
@@ -178,7 +191,8 @@ class HypervisorTables:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self._domains: dict[int, _Domain] = {}
-        self._grants: dict[int, dict[int, _Entry]] = {}
+        self._dying: set[_Domain] = set()
+        """Dead domains whose grants others still map, by incarnation, not by id."""
         self._allocs: dict[int, _Allocation] = {}
         self._next_alloc = 1
         self._exports: dict[str, _Export] = {}
@@ -191,7 +205,6 @@ class HypervisorTables:
         if domid in self._domains or not 0 <= domid < DOMID_FIRST_RESERVED:
             raise HypervisorError(errno.EEXIST, f"domain {domid} exists or is reserved")
         self._domains[domid] = _Domain(domid)
-        self._grants.setdefault(domid, {})
 
     def destroy_domain(self, domid: int) -> None:
         """Tear down everything a dead domain held; mapped grants of it linger."""
@@ -203,15 +216,15 @@ class HypervisorTables:
         for entries in dom.maps.values():
             self._unpin(entries)
         dom.maps.clear()
-        for import_id in [i for i, imp in self._imports.items() if imp.importer == domid]:
+        for import_id in [i for i, imp in self._imports.items() if imp.importer is dom]:
             del self._imports[import_id]
-        for entry in list(self._grants.get(domid, {}).values()):
+        for entry in list(dom.grants.values()):
             self._end(entry)
-        for alloc in [a for a in self._allocs.values() if a.owner == domid and a.held]:
+        for alloc in [a for a in self._allocs.values() if a.owner is dom and a.held]:
             alloc.held = False
             self._maybe_free(alloc)
-        if not self._grants.get(domid, True):
-            del self._grants[domid]
+        if dom.grants:
+            self._dying.add(dom)
 
     def domains(self) -> list[int]:
         return sorted(self._domains)
@@ -228,7 +241,7 @@ class HypervisorTables:
     def free(self, caller: int, alloc_id: int) -> list[int]:
         """Drop the owner's hold on an object and end every grant of it."""
         alloc = self._allocs.get(alloc_id)
-        if alloc is None or alloc.owner != caller or not alloc.held:
+        if alloc is None or alloc.owner is not self._domains.get(caller) or not alloc.held:
             raise HypervisorError(errno.EINVAL, f"domain {caller} holds no memory {alloc_id}")
         deferred = [e.ref for e in list(alloc.entries.values()) if self._end(e)]
         alloc.held = False
@@ -240,11 +253,13 @@ class HypervisorTables:
     ) -> list[int]:
         dom = self._domain(caller)
         alloc = self._allocs.get(alloc_id)
-        if alloc is None or alloc.owner != caller or not alloc.held:
+        if alloc is None or alloc.owner is not dom or not alloc.held:
             raise HypervisorError(errno.EINVAL, f"domain {caller} holds no memory {alloc_id}")
         self._check_batch(len(pages))
         if any(not 0 <= page < alloc.pages for page in pages):
             raise HypervisorError(errno.EINVAL, f"page outside memory {alloc_id}")
+        if len(set(pages)) != alloc.pages:
+            raise _partial(alloc_id, alloc.pages)
         self._check_grantable(dom, grantee, alloc.writable, readonly, len(pages))
         return [self._new_entry(dom, grantee, alloc, page, readonly).ref for page in pages]
 
@@ -261,8 +276,7 @@ class HypervisorTables:
 
     def end_access(self, caller: int, refs: Sequence[int]) -> list[int]:
         """End grants; returns the refs whose ending waits for their last unmap."""
-        self._domain(caller)
-        table = self._grants[caller]
+        table = self._domain(caller).grants
         self._check_batch(len(refs))
         entries: list[_Entry] = []
         for ref in refs:
@@ -302,7 +316,7 @@ class HypervisorTables:
         self._check_mapped(dom, len(entries))
         self._pin(dom, entries)
         export_id = new_handle_id()
-        self._exports[export_id] = _Export(caller, entries)
+        self._exports[export_id] = _Export(dom, entries)
         return export_id, layout
 
     def release_export(self, export_id: str) -> None:
@@ -310,9 +324,7 @@ class HypervisorTables:
         export = self._exports.pop(export_id, None)
         if export is None:
             return
-        exporter = self._domains.get(export.exporter)
-        if exporter is not None:
-            exporter.mapped_pages -= len(export.entries)
+        export.exporter.mapped_pages -= len(export.entries)
         self._unpin(export.entries)
 
     def import_buffer(
@@ -333,10 +345,11 @@ class HypervisorTables:
             alloc = self._allocs.get(obj)
             if alloc is None or not (alloc.held or alloc.adopted):
                 raise HypervisorError(errno.EINVAL, f"memory {obj} is gone")
-            if alloc.owner != caller:
+            if alloc.owner is not dom:
                 raise HypervisorError(errno.EPERM, "only the owner of memory may grant it")
             sizes.append((alloc.pages, alloc.writable))
         total = 0
+        spans: list[list[Segment]] = [[] for _ in objects]
         for seg in segments:
             if seg.object_index >= len(objects) or seg.pages < 1:
                 raise HypervisorError(errno.EINVAL, f"bad segment {seg}")
@@ -346,6 +359,15 @@ class HypervisorTables:
             if not writable and not readonly:
                 raise HypervisorError(errno.EINVAL, "read-only buffer granted writable")
             total += seg.pages
+            spans[seg.object_index].append(seg)
+        for obj, (pages, _), span in zip(objects, sizes, spans, strict=True):
+            covered = 0
+            for seg in sorted(span, key=_FIRST):
+                if seg.first_page > covered:
+                    break
+                covered = max(covered, seg.first_page + seg.pages)
+            if covered != pages:
+                raise _partial(obj, pages)
         self._check_batch(total)
         self._check_memory(dom, sum(o.pages for o in objects if isinstance(o, NewObject)))
         self._check_grantable(dom, grantee, True, readonly, total)
@@ -367,12 +389,12 @@ class HypervisorTables:
                 for page in range(seg.first_page, seg.first_page + seg.pages)
             )
         import_id = new_handle_id()
-        self._imports[import_id] = _Import(caller, entries)
+        self._imports[import_id] = _Import(dom, entries)
         return Imported(import_id, [e.ref for e in entries], adopted)
 
     def release_import(self, caller: int, import_id: str) -> list[int]:
         imported = self._imports.get(import_id)
-        if imported is None or imported.importer != caller:
+        if imported is None or imported.importer is not self._domains.get(caller):
             raise HypervisorError(errno.ENOENT, f"domain {caller} has no import {import_id}")
         del self._imports[import_id]
         return [e.ref for e in imported.entries if self._end(e)]
@@ -420,7 +442,7 @@ class HypervisorTables:
         return {
             "domains": len(self._domains),
             "allocations": len(self._allocs),
-            "grants": sum(len(t) for t in self._grants.values()),
+            "grants": sum(len(d.grants) for d in (*self._domains.values(), *self._dying)),
             "maps": sum(len(d.maps) for d in self._domains.values()),
             "exports": len(self._exports),
             "imports": len(self._imports),
@@ -481,7 +503,7 @@ class HypervisorTables:
             )
 
     def _new_allocation(self, dom: _Domain, pages: int, writable: bool, held: bool) -> _Allocation:
-        alloc = _Allocation(self._next_alloc, dom.domid, pages, writable, held)
+        alloc = _Allocation(self._next_alloc, dom, pages, writable, held)
         self._next_alloc += 1
         self._allocs[alloc.id] = alloc
         dom.memory_pages += pages
@@ -497,8 +519,8 @@ class HypervisorTables:
             dom.next_ref += 1
         else:
             ref = dom.free_refs.popleft()
-        entry = _Entry(dom.domid, ref, alloc.id, page, (grantee, readonly), alloc.id << 32 | page)
-        self._grants[dom.domid][ref] = entry
+        entry = _Entry(dom, ref, alloc.id, page, (grantee, readonly), alloc.id << 32 | page)
+        dom.grants[ref] = entry
         alloc.entries[ref] = entry
         dom.granted_pages += 1
         return entry
@@ -512,7 +534,8 @@ class HypervisorTables:
         each a C-level iteration (map, attrgetter, set) rather than a Python loop.
         """
         self._check_batch(len(refs))
-        found = list(map(self._grants.get(granter, {}).get, refs))
+        table = self._domains[granter].grants if granter in self._domains else {}
+        found = list(map(table.get, refs))
         allowed = {(caller, False)} if writable else {(caller, False), (caller, True)}
         try:
             mappable = set(map(_ACCESS, found)) <= allowed
@@ -564,14 +587,12 @@ class HypervisorTables:
         return False
 
     def _remove(self, entry: _Entry) -> None:
-        table = self._grants[entry.granter]
-        del table[entry.ref]
-        granter = self._domains.get(entry.granter)
-        if granter is not None:
-            granter.granted_pages -= 1
-            granter.free_refs.append(entry.ref)
-        elif not table:
-            del self._grants[entry.granter]
+        granter = entry.granter
+        del granter.grants[entry.ref]
+        granter.granted_pages -= 1
+        granter.free_refs.append(entry.ref)
+        if not granter.grants:
+            self._dying.discard(granter)
         alloc = self._allocs[entry.alloc]
         del alloc.entries[entry.ref]
         self._maybe_free(alloc)
@@ -580,9 +601,7 @@ class HypervisorTables:
         if alloc.held or alloc.entries:
             return
         del self._allocs[alloc.id]
-        owner = self._domains.get(alloc.owner)
-        if owner is not None:
-            owner.memory_pages -= alloc.pages
+        alloc.owner.memory_pages -= alloc.pages
         self._effects.append(AllocationFreed(alloc.id))
 
     def _free_port(self, dom: _Domain) -> int:
