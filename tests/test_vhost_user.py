@@ -4,25 +4,35 @@ Guest memory is a real memfd passed the way QEMU passes it; kick/call are real e
 The device is a recorder that pops and answers chains through the real `Virtqueue`.
 """
 
+import array
+import asyncio
 import contextlib
 import errno
 import mmap
 import os
+import socket
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pvdisplay.planes import PlaneKey
-from pvdisplay.virtio import VirtioError
+from guest_vm import wait_for_socket
+from pvdisplay.cli import main
+from pvdisplay.planes import PlaneClient, PlaneKey, PlaneRegistry
+from pvdisplay.virtio import VirtioError, server
+from pvdisplay.virtio import gpu_wire as wire
 from pvdisplay.virtio import vhost_user as vu
-from pvdisplay.virtio.gpu import Cursor
-from pvdisplay.virtio.gpu_wire import Format
+from pvdisplay.virtio.gpu import DEVICE_FEATURES, Cursor, GpuDevice
+from pvdisplay.virtio.gpu_wire import CtrlType, Format
 from pvdisplay.virtio.memory import GuestMemoryMap
-from pvdisplay.virtio.server import xrgb_pixels
+from pvdisplay.virtio.server import GpuQueues, xrgb_pixels
 from pvdisplay.virtio.virtqueue import VIRTIO_RING_F_EVENT_IDX, Virtqueue
 from test_virtio_gpu import CREATE, DOMID, FLUSH, SET_SCANOUT, TRANSFER, Rig, command
 
@@ -245,6 +255,44 @@ def test_ring_resumes_from_base_after_new_memory_table(backend: vu.Backend, gues
         os.close(fd)
 
 
+def test_corrupt_gpu_ring_is_stopped_and_reported_once(
+    guest: Guest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The GPU's control ring: a request before the corruption is answered, then the ring
+    stops, the err eventfd fires once, and later kicks are ignored without a word."""
+    registry = PlaneRegistry()
+    backend = vu.Backend(
+        lambda memory: GpuQueues(GpuDevice(memory, [(64, 32)], registry, DOMID), lambda _: None),
+        DEVICE_FEATURES,
+        queues=2,
+    )
+    negotiate(backend, 1 << vu.F_PROTOCOL_FEATURES | 1 << vu.VIRTIO_F_VERSION_1)
+    backend.handle(mem_table(guest))
+    err = os.eventfd(0, os.EFD_NONBLOCK)
+    backend.handle(message(vu.SET_VRING_ERR, u64(0), [os.dup(err)]))
+    kick, call = start_ring(backend, guest)
+    guest.offer(wire.CTRL_HDR.pack(CtrlType.CMD_GET_DISPLAY_INFO, 0, 0, 0, 0), 512)
+    # A second entry whose head lies outside the descriptor table: the ring is corrupt.
+    guest.write(AVAIL_GPA + 4 + 2, struct.pack("<H", QUEUE_SIZE + 3))
+    guest.write(AVAIL_GPA + 2, struct.pack("<H", 2))
+
+    assert backend.process(0)  # the answered request still gets its interrupt
+    assert guest.used() == (1, [(0, wire.RESP_DISPLAY_INFO.struct.size)])
+    assert struct.unpack("<I", guest.read(ANSWER_GPA, 4)) == (CtrlType.RESP_OK_DISPLAY_INFO,)
+    assert os.eventfd_read(err) == 1
+    assert backend.kick_fds == {}
+
+    caplog.clear()
+    for _ in range(3):
+        assert not backend.process(0)
+    assert caplog.records == []
+    with pytest.raises(BlockingIOError):
+        os.eventfd_read(err)
+    backend.close()
+    for fd in (kick, call, err):
+        os.close(fd)
+
+
 def test_config_space(backend: vu.Backend, guest: Guest) -> None:
     backend.handle(mem_table(guest))
     answer = backend.handle(message(vu.GET_CONFIG, struct.pack("<III", 4, 8, 0) + bytes(8)))
@@ -313,6 +361,147 @@ def test_header_checks() -> None:
     for bad in (struct.pack("<III", 1, 2, 0), struct.pack("<III", 1, 1, 1 << 20), b"\1\0"):
         with pytest.raises(vu.VhostUserError):
             vu.parse_header(bad)
+
+
+def test_messages_are_framed_piece_by_piece() -> None:
+    reader = vu.MessageReader()
+    call = os.eventfd(0)
+    data = message(vu.SET_VRING_CALL, u64(1)).encode()
+    assert reader.wanted == vu.HEADER.size
+    assert reader.feed(data[:5], [call]) is None  # descriptors come with the header
+    assert reader.wanted == vu.HEADER.size - 5
+    assert reader.feed(data[5:12]) is None
+    assert reader.wanted == 8  # the payload, never the next message's header
+    assert reader.feed(data[12:15]) is None
+    assert reader.feed(data[15:]) == vu.Message(vu.SET_VRING_CALL, vu.VERSION, u64(1), [call])
+    os.close(call)
+    assert reader.feed(message(vu.GET_FEATURES).encode()) == message(vu.GET_FEATURES)
+
+    held = os.eventfd(0)
+    assert reader.feed(message(vu.SET_VRING_KICK, u64(0)).encode()[:3], [held]) is None
+    reader.close()
+    assert not is_open(held)
+    refused = os.eventfd(0)
+    with pytest.raises(vu.VhostUserError):
+        reader.feed(struct.pack("<III", vu.SET_MEM_TABLE, vu.VERSION, 1 << 20), [refused])
+    assert not is_open(refused)
+
+
+PVDISPLAY = str(Path(sys.executable).parent / "pvdisplay")
+NOT_A_DESCRIPTOR = 999_999
+
+
+def test_a_stalled_request_stalls_only_its_front_end(tmp_path: Path) -> None:
+    """A front-end that sends half a request: the planes are still served, and the
+    request is served when the rest arrives."""
+    planes = tmp_path / "planes.sock"
+    front, back = socket.socketpair()
+    process = subprocess.Popen(
+        [PVDISPLAY, "--log-level", "warning", "vhost-user-gpu", "--fd", str(back.fileno()),
+         "--planes-socket", str(planes)],
+        pass_fds=[back.fileno()],
+    )  # fmt: skip
+    back.close()
+    try:
+        wait_for_socket(planes, process)
+        request = message(vu.SET_FEATURES, u64(1 << vu.VIRTIO_F_VERSION_1)).encode()
+        front.sendall(request[:14])  # the header and part of the payload
+        with PlaneClient(planes) as client:
+            assert client.list() == []  # answered (no device before SET_MEM_TABLE)
+        front.sendall(request[14:] + message(vu.GET_FEATURES).encode())
+        front.settimeout(30)
+        reply = front.recv(vu.HEADER.size + 8)
+        assert vu.HEADER.unpack_from(reply) == (vu.GET_FEATURES, vu.VERSION | vu.FLAG_REPLY, 8)
+    finally:
+        front.close()
+        assert process.wait(30) == 0  # --fd: done when the connection ends
+
+
+def test_a_request_that_fails_unexpectedly_drops_the_front_end(guest: Guest) -> None:
+    """Sizes the command line refuses make the device fail to build at SET_MEM_TABLE with
+    a ValueError nobody anticipated: that front-end is dropped, the server carries on."""
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        front, back = socket.socketpair()
+        front.setblocking(False)
+        served = asyncio.create_task(server.serve(None, back, [(5000, 800)], DOMID, None))
+        await loop.sock_sendall(front, message(vu.GET_FEATURES).encode())
+        assert len(await loop.sock_recv(front, 64)) == vu.HEADER.size + 8
+        table = mem_table(guest)
+        fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", table.fds))]
+        front.sendmsg([table.encode()], fds)
+        os.close(table.fds[0])
+        assert await loop.sock_recv(front, 64) == b""  # closed, not left half set up
+        await served
+        front.close()
+
+    asyncio.run(asyncio.wait_for(run(), 30))
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--fd", "-1"], "Invalid value for '-f' / '--fd': -1 is not in the range x>=0."),
+        (
+            ["--scanout", "5000x800"],
+            "Invalid value for --scanout: 5000x800: sides run from 16 to 4095 (the most an "
+            "EDID mode describes)",
+        ),
+        (
+            ["--scanout", "4000x4000"] * 5,
+            "Invalid value for --scanout: a framebuffer for every scanout needs 306 MiB, more "
+            "than the 256 MiB a device may hold; pass fewer or smaller",
+        ),
+        (["--scanout", "64x32"] * 17, "Invalid value for --scanout: 1..16 scanouts, got 17; "
+         "pass fewer or smaller"),
+        (["--fd", str(NOT_A_DESCRIPTOR)], f"descriptor {NOT_A_DESCRIPTOR} is not a usable "
+         "socket: Bad file descriptor; pass the descriptor of a connected socket"),
+    ],
+)  # fmt: skip
+def test_bad_arguments_are_one_line_errors(args: list[str], error: str) -> None:
+    if "--fd" not in args:
+        # Not a descriptor: should the check be missed, the command fails, never serves.
+        args = [*args, "--fd", str(NOT_A_DESCRIPTOR)]
+    result = CliRunner().invoke(main, ["vhost-user-gpu", *args])
+    assert result.exit_code in (1, 2) and isinstance(result.exception, SystemExit)
+    assert result.output.splitlines()[-1] == f"Error: {error}"
+    assert "Traceback" not in result.output
+
+
+def test_unusable_paths_are_one_line_errors(tmp_path: Path) -> None:
+    regular = tmp_path / "regular"
+    regular.write_text("not a socket")
+    runner = CliRunner()
+    result = runner.invoke(main, ["vhost-user-gpu", "--socket-path", str(regular)])
+    assert (result.exit_code, result.output) == (
+        1,
+        f"Error: cannot listen on {regular}: exists and is not a socket; pass a new "
+        "--socket-path\n",
+    )
+    assert regular.read_text() == "not a socket"
+    vhost, planes = tmp_path / "vgpu.sock", tmp_path / "missing" / "planes.sock"
+    result = runner.invoke(
+        main, ["vhost-user-gpu", "--socket-path", str(vhost), "--planes-socket", str(planes)]
+    )
+    assert (result.exit_code, result.output) == (
+        1,
+        f"Error: cannot serve planes on {planes}: No such file or directory\n",
+    )
+
+
+def test_serving_failure_without_a_planes_socket_names_no_planes_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def out_of_descriptors(*_: object) -> None:
+        raise OSError(errno.EMFILE, "cannot accept a front-end: Too many open files")
+
+    monkeypatch.setattr(server, "serve", out_of_descriptors)
+    result = CliRunner().invoke(main, ["vhost-user-gpu", "--socket-path", f"{tmp_path}/v.sock"])
+    assert (result.exit_code, result.output) == (
+        1,
+        "Error: cannot accept a front-end: Too many open files\n",
+    )
 
 
 def drain(channel: vu.DisplayChannel) -> bytes:

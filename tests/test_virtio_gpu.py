@@ -5,16 +5,20 @@ header; answers are read back from the guest's writable buffers, and what scanou
 read through the planes registry's buffer handles, as outputs read it.
 """
 
+import os
+import resource
 import struct
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pvdisplay.hv import PAGE_SIZE
 from pvdisplay.planes import PlaneKey, PlaneRegistry
 from pvdisplay.virtio import gpu_wire as wire
-from pvdisplay.virtio.gpu import MAX_HOST_MEMORY, GpuDevice
+from pvdisplay.virtio.gpu import MAX_HOST_MEMORY, MAX_RESOURCES, GpuDevice
 from pvdisplay.virtio.gpu_resource import Rect
 from pvdisplay.virtio.gpu_wire import CtrlType, Format
 from pvdisplay.wire.edid import parse_edid, serial_string_for
@@ -309,6 +313,85 @@ def test_host_memory_is_bounded() -> None:
         rig.ok(command(CREATE, n + 1, Format.B8G8R8X8_UNORM, side, side))
     answer = rig.call(command(CREATE, 100, Format.B8G8R8X8_UNORM, side, side))
     assert answer_type(answer) == CtrlType.RESP_ERR_OUT_OF_MEMORY
+
+
+def test_host_memory_counts_whole_pages() -> None:
+    """Each resource is its own memfd: a 1x1 one holds a page, not 4 bytes."""
+    rig = Rig()
+    side = 4096
+    for n in range(MAX_HOST_MEMORY // (side * side * 4) - 1):
+        rig.ok(command(CREATE, n + 1, Format.B8G8R8X8_UNORM, side, side))
+    rig.ok(command(CREATE, 10, Format.B8G8R8X8_UNORM, side, side - 1))  # 4 pages short
+    for n in range(4):
+        rig.ok(command(CREATE, 20 + n, Format.B8G8R8X8_UNORM, 1, 1))
+    assert rig.device.host_memory == MAX_HOST_MEMORY
+    answer = rig.call(command(CREATE, 30, Format.B8G8R8X8_UNORM, 1, 1))
+    assert answer_type(answer) == CtrlType.RESP_ERR_OUT_OF_MEMORY
+
+
+def brief_call(rig: Rig, request: bytes) -> int:
+    """The answer type of a request whose buffers are reused by the next (guest RAM
+    holds only so many)."""
+    heap = rig.control_driver.heap
+    answer = answer_type(rig.call(request, room=64))
+    rig.control_driver.heap = heap
+    assert rig.control.in_flight == 0  # answered
+    return answer
+
+
+def create_until_refused(rig: Rig) -> tuple[int, int]:
+    """CREATE 1x1 resources 1, 2, ... until one is refused: (how many were made, the
+    refusal)."""
+    for n in range(MAX_RESOURCES + 1):
+        answer = brief_call(rig, command(CREATE, n + 1, Format.B8G8R8X8_UNORM, 1, 1))
+        if answer != CtrlType.RESP_OK_NODATA:
+            break
+    else:
+        raise AssertionError(f"{MAX_RESOURCES + 1} resources created")
+    return n, answer
+
+
+def unref_all(rig: Rig, count: int) -> None:
+    for resource_id in range(1, count + 1):
+        assert brief_call(rig, command(UNREF, resource_id)) == CtrlType.RESP_OK_NODATA
+
+
+def still_works(rig: Rig, resource_id: int) -> None:
+    rig.ok(command(CREATE, resource_id, Format.B8G8R8X8_UNORM, 64, 32))
+    pixels, entries = rig.guest_image(64, 32, seed=9)
+    assert answer_type(rig.attach(resource_id, entries)) == CtrlType.RESP_OK_NODATA
+    rig.ok(command(TRANSFER, 0, 0, 64, 32, 0, resource_id))
+    rig.ok(command(SET_SCANOUT, 0, 0, 64, 32, 0, resource_id))
+    assert rig.shown() == pixels
+
+
+def test_resource_count_is_bounded() -> None:
+    rig = Rig()
+    made, refusal = create_until_refused(rig)
+    assert (made, refusal) == (MAX_RESOURCES, CtrlType.RESP_ERR_OUT_OF_MEMORY)
+    assert rig.device.host_memory == MAX_RESOURCES * PAGE_SIZE
+    unref_all(rig, made)
+    still_works(rig, 1)
+
+
+@pytest.fixture
+def few_descriptors() -> Iterator[None]:
+    """Room for 16 more open descriptors in this process, for the test's duration."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 16, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_running_out_of_descriptors_answers_out_of_memory(few_descriptors: None) -> None:
+    rig = Rig()
+    made, refusal = create_until_refused(rig)
+    assert made < MAX_RESOURCES  # the descriptors ran out first
+    assert refusal == CtrlType.RESP_ERR_OUT_OF_MEMORY
+    unref_all(rig, made)
+    still_works(rig, 1)
 
 
 def test_cursor_queue_updates_and_moves_the_cursor() -> None:

@@ -21,7 +21,7 @@ from pvdisplay import logs
 from pvdisplay.planes import PlaneInfo, PlaneKey, PlaneRegistry
 from pvdisplay.virtio import VirtioError
 from pvdisplay.virtio import gpu_wire as wire
-from pvdisplay.virtio.gpu_resource import Rect, Resource, ResourceError
+from pvdisplay.virtio.gpu_resource import Rect, Resource, ResourceError, host_bytes
 from pvdisplay.virtio.gpu_wire import CtrlType, Format
 from pvdisplay.virtio.memory import GuestMemoryMap
 from pvdisplay.virtio.virtqueue import (
@@ -48,10 +48,32 @@ MAX_REQUEST = wire.RESOURCE_ATTACH_BACKING.struct.size + MAX_BACKING_ENTRIES * (
     wire.MEM_ENTRY.struct.size
 )
 MAX_HOST_MEMORY = 256 << 20
-"""Bytes all resources of one device may hold on the host (QEMU's max_hostmem default)."""
+"""Bytes all resources of one device may hold on the host (QEMU's max_hostmem default),
+counted in whole pages: each resource is its own memfd."""
+MAX_RESOURCES = 512
+"""Most resources one device holds at once. Each costs a descriptor and a mapping, so the
+byte budget alone would let a guest of tiny resources exhaust the process's descriptors;
+a Linux guest uses a few per scanout (fbdev, KMS framebuffers, cursor)."""
 
 _HDR_SIZE = wire.CTRL_HDR.struct.size
 _ECHOED_FLAGS = wire.VIRTIO_GPU_FLAG_FENCE | wire.VIRTIO_GPU_FLAG_INFO_RING_IDX
+
+
+def check_scanouts(scanouts: Sequence[tuple[int, int]]) -> None:
+    """ValueError, naming the limit, unless a device can serve these (width, height)
+    scanouts: 1..VIRTIO_GPU_MAX_SCANOUTS of them, each a size an EDID timing carries
+    (1..edid.MAX_ACTIVE a side), and a framebuffer for each within MAX_HOST_MEMORY (else
+    the guest could not show all of them at once)."""
+    if not 0 < len(scanouts) <= wire.VIRTIO_GPU_MAX_SCANOUTS:
+        raise ValueError(f"1..{wire.VIRTIO_GPU_MAX_SCANOUTS} scanouts, got {len(scanouts)}")
+    for width, height in scanouts:
+        edid.preferred_timing(width, height)
+    needed = sum(host_bytes(width, height) for width, height in scanouts)
+    if needed > MAX_HOST_MEMORY:
+        raise ValueError(
+            f"a framebuffer for every scanout needs {-(-needed >> 20)} MiB, more than the "
+            f"{MAX_HOST_MEMORY >> 20} MiB a device may hold"
+        )
 
 
 @dataclass(frozen=True)
@@ -94,10 +116,7 @@ class GpuDevice:
         guest_domid: int,
         device_index: int = 0,
     ) -> None:
-        if not 0 < len(scanouts) <= wire.VIRTIO_GPU_MAX_SCANOUTS:
-            raise ValueError(f"1..{wire.VIRTIO_GPU_MAX_SCANOUTS} scanouts, got {len(scanouts)}")
-        for width, height in scanouts:
-            edid.preferred_timing(width, height)  # ValueError for sizes no EDID can carry
+        check_scanouts(scanouts)
         self._memory = memory
         self._planes = planes
         self._domid = guest_domid
@@ -129,8 +148,8 @@ class GpuDevice:
 
     @property
     def host_memory(self) -> int:
-        """Bytes the guest's resources hold on the host."""
-        return sum(resource.size for resource in self._resources.values())
+        """Bytes the guest's resources hold on the host, whole pages each."""
+        return sum(resource.host_bytes for resource in self._resources.values())
 
     def take_damage(self, scanout_id: int) -> Rect | None:
         """What changed on the scanout since the last call, in scanout coordinates: the
@@ -154,23 +173,35 @@ class GpuDevice:
             log.warning("config write ignored", extra=logs.fields(offset=offset, size=len(data)))
 
     def handle_control(self, queue: Virtqueue) -> bool:
-        """Answer every request on the control queue; returns whether to interrupt."""
-        for chain in self._drain(queue):
+        """Answer every request on the control queue; returns whether to interrupt.
+
+        Raises VirtioError when the ring is corrupt, after answering what it took before.
+        """
+        chains, broken = self._drain(queue)
+        for chain in chains:
             answer = self._control(chain.read(MAX_REQUEST))
             written = chain.write(answer)
             if written < len(answer):
                 log.warning("answer cut short", extra=logs.fields(room=written, size=len(answer)))
             queue.push(chain, written)
+        if broken is not None:
+            raise broken
         return queue.should_notify()
 
     def handle_cursor(self, queue: Virtqueue) -> bool:
-        """Carry out every cursor queue request (they have no answer)."""
-        for chain in self._drain(queue):
+        """Carry out every cursor queue request (they have no answer).
+
+        Raises VirtioError when the ring is corrupt, after carrying out what it took before.
+        """
+        chains, broken = self._drain(queue)
+        for chain in chains:
             try:
                 self._cursor_command(chain.read(wire.UPDATE_CURSOR.struct.size))
             except ResourceError as exc:
                 log.warning("cursor command failed", extra=logs.fields(reason=exc))
             queue.push(chain, 0)
+        if broken is not None:
+            raise broken
         return queue.should_notify()
 
     def reset(self) -> None:
@@ -192,14 +223,16 @@ class GpuDevice:
             self._planes.remove(PlaneKey(self._domid, self._devid, scanout_id))
 
     @staticmethod
-    def _drain(queue: Virtqueue) -> "list[Chain]":
+    def _drain(queue: Virtqueue) -> tuple[list[Chain], VirtioError | None]:
+        """The chains the guest published, and the error that broke the ring after them:
+        the transport stops the ring, but the requests taken before still get answers."""
         chains: list[Chain] = []
         try:
             while (chain := queue.pop()) is not None:
                 chains.append(chain)
         except VirtioError as exc:
-            log.error("queue stopped", extra=logs.fields(reason=exc))
-        return chains
+            return chains, exc
+        return chains, None
 
     def _control(self, request: bytes) -> bytes:
         if len(request) < _HDR_SIZE:
@@ -263,10 +296,19 @@ class GpuDevice:
             raise ResourceError(CtrlType.RESP_ERR_INVALID_PARAMETER, f"format {fmt} unknown")
         if width == 0 or height == 0:
             raise ResourceError(CtrlType.RESP_ERR_INVALID_PARAMETER, f"{width}x{height} resource")
-        size = width * height * wire.BYTES_PER_PIXEL
+        if len(self._resources) >= MAX_RESOURCES:
+            raise ResourceError(
+                CtrlType.RESP_ERR_OUT_OF_MEMORY, f"{MAX_RESOURCES} resources already"
+            )
+        size = host_bytes(width, height)
         if self.host_memory + size > MAX_HOST_MEMORY:
             raise ResourceError(CtrlType.RESP_ERR_OUT_OF_MEMORY, f"{size} more bytes refused")
-        self._resources[resource_id] = Resource(resource_id, Format(fmt), width, height)
+        try:
+            resource = Resource(resource_id, Format(fmt), width, height)
+        except OSError as exc:
+            # Out of descriptors or address space: the guest asked for more than the host has.
+            raise ResourceError(CtrlType.RESP_ERR_OUT_OF_MEMORY, str(exc)) from None
+        self._resources[resource_id] = resource
         return b""
 
     def _unref(self, fields: tuple[int, ...]) -> bytes:

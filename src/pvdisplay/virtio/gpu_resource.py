@@ -11,7 +11,6 @@ against the resource and the backing before a byte moves. Failures raise
 """
 
 import bisect
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -69,8 +68,17 @@ class Rect:
         return Rect(left, top, right - left, bottom - top)
 
 
+def host_bytes(width: int, height: int) -> int:
+    """What a `width`x`height` resource holds on the host: its pixels in whole pages."""
+    pages = -(-width * height * BYTES_PER_PIXEL // PAGE_SIZE)
+    return pages * PAGE_SIZE
+
+
 class Resource:
-    """One RESOURCE_CREATE_2D resource: `height` rows of `stride` bytes in a memfd."""
+    """One RESOURCE_CREATE_2D resource: `height` rows of `stride` bytes in a memfd.
+
+    Raises OSError when the host cannot provide the memfd or its mapping.
+    """
 
     def __init__(self, resource_id: int, fmt: Format, width: int, height: int) -> None:
         self.resource_id = resource_id
@@ -79,8 +87,13 @@ class Resource:
         self.height = height
         self.stride = width * BYTES_PER_PIXEL
         self.size = self.stride * height
-        self.handle = LocalBufferHandle.allocate(math.ceil(self.size / PAGE_SIZE))
-        self._mapping = self.handle.map(writable=True)
+        self.host_bytes = host_bytes(width, height)
+        self.handle = LocalBufferHandle.allocate(self.host_bytes // PAGE_SIZE)
+        try:
+            self._mapping = self.handle.map(writable=True)
+        except BaseException:
+            self.handle.close()
+            raise
         self._pixels = np.frombuffer(self._mapping.view(), np.uint8, count=self.size)
         self.backing: list[tuple[int, int]] | None = None
         self._sources: list[npt.NDArray[np.uint8]] = []

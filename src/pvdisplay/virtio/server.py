@@ -6,13 +6,15 @@ accepted: QEMU reconnects with `-chardev socket,...,reconnect-ms=N`. With an inh
 connected descriptor (`--fd`) the server returns when that connection ends, as QEMU's
 own back-end does.
 
-Requests on the vhost-user socket are read whole as they arrive (QEMU writes each
-message at once); kick eventfds are watched with `add_reader` and served in the loop;
-the device interrupts the guest by writing the ring's call eventfd. What the scanouts
-show reaches QEMU's display through the vhost-user-gpu socket as UPDATEs of what the
-guest flushed (the whole picture when a scanout is (re)shown); flushes that arrive while
-QEMU is still reading the previous update are merged into one rectangle: QEMU always
-gets the latest picture, never a backlog.
+The vhost-user socket is non-blocking: requests are framed as their bytes arrive
+(`vhost_user.MessageReader`), so a front-end that stops mid-message stalls only itself,
+never the loop serving the planes. Anything unforeseen while serving a request drops
+that front-end, not the process. Kick eventfds are watched with `add_reader` and served
+in the loop; the device interrupts the guest by writing the ring's call eventfd. What
+the scanouts show reaches QEMU's display through the vhost-user-gpu socket as UPDATEs of
+what the guest flushed (the whole picture when a scanout is (re)shown); flushes that
+arrive while QEMU is still reading the previous update are merged into one rectangle:
+QEMU always gets the latest picture, never a backlog.
 """
 
 import array
@@ -56,9 +58,11 @@ class GpuQueues:
     def handle_queue(self, index: int, queue: Virtqueue) -> bool:
         if index == CONTROL_QUEUE:
             return self.device.handle_control(queue)
-        interrupt = self.device.handle_cursor(queue)
-        self._on_cursor(self.device.cursor)
-        return interrupt
+        try:
+            return self.device.handle_cursor(queue)
+        finally:
+            # Show what the guest set before a corrupt ring stopped the queue, too.
+            self._on_cursor(self.device.cursor)
 
     def config_bytes(self) -> bytes:
         return self.device.config_bytes()
@@ -101,7 +105,8 @@ class Connection:
         # Connectors whose display surface is new, so their next update is the whole picture.
         self._whole: set[int] = set()
         self._unsubscribe = registry.subscribe(self._on_plane)
-        sock.setblocking(True)
+        self._reader = vhost_user.MessageReader()
+        sock.setblocking(False)
         self._loop.add_reader(sock.fileno(), self._on_request)
 
     def _make_device(
@@ -122,12 +127,14 @@ class Connection:
         self._unwatch_kicks()
         self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
+        self._reader.close()
         self._close_display()
         self._backend.close()
         self._unsubscribe()
         log.info("front-end disconnected")
 
     def _on_request(self) -> None:
+        """Read what has arrived of the next request; serve it once whole."""
         try:
             message = self._receive()
         except EOFError:
@@ -137,10 +144,14 @@ class Connection:
             log.warning("vhost-user connection failed", extra=logs.fields(reason=str(exc)))
             self.close()
             return
+        if message is None:
+            return
         self._unwatch_kicks()
         try:
             answer = self._backend.handle(message)
             if answer is not None:
+                # A front-end that leaves its replies unread until the socket buffer is
+                # full gets BlockingIOError here, and is dropped.
                 self._sock.sendall(answer.encode())
         except (OSError, ProtocolError) as exc:
             log.warning(
@@ -149,28 +160,38 @@ class Connection:
             )
             self.close()
             return
+        except Exception:
+            # A bug, or a case nobody foresaw: drop this front-end, keep the process.
+            log.exception("vhost-user request failed", extra=logs.fields(request=message.request))
+            self.close()
+            return
         self._watch_kicks()
 
-    def _receive(self) -> vhost_user.Message:
-        fds = array.array("i")
-        header, ancillary, _, _ = self._sock.recvmsg(
-            vhost_user.HEADER.size, socket.CMSG_SPACE(vhost_user.MAX_FDS * fds.itemsize)
-        )
-        for level, kind, data in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-        try:
-            if not header:
-                raise EOFError("front-end closed the connection")
-            if len(header) < vhost_user.HEADER.size:
-                header += _receive_exactly(self._sock, vhost_user.HEADER.size - len(header))
-            request, flags, size = vhost_user.parse_header(header)
-            payload = _receive_exactly(self._sock, size)
-        except BaseException:
-            for fd in fds:
-                os.close(fd)
-            raise
-        return vhost_user.Message(request, flags, payload, list(fds))
+    def _receive(self) -> vhost_user.Message | None:
+        """The next whole request, or None until the rest of it has arrived; EOFError
+        when the front-end closed the connection."""
+        while True:
+            fds = array.array("i")
+            try:
+                data, ancillary, flags, _ = self._sock.recvmsg(
+                    self._reader.wanted,
+                    socket.CMSG_SPACE(vhost_user.MAX_FDS * fds.itemsize),
+                    socket.MSG_CMSG_CLOEXEC,
+                )
+            except BlockingIOError:
+                return None
+            for level, kind, item in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.frombytes(item[: len(item) - len(item) % fds.itemsize])
+            if flags & socket.MSG_CTRUNC or not data:
+                for fd in fds:
+                    os.close(fd)
+                if not data:
+                    raise EOFError("front-end closed the connection")
+                raise vhost_user.VhostUserError(errno.EMSGSIZE, "more than MAX_FDS descriptors")
+            message = self._reader.feed(data, list(fds))
+            if message is not None:
+                return message
 
     def _watch_kicks(self) -> None:
         for index, fd in self._backend.kick_fds.items():
@@ -187,10 +208,18 @@ class Connection:
             os.eventfd_read(fd)
         except BlockingIOError:
             return
-        if self._backend.process(index):
-            call = self._backend.call_fd(index)
-            if call is not None:
+        try:
+            interrupt = self._backend.process(index)
+            if interrupt and (call := self._backend.call_fd(index)) is not None:
                 os.eventfd_write(call, 1)
+        except Exception:
+            log.exception("virtqueue service failed", extra=logs.fields(queue=index))
+            self.close()
+            return
+        if index not in self._backend.kick_fds:
+            # The ring stopped (corrupt): its kicks no longer mean anything.
+            self._loop.remove_reader(fd)
+            del self._watched[index]
 
     def _gpu_socket(self, fd: int) -> None:
         self._close_display()
@@ -328,16 +357,6 @@ def xrgb_pixels(info: PlaneInfo, mapping: Mapping, rect: Rect) -> bytes:
     return pixels
 
 
-def _receive_exactly(sock: socket.socket, count: int) -> bytes:
-    data = bytearray()
-    while len(data) < count:
-        chunk = sock.recv(count - len(data))
-        if not chunk:
-            raise EOFError("front-end closed the connection mid-message")
-        data += chunk
-    return bytes(data)
-
-
 async def serve(
     listener: socket.socket | None,
     connected: socket.socket | None,
@@ -345,12 +364,16 @@ async def serve(
     domid: int,
     planes_socket: Path | None,
 ) -> None:
-    """Serve front-ends from `listener` forever, or the one `connected` socket until it ends."""
+    """Serve front-ends from `listener` forever, or the one `connected` socket until it ends.
+
+    Both sockets are closed on return. OSError whose `strerror` names what failed (the
+    planes socket, accepting).
+    """
     registry = PlaneRegistry()
-    plane_server = PlaneServer(registry, planes_socket) if planes_socket else None
-    if plane_server is not None:
-        plane_server.start()
+    plane_server = None
     try:
+        if planes_socket is not None:
+            plane_server = _serve_planes(registry, planes_socket)
         if connected is not None:
             await _serve_connection(connected, registry, scanouts, domid)
             return
@@ -358,12 +381,28 @@ async def serve(
         listener.setblocking(False)
         loop = asyncio.get_running_loop()
         while True:
-            sock, _ = await loop.sock_accept(listener)
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except OSError as exc:
+                raise _named(exc, "cannot accept a front-end") from None
             log.info("front-end connected")
             await _serve_connection(sock, registry, scanouts, domid)
     finally:
         if plane_server is not None:
             plane_server.close()
+        for owned in (listener, connected):
+            if owned is not None:
+                owned.close()
+
+
+def _serve_planes(registry: PlaneRegistry, path: Path) -> PlaneServer:
+    plane_server = PlaneServer(registry, path)
+    try:
+        _refuse_non_socket(path)
+        plane_server.start()
+    except OSError as exc:
+        raise _named(exc, f"cannot serve planes on {path}") from None
+    return plane_server
 
 
 async def _serve_connection(
@@ -377,24 +416,40 @@ async def _serve_connection(
 
 
 def listen(path: Path) -> socket.socket:
-    """A unix stream socket listening at `path` (a stale socket file is replaced)."""
+    """A unix stream socket listening at `path` (a stale socket file is replaced);
+    OSError whose `strerror` names the path."""
     with contextlib.suppress(FileNotFoundError):
         if path.is_socket():
             path.unlink()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
+        _refuse_non_socket(path)
         listener.bind(str(path))
         listener.listen(1)
-    except BaseException:
+    except OSError as exc:
         listener.close()
-        raise
+        raise _named(exc, f"cannot listen on {path}") from None
     return listener
 
 
 def inherited(fd: int) -> socket.socket:
     """The connected unix socket passed as descriptor `fd`; OSError if it is not one."""
-    sock = socket.socket(fileno=fd)
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise _named(exc, f"descriptor {fd} is not a usable socket") from None
     if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
         sock.detach()
         raise OSError(errno.ENOTSOCK, f"descriptor {fd} is not a unix stream socket")
     return sock
+
+
+def _refuse_non_socket(path: Path) -> None:
+    """Binding over a file that is not a socket fails as "Address already in use", which
+    misleads: say what is there instead."""
+    if path.exists() and not path.is_socket():
+        raise OSError(errno.EEXIST, "exists and is not a socket")
+
+
+def _named(exc: OSError, what: str) -> OSError:
+    return OSError(exc.errno, f"{what}: {exc.strerror or exc}")

@@ -140,6 +140,69 @@ def parse_header(data: bytes) -> tuple[int, int, int]:
     return request, flags, size
 
 
+class MessageReader:
+    """Frames the front-end's byte stream into `Message`s, a piece at a time.
+
+    The adapter reads at most `wanted` bytes per recvmsg, so a read never crosses into
+    the next message, and hands each piece to `feed` with the descriptors that came with
+    it: descriptors travel with the first bytes of the sendmsg that carried them (the
+    header), and belong to the message being read. A front-end that stops mid-message
+    leaves the reader waiting for the rest, not the process.
+
+    The reader owns descriptors fed to it until `feed` returns them in a Message;
+    `close` (and a VhostUserError from `feed`) closes those it holds.
+    """
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._fds: list[int] = []
+        self._header: tuple[int, int, int] | None = None
+
+    @property
+    def wanted(self) -> int:
+        """How many bytes the next read may take: what is left of the header or payload."""
+        if self._header is None:
+            return HEADER.size - len(self._data)
+        return self._header[2] - len(self._data)
+
+    def feed(self, data: bytes, fds: Sequence[int] = ()) -> Message | None:
+        """Take `data` (at most `wanted` bytes) and its descriptors; returns the message
+        they complete, if any. VhostUserError for a header this back-end refuses."""
+        self._fds += fds
+        if len(data) > self.wanted:
+            self.close()
+            raise ValueError(f"{len(data)} bytes fed, {self.wanted} wanted")
+        if len(self._fds) > MAX_FDS:
+            self.close()
+            raise VhostUserError(errno.EINVAL, f"{len(self._fds)} descriptors in one message")
+        self._data += data
+        if self._header is None:
+            if len(self._data) < HEADER.size:
+                return None
+            try:
+                self._header = parse_header(bytes(self._data))
+            except VhostUserError:
+                self.close()
+                raise
+            self._data.clear()
+        request, flags, size = self._header
+        if len(self._data) < size:
+            return None
+        message = Message(request, flags, bytes(self._data), self._fds)
+        self._data.clear()
+        self._fds = []
+        self._header = None
+        return message
+
+    def close(self) -> None:
+        """Forget the partial message and close its descriptors."""
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+        self._data.clear()
+        self._header = None
+
+
 def reply(request: int, payload: bytes) -> Message:
     return Message(request, VERSION | FLAG_REPLY, payload)
 
@@ -148,7 +211,10 @@ class Device(Protocol):
     """A virtio device model served over vhost-user."""
 
     def handle_queue(self, index: int, queue: Virtqueue) -> bool:
-        """Serve what the guest queued on `queue`; True if the guest should be interrupted."""
+        """Serve what the guest queued on `queue`; True if the guest should be interrupted.
+
+        VirtioError when the ring is corrupt: the back-end then stops it.
+        """
         ...
 
     def config_bytes(self) -> bytes:
@@ -256,18 +322,23 @@ class Backend:
         return answer
 
     def process(self, index: int) -> bool:
-        """Serve ring `index` after its kick; True if its call fd should be written."""
+        """Serve ring `index` after its kick; True if its call fd should be written.
+
+        A corrupt ring is stopped (it leaves `kick_fds`) and its err fd written, once.
+        """
         vring = self.vrings[index]
-        if vring.queue is None or self.device is None or not vring.enabled:
+        queue = vring.queue
+        if queue is None or self.device is None or not vring.enabled:
             return False
         try:
-            return self.device.handle_queue(index, vring.queue)
+            return self.device.handle_queue(index, queue)
         except VirtioError as exc:
             log.error("virtqueue stopped", extra=logs.fields(queue=index, reason=str(exc)))
             vring.queue = None
             if vring.err_fd is not None:
                 os.eventfd_write(vring.err_fd, 1)
-            return False
+            # Requests answered before the ring broke still deserve their interrupt.
+            return queue.should_notify()
 
     def close(self) -> None:
         """Drop everything: the front-end went away."""
