@@ -32,6 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import rigs
+from bench.cpu import cpu_seconds
 from pvdisplay import toolstack
 from pvdisplay.demo import TestCard
 from pvdisplay.display.front import Display, Framebuffer
@@ -102,11 +103,6 @@ def _move_box(pixels: np.ndarray, still: np.ndarray, frame: int) -> None:
 
 
 # -- measuring --------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def chromium_pids() -> list[int]:

@@ -144,6 +144,45 @@ def test_copy_mode_copies_each_flip_and_counts_the_bytes(host: Host) -> None:
             host.wait_released(remote.domid, 30)
 
 
+def test_a_device_holds_no_more_pages_than_its_budget(host: Host) -> None:
+    back = start(host, "backend")
+    front = start(host, "frontend", str(back.domid))
+    try:
+        back("connect", front.domid, [(640, 480)], True, 2, True, 100)  # be-alloc, copy
+        pair = Pair(host, back, front)
+        rid = pair.rid
+        directory = pair.fe_buffer("fb", 40 * 4096)
+        # The same granted pages, imported twice, count twice: the backend holds both.
+        assert pair.create(1, (0, 0, 0), 40 * 4096, directory).status == 0
+        assert pair.create(2, (0, 0, 0), 40 * 4096, directory).status == 0
+        assert pair.create(3, (0, 0, 0), 40 * 4096, directory).status == -errno.ENOMEM
+        be_dir = front("empty_directory", "be-dir", 20)
+        alloc = displif.DBUF_FLG_REQ_ALLOC
+        assert pair.create(4, (64, 320, 32), 20 * 4096, be_dir, flags=alloc).status == 0
+        assert back("pages") == 100
+        one_page = front("empty_directory", "one-dir", 1)
+        assert pair.create(5, (16, 16, 32), 4096, one_page, flags=alloc).status == -errno.ENOMEM
+
+        # Destroying a buffer gives its pages back.
+        assert pair.send(displif.DbufDestroy(rid(), 1)).status == 0
+        assert back("pages") == 60
+        assert pair.create(3, (0, 0, 0), 40 * 4096, directory).status == 0
+        # The copy of a frame counts too: 480 rows of 256 bytes are 30 pages.
+        assert pair.send(displif.FbAttach(rid(), 3, 7, 64, 640, XR24)).status == 0
+        assert pair.send(displif.PageFlip(rid(), 7)).status == -errno.ENOMEM
+        assert pair.send(displif.DbufDestroy(rid(), 2)).status == 0
+        response, events = pair.send_with_events(displif.PageFlip(rid(), 7))
+        assert (response.status, len(events)) == (0, 1)
+        assert back("pages") == 90
+        back("close")
+        usage = host.usage(back.domid)
+        assert (usage["mapped_pages"], usage["memory_pages"]) == (0, 0)
+    finally:
+        for remote in (front, back):
+            remote.domain.kill()
+            host.wait_released(remote.domid, 30)
+
+
 def test_directories_are_walked_as_far_as_buffer_sz_needs(pair: Pair) -> None:
     # 1100 pages need two directory pages.
     size = 1100 * 4096

@@ -15,7 +15,12 @@ import numpy as np
 
 from pvdisplay import xenbus
 from pvdisplay.display import service
-from pvdisplay.display.backend import ConnectorConfig, DeviceConfig, DisplayDevice
+from pvdisplay.display.backend import (
+    DEFAULT_PAGE_BUDGET,
+    ConnectorConfig,
+    DeviceConfig,
+    DisplayDevice,
+)
 from pvdisplay.hv import GuestMemory, Hypervisor, Mapping
 from pvdisplay.hv.local.host import DomainProcess, Host
 from pvdisplay.planes import PlaneKey, PlaneRegistry
@@ -78,19 +83,22 @@ class BackendAgent:
         self.planes = PlaneRegistry()
         self.device: DisplayDevice | None = None
 
-    def connect(
+    def connect(  # noqa: PLR0917 (a remote call passes its arguments by position)
         self,
         frontend: int,
         resolutions: list[tuple[int, int]],
         be_alloc: bool = False,
         version: int = 2,
         copy: bool = False,
+        page_budget: int = DEFAULT_PAGE_BUDGET,
     ) -> None:
         connectors = tuple(
             ConnectorConfig(i, w, h, f"conn{i}") for i, (w, h) in enumerate(resolutions)
         )
         config = DeviceConfig(frontend, 0, connectors, be_alloc, version)
-        self.device = DisplayDevice(self.hv, config, self.planes, copy_frames=copy)
+        self.device = DisplayDevice(
+            self.hv, config, self.planes, copy_frames=copy, page_budget=page_budget
+        )
 
     def request(self, connector: int, slot: bytes) -> tuple[bytes, list[bytes]]:
         assert self.device is not None
@@ -112,6 +120,10 @@ class BackendAgent:
     def bytes_copied(self) -> int:
         assert self.device is not None
         return self.device.bytes_copied
+
+    def pages(self) -> int:
+        assert self.device is not None
+        return self.device.pages
 
     def close(self) -> None:
         assert self.device is not None
@@ -241,8 +253,10 @@ class XenbusFrontend(FrontendAgent):
     def set_state(self, state: int) -> None:
         self.xs.write(f"{self.front}/state", str(state))
 
-    def connect(self, connectors: int, version: str = "2") -> int:
-        """Publish fresh transports, go Initialised, and wait for the backend's answer."""
+    def connect(
+        self, connectors: int, version: str = "2", answer: int = xenbus.XenbusState.CONNECTED
+    ) -> int:
+        """Publish fresh transports, go Initialised, and wait for the backend to `answer`."""
         self.drop_transports()
         self.set_state(xenbus.XenbusState.INITIALISING)
         assert self.wait_backend_state(xenbus.XenbusState.INIT_WAIT) == 2
@@ -267,7 +281,7 @@ class XenbusFrontend(FrontendAgent):
                 _Transport(ring_memory, ring_view, ring, event_memory, req_port, evt_port)
             )
         self.set_state(xenbus.XenbusState.INITIALISED)
-        state = self.wait_backend_state(xenbus.XenbusState.CONNECTED)
+        state = self.wait_backend_state(answer)
         if state == xenbus.XenbusState.CONNECTED:
             self.set_state(xenbus.XenbusState.CONNECTED)
         return state
@@ -307,15 +321,29 @@ class XenbusFrontend(FrontendAgent):
         found: list[bytes] = []
         deadline = time.monotonic() + timeout
         with transport.event_memory.view() as page:
-            while len(found) < count and time.monotonic() < deadline:
-                in_prod = displif.read_index(page, displif.IN_PROD_OFFSET)
-                while transport.in_cons != in_prod and len(found) < count:
-                    found.append(displif.read_event(page, transport.in_cons).encode())
-                    transport.in_cons += 1
-                    displif.write_index(page, displif.IN_CONS_OFFSET, transport.in_cons)
-                if len(found) < count:
-                    self.hv.events.pending(0.2)
+            indices = displif.page_indices(page)
+            try:
+                while len(found) < count and time.monotonic() < deadline:
+                    in_prod = indices.load(displif.IN_PROD_OFFSET)
+                    while transport.in_cons != in_prod and len(found) < count:
+                        found.append(displif.read_event(page, transport.in_cons).encode())
+                        transport.in_cons += 1
+                        indices.store(displif.IN_CONS_OFFSET, transport.in_cons)
+                    if len(found) < count:
+                        self.hv.events.pending(0.2)
+            finally:
+                indices.release()
         return found
+
+    def rewrite_connector(self, index: int, nodes: dict[str, str]) -> None:
+        """Remove connector directory `index` (the guest owns it) and write `nodes` in it.
+
+        The toolstack's `resolution` and `unique-id` are read-only to the guest, but
+        removing their parent removes them too.
+        """
+        self.xs.rm(f"{self.front}/{index}")
+        for name, value in nodes.items():
+            self.xs.write(f"{self.front}/{index}/{name}", value)
 
     def corrupt_ring(self, connector: int) -> None:
         """Publish a req_prod no honest frontend could reach, and notify."""

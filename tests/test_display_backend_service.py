@@ -5,6 +5,7 @@ channels built on the wire codecs), so the tests control every byte and every st
 the backend sees.
 """
 
+import errno
 import signal
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import pytest
 
 import rigs
 from pvdisplay import xenbus
+from pvdisplay.display.backend import DEFAULT_PAGE_BUDGET
 from pvdisplay.planes import PlaneClient
 from pvdisplay.store.client import Transaction
 from pvdisplay.store.permissions import Access, Permission
@@ -219,3 +221,76 @@ def test_backend_restart_is_reconnected_by_a_live_frontend(world: World) -> None
     with PlaneClient(world.planes_socket) as planes:
         _, snapshot = planes.snapshot(guest.domid, 0)
         assert np.array_equal(snapshot, np.frombuffer(pixels, np.uint8))
+
+
+def test_a_guest_flooding_the_backend_with_buffers_leaves_the_others_served(world: World) -> None:
+    flooder = world.add_guest(["640x480"], be_alloc=True)
+    honest = world.add_guest(["320x200"], be_alloc=True)
+    assert flooder("connect", 1) == State.CONNECTED
+    assert honest("connect", 1) == State.CONNECTED
+    # Half a budget of granted pages, imported again and again, then ever smaller parts of
+    # them: without a budget this fills everything the backend domain may map (524288
+    # pages), and the other guest's buffers find no room.
+    chunk = DEFAULT_PAGE_BUDGET // 2
+    refs = flooder("share", "big", chunk)
+    accepted, pages, cookie = 0, chunk, 0
+    refusals: set[int] = set()
+    while pages:
+        cookie += 1
+        directory = flooder("directory", f"dir{cookie}", refs[:pages])
+        create = displif.DbufCreate(cookie, cookie, 0, 0, 0, pages * 4096, 0, directory, 0)
+        refused = request(flooder, 0, create).status
+        if refused:
+            refusals.add(refused)
+            pages //= 2
+        else:
+            accepted += pages
+    assert (accepted, refusals) == (DEFAULT_PAGE_BUDGET, {-errno.ENOMEM})
+    be_dir = flooder("empty_directory", "be-dir", 1)
+    be_create = displif.DbufCreate(200, 200, 16, 16, 32, 4096, 1, be_dir, 0)
+    assert request(flooder, 0, be_create).status == -errno.ENOMEM
+
+    show_buffer(honest, 320, 200, seed=8)
+    assert [flip(honest, 0, 10 + n).id for n in range(3)] == [0, 1, 2]
+    size = 320 * 200 * 4
+    be_dir = honest("empty_directory", "be-dir", displif.grefs_for_buffer(size))
+    be_create = displif.DbufCreate(20, 7, 320, 200, 32, size, 1, be_dir, 0)
+    assert request(honest, 0, be_create).status == 0
+    status = {device["frontend"]: device for device in world.backend_status()}
+    assert status[flooder.domid]["pages"] == 2 * chunk
+    assert status[flooder.domid]["page_budget"] == DEFAULT_PAGE_BUDGET
+
+
+@pytest.mark.parametrize(
+    "nodes",
+    [
+        {"resolution": "65535x65535", "unique-id": "huge"},
+        {"resolution": "0x0", "unique-id": "empty"},
+        {"resolution": "16384x16384", "unique-id": "past-the-buffer-limit"},
+        {"resolution": "640x480", "unique-id": "x" * 65},
+        {"resolution": "640x480", "unique-id": "two;ids"},
+    ],
+    ids=["65535x65535", "0x0", "16384x16384", "long-id", "separator-in-id"],
+)
+def test_a_guest_that_rewrites_its_connector_is_closed(world: World, nodes: dict[str, str]) -> None:
+    # The toolstack's resolution and unique-id are read-only to the guest, but the
+    # connector directory holding them is the guest's: removing it removes them.
+    guest = world.add_guest(["640x480"])
+    guest("rewrite_connector", 0, nodes)
+    assert guest("connect", 1, "2", State.CLOSING) == State.CLOSING
+    with PlaneClient(world.planes_socket) as planes:
+        assert planes.list() == []
+
+
+def test_a_closed_connector_rewrite_recovers_and_old_libxl_id_is_read(world: World) -> None:
+    guest = world.add_guest(["640x480"])
+    guest("rewrite_connector", 0, {"resolution": "0x480", "unique-id": "zero"})
+    assert guest("connect", 1, "2", State.CLOSING) == State.CLOSING
+    guest("set_state", State.CLOSED)
+    assert guest("wait_backend_state", State.INIT_WAIT) == State.INIT_WAIT
+    # Older libxl writes the unique-id as `id`.
+    guest("rewrite_connector", 0, {"resolution": "320x200", "id": "legacy"})
+    assert guest("connect", 1) == State.CONNECTED
+    with PlaneClient(world.planes_socket) as planes:
+        (plane,) = planes.list()
+    assert (plane.unique_id, plane.mode_width, plane.mode_height) == ("legacy", 320, 200)

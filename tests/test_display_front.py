@@ -15,6 +15,7 @@ import pytest
 
 from pvdisplay import toolstack, xenbus
 from pvdisplay.display.front_pattern import pattern
+from pvdisplay.store.permissions import Access, Permission
 from pvdisplay.wire import fourcc
 from pvdisplay.xenbus import XenbusState
 from test_display_front_peer import Backend, Guest, GuestError, Rig
@@ -134,18 +135,41 @@ def test_pages_still_referenced_are_not_given_back(rig: Rig) -> None:
 
 def test_a_silent_backend_times_the_request_out(rig: Rig) -> None:
     _, guest = start(rig, mode="silent")
+    guest("timers")  # forget the ones armed while connecting
     with pytest.raises(GuestError) as timed_out:
         guest("create", "a", 64, 48, "XRGB8888", 0)
     assert timed_out.value.kind == "DisplayTimeoutError"
     assert (timed_out.value.operation, timed_out.value.errno) == ("DBUF_CREATE", errno.ETIMEDOUT)
+    # xen-front's XEN_DRM_FRONT_WAIT_BACK_MS: the one timer the request armed.
+    assert guest("timers") == [3.0]
+    assert "no answer from the backend in 3.0 s" in str(timed_out.value)
 
 
 def test_a_flip_without_its_event_times_out(rig: Rig) -> None:
     _, guest = start(rig, mode="no-events")
     guest("create", "a", 64, 48, "XRGB8888", 0)
+    guest("timers")
     with pytest.raises(GuestError) as timed_out:
         guest("flip", 0, "a")
     assert (timed_out.value.operation, timed_out.value.errno) == ("EVT_PG_FLIP", errno.ETIMEDOUT)
+    # The response's timer (answered in time), then xen-front's FRAME_DONE_TO_MS for the event.
+    assert guest("timers") == [3.0, 3.1]
+    assert "no answer from the backend in 3.1 s" in str(timed_out.value)
+
+
+def test_a_unique_id_older_libxl_wrote_as_id_is_read(rig: Rig) -> None:
+    rig.add_guest(GUEST, toolstack.Vdispl(0, 0, False, (LEFT, RIGHT)))
+    connector = f"{xenbus.frontend_path(GUEST, 'vdispl', 0)}/0"
+    rig.xs.rm(f"{connector}/unique-id")
+    rig.xs.write(f"{connector}/id", "left")
+    rig.xs.set_permissions(
+        f"{connector}/id", [Permission(0, Access.NONE), Permission(GUEST, Access.READ)]
+    )
+    backend = rig.start_backend(GUEST)
+    guest = rig.start_guest(GUEST)
+    described = guest("open")
+    backend.expect("connected")
+    assert [c["unique_id"] for c in described["connectors"]] == ["left", "right"]
 
 
 def test_backend_loss_reconfigures_then_reconnects_when_clients_let_go(rig: Rig) -> None:

@@ -35,10 +35,23 @@ def answer(back: BackRing, request_id: int, operation: int, status: int = 0) -> 
     back.push_responses()
 
 
+def load_index(events: bytearray, offset: int) -> int:
+    indices = displif.page_indices(events)
+    value = indices.load(offset)
+    indices.release()
+    return value
+
+
+def store_index(events: bytearray, offset: int, value: int) -> None:
+    indices = displif.page_indices(events)
+    indices.store(offset, value)
+    indices.release()
+
+
 def post_event(events: bytearray, event_id: int, fb_cookie: int) -> None:
-    prod = displif.read_index(events, displif.IN_PROD_OFFSET)
+    prod = load_index(events, displif.IN_PROD_OFFSET)
     displif.write_event(events, prod, displif.PageFlipEvent(event_id, fb_cookie))
-    displif.write_index(events, displif.IN_PROD_OFFSET, prod + 1)
+    store_index(events, displif.IN_PROD_OFFSET, prod + 1)
 
 
 def test_a_response_completes_only_the_request_with_its_id() -> None:
@@ -79,7 +92,7 @@ def test_a_flip_completes_after_its_response_and_its_event_in_either_order() -> 
     post_event(events, 2, 0xBB)
     assert channel.receive() == [FlipDone(second, 0xBB)]
     assert channel.skipped_events == 1
-    assert displif.read_index(events, displif.IN_CONS_OFFSET) == 3
+    assert load_index(events, displif.IN_CONS_OFFSET) == 3
 
 
 def test_a_refused_flip_expects_no_event() -> None:
@@ -103,7 +116,7 @@ def test_a_response_with_another_operation_is_an_io_error() -> None:
 def test_impossible_event_indices_are_a_protocol_error() -> None:
     ring, events, _ = pages()
     channel = ConnectorChannel(ring, events)
-    displif.write_index(events, displif.IN_PROD_OFFSET, displif.IN_RING_LEN + 1)
+    store_index(events, displif.IN_PROD_OFFSET, displif.IN_RING_LEN + 1)
     with pytest.raises(ProtocolError):
         channel.receive()
 
@@ -178,12 +191,12 @@ def test_arbitrary_backend_behaviour_never_crashes_and_matches_by_id(
                 case ("event", event_id, cookie):
                     post_event(events, event_id, cookie)
                 case ("raw_event", raw):
-                    prod = displif.read_index(events, displif.IN_PROD_OFFSET)
+                    prod = load_index(events, displif.IN_PROD_OFFSET)
                     offset = displif.in_ring_slot_offset(prod)
                     events[offset : offset + 64] = raw
-                    displif.write_index(events, displif.IN_PROD_OFFSET, prod + 1)
+                    store_index(events, displif.IN_PROD_OFFSET, prod + 1)
                 case ("in_prod", value):
-                    displif.write_index(events, displif.IN_PROD_OFFSET, value)
+                    store_index(events, displif.IN_PROD_OFFSET, value)
                 case ("forget", index):
                     if order:
                         channel.forget(order[index % len(order)])

@@ -9,16 +9,18 @@ This module holds no tests.
 """
 
 import asyncio
+import contextvars
 import errno
 import functools
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVarTuple
 
 from pvdisplay import toolstack, xenbus
 from pvdisplay.display.front import Display, DisplayError, Framebuffer
@@ -30,6 +32,8 @@ from pvdisplay.wire import displif, edid, fourcc
 from pvdisplay.wire.errors import ProtocolError
 from pvdisplay.wire.ring import BackRing
 from pvdisplay.xenbus import XenbusState
+
+Ts = TypeVarTuple("Ts")
 
 KIND = displif.DRIVER_NAME
 REPLY_TIMEOUT = 60.0
@@ -74,15 +78,17 @@ class _Connection:
             evt_port = hv.events.bind_interdomain(
                 fe, int(xs.read(f"{base}/{displif.FIELD_EVT_CHANNEL}"))
             )
+            events_view = events.view()
             self.connectors.append(
                 {
                     "width": width,
                     "height": height,
-                    "unique_id": xs.read(f"{base}/unique-id").decode(),
+                    "unique_id": _unique_id(xs, base),
                     "ring_mapping": ring,
                     "ring": BackRing(ring.view(), displif.REQUEST_SIZE),
                     "events_mapping": events,
-                    "events": events.view(),
+                    "events": events_view,
+                    "event_indices": displif.page_indices(events_view),
                     "req_port": req_port,
                     "evt_port": evt_port,
                     "event_id": 0,
@@ -119,13 +125,13 @@ class _Connection:
     def _after(self, connector: dict[str, Any], raw: bytes, status: int) -> None:
         request = displif.decode_request(raw)
         if isinstance(request, displif.PageFlip) and status == 0 and self.mode != "no-events":
-            page = connector["events"]
-            prod = displif.read_index(page, displif.IN_PROD_OFFSET)
+            page, indices = connector["events"], connector["event_indices"]
+            prod = indices.load(displif.IN_PROD_OFFSET)
             displif.write_event(
                 page, prod, displif.PageFlipEvent(connector["event_id"], request.fb_cookie)
             )
             connector["event_id"] = (connector["event_id"] + 1) & 0xFFFF
-            displif.write_index(page, displif.IN_PROD_OFFSET, prod + 1)
+            indices.store(displif.IN_PROD_OFFSET, prod + 1)
             self.hv.events.notify(connector["evt_port"])
 
     def _walk_directory(self, first: int, pages: int) -> tuple[list[int], list[int]]:
@@ -243,6 +249,7 @@ class _Connection:
             for port in (connector["req_port"], connector["evt_port"]):
                 self.hv.events.unbind(port)
             connector["ring"].release()
+            connector["event_indices"].release()
             connector["events"].release()
             connector["ring_mapping"].close()
             connector["events_mapping"].close()
@@ -282,6 +289,13 @@ def backend(  # noqa: PLR0917 (a domain entry takes its arguments as Host.start_
                 control.send(("disconnected", int(_front_state(xs, front))))
 
 
+def _unique_id(xs: Client, connector: str) -> str:
+    for name in (displif.FIELD_UNIQUE_ID, displif.FIELD_OLD_UNIQUE_ID):
+        if xs.exists(f"{connector}/{name}"):
+            return xs.read(f"{connector}/{name}").decode()
+    return ""
+
+
 def _front_state(xs: Client, front: str) -> XenbusState:
     try:
         return xenbus.parse_state(xs.read(f"{front}/{xenbus.FIELD_STATE}"))
@@ -306,11 +320,33 @@ def _error(error: BaseException) -> tuple[str, str, int | None, str | None, str]
     )
 
 
+class _TimerLog(asyncio.SelectorEventLoop):
+    """An event loop that notes the delay of every timer armed with `call_later`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.delays: list[float] = []
+
+    def call_later(
+        self,
+        delay: float,
+        callback: Callable[[*Ts], object],
+        *args: *Ts,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.TimerHandle:
+        self.delays.append(delay)
+        return super().call_later(delay, callback, *args, context=context)
+
+
 def guest(hv: Hypervisor, control: Connection, xenstore_socket: str, devid: str) -> None:
-    """Domain entry: run the frontend library, one step per control message."""
+    """Domain entry: run the frontend library, one step per control message.
+
+    Step "timers" answers the delays of the timers armed since the last "timers".
+    """
 
     async def session() -> None:
         loop = asyncio.get_running_loop()
+        assert isinstance(loop, _TimerLog)
         display: Display | None = None
         framebuffers: dict[str, Framebuffer] = {}
         held: dict[str, Any] = {}
@@ -372,6 +408,8 @@ def guest(hv: Hypervisor, control: Connection, xenstore_socket: str, devid: str)
                         assert display is not None
                         await display.close()
                         result = None
+                    case "timers":
+                        result, loop.delays = loop.delays, []
                     case "quit":
                         control.send(None)
                         return
@@ -382,7 +420,8 @@ def guest(hv: Hypervisor, control: Connection, xenstore_socket: str, devid: str)
                 continue
             control.send(("ok", result))
 
-    asyncio.run(session())
+    with asyncio.Runner(loop_factory=_TimerLog) as runner:
+        runner.run(session())
 
 
 def _report_flip(called: "asyncio.Future[str]", done: "asyncio.Future[None]") -> None:

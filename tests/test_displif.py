@@ -254,10 +254,12 @@ def test_event_page_slots_hold_what_was_written(batch: list[PageFlipEvent], star
     window = batch[-displif.IN_RING_LEN :]
     for offset, event in enumerate(window):
         displif.write_event(page, start + offset, event)
-    displif.write_index(page, displif.IN_PROD_OFFSET, start + len(window))
-    displif.write_index(page, displif.IN_CONS_OFFSET, start)
-    assert displif.read_index(page, displif.IN_CONS_OFFSET) == start
-    assert displif.read_index(page, displif.IN_PROD_OFFSET) == (start + len(window)) % 2**32
+    indices = displif.page_indices(page)
+    indices.store(displif.IN_PROD_OFFSET, start + len(window))
+    indices.store(displif.IN_CONS_OFFSET, start)
+    assert indices.load(displif.IN_CONS_OFFSET) == start
+    assert indices.load(displif.IN_PROD_OFFSET) == (start + len(window)) % 2**32
+    indices.release()
     assert page[: displif.IN_RING_OFFS][8:] == bytes(displif.IN_RING_OFFS - 8)
     assert [displif.read_event(memoryview(page), start + i) for i in range(len(window))] == window
 

@@ -5,11 +5,17 @@ backend presents is read back through the planes socket, as `pvdisplay snapshot`
 and must equal the pattern pixel for pixel.
 """
 
+import os
+import queue
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pytest
@@ -200,3 +206,92 @@ def test_backend_restart_is_survived_by_a_live_guest(host: EmulatedHost) -> None
     assert running.process.returncode is None, "the guest kept running"
     running.process.kill()
     host.wait_guest_destroyed(running.domid, PATIENCE)
+
+
+def test_the_config_s_page_budget_binds_the_backend(tmp_path: Path) -> None:
+    config = toolstack.parse_config(
+        "[backend]\npage_budget = 2\n[[guest]]\nname = 'tiny'\n"
+        "vdispl = 'connectors=a:16x16;b:32x8'"  # a page each
+    )
+    with rigs.emulated_host(config, tmp_path / "host") as emulated:
+        running = emulated.start_guest(config.guests[0], PATTERN_ENTRY, ["XRGB8888", "3"])
+        check_pattern(emulated, running, "XRGB8888", 3)
+        assert emulated.backend is not None
+        emulated.backend.control.send("status")
+        assert emulated.backend.control.poll(PATIENCE)
+        (device,) = emulated.backend.control.recv()
+        assert (device["pages"], device["page_budget"]) == (2, 2)
+        finish(emulated, running)
+
+
+# -- the host process and xenstored ------------------------------------------------------
+
+
+def xenstored_of(run_dir: Path) -> int:
+    """The pid of the xenstored serving `run_dir`."""
+    wanted = f"{run_dir}/xenstore".encode()
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"xenstored" in argv and wanted in argv:
+            return int(entry.name)
+    raise LookupError(f"no xenstored for {run_dir}")
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` runs (a zombie nobody reaped yet has ended)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("ending", ["two-sigterms", "sigkill"])
+def test_xenstored_never_outlives_the_host(ending: str) -> None:
+    run_dir = Path(tempfile.mkdtemp(prefix="pvh-", dir="/tmp"))  # short: socket paths
+    host_process = subprocess.Popen(
+        [
+            *(sys.executable, "-c", "from pvdisplay.cli import main; main()"),
+            *("--log-level", "info", "demo", "--no-web", "--run-dir", str(run_dir)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert host_process.stderr is not None
+    logged: queue.Queue[str] = queue.Queue()
+
+    def read_log(stream: IO[str]) -> None:
+        for line in stream:
+            logged.put(line)
+
+    threading.Thread(target=read_log, args=(host_process.stderr,), daemon=True).start()
+
+    def wait_logged(fragment: str) -> None:
+        while fragment not in logged.get(timeout=PATIENCE):
+            pass
+
+    xenstored = None
+    try:
+        wait_logged("guest started")
+        xenstored = xenstored_of(run_dir)
+        if ending == "sigkill":
+            host_process.kill()
+            host_process.wait(PATIENCE)
+        else:
+            host_process.send_signal(signal.SIGTERM)
+            wait_logged("stopping")
+            host_process.send_signal(signal.SIGTERM)  # while it tears everything down
+            assert host_process.wait(PATIENCE) == 0
+        wait_until(lambda: not running(xenstored), "xenstored to end with the host")
+    finally:
+        if host_process.poll() is None:
+            os.killpg(host_process.pid, signal.SIGKILL)
+            host_process.wait()
+        if xenstored is not None and running(xenstored):
+            os.kill(xenstored, signal.SIGKILL)
+        shutil.rmtree(run_dir, ignore_errors=True)

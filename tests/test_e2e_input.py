@@ -35,6 +35,22 @@ vkb = ["unique-id=screen,feature-abs-pointer=1,feature-multi-touch=1"]
 name = "typist"
 vdispl = ["connectors=desk:200x100"]
 vkb = ["unique-id=desk,feature-abs-pointer=1,feature-multi-touch=1"]
+
+[[guest]]
+name = "twin"
+vdispl = ["connectors=left:320x240;right:320x240"]
+vkb = ["unique-id=left,feature-abs-pointer=1,feature-multi-touch=1",
+       "unique-id=right,feature-abs-pointer=1,feature-multi-touch=1"]
+
+[[guest]]
+name = "mouse"
+vdispl = ["connectors=pad:320x240"]
+vkb = ["unique-id=pad"]
+
+[[guest]]
+name = "loose"
+vdispl = ["connectors=screen:320x240"]
+vkb = ["feature-abs-pointer=1,feature-multi-touch=1"]
 """
 
 
@@ -66,21 +82,25 @@ def send_when_connected(host: EmulatedHost, key: PlaneKey, events: Sequence[Inpu
     wait_until(sent, f"an input device bound to {key}")
 
 
-def screen(host: EmulatedHost, domid: int) -> npt.NDArray[np.uint8] | None:
+def screen(host: EmulatedHost, domid: int, connector: int = 0) -> npt.NDArray[np.uint8] | None:
     try:
         with PlaneClient(host.planes_socket) as client:
-            return snapshot.take(client, domid, 0).rgb
+            return snapshot.take(client, domid, connector).rgb
     except OSError:
         return None
 
 
 def wait_for_picture(
-    host: EmulatedHost, domid: int, check: Callable[[npt.NDArray[np.uint8]], bool], what: str
+    host: EmulatedHost,
+    domid: int,
+    check: Callable[[npt.NDArray[np.uint8]], bool],
+    what: str,
+    connector: int = 0,
 ) -> npt.NDArray[np.uint8]:
     shots: list[npt.NDArray[np.uint8]] = []
 
     def shown() -> bool:
-        rgb = screen(host, domid)
+        rgb = screen(host, domid, connector)
         if rgb is None:
             return False
         shots[:] = [rgb]
@@ -169,3 +189,60 @@ def test_keyboard_reconnects_after_a_backend_restart(host: EmulatedHost) -> None
     assert guest("info")["abs_pointer"]
     running.process.kill()
     host.wait_guest_destroyed(running.domid, PATIENCE)
+
+
+def test_input_for_one_connector_reaches_only_the_vkb_bound_to_it(host: EmulatedHost) -> None:
+    running = host.start_guest(guest_config(host, "twin"), demo.__name__ + ":run")
+    right = PlaneKey(running.domid, 0, 1)
+    send_when_connected(host, right, [PointerMove(150, 100), TouchDown(0, 200, 150)])
+    wait_for_picture(
+        host,
+        running.domid,
+        lambda rgb: colour(rgb, 150, 100) == RED and colour(rgb, 200, 150) == GREEN,
+        "the crosshair and the dot on the right connector",
+        connector=1,
+    )
+    left = screen(host, running.domid, 0)
+    assert left is not None
+    assert colour(left, 150, 100) != RED and colour(left, 200, 150) != GREEN
+    running.process.kill()
+    host.wait_guest_destroyed(running.domid, PATIENCE)
+
+
+def test_a_vkb_without_unique_id_probes_the_first_connectors_sizes(host: EmulatedHost) -> None:
+    """The frontend reads every size as it probes: none may be missing or 0 then."""
+    running = host.start_guest(guest_config(host, "loose"), "test_input_agents:host_guest")
+    guest = rigs.Guest(running.process)
+    guest.wait_ready()
+    info = guest("info")
+    assert (info["width"], info["height"], info["mt"]) == (320, 240, (320, 240, 10))
+    send_when_connected(host, guest.key, [TouchDown(0, 300, 200)])
+    assert guest("read", 2) == [("MtDown", 0, 300, 200), ("MtSyn", 0)]
+    running.process.kill()
+    host.wait_guest_destroyed(running.domid, PATIENCE)
+
+
+def test_demo_guest_draws_a_relative_pointer_where_its_motion_adds_up_to(
+    host: EmulatedHost,
+) -> None:
+    running = host.start_guest(guest_config(host, "mouse"), demo.__name__ + ":run")
+    key = PlaneKey(running.domid, 0, 0)
+    send_when_connected(host, key, [PointerMove(100, 60), PointerMove(130, 50)])
+    wait_for_picture(
+        host, running.domid, lambda rgb: colour(rgb, 130, 50) == RED, "the relative crosshair"
+    )
+    running.process.kill()
+    host.wait_guest_destroyed(running.domid, PATIENCE)
+
+
+def test_demo_relative_pointer_stays_inside_the_device() -> None:
+    overlay = demo.InputOverlay(scale_pointer=(640, 480, 320, 240))
+    overlay.apply(kbdif.Motion(0, 0, -1))
+    assert overlay.pointer is None, "a wheel step alone shows no pointer"
+    overlay.apply(kbdif.Motion(100, 60, 0))
+    overlay.apply(kbdif.Motion(-300, 20, 0))
+    assert overlay.pointer == (0, 40)
+    overlay.apply(kbdif.Motion(5000, 5000, 0))
+    assert overlay.pointer == (319, 239)
+    overlay.apply(kbdif.Motion(-39, -479, 0))
+    assert overlay.pointer == (300, 0)

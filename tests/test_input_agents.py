@@ -1,7 +1,8 @@
 """The guest domain the input tests drive: a vdispl display and a vkbd keyboard, both real.
 
-`guest(hv, control, xenstore_dir)` opens the guest's display (so the backend publishes
-its connector) and its keyboard, then answers commands on `control`:
+`guest(hv, control, xenstore_dir, *options)` opens the guest's display (so the backend
+publishes its connector) and its keyboard (asking for raw pointer positions if `options`
+has "raw"), then answers commands on `control`:
 ("read", n) -> the next n events as tuples; ("poke", offset, value) writes a u32 into
 its own shared page and notifies the backend (a misbehaving guest); ("info",) -> what
 the keyboard negotiated; ("connections",) -> how many handshakes it completed.
@@ -19,16 +20,20 @@ from pvdisplay.hv import Hypervisor
 from pvdisplay.input.front import Keyboard
 
 
-def guest(hv: Hypervisor, control: Connection, xenstore_dir: str) -> None:
-    asyncio.run(_guest(hv, control, f"{xenstore_dir}/domain/{hv.domid}"))
+def guest(hv: Hypervisor, control: Connection, xenstore_dir: str, *options: str) -> None:
+    socket = f"{xenstore_dir}/domain/{hv.domid}"
+    asyncio.run(_guest(hv, control, socket, raw_pointer="raw" in options))
 
 
 def host_guest(hv: Hypervisor, control: Connection, xenstore_socket: str, name: str) -> None:
     asyncio.run(_guest(hv, control, xenstore_socket))
 
 
-async def _guest(hv: Hypervisor, control: Connection, socket: str) -> None:
-    async with await Display.open(hv, socket), await Keyboard.open(hv, socket) as keyboard:
+async def _guest(
+    hv: Hypervisor, control: Connection, socket: str, raw_pointer: bool = False
+) -> None:
+    keyboard_open = Keyboard.open(hv, socket, raw_pointer=raw_pointer)
+    async with await Display.open(hv, socket), await keyboard_open as keyboard:
 
         async def answer(command: Command) -> Any:
             return await _answer(hv, keyboard, command)
@@ -54,6 +59,7 @@ async def _answer(hv: Hypervisor, keyboard: Keyboard, command: Command) -> Any:
                 "width": keyboard.width,
                 "height": keyboard.height,
                 "abs_pointer": keyboard.abs_pointer,
+                "raw_pointer": keyboard.raw_pointer,
                 "multi_touch": keyboard.multi_touch,
                 "mt": (keyboard.mt_width, keyboard.mt_height, keyboard.mt_contacts),
             }

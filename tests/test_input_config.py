@@ -71,9 +71,32 @@ def test_explicit_sizes_win_and_backend_may_be_named() -> None:
         ("backend=nowhere", "vkb.backend"),
         ("backend", "vkb"),
         ("width=1,width=2", "vkb.width"),
+        ("feature-raw-pointer=1", "vkb.feature-raw-pointer"),
     ],
 )
 def test_mistakes_name_the_setting(text: str, where: str) -> None:
     with pytest.raises(toolstack.ConfigError) as raised:
         parse_xl_vkb(text, 0, "vkb", {}, 0)
     assert raised.value.key == where
+
+
+@pytest.mark.parametrize(
+    ("vdispls", "size"),
+    [
+        ([toolstack.Vdispl(0, 0, False, (toolstack.Connector("a", 320, 240),)), SCREEN], "320x240"),
+        ([], "800x600"),
+    ],
+)
+def test_a_device_without_unique_id_takes_the_first_connectors_size_never_zero(
+    vdispls: list[toolstack.Vdispl], size: str
+) -> None:
+    """A frontend reads every size while it probes, before the backend could write any."""
+    device = parse_xl_vkb("feature-abs-pointer=1,feature-multi-touch=1", 0, "vkb", {}, 0)
+    nodes = values(vkb_nodes(3, device, vdispls))
+    back = "/local/domain/0/backend/vkbd/3/0"
+    width, height = size.split("x")
+    assert (nodes[f"{back}/width"], nodes[f"{back}/height"]) == (width, height)
+    assert (nodes[f"{back}/multi-touch-width"], nodes[f"{back}/multi-touch-height"]) == (
+        width,
+        height,
+    )

@@ -22,8 +22,8 @@ KEY_A = 30
 
 
 class World(rigs.Rig):
-    def add_guest(self, vkb: str, resolution: str = "640x480") -> rigs.Guest:
-        return self.start_guest("test_input_agents:guest", vkb=vkb, resolution=resolution)
+    def add_guest(self, vkb: str, resolution: str = "640x480", *options: str) -> rigs.Guest:
+        return self.start_guest("test_input_agents:guest", *options, vkb=vkb, resolution=resolution)
 
     def send(self, guest: rigs.Guest, *events: Any) -> Any:
         with PlaneClient(self.planes_socket) as client:
@@ -55,6 +55,7 @@ def test_key_click_and_two_finger_touch_arrive_with_codes_coordinates_and_contac
         "width": 640,
         "height": 480,
         "abs_pointer": True,
+        "raw_pointer": False,
         "multi_touch": True,
         "mt": (640, 480, 4),
     }
@@ -81,6 +82,29 @@ def test_key_click_and_two_finger_touch_arrive_with_codes_coordinates_and_contac
     # Coordinates outside the connector are clamped to its edge.
     world.send(guest, PointerMove(5000, -3))
     assert guest("read", 1) == [("Position", 639, 0, 0)]
+
+
+@pytest.mark.parametrize("offered", [True, False])
+def test_a_frontend_that_requests_raw_pointer_gets_unscaled_positions_when_offered(
+    world: World, offered: bool
+) -> None:
+    """kbdif.h: raw positions span 0..0x7fff whatever the device's width and height."""
+    vkb = "backend=0,feature-abs-pointer=1,width=1000,height=500"
+    guest = world.add_guest(vkb + (",feature-raw-pointer=1" if offered else ""), "640x480", "raw")
+    assert guest("info")["raw_pointer"] is offered
+    assert world.xs.read(f"{front_path(guest)}/{kbdif.FIELD_REQ_RAW_POINTER}") == (
+        b"1" if offered else b"0"
+    )
+    world.send(guest, PointerMove(639, 479), PointerMove(0, 240), Wheel(1))
+    if offered:
+        expected = [(0x7FFF, 0x7FFF, 0), (0, 16417, 0), (0, 16417, -1)]
+    else:
+        expected = [(998, 498, 0), (0, 250, 0), (0, 250, -1)]
+    assert guest("read", 3) == [("Position", *position) for position in expected]
+
+
+def front_path(guest: rigs.Guest) -> str:
+    return xenbus.frontend_path(guest.domid, kbdif.DRIVER_NAME, 0)
 
 
 def test_relative_only_device_gets_motion_deltas(world: World) -> None:

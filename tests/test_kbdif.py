@@ -160,14 +160,16 @@ def test_shared_page_rings_hold_what_was_written(
         kbdif.write_in_event(page, start + i, in_event)
     for i, out_event in enumerate(outs):
         kbdif.write_out_event(page, start + i, out_event)
+    indices = kbdif.page_indices(page)
     for offset, value in [
         (kbdif.IN_CONS_OFFSET, start),
         (kbdif.IN_PROD_OFFSET, start + len(ins)),
         (kbdif.OUT_CONS_OFFSET, start),
         (kbdif.OUT_PROD_OFFSET, start + len(outs)),
     ]:
-        kbdif.write_index(page, offset, value)
-        assert kbdif.read_index(page, offset) == value % 2**32
+        indices.store(offset, value)
+        assert indices.load(offset) == value % 2**32
+    indices.release()
     assert page[16 : kbdif.IN_RING_OFFS] == bytes(kbdif.IN_RING_OFFS - 16)
     view = memoryview(page)
     assert [kbdif.read_in_event(view, start + i) for i in range(len(ins))] == ins

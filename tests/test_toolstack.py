@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pvdisplay import host, toolstack
-from pvdisplay.display import front
+from pvdisplay.display import front, service
+from pvdisplay.display.backend import DEFAULT_PAGE_BUDGET, MAX_BUFFER_SIZE
 from pvdisplay.host import apply_plan
 from pvdisplay.input.config import Vkb
 from pvdisplay.store.aio import AsyncClient
@@ -114,6 +115,7 @@ connectors = [{ unique-id = "one", resolution = "64x32" }, "two:16x16"]
 def test_toml_config_with_xl_strings_a_single_string_and_tables() -> None:
     config = toolstack.parse_config(CONFIG)
     assert config.backend == toolstack.BackendDomain("Domain-0", 0, copy=False)
+    assert config.backend.page_budget == DEFAULT_PAGE_BUDGET
     alpha, beta, gamma = config.guests
     assert alpha.domid is None
     assert alpha.vdispls[0].connectors == (
@@ -141,12 +143,42 @@ def test_toml_config_with_xl_strings_a_single_string_and_tables() -> None:
             "[[guest]]\nname='a'\n[[guest.vdispl]]\nconnectors=[{unique-id='a', resolution='1'}]",
             "guest[0].vdispl[0].connectors[0].resolution: expected WIDTHxHEIGHT",
         ),
+        ("[backend]\npage_budget=0\n[[guest]]\nname='a'", "backend.page_budget: 0 is not a"),
+        ("[backend]\npage_budget='9'\n[[guest]]\nname='a'", "backend.page_budget: '9' is not"),
+        (
+            "[[guest]]\nname='a'\nvdispl=['connectors=big:16384x4097']",
+            "guest[0].vdispl[0]: connectors: big: resolution 16384x4097: a 32-bpp frame",
+        ),
     ],
 )
 def test_toml_errors_name_the_key(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as raised:
         toolstack.parse_config(text)
     assert str(raised.value).startswith(message)
+
+
+def test_the_page_budget_reaches_the_backend_s_arguments() -> None:
+    config = toolstack.parse_config("[backend]\npage_budget = 4096\n[[guest]]\nname = 'a'")
+    assert config.backend.page_budget == 4096
+    args = service.Options("xs", "planes", page_budget=config.backend.page_budget).to_args()
+    assert service.Options.from_args(tuple(args)).page_budget == 4096
+    assert service.Options.from_args(("xs", "planes")).page_budget == DEFAULT_PAGE_BUDGET
+    for bad, message in (
+        ("--page-budget=0", "--page-budget=0: the page budget is a whole number, at least 1"),
+        ("--page-budget=x", "--page-budget=x: the page budget is a whole number"),
+        ("--budget=9", "unknown backend flag '--budget=9'"),
+    ):
+        with pytest.raises(ValueError) as raised:
+            service.Options.from_args(("xs", "planes", bad))
+        assert str(raised.value).startswith(message)
+
+
+def test_the_largest_mode_a_connector_may_have_fits_one_display_buffer() -> None:
+    # 16384x4096 XRGB8888 is exactly MAX_BUFFER_SIZE; one row more is not.
+    largest = parse_xl("connectors=wide:16384x4096;square:8192x8192")
+    assert [c.width * c.height * 4 for c in largest.connectors] == [MAX_BUFFER_SIZE] * 2
+    with pytest.raises(ConfigError, match="exceeds the largest display buffer"):
+        parse_xl("connectors=square:8192x8193")
 
 
 def test_nodes_follow_libxl_for_one_device() -> None:

@@ -4,7 +4,8 @@
   guest's pattern pixel for pixel, and sends a click and a key the guest's kbdif gets.
 - vncsnapshot (RFB 3.3, security None, Raw): its JPEG must show the pattern.
 - TigerVNC's viewer under Xvfb (RFB 3.8, VNC authentication with a vncpasswd file,
-  ZRLE): the root window, captured with xwd, must contain the pattern exactly.
+  ZRLE, which the server's log must show it chose): the root window, captured with xwd,
+  must contain the pattern exactly.
 - A guest changing mode: vncdotool sees the new size (DesktopSize) and picture.
 """
 
@@ -173,11 +174,15 @@ def find(screen: npt.NDArray[np.uint8], picture: npt.NDArray[np.uint8]) -> bool:
     return False
 
 
-def test_tigervnc_viewer_shows_the_frame_under_xvfb(
-    servers: tuple[ServerThread, ServerThread], guest: Guest, tmp_path: Path
+def test_tigervnc_viewer_shows_the_frame_under_xvfb_over_zrle(
+    servers: tuple[ServerThread, ServerThread],
+    guest: Guest,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     need("Xvfb", "xvncviewer", "xwd", "convert")
     locked, _ = servers
+    caplog.set_level(logging.INFO, logger="pvdisplay.outputs.vnc.server")
     vncpasswd_file(tmp_path / "passwd", PASSWORD)
     display = f":{90 + os.getpid() % 100}"
     xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "640x480x24", "-nolisten", "tcp"])
@@ -210,6 +215,14 @@ def test_tigervnc_viewer_shows_the_frame_under_xvfb(
             )
             shown = capture.returncode == 0 and find(rgb(tmp_path / "root.png"), expected)
         assert shown, "the viewer never showed the guest's picture"
+        # Every pixel rectangle goes in the encoding the server logged for the client.
+        chosen = [
+            r.__dict__["fields"]["encoding"]
+            for r in caplog.records
+            if r.getMessage() == "vnc client encodings"
+            and r.__dict__["fields"]["plane"] == guest.key
+        ]
+        assert chosen and set(chosen) == {"ZRLE"}
     finally:
         if viewer is not None:
             viewer.terminate()

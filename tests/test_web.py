@@ -19,10 +19,13 @@ from pvdisplay.input.events import Key, PointerMove, TouchDown, TouchMove, Touch
 from pvdisplay.outputs.web import keys, tiles
 from pvdisplay.outputs.web.browser_input import MAX_CONTACTS, BrowserInput
 from pvdisplay.outputs.web.feed import PlaneRate
+from pvdisplay.outputs.web.names import DomainNames
 from pvdisplay.outputs.web.server import WebViewer, parse_listen
 from pvdisplay.outputs.web.session import REFRESH_DELAY, ViewerSession
 from pvdisplay.outputs.web.tiles import Picture, Rect
 from pvdisplay.planes import PlaneInfo
+from pvdisplay.store.aio import AsyncClient
+from pvdisplay.store.server import XenStoreServer
 from pvdisplay.wire import fourcc
 from pvdisplay.wire.errors import ProtocolError
 from pvdisplay.wire.fourcc import PixelFormat
@@ -525,6 +528,35 @@ def test_other_sites_and_rebound_names_are_refused(tmp_path: Path) -> None:
             await viewer.close()
 
     assert asyncio.run(statuses()) == [200, 200, 403, 403]
+
+
+# -- domain names for the index ------------------------------------------------------------
+
+
+def test_domain_names_come_from_xenstore_and_are_read_again_for_a_new_domain(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        names = DomainNames(tmp_path / "xs" / "socket_ro")
+        assert await names.lookup([1]) == {}  # no xenstored (yet): no names, no error
+        async with (
+            XenStoreServer(tmp_path / "xs") as server,
+            await AsyncClient.connect(server.socket_path) as dom0,
+        ):
+            await dom0.write("/local/domain/1/name", "alpha")
+            assert await names.lookup([1, 2]) == {1: "alpha"}  # 2 has no name node
+            await dom0.write("/local/domain/2/name", "beta")
+            await dom0.write("/local/domain/1/name", "alpha-2")
+            # Read once per domain while it has planes.
+            assert await names.lookup([1, 2]) == {1: "alpha", 2: "beta"}
+            # Domain 1's planes went; a domain with its id later is read again.
+            assert await names.lookup([2]) == {2: "beta"}
+            assert await names.lookup([1, 2]) == {1: "alpha-2", 2: "beta"}
+        # xenstored gone: the names known stay, a new domain is nameless, nothing raises.
+        assert await names.lookup([2, 3]) == {2: "beta"}
+        await names.close()
+
+    asyncio.run(scenario())
 
 
 def test_listen_addresses() -> None:

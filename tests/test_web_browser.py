@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from playwright import sync_api as playwright
 
 import rigs
 from pvdisplay import host as emulated
@@ -29,19 +30,21 @@ from pvdisplay.outputs.web.tiles import LOSSLESS
 from pvdisplay.planes import PlaneClient
 from pvdisplay.wire import fourcc
 
-playwright = pytest.importorskip("playwright.sync_api")
-
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 WAIT_MS = 60_000
 BTN_LEFT, KEY_A = 0x110, 30
 WIDTH, HEIGHT = 320, 240
 FULL_VKB = "backend=0,feature-abs-pointer=1,feature-multi-touch=1,multi-touch-num-contacts=4"
 
-pytestmark = pytest.mark.skipif(not rigs.CHROMIUM.exists(), reason="needs Debian's chromium")
+
+def need_chromium() -> None:
+    if not rigs.CHROMIUM.exists():
+        pytest.fail(f"install chromium for {rigs.CHROMIUM} (make test installs it with apt)")
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    need_chromium()
     profile = tempfile.mkdtemp(prefix="pvd-chromium-")
     with playwright.sync_playwright() as driver:
         context = driver.chromium.launch_persistent_context(
@@ -172,6 +175,39 @@ def test_canvas_shows_the_guest_exactly_and_input_arrives_at_guest_pixels(
         viewer.close()
 
 
+def test_a_page_that_loses_focus_or_its_pointer_lets_go_of_what_it_held(
+    world: World, browser: Any
+) -> None:
+    guest = world.add_guest(12)
+    viewer = BackgroundViewer(world.planes_socket, port=0)
+    page = browser.new_page()
+    try:
+        page.goto(f"{viewer.url}view/{guest.domid}/0/0")
+        wait_live(page)
+        page.mouse.move(*to_page(page, 30, 40))
+        page.mouse.down()
+        page.keyboard.down("KeyA")
+        guest.read_until(("Key", True, KEY_A))
+        # Keys lifted while the page has no focus never reach it: it lets go at once.
+        page.evaluate("document.getElementById('screen').blur()")
+        assert guest.read_until(("Key", False, BTN_LEFT)) == [
+            ("Key", False, KEY_A),
+            ("Key", False, BTN_LEFT),
+        ]
+        # A cancelled mouse pointer names no button (-1): the page lifts those it pressed.
+        page.mouse.up()
+        page.mouse.down()
+        guest.read_until(("Key", True, BTN_LEFT))
+        page.evaluate(
+            "document.getElementById('screen').dispatchEvent("
+            "new PointerEvent('pointercancel', {pointerType: 'mouse', button: -1}))"
+        )
+        assert guest.read_until(("Key", False, BTN_LEFT))[-1] == ("Key", False, BTN_LEFT)
+    finally:
+        page.close()
+        viewer.close()
+
+
 # -- the demo host: index, screenshots, backend restart -----------------------------------------
 
 
@@ -183,14 +219,16 @@ def test_index_lists_every_connector_live_and_viewer_resumes_after_backend_resta
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, run_dir, ignore_errors=True)
         demo = stack.enter_context(emulated.EmulatedHost(config_, run_dir))
-        viewer = BackgroundViewer(demo.planes_socket, port=0)
+        viewer = BackgroundViewer(
+            demo.planes_socket, port=0, xenstore_socket=demo.xenstore_dir / "socket_ro"
+        )
         stack.callback(viewer.close)
         page = browser.new_page()
         stack.callback(page.close)
 
         page.goto(viewer.url)
         expected = {
-            f"{running.domid}/{device.devid}/{index}"
+            f"{running.domid}/{device.devid}/{index}": running.guest.name
             for running in demo.guests.values()
             for device in running.devices
             for index in range(len(device.connectors))
@@ -198,18 +236,22 @@ def test_index_lists_every_connector_live_and_viewer_resumes_after_backend_resta
         page.wait_for_function(
             "(keys) => keys.every((k) => {"
             " const row = document.querySelector(`tr[data-key='${k}']`);"
-            " return row && row.children[8].textContent === 'live'"
-            " && parseFloat(row.children[6].textContent) > 0; })",
+            " return row && row.children[9].textContent === 'live'"
+            " && parseFloat(row.children[7].textContent) > 0; })",
             arg=sorted(expected),
             timeout=WAIT_MS,
         )
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "web-index.png"))
         rows = page.eval_on_selector_all(
-            "#planes tr", "rows => rows.map(r => [...r.children].map(c => c.textContent))"
+            "#planes tr",
+            "rows => rows.map(r => [r.dataset.key, ...[...r.children].map(c => c.textContent)])",
         )
-        alpha = next(r for r in rows if r[3] == "left")
-        assert alpha[4:6] == ["640\N{MULTIPLICATION SIGN}480", "XR24"]
+        # Each row names its domain as XenStore does (/local/domain/N/name).
+        assert {row[0]: row[2] for row in rows} == expected
+        left = next(row[1:] for row in rows if row[5] == "left")
+        assert left[1] == "alpha"
+        assert left[5:7] == ["640\N{MULTIPLICATION SIGN}480", "XR24"]
 
         domid = next(r.domid for r in demo.guests.values() if r.guest.name == "alpha")
         page.goto(f"{viewer.url}view/{domid}/0/0")

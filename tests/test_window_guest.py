@@ -7,6 +7,9 @@ surface is read back with `pygame.surfarray`. Input is injected as SDL events wi
 `pygame.event.post`, exactly where SDL would queue a person's.
 """
 
+import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -175,3 +178,33 @@ def test_unknown_connector_and_missing_backend_are_one_line_errors(
     assert result.exit_code == 1
     assert result.output.startswith(f"Error: no display backend at {missing} (")
     assert result.output.count("\n") == 1
+
+
+def test_without_a_display_the_window_is_refused_rather_than_run_unseen(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    guest = world.add_guest(23)
+    # As on a box with no display and no SDL_VIDEODRIVER: SDL falls back to a driver that
+    # draws nowhere.
+    for name in ("SDL_VIDEODRIVER", "DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(name, raising=False)
+    refusal = r"no display to open a window on \(SDL fell back to its '(offscreen|dummy)' driver"
+    with pytest.raises(ViewerError, match=f"^{refusal}"):
+        Viewer(world.planes_socket, guest.domid, "0")
+    # The command ends at once with that one line (before the fix it ran forever); SDL's
+    # own probing may have printed to stderr before it.
+    command = ["view", "23", "0", "--planes-socket", world.planes_socket]
+    result = subprocess.run(
+        [sys.executable, "-c", "from pvdisplay.cli import main; main()", *command],
+        capture_output=True,
+        text=True,
+        timeout=rigs.PATIENCE,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("Error:") == 1
+    last = result.stderr.splitlines()[-1]
+    assert re.fullmatch(f"Error: {refusal}.*SDL_VIDEODRIVER=\\w+ to run without one", last)
+    # Asked for explicitly, the invisible driver is the user's choice (as in these tests).
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    Viewer(world.planes_socket, guest.domid, "0").close()

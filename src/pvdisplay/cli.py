@@ -1,18 +1,25 @@
 """The `pvdisplay` command."""
 
 import asyncio
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
 from pvdisplay import __version__, host, logs, toolstack
 from pvdisplay import snapshot as snapshots
+from pvdisplay.outputs.vnc import des as vnc_des
 from pvdisplay.outputs.vnc import server as vnc_server
 from pvdisplay.outputs.web import server as web_server
 from pvdisplay.outputs.web import tiles as web_tiles
 from pvdisplay.outputs.window import viewer as window_viewer
 from pvdisplay.planes import PlaneClient
 from pvdisplay.store import server as xenstore_server
+from pvdisplay.wire import edid
+
+_Command = TypeVar("_Command", bound=Callable[..., None])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,7 +32,7 @@ from pvdisplay.store import server as xenstore_server
     help="Least severe log level written to stderr.",
 )
 def main(log_level: str) -> None:
-    """Xen PV display and input, emulated on one Linux host or on real Xen."""
+    """Xen PV display and input on an emulated Xen host, and virtio-gpu for QEMU guests."""
     logs.configure(log_level)
 
 
@@ -51,50 +58,109 @@ def xenstored(socket_dir: str, quota_settings: tuple[str, ...]) -> None:
         raise click.BadParameter(str(error), param_hint="--quota") from None
     try:
         xenstore_server.run(socket_dir, quotas)
+    except xenstore_server.DaemonRunningError as error:
+        raise click.ClickException(
+            f"{error}; stop that daemon or pass another --socket-dir"
+        ) from None
     except OSError as error:
         raise click.ClickException(
-            f"cannot serve XenStore in {socket_dir}: {error}; pass a writable --socket-dir "
-            "whose socket paths fit in 107 bytes"
+            f"cannot serve XenStore in {socket_dir}: {error}; pass another --socket-dir"
         ) from None
 
 
-@main.command()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, exists=True),
-    help="Host config (TOML, see docs/host.md); default: two demo guests.",
-)
-@click.option(
-    "--run-dir",
-    type=click.Path(file_okay=False),
-    help="Where the sockets go.  [default: /tmp/pvdisplay-<uid>]",
-)
-@click.option(
-    "--web",
-    "web_listen",
-    default="127.0.0.1:8080",
-    show_default=True,
-    metavar="HOST:PORT",
-    help="Where the web viewer listens.",
-)
-@click.option("--no-web", is_flag=True, help="Do not start the web viewer.")
-def demo(config_path: str | None, run_dir: str | None, web_listen: str, no_web: bool) -> None:
-    """Run the emulated host (xenstored, broker, backend, demo guests, web viewer) until Ctrl-C."""
+def _host_options(config_help: str) -> Callable[[_Command], _Command]:
+    """The options `demo` and `backend` share: both run the emulated host (`host.run`)."""
+    options = [
+        click.option(
+            "--config",
+            "config_path",
+            type=click.Path(dir_okay=False, exists=True),
+            help=f"Host config (TOML, see docs/host.md); {config_help}",
+        ),
+        click.option(
+            "--run-dir",
+            type=click.Path(file_okay=False),
+            help="Where the sockets go.  [default: /tmp/pvdisplay-<uid>]",
+        ),
+        click.option(
+            "--web",
+            "web_listen",
+            default="127.0.0.1:8080",
+            show_default=True,
+            metavar="HOST:PORT",
+            help="Where the web viewer listens (port 0: any free port).",
+        ),
+        click.option("--no-web", is_flag=True, help="Do not start the web viewer."),
+        click.option(
+            "--copy",
+            "copy_frames",
+            is_flag=True,
+            help="The backend copies each flipped frame into a buffer of its own (as "
+            "`copy = true` in the config; for comparison with zero-copy).",
+        ),
+    ]
+
+    def decorate(command: _Command) -> _Command:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _run_host(
+    default: toolstack.HostConfig,
+    *,
+    config_path: str | None,
+    run_dir: str | None,
+    web_listen: str,
+    no_web: bool,
+    copy_frames: bool,
+) -> None:
     try:
         web = None if no_web else web_server.parse_listen(web_listen)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--web") from None
-    text = Path(config_path).read_text() if config_path else host.DEMO_CONFIG
-    try:
-        config = toolstack.parse_config(text)
-    except toolstack.ConfigError as error:
-        raise click.ClickException(f"{config_path or 'built-in config'}: {error}") from None
+    config = default if config_path is None else _read_host_config(config_path)
+    if copy_frames:
+        config = replace(config, backend=replace(config.backend, copy=True))
     level = click.get_current_context().find_root().params["log_level"]
     try:
-        host.run_demo(config, Path(run_dir) if run_dir else host.default_run_dir(), level, web)
+        host.run(config, Path(run_dir) if run_dir else host.default_run_dir(), level, web)
     except host.HostError as error:
         raise click.ClickException(str(error)) from None
+
+
+def _read_host_config(path: str) -> toolstack.HostConfig:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{path}: not UTF-8 text; a config is TOML") from None
+    except OSError as error:
+        raise click.ClickException(
+            f"cannot read {path}: {error.strerror}; pass a readable --config"
+        ) from None
+    try:
+        return toolstack.parse_config(text)
+    except toolstack.ConfigError as error:
+        raise click.ClickException(f"{path}: {error}") from None
+
+
+@main.command()
+@_host_options("default: the two demo guests.")
+def demo(
+    config_path: str | None, run_dir: str | None, web_listen: str, no_web: bool, copy_frames: bool
+) -> None:
+    """Run the emulated host (xenstored, broker, backend, demo guests, web viewer) until Ctrl-C."""
+    default = toolstack.parse_config(host.DEMO_CONFIG)
+    _run_host(
+        default,
+        config_path=config_path,
+        run_dir=run_dir,
+        web_listen=web_listen,
+        no_web=no_web,
+        copy_frames=copy_frames,
+    )
 
 
 @main.command()
@@ -132,38 +198,22 @@ def snapshot(
 
 
 @main.command()
-@click.option(
-    "--xenstore-dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="The `pvdisplay xenstored --socket-dir` the backend connects to.",
-)
-@click.option(
-    "--planes-socket",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Unix socket path where the backend serves the plane query.",
-)
-@click.option(
-    "--copy",
-    "copy_frames",
-    is_flag=True,
-    help="Copy each flipped frame into the backend's own buffer (for comparison).",
-)
-def backend(xenstore_dir: str, planes_socket: str, copy_frames: bool) -> None:
-    """The display backend's options (displ_be role); it runs inside the emulated host.
+@_host_options("default: no guests.")
+def backend(
+    config_path: str | None, run_dir: str | None, web_listen: str, no_web: bool, copy_frames: bool
+) -> None:
+    """Run the emulated host without demo guests (only --config's) until Ctrl-C.
 
-    The backend needs a hypervisor handle, which only a domain process of the emulated
-    host holds, so the host starts it as domain 0 with these options (see
-    docs/display-backend.md).
+    xenstored, the hypervisor broker, the display and input backend as domain 0, and the
+    web viewer: what `demo` runs, with the guests only from --config.
     """
-    from pvdisplay.display.service import Options  # noqa: PLC0415 (keeps cli start-up light)
-
-    args = " ".join(Options(xenstore_dir, planes_socket, copy_frames).to_args())
-    raise click.ClickException(
-        "the display backend runs as a domain of the emulated host, the only place a "
-        "hypervisor handle exists; start the host (`make demo`), which runs "
-        f"pvdisplay.display.service:run {args}"
+    _run_host(
+        host.BACKEND_ONLY,
+        config_path=config_path,
+        run_dir=run_dir,
+        web_listen=web_listen,
+        no_web=no_web,
+        copy_frames=copy_frames,
     )
 
 
@@ -186,9 +236,16 @@ def backend(xenstore_dir: str, planes_socket: str, copy_frames: bool) -> None:
     show_default=True,
     help="JPEG quality 1..100 (PNG still wins where smaller), or 'lossless'.",
 )
-def web(planes_socket: str | None, listen: str, quality: str) -> None:
+@click.option(
+    "--xenstore-socket",
+    type=click.Path(dir_okay=False),
+    help="xenstored socket the index reads domain names from.  "
+    "[default: xenstore/socket_ro beside the planes socket, as the emulated host has it]",
+)
+def web(planes_socket: str | None, listen: str, quality: str, xenstore_socket: str | None) -> None:
     """Serve every guest display to web browsers, with keyboard, mouse and touch."""
     socket_path = Path(planes_socket) if planes_socket else host.default_run_dir() / "planes.sock"
+    names_socket = xenstore_socket or socket_path.parent / "xenstore" / "socket_ro"
     try:
         address, port = web_server.parse_listen(listen)
     except ValueError as error:
@@ -199,7 +256,7 @@ def web(planes_socket: str | None, listen: str, quality: str) -> None:
         raise click.BadParameter(str(error), param_hint="--quality") from None
     click.echo(f"web viewer on http://{listen}/ for {socket_path} (Ctrl-C stops it)")
     try:
-        asyncio.run(web_server.serve(socket_path, address, port, level))
+        asyncio.run(web_server.serve(socket_path, address, port, level, names_socket))
     except OSError as error:
         raise click.ClickException(
             f"cannot serve on {listen} from {socket_path}: {error}; "
@@ -231,7 +288,7 @@ def web(planes_socket: str | None, listen: str, quality: str) -> None:
 def vnc(planes_socket: str | None, address: str, port: int, password_file: str | None) -> None:
     """Serve every guest connector over VNC (RFB 3.3/3.7/3.8), one port per connector."""
     socket_path = planes_socket or str(host.default_run_dir() / "planes.sock")
-    password = Path(password_file).read_text().strip() if password_file else None
+    password = _read_password(password_file) if password_file else None
     try:
         asyncio.run(vnc_server.serve(socket_path, address, port, password))
     except OSError as error:
@@ -243,13 +300,46 @@ def vnc(planes_socket: str | None, address: str, port: int, password_file: str |
         pass
 
 
+def _read_password(path: str) -> str:
+    """The VNC password in `path` (surrounding whitespace, such as the newline, dropped)."""
+    try:
+        password = Path(path).read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise click.ClickException(
+            f"--password-file {path}: not UTF-8 text; write the password as text"
+        ) from None
+    except OSError as error:
+        raise click.ClickException(
+            f"--password-file {path}: cannot read it ({error.strerror}); pass a readable file"
+        ) from None
+    if not password:
+        raise click.ClickException(
+            f"--password-file {path}: empty; write a password of 1 to "
+            f"{vnc_des.BLOCK_SIZE} characters in it, or leave the option out for no security"
+        )
+    if len(password) > vnc_des.BLOCK_SIZE:
+        raise click.ClickException(
+            f"--password-file {path}: the password has {len(password)} characters but VNC "
+            f"authentication uses only the first {vnc_des.BLOCK_SIZE}; shorten it"
+        )
+    if not password.isascii():
+        raise click.ClickException(
+            f"--password-file {path}: VNC clients differ on how they encode characters "
+            "outside ASCII; use ASCII characters only"
+        )
+    return password
+
+
 def _scanout_size(text: str) -> tuple[int, int]:
     width, sep, height = text.partition("x")
     if not (sep and width.isdecimal() and height.isdecimal()):
         raise click.BadParameter(f"{text!r} is not WIDTHxHEIGHT", param_hint="--scanout")
     size = int(width), int(height)
-    if not all(16 <= value <= 16384 for value in size):
-        raise click.BadParameter(f"{text}: sides run from 16 to 16384", param_hint="--scanout")
+    if not all(16 <= value <= edid.MAX_ACTIVE for value in size):
+        raise click.BadParameter(
+            f"{text}: sides run from 16 to {edid.MAX_ACTIVE} (the most an EDID mode describes)",
+            param_hint="--scanout",
+        )
     return size
 
 
@@ -257,7 +347,13 @@ def _scanout_size(text: str) -> tuple[int, int]:
 @click.option(
     "-s", "--socket-path", type=click.Path(dir_okay=False), help="Listen on this unix socket."
 )
-@click.option("-f", "--fd", "fd", type=int, help="Serve this inherited, connected socket.")
+@click.option(
+    "-f",
+    "--fd",
+    "fd",
+    type=click.IntRange(min=0),
+    help="Serve this inherited, connected socket.",
+)
 @click.option(
     "-c", "--print-capabilities", is_flag=True, help="Print the back-end's capabilities (JSON)."
 )
@@ -290,7 +386,7 @@ def vhost_user_gpu(
     scanouts: tuple[str, ...],
 ) -> None:
     """Serve virtio-gpu (2D) to QEMU over vhost-user, like QEMU's own vhost-user-gpu."""
-    from pvdisplay.virtio import server  # noqa: PLC0415 (keeps cli start-up light)
+    from pvdisplay.virtio import gpu, server  # noqa: PLC0415 (keeps cli start-up light)
 
     if print_capabilities:
         click.echo('{\n  "type": "gpu",\n  "features": []\n}')
@@ -299,15 +395,22 @@ def vhost_user_gpu(
         raise click.UsageError("pass exactly one of --socket-path and --fd")
     sizes = [_scanout_size(text) for text in scanouts] or [(1280, 800)]
     try:
+        gpu.check_scanouts(sizes)
+    except ValueError as error:
+        raise click.BadParameter(
+            f"{error}; pass fewer or smaller", param_hint="--scanout"
+        ) from None
+    try:
         listener = server.listen(Path(socket_path)) if socket_path is not None else None
         connected = server.inherited(fd) if fd is not None else None
     except OSError as error:
-        raise click.ClickException(f"cannot serve vhost-user: {error}") from None
+        hint = "a new --socket-path" if fd is None else "the descriptor of a connected socket"
+        raise click.ClickException(f"{error.strerror or error}; pass {hint}") from None
     planes = Path(planes_socket) if planes_socket else None
     try:
         asyncio.run(server.serve(listener, connected, sizes, domid, planes))
     except OSError as error:
-        raise click.ClickException(f"cannot serve planes on {planes_socket}: {error}") from None
+        raise click.ClickException(str(error.strerror or error)) from None
     except KeyboardInterrupt:
         pass
 

@@ -10,9 +10,11 @@ number. A frame costs one copy of a precomputed band plus a small text blit.
 
 Input: the guest opens a `pvdisplay.input.front.Keyboard` for every vkb device
 (`device/vkbd/*`) and shows what arrives on the connector with the vkb's unique-id (the
-first connector if it has none): a red crosshair at the last absolute pointer position, a
-green dot on every touch contact (applied on each multi-touch SYN, as a touch frame), and
-the last key code pressed in the label. So input can be watched, and tested, end to end.
+first connector if it has none): a red crosshair where the pointer is (its last absolute
+position, or, for a relative-only device, its motion added up from the top-left corner
+and kept inside the device's range), a green dot on every touch contact (applied on each
+multi-touch SYN, as a touch frame), and the last key code pressed in the label. So input
+can be watched, and tested, end to end.
 
 When the backend goes away the connector's loop closes its framebuffers (so the
 frontend can go through Reconfiguring to Initialising), waits for the device to connect
@@ -72,17 +74,23 @@ class InputOverlay:
     """What one connector's input device said last, in connector pixels."""
 
     scale_pointer: tuple[int, int, int, int] = (1, 1, 1, 1)
-    """(device width, device height, connector width, connector height) for Position."""
+    """(device width, device height, connector width, connector height) for the pointer."""
     scale_touch: tuple[int, int, int, int] = (1, 1, 1, 1)
     pointer: tuple[int, int] | None = None
     touches: dict[int, tuple[int, int]] = field(default_factory=dict)
     last_key: int | None = None
     _pending: dict[int, tuple[int, int]] = field(default_factory=dict, init=False, repr=False)
+    # Where the pointer is in device units. A relative device starts where the backend's
+    # deltas start from, the top-left corner.
+    _device_pointer: tuple[int, int] = field(default=(0, 0), init=False, repr=False)
 
     def apply(self, event: kbdif.InEvent) -> None:
         match event:
             case kbdif.Position(abs_x=x, abs_y=y):
-                self.pointer = _to_connector(x, y, self.scale_pointer)
+                self._point_at(x, y)
+            case kbdif.Motion(rel_x=dx, rel_y=dy) if dx or dy:
+                x, y = self._device_pointer
+                self._point_at(x + dx, y + dy)
             case kbdif.Key(pressed=True, keycode=code):
                 self.last_key = code
             case (
@@ -94,6 +102,12 @@ class InputOverlay:
                 self._pending.pop(contact, None)
             case kbdif.MtSyn():
                 self.touches = dict(self._pending)
+
+    def _point_at(self, x: int, y: int) -> None:
+        right, bottom = (max(size, 1) - 1 for size in self.scale_pointer[:2])
+        x, y = min(max(x, 0), right), min(max(y, 0), bottom)
+        self._device_pointer = (x, y)
+        self.pointer = _to_connector(x, y, self.scale_pointer)
 
     def draw(self, pixels: Pixels) -> None:
         """Crosshair and touch dots over `pixels`, a (height, width, 4) XRGB8888 view."""

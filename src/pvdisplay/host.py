@@ -13,6 +13,7 @@
 """
 
 import contextlib
+import ctypes
 import logging
 import os
 import queue
@@ -21,13 +22,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Self
 
 from pvdisplay import logs, toolstack, xenbus
+from pvdisplay.display.service import Options as BackendOptions
 from pvdisplay.hv import HypervisorError
 from pvdisplay.hv.local.host import DomainProcess, Host
 from pvdisplay.input import config as input_config
@@ -66,6 +68,10 @@ name = "beta"
 vdispl = ["backend=Domain-0,be-alloc=1,connectors=main:800x600"]
 vkb = ["backend=Domain-0,unique-id=main,feature-abs-pointer=1,feature-multi-touch=1"]
 """
+
+
+BACKEND_ONLY = toolstack.HostConfig(toolstack.BackendDomain("Domain-0", 0, copy=False), ())
+"""`pvdisplay backend` without --config: the backend side alone, no guests."""
 
 
 class HostError(Exception):
@@ -158,7 +164,11 @@ class EmulatedHost:
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self, guests: bool = True) -> None:
-        """Bring up xenstored, the broker and the backend, then (if `guests`) every guest."""
+        """Bring up xenstored, the broker and the backend, then (if `guests`) every guest.
+
+        Call it from a thread that outlives the host: xenstored ends when that thread does
+        (Linux's parent-death signal follows the thread that started the process).
+        """
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._start_xenstored()
         self._hv = Host(on_domain_released=self._released.put, log_level=self.log_level)
@@ -172,15 +182,12 @@ class EmulatedHost:
                 self.start_guest(guest)
 
     def start_backend(self) -> DomainProcess:
-        flags = ["--copy"] if self.config.backend.copy else []
-        self._backend_started = time.monotonic()
-        self.backend = self.hv.start_domain(
-            BACKEND_ENTRY,
-            str(self.xenstore_dir),
-            str(self.planes_socket),
-            *flags,
-            domid=self.config.backend.domid,
+        backend = self.config.backend
+        options = BackendOptions(
+            str(self.xenstore_dir), str(self.planes_socket), backend.copy, backend.page_budget
         )
+        self._backend_started = time.monotonic()
+        self.backend = self.hv.start_domain(BACKEND_ENTRY, *options.to_args(), domid=backend.domid)
         return self.backend
 
     def start_guest(
@@ -280,12 +287,14 @@ class EmulatedHost:
     def _start_xenstored(self) -> None:
         # A session of its own: Ctrl-C in the terminal must not stop the store before the
         # domains that still talk to it. It is stopped with SIGTERM, so it must not inherit
-        # run_demo's blocked signals.
+        # `run`'s blocked signals. Outside our process group, it must end with us even when
+        # we are killed: it asks for SIGTERM when the thread starting it here exits.
         blocked = signal.pthread_sigmask(signal.SIG_SETMASK, set())
         self._xenstored = subprocess.Popen(
             [
                 sys.executable,
                 "-c",
+                f"from pvdisplay.host import end_with_parent; end_with_parent({os.getpid()}); "
                 "from pvdisplay.cli import main; main()",
                 "--log-level",
                 self.log_level,
@@ -402,6 +411,19 @@ class EmulatedHost:
             return None
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def end_with_parent(parent: int) -> None:
+    """Have the kernel send this process SIGTERM when `parent`'s thread that started it
+    exits; exit now if `parent` is already gone (it died before the request was made)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:
+        sys.exit(f"parent process {parent} is gone")
+
+
 def describe(host: EmulatedHost) -> str:
     """Where everything is, for the person who just started the host."""
     lines = [
@@ -413,6 +435,8 @@ def describe(host: EmulatedHost) -> str:
         + (" (copying each flip: --copy)" if host.config.backend.copy else " (zero-copy)"),
     ]
     examples = []
+    if not host.guests:
+        lines.append("  guests     none (guests come from --config FILE, see docs/host.md)")
     for running in sorted(host.guests.values(), key=lambda r: r.domid):
         lines.append(f"  guest      domain {running.domid} {running.guest.name!r}")
         for device in running.devices:
@@ -432,8 +456,8 @@ def describe(host: EmulatedHost) -> str:
                     f"  pvdisplay snapshot {running.domid} {connector.unique_id}{device_option}"
                     f" -o {running.guest.name}-{connector.unique_id}.png"
                 )
-    lines += ["snapshots (add --planes-socket PATH for another run dir):", *examples]
-    lines.append("stop with Ctrl-C")
+    if examples:
+        lines += ["snapshots (add --planes-socket PATH for another run dir):", *examples]
     return "\n".join(lines)
 
 
@@ -453,44 +477,90 @@ def _vkb_features(vkb: input_config.Vkb) -> str:
     return ", ".join(features) or "nothing enabled"
 
 
-def run_demo(
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[Callable[[], signal.Signals]]:
+    """SIGINT and SIGTERM, noted on a pipe whichever thread the kernel hands them to;
+    yields `wait()`, which returns the first one and ignores any later one.
+
+    Ctrl-C signals the whole process group. Blocked from here on, the signals stay blocked
+    in every thread and process the host starts (the mask survives exec), so only the host
+    reacts, and it stops guests, backend, broker and xenstored in that order. A thread
+    started earlier (numpy's BLAS threads) does not block them; there the default action
+    would end the process mid-start or mid-teardown and leave xenstored behind, so a
+    handler takes them instead.
+    """
+    stop = (signal.SIGINT, signal.SIGTERM)
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    old_fd = signal.set_wakeup_fd(write_end)
+    old_handlers = {number: signal.signal(number, _noted) for number in stop}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+
+    def wait() -> signal.Signals:
+        # This thread starts nothing more, so it may take them itself while it waits.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop)
+        try:
+            while (number := os.read(read_end, 1)[0]) not in stop:
+                pass
+        finally:
+            # A second Ctrl-C must not cut the teardown short.
+            for each in stop:
+                signal.signal(each, signal.SIG_IGN)
+        return signal.Signals(number)
+
+    try:
+        yield wait
+    finally:
+        signal.set_wakeup_fd(old_fd)
+        for number, handler in old_handlers.items():
+            if handler is not None:
+                signal.signal(number, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        os.close(read_end)
+        os.close(write_end)
+
+
+def _noted(number: int, frame: FrameType | None) -> None:
+    """Nothing to do: `signal.set_wakeup_fd` has put the signal on the pipe already."""
+
+
+def run(
     config: toolstack.HostConfig,
     run_dir: Path,
     log_level: str,
     web: tuple[str, int] | None = None,
 ) -> None:
     """Run the host (and the web viewer on `web`) until SIGINT or SIGTERM, then tear
-    everything down in order."""
-    # Ctrl-C signals the whole process group. Blocked here, the signals stay blocked in every
-    # process the host starts (the mask survives exec), so only the host reacts, and it
-    # stops guests, backend, broker and xenstored in that order.
-    stop_signals = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    host = EmulatedHost(config, run_dir, log_level)
-    try:
-        host.start()
-    except (OSError, TimeoutError, HypervisorError, ConnectionError) as error:
-        host.stop()
-        raise HostError(
-            f"cannot start the emulated host in {run_dir}: {error} "
-            "(is another `pvdisplay demo` using it? pass --run-dir)"
-        ) from None
-    viewer = None
-    try:
-        if web is not None:
-            try:
-                viewer = BackgroundViewer(host.planes_socket, *web)
-            except OSError as error:
-                raise HostError(
-                    f"cannot serve the web viewer on {web[0]}:{web[1]}: {error} "
-                    "(pass another --web HOST:PORT, or --no-web)"
-                ) from None
-        print(describe(host), flush=True)
-        if viewer is not None:
-            print(f"  web viewer {viewer.url}", flush=True)
-        received = signal.sigwait(stop_signals)
-        log.info("stopping", extra=logs.fields(signal=signal.Signals(received).name))
-    finally:
-        if viewer is not None:
-            viewer.close()
-        host.stop()
+    everything down in order: `pvdisplay demo` and `pvdisplay backend`."""
+    with _stop_signals() as wait:
+        host = EmulatedHost(config, run_dir, log_level)
+        try:
+            host.start()
+        except (OSError, TimeoutError, HypervisorError, ConnectionError) as error:
+            host.stop()
+            raise HostError(
+                f"cannot start the emulated host in {run_dir}: {error} "
+                "(is another `pvdisplay demo` or `pvdisplay backend` using it? pass --run-dir)"
+            ) from None
+        viewer = None
+        try:
+            if web is not None:
+                try:
+                    viewer = BackgroundViewer(
+                        host.planes_socket, *web, xenstore_socket=host.xenstore_dir / "socket_ro"
+                    )
+                except OSError as error:
+                    raise HostError(
+                        f"cannot serve the web viewer on {web[0]}:{web[1]}: {error} "
+                        "(pass another --web HOST:PORT, or --no-web)"
+                    ) from None
+            print(describe(host), flush=True)
+            if viewer is not None:
+                print(f"  web viewer {viewer.url}", flush=True)
+            print("stop with Ctrl-C", flush=True)
+            received = wait()
+            log.info("stopping", extra=logs.fields(signal=received.name))
+        finally:
+            if viewer is not None:
+                viewer.close()
+            host.stop()

@@ -196,7 +196,7 @@ class InputReceipt:
 
     `queued`: kbdif events the call produced (on the guest's ring or waiting for room);
     `dropped`: events this vkbd device has dropped since it connected because its guest
-    did not consume them in time (oldest first).
+    did not consume them in time (pointer motion first, never a release: docs/input.md).
     """
 
     queued: int

@@ -6,6 +6,7 @@ uses xl.cfg's own device syntax (or the same fields as a TOML table):
     [backend]
     name = "Domain-0"
     domid = 0
+    page_budget = 16384
 
     [[guest]]
     name = "alpha"
@@ -26,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pvdisplay.display.backend import DEFAULT_PAGE_BUDGET, mode_problem
 from pvdisplay.input import config as input_config
 from pvdisplay.store.permissions import Access, Permission
 from pvdisplay.wire import displif
@@ -91,6 +93,8 @@ class BackendDomain:
     name: str
     domid: int
     copy: bool
+    page_budget: int = DEFAULT_PAGE_BUDGET
+    """Pages each frontend device may make the backend hold (display buffers)."""
 
 
 @dataclass(frozen=True)
@@ -155,11 +159,14 @@ def parse_config(text: str) -> HostConfig:
         raise ConfigError("config", f"not valid TOML ({error})") from None
     _only_keys(document, ("backend", "guest"), "config")
     backend_table = _table(document.get("backend", {}), "backend")
-    _only_keys(backend_table, ("name", "domid", "copy"), "backend")
+    _only_keys(backend_table, ("name", "domid", "copy", "page_budget"), "backend")
     backend = BackendDomain(
         name=_name(backend_table.get("name", "Domain-0"), "backend.name"),
         domid=_domid(backend_table.get("domid", 0), "backend.domid"),
         copy=_bool(backend_table.get("copy", False), "backend.copy"),
+        page_budget=_page_budget(
+            backend_table.get("page_budget", DEFAULT_PAGE_BUDGET), "backend.page_budget"
+        ),
     )
     guest_list = document.get("guest", [])
     if not isinstance(guest_list, list) or not guest_list:
@@ -273,6 +280,11 @@ def _checked_connectors(connectors: Sequence[Connector], key: str) -> tuple[Conn
     if len(connectors) > MAX_CONNECTORS:
         raise ConfigError(key, f"{len(connectors)} connectors; at most {MAX_CONNECTORS}")
     _check_unique([c.unique_id for c in connectors], key, "unique-id")
+    for connector in connectors:
+        # The backend refuses such a mode (the device would go Closing); say so here.
+        problem = mode_problem(connector.width, connector.height)
+        if problem is not None:
+            raise ConfigError(key, f"{connector.unique_id}: {problem}")
     return tuple(connectors)
 
 
@@ -295,6 +307,12 @@ def _backend_domid(value: object, key: str, domains: Mapping[str, int]) -> int:
 def _domid(value: object, key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 0x7FF0:
         raise ConfigError(key, f"{value!r} is not a domid (an integer 0..32751)")
+    return value
+
+
+def _page_budget(value: object, key: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(key, f"{value!r} is not a page count (an integer, at least 1)")
     return value
 
 

@@ -8,9 +8,11 @@ a `PlaneRegistry`.
 
 Every request gets a response with its id and operation echoed and status 0 or a
 negative errno: malformed requests, unknown (-ENOENT) or duplicate (-EEXIST) cookies,
-bad sizes (-EINVAL) and refused hypervisor calls all become a status, never an
-exception. Requests that are not connector-specific (DBUF_*, FB_*) must arrive on
-connector 0's ring, as displif.h requires, and serve the whole device.
+bad sizes (-EINVAL), buffers past the device's page budget (-ENOMEM) and refused
+hypervisor calls all become a status, never an exception. The budget keeps one guest
+from taking the pages the backend domain can map or allocate for everyone else.
+Requests that are not connector-specific (DBUF_*, FB_*) must arrive on connector 0's
+ring, as displif.h requires, and serve the whole device.
 
 Zero-copy: a display buffer is exported once (`Buffers.export_from_refs`, or a grant of
 the backend's own pages to itself for `be-alloc` buffers) and that handle is what the
@@ -33,11 +35,25 @@ from pvdisplay.hv import BufferHandle, GuestMemory, Hypervisor, HypervisorError,
 from pvdisplay.planes import PlaneInfo, PlaneKey, PlaneRegistry
 from pvdisplay.wire import displif, edid, fourcc
 from pvdisplay.wire.errors import ProtocolError
+from pvdisplay.xl import MAX_DIMENSION
 
 log = logging.getLogger(__name__)
 
 MAX_BUFFER_SIZE = 256 << 20
 """Largest display buffer accepted (64 Ki pages; 4096x4096 ARGB8888 is 64 MiB)."""
+
+MAX_MODE_PIXELS = MAX_BUFFER_SIZE // 4
+"""Largest connector mode, in pixels: a full-screen 32-bpp frame fits one display buffer
+(16384x4096 or 8192x8192; each side is at most `xl.MAX_DIMENSION`)."""
+
+DEFAULT_PAGE_BUDGET = 16_384
+"""Pages one frontend device may make the backend hold at once (64 MiB).
+
+Enough to double-buffer four 1080p XRGB8888 connectors (4 x 2 x 2025 pages) or one 4K
+connector (2 x 8100). The backend domain's own limits are shared by every guest: on the
+emulated host its 524288 mappable pages hold 32 devices at full budget, and its 32768
+grant refs (Xen's default grant table) two be-alloc devices.
+"""
 
 MAX_EDID_BUFFER_SIZE = 1 << 20
 """Largest GET_EDID buffer accepted; displif.h requires at least XENDISPL_EDID_MAX_SIZE."""
@@ -129,6 +145,18 @@ def _invalid(message: str) -> ProtocolError:
     return ProtocolError(errno.EINVAL, message)
 
 
+def mode_problem(width: int, height: int) -> str | None:
+    """Why a connector cannot have a `width`x`height` mode, or None if it can."""
+    if not (1 <= width <= MAX_DIMENSION and 1 <= height <= MAX_DIMENSION):
+        return f"resolution {width}x{height}: each side must be 1..{MAX_DIMENSION}"
+    if width * height > MAX_MODE_PIXELS:
+        return (
+            f"resolution {width}x{height}: a 32-bpp frame of it exceeds the largest"
+            f" display buffer ({MAX_BUFFER_SIZE >> 20} MiB, {MAX_MODE_PIXELS} pixels)"
+        )
+    return None
+
+
 class DisplayDevice:
     """The backend side of one connected vdispl device."""
 
@@ -138,13 +166,17 @@ class DisplayDevice:
         config: DeviceConfig,
         planes: PlaneRegistry,
         copy_frames: bool = False,
+        page_budget: int = DEFAULT_PAGE_BUDGET,
     ) -> None:
         self.config = config
         self.bytes_copied = 0
         """Pixel bytes copied since connecting: stays 0 unless `copy_frames`."""
+        self.page_budget = page_budget
+        """Most pages `pages` may reach; a request that would pass it gets -ENOMEM."""
         self._hv = hv
         self._planes = planes
         self._copy_frames = copy_frames
+        self._pages = 0
         self._dbufs: dict[int, _DisplayBuffer] = {}
         self._fbs: dict[int, _Framebuffer] = {}
         self._connectors = [
@@ -158,6 +190,12 @@ class DisplayDevice:
     def buffers(self) -> int:
         """Display buffers currently held."""
         return len(self._dbufs)
+
+    @property
+    def pages(self) -> int:
+        """Pages held for this device: its display buffers' and, with `copy_frames`, the
+        copies'. Rings, directory pages and GET_EDID buffers are mapped only per request."""
+        return self._pages
 
     def handle(self, connector: int, slot: bytes) -> Reply:
         """Answer one request that arrived on `connector`'s ring."""
@@ -248,6 +286,7 @@ class DisplayDevice:
                     f" bytes, buffer_sz is {size}"
                 )
         num_grefs = displif.grefs_for_buffer(size)
+        self._check_budget(num_grefs, f"display buffer {cookie:#x}")
         if request.backend_allocates:
             if not self.config.be_alloc:
                 raise _invalid("backend allocation is not enabled (be-alloc)")
@@ -268,6 +307,7 @@ class DisplayDevice:
             handle = self._hv.buffers.export_from_refs(self.config.frontend, grefs, writable=False)
             dbuf = _DisplayBuffer(cookie, size, request.data_ofs, pitch, handle)
         self._dbufs[cookie] = dbuf
+        self._pages += num_grefs
         log.debug(
             "display buffer created",
             extra=logs.fields(
@@ -431,9 +471,12 @@ class DisplayDevice:
         pages = displif.grefs_for_buffer(length)
         own = connector.copy
         if own is None or own.memory.pages < pages:
+            held = 0 if own is None else own.memory.pages
+            self._check_budget(pages - held, "the copy of this frame")
             if own is not None:
                 self._planes.remove(connector.key)
                 self._release_own(own)
+                connector.copy = None
             memory = self._hv.grants.alloc(pages)
             try:
                 own = _OwnBuffer(memory, self._export_own(memory))
@@ -441,6 +484,7 @@ class DisplayDevice:
                 memory.close()
                 raise
             connector.copy = own
+            self._pages += pages
         if dbuf.memory is not None:
             source = dbuf.memory.array()
         else:
@@ -493,6 +537,14 @@ class DisplayDevice:
                     struct.pack_into(f"<{len(chunk)}I", view, _GREF_OFFSET, *chunk)
         return reader.grefs
 
+    def _check_budget(self, pages: int, what: str) -> None:
+        if self._pages + pages > self.page_budget:
+            raise ProtocolError(
+                errno.ENOMEM,
+                f"{what} needs {pages} pages; the device holds {self._pages} of its"
+                f" budget of {self.page_budget}",
+            )
+
     def _export_own(self, memory: GuestMemory) -> BufferHandle:
         """A handle of our own pages, made by granting them to ourselves and exporting."""
         own = self._hv.domid
@@ -512,6 +564,7 @@ class DisplayDevice:
                 self._publish_blank(connector)
 
     def _release_dbuf(self, dbuf: _DisplayBuffer) -> None:
+        self._pages -= displif.grefs_for_buffer(dbuf.size)
         try:
             if dbuf.mapping is not None:
                 dbuf.mapping.close()
@@ -531,6 +584,7 @@ class DisplayDevice:
             )
 
     def _release_own(self, own: _OwnBuffer) -> None:
+        self._pages -= own.memory.pages
         try:
             own.handle.close()
             own.memory.close()

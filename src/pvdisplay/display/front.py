@@ -101,7 +101,8 @@ class DeviceConfig:
     backend_id: int
     be_alloc: bool
     connectors: tuple[tuple[str, int, int], ...]
-    """(unique-id, width, height) per connector, from `<i>/unique-id` and `<i>/resolution`."""
+    """(unique-id, width, height) per connector, from `<i>/unique-id` (or `<i>/id`, where
+    older libxl wrote it; "" when neither is there) and `<i>/resolution`."""
 
 
 async def read_config(xs: AsyncClient, front: str) -> DeviceConfig:
@@ -120,8 +121,11 @@ async def read_config(xs: AsyncClient, front: str) -> DeviceConfig:
             break
         width, height = displif.parse_resolution(resolution)
         unique_id = ""
-        with contextlib.suppress(FileNotFoundError):
-            unique_id = (await xs.read(f"{front}/{index}/{displif.FIELD_UNIQUE_ID}")).decode()
+        for field in (displif.FIELD_UNIQUE_ID, displif.FIELD_OLD_UNIQUE_ID):
+            with contextlib.suppress(FileNotFoundError):
+                unique_id = (await xs.read(f"{front}/{index}/{field}")).decode()
+            if unique_id:
+                break
         connectors.append((unique_id, width, height))
     if not connectors:
         raise DisplayError("config", _errno.ENODEV, f"{front} has no connector with a resolution")

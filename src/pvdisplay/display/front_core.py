@@ -64,7 +64,8 @@ class ConnectorChannel:
         self._events = memoryview(event_page).cast("B")
         if len(self._events) < displif.EVENT_PAGE_SIZE:
             raise ValueError(f"an event page is {displif.EVENT_PAGE_SIZE} bytes")
-        self._event_cons = displif.read_index(self._events, displif.IN_CONS_OFFSET)
+        self._event_indices = displif.page_indices(self._events)
+        self._event_cons = self._event_indices.load(displif.IN_CONS_OFFSET)
         self._next_event_id = 0
         self._next_request_id = 0
         self._in_flight: dict[int, int] = {}
@@ -117,6 +118,7 @@ class ConnectorChannel:
     def release(self) -> None:
         """Let go of the shared pages so their mappings can be closed."""
         self._ring.release()
+        self._event_indices.release()
         self._events.release()
 
     def _allocate_id(self) -> int:
@@ -149,7 +151,8 @@ class ConnectorChannel:
         return [reply]
 
     def _take_events(self) -> list[Outcome]:
-        prod = displif.read_index(self._events, displif.IN_PROD_OFFSET)
+        # Acquire: no slot below is read before the in_prod that covers it.
+        prod = self._event_indices.load(displif.IN_PROD_OFFSET)
         if (prod - self._event_cons) & 0xFFFFFFFF > displif.IN_RING_LEN:
             raise ProtocolError(
                 errno.EIO,
@@ -171,7 +174,8 @@ class ConnectorChannel:
                 self.skipped_events += 1
                 continue
             outcomes.extend(self._on_flip_event(event.fb_cookie))
-        displif.write_index(self._events, displif.IN_CONS_OFFSET, self._event_cons)
+        # Release: the slot copies above are done before the backend may reuse the slots.
+        self._event_indices.store(displif.IN_CONS_OFFSET, self._event_cons)
         return outcomes
 
     def _on_flip_event(self, fb_cookie: int) -> list[Outcome]:

@@ -10,7 +10,10 @@ Everything runs on one asyncio loop. The event channel descriptor is one reader 
 dispatches each fired port to its connector; each wake-up handles at most one ring's
 worth of requests per connector before yielding, so no guest can hold the loop. A
 frontend that publishes an impossible ring index is disconnected (backend state
-Closing) and never read again.
+Closing) and never read again. Each device may hold `Options.page_budget` pages of
+display buffers (`backend.DisplayDevice`), so one guest cannot use up what the backend
+domain may map or allocate for all of them (as long as the budgets together fit the
+domain's limits: docs/display-backend.md).
 
 XenBus states (backend side), per device, following `backend_devices.BackendDevices`:
 
@@ -18,7 +21,9 @@ XenBus states (backend side), per device, following `backend_devices.BackendDevi
 - frontend Initialised while InitWait: read its config and transport, map, bind, Connected;
 - frontend Closing: tear down, state Closing (then InitWait when it reaches Closed);
 - frontend dead (@releaseDomain, or its event channel turned unbound): as Closed;
-- frontend misbehaves (bad ring index, unusable transport): tear down, state Closing.
+- frontend misbehaves (bad ring index, unusable transport, a connector's resolution or
+  unique-id out of range: the guest owns its connector directories and can rewrite
+  them): tear down, state Closing.
 """
 
 import asyncio
@@ -32,20 +37,31 @@ from pathlib import Path
 
 from pvdisplay import logs
 from pvdisplay.backend_devices import BackendDevice, BackendDevices
-from pvdisplay.display.backend import ConnectorConfig, DeviceConfig, DisplayDevice, Reply
+from pvdisplay.display.backend import (
+    DEFAULT_PAGE_BUDGET,
+    ConnectorConfig,
+    DeviceConfig,
+    DisplayDevice,
+    Reply,
+    mode_problem,
+)
 from pvdisplay.hv import Hypervisor, HypervisorError, Mapping, PortState
 from pvdisplay.input.service import InputService
 from pvdisplay.planes import PlaneRegistry, PlaneServer
 from pvdisplay.store.aio import AsyncClient
+from pvdisplay.toolstack import MAX_CONNECTORS
 from pvdisplay.wire import displif
+from pvdisplay.wire.atomics import AtomicIndices
 from pvdisplay.wire.errors import ProtocolError
 from pvdisplay.wire.ring import BackRing
 from pvdisplay.xenbus import XenbusState
+from pvdisplay.xl import UNIQUE_ID, UNIQUE_ID_FORM
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_VERSIONS = (1, 2)
 COPY_FLAG = "--copy"
+PAGE_BUDGET_FLAG = "--page-budget="
 
 
 @dataclass(frozen=True)
@@ -55,19 +71,33 @@ class Options:
     xenstore_dir: str
     planes_socket: str
     copy_frames: bool = False
+    page_budget: int = DEFAULT_PAGE_BUDGET
+    """Pages each frontend device may make the backend hold (`DisplayDevice.page_budget`)."""
 
     def to_args(self) -> list[str]:
         """The argument list `run` (and `Host.start_domain`) takes."""
-        return [self.xenstore_dir, self.planes_socket, *([COPY_FLAG] if self.copy_frames else [])]
+        return [
+            self.xenstore_dir,
+            self.planes_socket,
+            *([COPY_FLAG] if self.copy_frames else []),
+            f"{PAGE_BUDGET_FLAG}{self.page_budget}",
+        ]
 
     @classmethod
     def from_args(cls, args: tuple[str, ...]) -> "Options":
+        usage = f"XENSTORE_DIR PLANES_SOCKET [{COPY_FLAG}] [{PAGE_BUDGET_FLAG}PAGES]"
         if len(args) < 2:
-            raise ValueError("usage: XENSTORE_DIR PLANES_SOCKET [--copy]")
-        unknown = [flag for flag in args[2:] if flag != COPY_FLAG]
-        if unknown:
-            raise ValueError(f"unknown backend flags {unknown}; known: {COPY_FLAG}")
-        return cls(args[0], args[1], COPY_FLAG in args[2:])
+            raise ValueError(f"usage: {usage}")
+        page_budget = DEFAULT_PAGE_BUDGET
+        for flag in args[2:]:
+            if flag.startswith(PAGE_BUDGET_FLAG):
+                value = flag.removeprefix(PAGE_BUDGET_FLAG)
+                if not (value.isascii() and value.isdigit()) or int(value) < 1:
+                    raise ValueError(f"{flag}: the page budget is a whole number, at least 1")
+                page_budget = int(value)
+            elif flag != COPY_FLAG:
+                raise ValueError(f"unknown backend flag {flag!r}; usage: {usage}")
+        return cls(args[0], args[1], COPY_FLAG in args[2:], page_budget)
 
 
 def run(hv: Hypervisor, control: Connection, *args: str) -> None:
@@ -90,7 +120,9 @@ async def _main(hv: Hypervisor, control: Connection, options: Options) -> None:
     inputs = InputService(hv, xs, planes)
     server = PlaneServer(planes, options.planes_socket, inputs.deliver)
     server.start()
-    service = BackendService(hv, xs, planes, options.copy_frames, inputs.on_port)
+    service = BackendService(
+        hv, xs, planes, options.copy_frames, inputs.on_port, page_budget=options.page_budget
+    )
 
     def on_control() -> None:
         try:
@@ -130,6 +162,7 @@ class _Channel:
     ring_view: memoryview
     ring_mapping: Mapping
     event_view: memoryview
+    event_indices: AtomicIndices
     event_mapping: Mapping
     req_port: int
     evt_port: int
@@ -138,6 +171,7 @@ class _Channel:
     def release(self) -> None:
         self.ring.release()
         self.ring_view.release()
+        self.event_indices.release()
         self.event_view.release()
         for mapping in (self.ring_mapping, self.event_mapping):
             with contextlib.suppress(HypervisorError):
@@ -164,6 +198,8 @@ class BackendService(BackendDevices[_Device]):
         planes: PlaneRegistry,
         copy_frames: bool,
         other_port: Callable[[int], None] = lambda port: None,
+        *,
+        page_budget: int = DEFAULT_PAGE_BUDGET,
     ) -> None:
         """`other_port` gets every fired port that is not a display ring's (the input devices')."""
         super().__init__(xs, hv.domid, displif.DRIVER_NAME)
@@ -172,6 +208,7 @@ class BackendService(BackendDevices[_Device]):
         self._other_port = other_port
         self._planes = planes
         self._copy_frames = copy_frames
+        self._page_budget = page_budget
         self._ports: dict[int, tuple[_Device, _Channel]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -189,6 +226,8 @@ class BackendService(BackendDevices[_Device]):
         core = device.core
         return {
             "buffers": core.buffers if core else 0,
+            "pages": core.pages if core else 0,
+            "page_budget": self._page_budget,
             "bytes_copied": core.bytes_copied if core else 0,
         }
 
@@ -217,7 +256,9 @@ class BackendService(BackendDevices[_Device]):
             self._teardown(device)
             await self._set_state(device, XenbusState.CLOSING)
             return
-        device.core = DisplayDevice(self._hv, config, self._planes, self._copy_frames)
+        device.core = DisplayDevice(
+            self._hv, config, self._planes, self._copy_frames, page_budget=self._page_budget
+        )
         for channel in device.channels:
             self._ports[channel.req_port] = (device, channel)
             self._ports[channel.evt_port] = (device, channel)
@@ -235,18 +276,26 @@ class BackendService(BackendDevices[_Device]):
         if version not in SUPPORTED_VERSIONS:
             raise TransportError(f"frontend chose unsupported version {version}")
         connectors: list[ConnectorConfig] = []
-        while True:
-            index = len(connectors)
+        # As many as the toolstack writes and the frontend library reads.
+        for index in range(MAX_CONNECTORS):
             base = f"{front}/{index}"
             resolution = await self._read(f"{base}/{displif.FIELD_RESOLUTION}")
             if resolution is None:
                 break
+            # The guest owns F/<i>: it can remove it and write any values back.
             width, height = displif.parse_resolution(resolution)
+            problem = mode_problem(width, height)
+            if problem is not None:
+                raise TransportError(f"connector {index}: {problem}")
             unique_id = (
                 await self._read(f"{base}/{displif.FIELD_UNIQUE_ID}")
-                or await self._read(f"{base}/id")
+                or await self._read(f"{base}/{displif.FIELD_OLD_UNIQUE_ID}")
                 or str(index)
             )
+            if not UNIQUE_ID.fullmatch(unique_id):
+                raise TransportError(
+                    f"connector {index}: unique-id {unique_id[:80]!r} is not {UNIQUE_ID_FORM}"
+                )
             connectors.append(ConnectorConfig(index, width, height, unique_id))
         if not connectors:
             raise TransportError(f"no connectors under {front}")
@@ -270,16 +319,18 @@ class BackendService(BackendDevices[_Device]):
             local_evt = events.bind_interdomain(fe, evt_port)
             ring_view = ring_mapping.view()
             event_view = event_mapping.view()
+            event_indices = displif.page_indices(event_view)
             return _Channel(
                 index,
                 BackRing(ring_view, displif.REQUEST_SIZE),
                 ring_view,
                 ring_mapping,
                 event_view,
+                event_indices,
                 event_mapping,
                 local_req,
                 local_evt,
-                displif.read_index(event_view, displif.IN_PROD_OFFSET),
+                event_indices.load(displif.IN_PROD_OFFSET),
             )
         except BaseException:
             for undo in reversed(opened):
@@ -330,10 +381,12 @@ class BackendService(BackendDevices[_Device]):
         ring = channel.ring
         notify_requests = notify_events = False
         failure: ProtocolError | None = None
+        # Counted across the final checks too: a frontend that adds requests whenever the
+        # ring runs dry must still wait for its next turn after a ring's worth.
+        handled = 0
         try:
             while True:
                 events: list[displif.PageFlipEvent] = []
-                handled = 0
                 while handled < ring.size and (slot := ring.take_request()) is not None:
                     reply = self._handle(core, channel.index, slot)
                     ring.new_response()[:] = reply.response.encode()
@@ -379,8 +432,9 @@ class BackendService(BackendDevices[_Device]):
         self, device: _Device, channel: _Channel, event: displif.PageFlipEvent
     ) -> bool:
         """Put `event` on the connector's event page; False if the frontend left no room."""
-        page = channel.event_view
-        in_cons = displif.read_index(page, displif.IN_CONS_OFFSET)
+        page, indices = channel.event_view, channel.event_indices
+        # Acquire: the slot is not overwritten before the frontend is done reading it.
+        in_cons = indices.load(displif.IN_CONS_OFFSET)
         if (channel.in_prod - in_cons) & 0xFFFFFFFF >= displif.IN_RING_LEN:
             log.warning(
                 "event ring full; event dropped",
@@ -389,5 +443,6 @@ class BackendService(BackendDevices[_Device]):
             return False
         displif.write_event(page, channel.in_prod, event)
         channel.in_prod = (channel.in_prod + 1) & 0xFFFFFFFF
-        displif.write_index(page, displif.IN_PROD_OFFSET, channel.in_prod)
+        # Release: the frontend sees the event in its slot before it sees in_prod cover it.
+        indices.store(displif.IN_PROD_OFFSET, channel.in_prod)
         return True

@@ -6,26 +6,29 @@ device offers and the frontend asked for, and produces them onto the page's in r
 
 Ring discipline, as the display backend's: the backend never waits for a guest.
 Events that do not fit on the ring wait in a backlog of `BACKLOG` events; when the
-backlog overflows, its oldest event is dropped and counted in `dropped`. The guest's
+backlog overflows, `backlog.Backlog.shed` gives up the events whose loss the guest
+notices least (never a release of a held key or an MT UP) and counts them in
+`dropped`. The guest's
 `in_cons` is read once per flush and must lie within a ring of `in_prod`, and kbdif
 defines no out-event, so an out ring that is not empty is a protocol violation: both
 raise `ProtocolError`, after which the device must not be used again.
 """
 
 import errno
-from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pvdisplay.input import events as ev
+from pvdisplay.input.backlog import FIRST_BUTTON, Backlog
 from pvdisplay.input.contacts import ContactSlots
 from pvdisplay.wire import kbdif
 from pvdisplay.wire.errors import ProtocolError
 from pvdisplay.wire.layout import WritableBuffer
 
 BACKLOG = kbdif.IN_RING_LEN
+RAW_POINTER_MAX = 0x7FFF
+"""kbdif.h: raw (unscaled) absolute pointer positions span [0, 0x7fff] on both axes."""
 _U32 = 0xFFFFFFFF
-_FIRST_BUTTON = 0x100  # BTN_MISC: codes below are keys, codes from here are buttons
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,8 @@ class DeviceConfig:
     """What the backend directory says the device offers (written by the toolstack).
 
     `width` x `height` is the absolute pointer's range, `mt_width` x `mt_height` the
-    touch surface's, both in the units the frontend sees.
+    touch surface's, both in the units the frontend sees; `raw_pointer` offers absolute
+    positions over 0..`RAW_POINTER_MAX` instead of the pointer's range.
     """
 
     unique_id: str
@@ -42,6 +46,7 @@ class DeviceConfig:
     keyboard: bool = True
     pointer: bool = True
     abs_pointer: bool = False
+    raw_pointer: bool = False
     multi_touch: bool = False
     mt_width: int = 0
     mt_height: int = 0
@@ -54,6 +59,7 @@ class FrontendRequests:
 
     abs_pointer: bool = False
     multi_touch: bool = False
+    raw_pointer: bool = False
 
 
 def _scale(value: int, source: int, target: int) -> int:
@@ -65,20 +71,38 @@ def _scale(value: int, source: int, target: int) -> int:
     return min(max(value, 0), target - 1)
 
 
+def _raw(value: int, source: int) -> int:
+    """`value` in [0, source) mapped onto [0, RAW_POINTER_MAX], edge to edge, clamped."""
+    if source <= 1:
+        return 0
+    value = min(max(value, 0), source - 1)
+    return value * RAW_POINTER_MAX // (source - 1)
+
+
 class InputDevice:
     """One connected vkbd device: translation state, in-ring producer and backlog."""
 
-    def __init__(self, config: DeviceConfig, requests: FrontendRequests, page: WritableBuffer):
+    def __init__(
+        self,
+        config: DeviceConfig,
+        requests: FrontendRequests,
+        page: WritableBuffer,
+        backlog: int = BACKLOG,
+    ):
         self.config = config
         self.absolute = config.abs_pointer and requests.abs_pointer
+        # kbdif.h: raw is only valid with request-abs-pointer (and ignored without).
+        self.raw = self.absolute and config.raw_pointer and requests.raw_pointer
         self.touch = config.multi_touch and requests.multi_touch and config.mt_contacts > 0
         self.dropped = 0
-        """Events lost because the guest did not consume them in time (oldest first)."""
+        """Events lost because the guest did not consume them in time (`Backlog.shed`)."""
         self.ignored = 0
         """Output events the device cannot express (touch without multi-touch, ...)."""
         self._page = page
-        self._prod = kbdif.read_index(page, kbdif.IN_PROD_OFFSET)
-        self._backlog: deque[kbdif.InEvent] = deque()
+        self._indices = kbdif.page_indices(page)
+        self._prod = self._indices.load(kbdif.IN_PROD_OFFSET)
+        self._backlog = Backlog()
+        self._backlog_limit = backlog
         self._pointer = (0, 0)
         self._contacts: ContactSlots[int] = ContactSlots(config.mt_contacts)
 
@@ -112,11 +136,15 @@ class InputDevice:
         cfg = self.config
         match event:
             case ev.Key(code, pressed):
-                allowed = cfg.pointer if code >= _FIRST_BUTTON else cfg.keyboard
+                allowed = cfg.pointer if code >= FIRST_BUTTON else cfg.keyboard
                 if allowed and 0 <= code <= _U32:
                     return [kbdif.Key(pressed, code)]
             case ev.PointerMove(x, y) if cfg.pointer:
-                position = (_scale(x, cw, cfg.width), _scale(y, ch, cfg.height))
+                position = (
+                    (_raw(x, cw), _raw(y, ch))
+                    if self.raw
+                    else (_scale(x, cw, cfg.width), _scale(y, ch, cfg.height))
+                )
                 previous, self._pointer = self._pointer, position
                 if self.absolute:
                     return [kbdif.Position(*position, 0)]
@@ -154,13 +182,15 @@ class InputDevice:
 
     # -- the ring -----------------------------------------------------------------
 
+    def release(self) -> None:
+        """Let go of the page so its mapping can be closed; the device is unusable after."""
+        self._indices.release()
+
     def push(self, events: Sequence[kbdif.InEvent]) -> bool:
         """Queue `events` and put what fits on the ring; True if the frontend must be notified."""
         self._backlog.extend(events)
         produced = self.flush()
-        while len(self._backlog) > BACKLOG:
-            self._backlog.popleft()
-            self.dropped += 1
+        self.dropped += self._backlog.shed(self._backlog_limit)
         return produced
 
     @property
@@ -174,7 +204,8 @@ class InputDevice:
         `ProtocolError` if the guest published impossible indices or an out event.
         """
         self.check_out_ring()
-        in_cons = kbdif.read_index(self._page, kbdif.IN_CONS_OFFSET)
+        # Acquire: no slot below is overwritten before the guest is done reading it.
+        in_cons = self._indices.load(kbdif.IN_CONS_OFFSET)
         used = (self._prod - in_cons) & _U32
         if used > kbdif.IN_RING_LEN:
             raise ProtocolError(
@@ -187,12 +218,13 @@ class InputDevice:
             self._prod = (self._prod + 1) & _U32
             produced += 1
         if produced:
-            kbdif.write_index(self._page, kbdif.IN_PROD_OFFSET, self._prod)
+            # Release: the guest sees the events in their slots before in_prod covers them.
+            self._indices.store(kbdif.IN_PROD_OFFSET, self._prod)
         return produced > 0
 
     def check_out_ring(self) -> None:
-        out_cons = kbdif.read_index(self._page, kbdif.OUT_CONS_OFFSET)
-        out_prod = kbdif.read_index(self._page, kbdif.OUT_PROD_OFFSET)
+        out_cons = self._indices.load(kbdif.OUT_CONS_OFFSET)
+        out_prod = self._indices.load(kbdif.OUT_PROD_OFFSET)
         if out_prod != out_cons:
             pending = (out_prod - out_cons) & _U32
             raise ProtocolError(

@@ -6,8 +6,9 @@
 `xl create` makes for the device (libxl_device.c `libxl__device_generic_add`,
 libxl_vkb.c `libxl__set_xenstore_vkb`), as a `NodePlan` to apply in one transaction.
 The device binds to the display connector with the same `unique-id`: the pointer's
-`width`/`height` and the touch surface default to that connector's resolution, and are
-written with the device, before its frontend can probe.
+`width`/`height` and the touch surface default to that connector's resolution (for a
+device without a `unique-id`, the guest's first connector's), and are always written with
+the device, before its frontend can probe.
 
 `toolstack` reads the config file's `vkb` lists with this module, so this module depends
 only on the vocabulary the two share (`pvdisplay.xl`).
@@ -31,6 +32,8 @@ from pvdisplay.xl import (
 KIND = kbdif.DRIVER_NAME
 MAX_CONTACTS = 256  # contact_id is a u8
 DEFAULT_CONTACTS = 10
+DEFAULT_RESOLUTION = (800, 600)
+"""The pointer range of a vkb when the guest has no connector (xenfb's default mode)."""
 XL_FORM = (
     "'backend=DOMAIN,unique-id=ID,feature-abs-pointer=0|1,feature-multi-touch=0|1,"
     "multi-touch-width=W,multi-touch-height=H,multi-touch-num-contacts=N,width=W,height=H'"
@@ -96,6 +99,11 @@ def parse_xl_vkb(
         raise ConfigError(f"{key}.unique-id", f"{unique_id!r} is not {UNIQUE_ID_FORM}")
     flags = {name: _flag(values.get(name, "0"), f"{key}.{name}") for name in _FLAGS}
     numbers = {name: _number(values.get(name, "0"), f"{key}.{name}") for name in _NUMBERS}
+    if flags["feature-raw-pointer"] and not flags["feature-abs-pointer"]:
+        raise ConfigError(
+            f"{key}.feature-raw-pointer",
+            "raw pointer positions are absolute; add feature-abs-pointer=1",
+        )
     if numbers["multi-touch-num-contacts"] > MAX_CONTACTS:
         raise ConfigError(f"{key}.multi-touch-num-contacts", f"at most {MAX_CONTACTS}")
     return Vkb(
@@ -127,22 +135,27 @@ def _number(value: str, key: str) -> int:
     return int(value)
 
 
-def bound_resolution(device: Vkb, vdispls: Sequence[Vdispl]) -> tuple[int, int] | None:
-    """The resolution of the guest's connector whose unique-id the device names."""
-    for vdispl in vdispls:
-        for connector in vdispl.connectors:
-            if device.unique_id and connector.unique_id == device.unique_id:
-                return connector.width, connector.height
-    return None
+def device_resolution(device: Vkb, vdispls: Sequence[Vdispl]) -> tuple[int, int]:
+    """The resolution the device's unset sizes take: its bound connector's, else (no
+    unique-id) the guest's first connector's, else `DEFAULT_RESOLUTION`.
+
+    The backend routes input for a connector without a vkb of its own to the vkb without
+    a unique-id, and the demo guest draws that vkb on its first connector.
+    """
+    connectors = [connector for vdispl in vdispls for connector in vdispl.connectors]
+    bound = [c for c in connectors if device.unique_id and c.unique_id == device.unique_id]
+    chosen = (bound or connectors)[:1]
+    return (chosen[0].width, chosen[0].height) if chosen else DEFAULT_RESOLUTION
 
 
 def backend_entries(device: Vkb, vdispls: Sequence[Vdispl]) -> list[tuple[str, str]]:
     """The device's settings as libxl writes them into the backend directory.
 
-    Unset sizes default to the bound connector's resolution; multi-touch without a
-    contact count gets `DEFAULT_CONTACTS`.
+    Unset sizes default to `device_resolution`, so a frontend probing the device never
+    reads a zero or missing size; multi-touch without a contact count gets
+    `DEFAULT_CONTACTS`.
     """
-    width, height = bound_resolution(device, vdispls) or (0, 0)
+    width, height = device_resolution(device, vdispls)
     entries: list[tuple[str, str]] = []
     if device.unique_id:
         entries.append((kbdif.FIELD_UNIQUE_ID, device.unique_id))
@@ -161,12 +174,10 @@ def backend_entries(device: Vkb, vdispls: Sequence[Vdispl]) -> list[tuple[str, s
             (kbdif.FIELD_MT_HEIGHT, str(device.mt_height or height)),
             (kbdif.FIELD_MT_NUM_CONTACTS, str(device.mt_contacts or DEFAULT_CONTACTS)),
         ]
-    for value, field in (
-        (device.width or width, kbdif.FIELD_WIDTH),
-        (device.height or height, kbdif.FIELD_HEIGHT),
-    ):
-        if value:
-            entries.append((field, str(value)))
+    entries += [
+        (kbdif.FIELD_WIDTH, str(device.width or width)),
+        (kbdif.FIELD_HEIGHT, str(device.height or height)),
+    ]
     return entries
 
 

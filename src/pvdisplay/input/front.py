@@ -5,15 +5,17 @@
             ...
 
 Events stay on the shared ring until the program reads them, so a program that stops
-reading makes the backend drop (and count) the oldest input instead of the guest
-buffering without bound. Reading advances `in_cons` and notifies the backend, which then
-refills the ring. In-events of unknown type are skipped, as kbdif.h asks.
+reading makes the backend drop (and count) input, pointer motion first and never a
+release, instead of the guest buffering without bound. Reading advances `in_cons` and
+notifies the backend, which then refills the ring. In-events of unknown type are
+skipped, as kbdif.h asks.
 
 Handshake (xen-kbdfront's): wait for the backend's InitWait, read its features and sizes
-(`feature-abs-pointer`, `feature-multi-touch`, `width`, `height`, `multi-touch-*`,
-`unique-id`), grant the zeroed page, bind an event channel, write `page-gref`,
-`event-channel`, `request-abs-pointer` and `request-multi-touch` with state Initialised
-in one transaction, then Connected once the backend is.
+(`feature-abs-pointer`, `feature-raw-pointer`, `feature-multi-touch`, `width`, `height`,
+`multi-touch-*`, `unique-id`), grant the zeroed page, bind an event channel, write
+`page-gref`, `event-channel`, `request-abs-pointer`, `request-raw-pointer` and
+`request-multi-touch` with state Initialised in one transaction, then Connected once the
+backend is.
 
 Backend restart (as the display frontend survives one): the backend leaving Connected
 for InitWait, Initialising, Unknown or a missing state node ends the connection: the
@@ -78,6 +80,7 @@ class Keyboard:
         *,
         absolute: bool,
         multi_touch: bool,
+        raw_pointer: bool = False,
     ) -> None:
         self._hv = hv
         self._xs = xs
@@ -86,9 +89,10 @@ class Keyboard:
         self.backend_path = backend_path
         self._want_absolute = absolute
         self._want_multi_touch = multi_touch
+        self._want_raw_pointer = raw_pointer
         self.unique_id = ""
         self.width = self.height = 0
-        self.abs_pointer = self.multi_touch = False
+        self.abs_pointer = self.multi_touch = self.raw_pointer = False
         self.mt_width = self.mt_height = self.mt_contacts = 0
         self.skipped = 0
         """In-events of a type this frontend does not know, skipped."""
@@ -98,6 +102,7 @@ class Keyboard:
         self._memory = hv.grants.alloc(1)
         self.page = self._memory.view()
         """The shared page itself (the ring indexes and slots), for diagnostics and tests."""
+        self._indices = kbdif.page_indices(self.page)
         self.port: int | None = None
         self._ref: int | None = None
         self._phase = _Phase.WAITING
@@ -115,14 +120,26 @@ class Keyboard:
         devid: int = 0,
         absolute: bool = True,
         multi_touch: bool = True,
+        *,
+        raw_pointer: bool = False,
     ) -> "Keyboard":
-        """Connect; ask for absolute pointer and multi-touch if wanted and offered."""
+        """Connect; ask for absolute pointer and multi-touch if wanted and offered, and for
+        raw positions (0..0x7fff whatever `width`/`height` say) if wanted,
+        offered and absolute."""
         xs = await AsyncClient.connect(xenstore_socket)
         keyboard: Keyboard | None = None
         try:
             front = xenbus.frontend_path(hv.domid, KIND, devid)
             backend_path = (await xs.read(f"{front}/{xenbus.FIELD_BACKEND}")).decode()
-            keyboard = cls(hv, xs, devid, backend_path, absolute=absolute, multi_touch=multi_touch)
+            keyboard = cls(
+                hv,
+                xs,
+                devid,
+                backend_path,
+                absolute=absolute,
+                multi_touch=multi_touch,
+                raw_pointer=raw_pointer,
+            )
             keyboard._backend_id = int(await xs.read(f"{front}/{xenbus.FIELD_BACKEND_ID}"))
             keyboard._start()
             await asyncio.wait_for(keyboard.wait_connected(), CONNECT_TIMEOUT)
@@ -159,9 +176,10 @@ class Keyboard:
 
     def take(self) -> list[kbdif.InEvent]:
         """The events waiting on the ring now, possibly none."""
-        page = self.page
-        in_prod = kbdif.read_index(page, kbdif.IN_PROD_OFFSET)
-        in_cons = kbdif.read_index(page, kbdif.IN_CONS_OFFSET)
+        page, indices = self.page, self._indices
+        # Acquire: no slot below is read before the in_prod that covers it.
+        in_prod = indices.load(kbdif.IN_PROD_OFFSET)
+        in_cons = indices.load(kbdif.IN_CONS_OFFSET)
         if (in_prod - in_cons) & _U32 > kbdif.IN_RING_LEN:
             self._fail(InputLostError(errno.EPROTO, f"backend published in_prod {in_prod}"))
             return []
@@ -172,8 +190,9 @@ class Keyboard:
             except ProtocolError:
                 self.skipped += 1
             in_cons = (in_cons + 1) & _U32
-        if in_cons != kbdif.read_index(page, kbdif.IN_CONS_OFFSET):
-            kbdif.write_index(page, kbdif.IN_CONS_OFFSET, in_cons)
+        if in_cons != indices.load(kbdif.IN_CONS_OFFSET):
+            # Release: the slot copies above are done before the backend may reuse the slots.
+            indices.store(kbdif.IN_CONS_OFFSET, in_cons)
             if self.port is not None:
                 self._hv.events.notify(self.port)
         return events
@@ -203,6 +222,7 @@ class Keyboard:
                 )
             await self._write_state(XenbusState.CLOSED)
         self._disconnect()
+        self._indices.release()
         self.page.release()
         with contextlib.suppress(HypervisorError):
             self._memory.close()
@@ -278,6 +298,11 @@ class Keyboard:
         self.multi_touch = (
             self._want_multi_touch and await self._read(f"{back}/{kbdif.FIELD_FEAT_MTOUCH}") == "1"
         )
+        self.raw_pointer = (
+            self._want_raw_pointer
+            and self.abs_pointer
+            and await self._read(f"{back}/{kbdif.FIELD_FEAT_RAW_POINTER}") == "1"
+        )
         if self.multi_touch:
             self.mt_width = await self._number(f"{back}/{kbdif.FIELD_MT_WIDTH}")
             self.mt_height = await self._number(f"{back}/{kbdif.FIELD_MT_HEIGHT}")
@@ -293,6 +318,9 @@ class Keyboard:
             await txn.write(f"{self.path}/{kbdif.FIELD_EVT_CHANNEL}", str(port))
             await txn.write(
                 f"{self.path}/{kbdif.FIELD_REQ_ABS_POINTER}", str(int(self.abs_pointer))
+            )
+            await txn.write(
+                f"{self.path}/{kbdif.FIELD_REQ_RAW_POINTER}", str(int(self.raw_pointer))
             )
             await txn.write(f"{self.path}/{kbdif.FIELD_REQ_MTOUCH}", str(int(self.multi_touch)))
             await txn.write(f"{self.path}/{xenbus.FIELD_STATE}", XenbusState.INITIALISED.encode())

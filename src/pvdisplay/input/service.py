@@ -13,7 +13,8 @@ XenBus states (backend side), per device, as the display backend's
 - found, or frontend Closed/gone: tear down; write `width`/`height` if the toolstack did
   not (from the bound connector's resolution); state InitWait;
 - frontend Initialised while InitWait: read `page-gref`, `event-channel` and the
-  `request-*` nodes from the frontend directory, map, bind, Connected;
+  `request-*` nodes (`abs-pointer`, `raw-pointer`, `multi-touch`) from the frontend
+  directory, map, bind, Connected;
 - frontend Closing: tear down, Closing; frontend domain dead or channel unbound: InitWait;
 - frontend misbehaves (impossible `in_cons`, any out event, unusable transport):
   tear down, Closing, and never read its page again.
@@ -30,6 +31,7 @@ from pvdisplay.backend_devices import BackendDevice, BackendDevices
 from pvdisplay.hv import Hypervisor, HypervisorError, Mapping, PortState
 from pvdisplay.input import events as ev
 from pvdisplay.input.back import DeviceConfig, FrontendRequests, InputDevice
+from pvdisplay.input.config import DEFAULT_RESOLUTION
 from pvdisplay.planes import InputReceipt, PlaneKey, PlaneRegistry
 from pvdisplay.store.aio import AsyncClient
 from pvdisplay.wire import displif, kbdif
@@ -37,9 +39,6 @@ from pvdisplay.wire.errors import ProtocolError
 from pvdisplay.xenbus import XenbusState
 
 log = logging.getLogger(__name__)
-
-DEFAULT_WIDTH, DEFAULT_HEIGHT = 800, 600
-"""The pointer range of a vkbd bound to no connector (xenfb's default mode)."""
 
 
 @dataclass
@@ -87,7 +86,7 @@ class InputService(BackendDevices[_Vkbd]):
             raise ProtocolError(errno.ENOENT, f"{device.name} was disconnected") from exc
         if core.dropped > dropped_before:
             log.warning(
-                "input ring full; oldest events dropped",
+                "input ring full; events dropped",
                 extra=logs.fields(device=device.name, dropped=core.dropped),
             )
         return InputReceipt(len(translated), core.dropped)
@@ -164,6 +163,7 @@ class InputService(BackendDevices[_Vkbd]):
             keyboard=not await flag(kbdif.FIELD_FEAT_DSBL_KEYBRD),
             pointer=not await flag(kbdif.FIELD_FEAT_DSBL_POINTER),
             abs_pointer=await flag(kbdif.FIELD_FEAT_ABS_POINTER),
+            raw_pointer=await flag(kbdif.FIELD_FEAT_RAW_POINTER),
             multi_touch=await flag(kbdif.FIELD_FEAT_MTOUCH),
             mt_width=await number(kbdif.FIELD_MT_WIDTH) or width,
             mt_height=await number(kbdif.FIELD_MT_HEIGHT) or height,
@@ -187,7 +187,7 @@ class InputService(BackendDevices[_Vkbd]):
                 if await self._read(f"{base}/{displif.FIELD_UNIQUE_ID}") == unique_id:
                     return size
                 found.append(size)
-        return found[0] if found else (DEFAULT_WIDTH, DEFAULT_HEIGHT)
+        return found[0] if found else DEFAULT_RESOLUTION
 
     async def _connect(self, device: _Vkbd) -> None:
         front = device.frontend_path
@@ -198,6 +198,7 @@ class InputService(BackendDevices[_Vkbd]):
             requests = FrontendRequests(
                 abs_pointer=await self._read(f"{front}/{kbdif.FIELD_REQ_ABS_POINTER}") == "1",
                 multi_touch=await self._read(f"{front}/{kbdif.FIELD_REQ_MTOUCH}") == "1",
+                raw_pointer=await self._read(f"{front}/{kbdif.FIELD_REQ_RAW_POINTER}") == "1",
             )
             device.mapping = self._hv.grants.map(device.frontend, [ref])
             device.page = device.mapping.view()
@@ -216,7 +217,10 @@ class InputService(BackendDevices[_Vkbd]):
         log.info(
             "input connected",
             extra=logs.fields(
-                device=device.name, absolute=device.core.absolute, touch=device.core.touch
+                device=device.name,
+                absolute=device.core.absolute,
+                raw=device.core.raw,
+                touch=device.core.touch,
             ),
         )
 
@@ -226,6 +230,8 @@ class InputService(BackendDevices[_Vkbd]):
             with contextlib.suppress(HypervisorError):
                 self._hv.events.unbind(device.port)
             device.port = None
+        if device.core is not None:
+            device.core.release()
         device.core = None
         if device.page is not None:
             device.page.release()

@@ -1,9 +1,9 @@
 """Sequentially consistent loads and stores of shared-memory indices, through libatomic.
 
-Rings shared with another domain or process (Xen's ``ring.h`` rings, virtio split
-virtqueues) publish their indices with barriers around them. CPython has none, so every
-index access goes through libatomic's ``__atomic_load_N`` / ``__atomic_store_N`` at
-``__ATOMIC_SEQ_CST``, called with ctypes:
+Rings shared with another domain or process (Xen's ``ring.h`` rings, the displif and
+kbdif event pages, virtio split virtqueues) publish their indices with barriers around
+them. CPython has none, so every index access goes through libatomic's
+``__atomic_load_N`` / ``__atomic_store_N`` at ``__ATOMIC_SEQ_CST``, called with ctypes:
 
 * the store is at least a release store: bytes written before it are visible first;
 * the load is at least an acquire load: bytes read after it are not read early;
@@ -17,10 +17,12 @@ order, as the C peer on the same machine sees them.
 """
 
 import ctypes
+import mmap
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Final, TypeAlias
 
-from pvdisplay.wire.layout import WritableBuffer
+# Not imported from `pvdisplay.wire.layout`, which builds its event-page indices on this.
+WritableBuffer: TypeAlias = bytearray | memoryview | mmap.mmap
 
 _SEQ_CST: Final = 5  # __ATOMIC_SEQ_CST
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple, Self
 
+from pvdisplay.wire.atomics import AtomicIndices
 from pvdisplay.wire.errors import ProtocolError
 from pvdisplay.wire.layout import (
     EventRing,
@@ -27,8 +28,7 @@ from pvdisplay.wire.layout import (
     Packet,
     ReadableBuffer,
     WritableBuffer,
-    read_ring_index,
-    write_ring_index,
+    event_ring_indices,
 )
 
 PROTOCOL_VERSION = "2"
@@ -47,6 +47,7 @@ FIELD_EVT_CHANNEL = "evt-event-channel"
 FIELD_RESOLUTION = "resolution"
 FIELD_BE_ALLOC = "be-alloc"
 FIELD_UNIQUE_ID = "unique-id"
+FIELD_OLD_UNIQUE_ID = "id"  # where older libxl writes the unique-id; read as a fallback
 
 EDID_BLOCK_SIZE = 128
 EDID_BLOCK_COUNT = 256
@@ -355,9 +356,15 @@ IN_RING_SIZE = EVENT_PAGE_SIZE - IN_RING_OFFS
 IN_RING_LEN = IN_RING_SIZE // EVENT_SIZE
 _IN_RING = EventRing(IN_RING_OFFS, IN_RING_LEN, EVENT_SIZE)
 
-# `in_cons` and `in_prod`: pass IN_CONS_OFFSET or IN_PROD_OFFSET.
-read_index = read_ring_index
-write_index = write_ring_index
+
+def page_indices(page: WritableBuffer) -> AtomicIndices:
+    """`in_cons` and `in_prod` of an event page: `load`/`store` them by their *_OFFSET.
+
+    Loads are acquires and stores releases; `pvdisplay.wire.layout` says in which order
+    each end must use them around its slot copies. Keep one per mapped page and
+    `release()` it before the mapping is closed.
+    """
+    return event_ring_indices(page, (IN_CONS_OFFSET, IN_PROD_OFFSET))
 
 
 def in_ring_slot_offset(index: int) -> int:

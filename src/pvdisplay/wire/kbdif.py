@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Self
 
+from pvdisplay.wire.atomics import AtomicIndices
 from pvdisplay.wire.errors import ProtocolError
 from pvdisplay.wire.layout import (
     EventRing,
@@ -27,8 +28,7 @@ from pvdisplay.wire.layout import (
     Packet,
     ReadableBuffer,
     WritableBuffer,
-    read_ring_index,
-    write_ring_index,
+    event_ring_indices,
 )
 
 DRIVER_NAME = "vkbd"
@@ -292,9 +292,17 @@ OUT_PROD_OFFSET = PAGE_LAYOUT.fields["out_prod"].offset
 _IN_RING = EventRing(IN_RING_OFFS, IN_RING_LEN, IN_EVENT_SIZE)
 _OUT_RING = EventRing(OUT_RING_OFFS, OUT_RING_LEN, OUT_EVENT_SIZE)
 
-# Pass IN_CONS_OFFSET, IN_PROD_OFFSET, OUT_CONS_OFFSET or OUT_PROD_OFFSET.
-read_index = read_ring_index
-write_index = write_ring_index
+
+def page_indices(page: WritableBuffer) -> AtomicIndices:
+    """`in_cons`, `in_prod`, `out_cons`, `out_prod` of the shared page, by their *_OFFSET.
+
+    Loads are acquires and stores releases; `pvdisplay.wire.layout` says in which order
+    each end must use them around its slot copies. Keep one per mapped page and
+    `release()` it before the mapping is closed.
+    """
+    return event_ring_indices(
+        page, (IN_CONS_OFFSET, IN_PROD_OFFSET, OUT_CONS_OFFSET, OUT_PROD_OFFSET)
+    )
 
 
 def in_ring_slot_offset(index: int) -> int:

@@ -16,16 +16,28 @@ slot is unpacked into constructor arguments.
 
 displif.h and kbdif.h both place their event rings in a shared page the same
 way: an array of fixed-size slots at a fixed offset, indexed by free-running
-32-bit counters that also live in the page. `EventRing` is that array.
+32-bit counters that also live in the page. `EventRing` is that array, and
+`event_ring_indices` the counters. The peer runs on another CPU, so each end
+orders its slot copies against the counters, as Linux xen-front, xen-kbdfront
+and their backends do with barriers (docs/ring.md, "Event pages"):
+
+- producer: load `cons`, write the slots, then store `prod`;
+- consumer: load `prod`, copy the slots out, then store `cons`.
+
+Every load is an acquire and every store a release (`AtomicIndices`), which keeps
+that order on any CPU: slots are neither read before the `prod` that covers them
+nor overwritten before the `cons` that frees them, and no `prod` or `cons` is seen
+before the slot copies it announces.
 """
 
 import errno
 import mmap
 import operator
 import struct
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple, Self
 
+from pvdisplay.wire.atomics import AtomicIndices
 from pvdisplay.wire.errors import ProtocolError
 
 ReadableBuffer = bytes | bytearray | memoryview | mmap.mmap
@@ -146,15 +158,13 @@ class EventRing(NamedTuple):
 
 
 _INDEX_MASK = 0xFFFFFFFF
-_INDEX = struct.Struct("<I")
+_INDEX_SIZE = 4  # RING_IDX is a uint32_t
 
 
-def read_ring_index(page: ReadableBuffer, offset: int) -> int:
-    """Read the 32-bit producer or consumer index at `offset` of a shared page."""
-    value: int = _INDEX.unpack_from(page, offset)[0]
-    return value
+def event_ring_indices(page: WritableBuffer, offsets: Iterable[int]) -> AtomicIndices:
+    """The free-running indices at `offsets` of a shared event page, for ordered access.
 
-
-def write_ring_index(page: WritableBuffer, offset: int, value: int) -> None:
-    """Store a free-running index, wrapped to 32 bits as the peer's RING_IDX wraps."""
-    _INDEX.pack_into(page, offset, value & _INDEX_MASK)
+    Build it once per mapped page and keep it: it pins the page, so `release()` it before
+    the mapping is closed. Stores wrap to 32 bits, as the peer's RING_IDX does.
+    """
+    return AtomicIndices(page, offsets, _INDEX_SIZE)

@@ -41,6 +41,12 @@ ENCODING_RAW: Final = 0
 ENCODING_COPYRECT: Final = 1
 ENCODING_ZRLE: Final = 16
 ENCODING_DESKTOP_SIZE: Final = -223
+ENCODING_NAMES: Final = {
+    ENCODING_RAW: "Raw",
+    ENCODING_COPYRECT: "CopyRect",
+    ENCODING_ZRLE: "ZRLE",
+    ENCODING_DESKTOP_SIZE: "DesktopSize",
+}
 
 _VERSION_PATTERN: Final = re.compile(rb"RFB (\d{3})\.(\d{3})\n")
 

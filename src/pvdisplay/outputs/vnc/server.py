@@ -30,7 +30,7 @@ import numpy as np
 from pvdisplay import logs
 from pvdisplay.hv.local.buffers import LocalBufferHandle
 from pvdisplay.hv.local.memory import LocalMapping
-from pvdisplay.input.events import InputEvent, PointerMove
+from pvdisplay.input.events import InputEvent, Key, PointerMove
 from pvdisplay.outputs.vnc import rfb
 from pvdisplay.outputs.vnc.damage import Mask, Rect
 from pvdisplay.outputs.vnc.mirror import FrameMirror
@@ -263,6 +263,8 @@ class _Session:
         self.writer = writer
         self.connection = rfb.ServerConnection(password, os.urandom(rfb.CHALLENGE_SIZE))
         self.translator = InputTranslator()
+        self.held: set[int] = set()
+        """Keys and buttons this client has down in the guest."""
         self.encoder: UpdateEncoder | None = None
         self.given: Picture | None = None  # the picture the encoder saw last
         self.request: rfb.UpdateRequest | None = None
@@ -289,6 +291,8 @@ class _Session:
                 updates.cancel()
                 with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                     await updates
+            # A client that goes away cannot lift what it holds: the guest would keep it.
+            await self._send_input([Key(code, False) for code in sorted(self.held)])
             self.writer.close()
             with contextlib.suppress(ConnectionError):
                 await self.writer.wait_closed()
@@ -314,14 +318,32 @@ class _Session:
             self.encoder.pixel_format = event.pixel_format
         elif isinstance(event, rfb.SetEncodings):
             self.encoder.encodings = event.encodings
+            log.info(
+                "vnc client encodings",
+                extra=logs.fields(
+                    plane=self.key,
+                    encoding=rfb.ENCODING_NAMES[self.encoder.encoding],
+                    copyrect=rfb.ENCODING_COPYRECT in event.encodings,
+                    desktop_size=rfb.ENCODING_DESKTOP_SIZE in event.encodings,
+                ),
+            )
         elif isinstance(event, rfb.UpdateRequest):
             self.request = _merged(self.request, event)
             self.requested.set()
         elif isinstance(event, rfb.KeyEvent):
-            await self.feed.send_input(self.key, self.translator.key(event))
+            await self._send_input(self.translator.key(event))
         elif isinstance(event, rfb.PointerEvent):
             events = _on_connector(self.translator.pointer(event), self.feed.plane(self.key))
-            await self.feed.send_input(self.key, events)
+            await self._send_input(events)
+
+    async def _send_input(self, events: list[InputEvent]) -> None:
+        for event in events:
+            if isinstance(event, Key):
+                if event.pressed:
+                    self.held.add(event.code)
+                else:
+                    self.held.discard(event.code)
+        await self.feed.send_input(self.key, events)
 
     async def _send_updates(self) -> None:
         """Answer each request with the newest frame once there is something to send."""

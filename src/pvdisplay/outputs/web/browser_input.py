@@ -3,7 +3,10 @@
 The page converts every position to the guest connector's pixels (it knows the canvas
 scale); this decoder checks each message, clamps positions into the connector, maps
 key codes and buttons to Linux codes, and gives each touching pointer a contact slot
-(0, 1, ... as kbdif multi-touch numbers them) for as long as it touches.
+(0, 1, ... as kbdif multi-touch numbers them) for as long as it touches. It remembers
+which keys, buttons and contacts the page holds down, so that they can be let go of
+when the page loses focus (a "release" message) or goes away (`release_all`): the guest
+would otherwise keep them held.
 
 Messages (JSON objects from the page), in a list under "events":
 
@@ -12,6 +15,7 @@ Messages (JSON objects from the page), in a list under "events":
 - `{"t": "button", "button": MouseEvent.button, "down": bool, "x": X, "y": Y}`
 - `{"t": "wheel", "steps": N}` (positive: away from the user)
 - `{"t": "touch", "phase": "down" | "move" | "up", "id": PointerEvent.pointerId, "x": X, "y": Y}`
+- `{"t": "release"}`: let go of every key, button and contact held (the page lost focus)
 """
 
 import errno
@@ -44,6 +48,7 @@ class BrowserInput:
         self.width = width
         self.height = height
         self._contacts = ContactSlots[int](MAX_CONTACTS)  # by pointerId
+        self._held: set[int] = set()  # Linux key and button codes down
 
     def resize(self, width: int, height: int) -> None:
         self.width = width
@@ -55,34 +60,40 @@ class BrowserInput:
         items = message.get("events")
         if not isinstance(items, list) or len(items) > MAX_EVENTS:
             raise ProtocolError(errno.EINVAL, f"events must be a list of at most {MAX_EVENTS}")
-        contacts = self._contacts.copy()
+        contacts, held = self._contacts.copy(), set(self._held)
         events: list[InputEvent] = []
         for item in items:
             if not isinstance(item, dict):
                 raise ProtocolError(errno.EINVAL, "an input event is not an object")
-            events.extend(self._decode_one(item, contacts))
-        self._contacts = contacts
+            events.extend(self._decode_one(item, contacts, held))
+        self._contacts, self._held = contacts, held
         return events
 
+    def release_all(self) -> list[InputEvent]:
+        """Let go of every key, button and contact the page holds (it went away)."""
+        return _release(self._contacts, self._held)
+
     def _decode_one(
-        self, item: Mapping[str, object], contacts: ContactSlots[int]
+        self, item: Mapping[str, object], contacts: ContactSlots[int], held: set[int]
     ) -> list[InputEvent]:
         kind = item.get("t")
         if kind == "key":
             code = LINUX_KEYS.get(_text(item, "code"))
-            return [] if code is None else [Key(code, _flag(item, "down"))]
+            return [] if code is None else [_press(held, code, _flag(item, "down"))]
         if kind == "move":
             return [PointerMove(*self._position(item))]
         if kind == "button":
             button = LINUX_BUTTONS.get(_integer(item, "button"))
             if button is None:
                 return []
-            return [PointerMove(*self._position(item)), Key(button, _flag(item, "down"))]
+            return [PointerMove(*self._position(item)), _press(held, button, _flag(item, "down"))]
         if kind == "wheel":
             steps = max(-MAX_WHEEL_STEPS, min(MAX_WHEEL_STEPS, _integer(item, "steps")))
             return [Wheel(steps)] if steps else []
         if kind == "touch":
             return self._touch(item, contacts)
+        if kind == "release":
+            return _release(contacts, held)
         raise ProtocolError(errno.EINVAL, f"unknown input event {kind!r}")
 
     def _touch(self, item: Mapping[str, object], contacts: ContactSlots[int]) -> list[InputEvent]:
@@ -104,6 +115,22 @@ class BrowserInput:
             min(max(math.floor(x), 0), self.width - 1),
             min(max(math.floor(y), 0), self.height - 1),
         )
+
+
+def _press(held: set[int], code: int, down: bool) -> Key:
+    if down:
+        held.add(code)
+    else:
+        held.discard(code)
+    return Key(code, down)
+
+
+def _release(contacts: ContactSlots[int], held: set[int]) -> list[InputEvent]:
+    """Key and button releases, then touch ups, for everything held; nothing is held after."""
+    events: list[InputEvent] = [Key(code, False) for code in sorted(held)]
+    events += [TouchUp(contact) for contact in contacts.lift_all()]
+    held.clear()
+    return events
 
 
 def _text(item: Mapping[str, object], name: str) -> str:

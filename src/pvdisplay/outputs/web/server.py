@@ -1,13 +1,14 @@
 """The web viewer's aiohttp server: pages, the live index, and one WebSocket per viewer.
 
-    viewer = WebViewer(planes_socket, host="127.0.0.1", port=8080)
+    viewer = WebViewer(planes_socket, host="127.0.0.1", port=8080, xenstore_socket=path)
     await viewer.start()        # viewer.url: http://127.0.0.1:8080/
     ...
     await viewer.close()
 
 or `await serve(planes_socket, host, port)` to run until cancelled, or
 `BackgroundViewer(planes_socket, host, port)` from synchronous code (a thread of its
-own). The server is a local client of the display backend's planes socket (`PlaneFeed`);
+own). The server is a local client of the display backend's planes socket (`PlaneFeed`),
+and of xenstored's read-only socket for the domain names the index shows (`names`);
 everything it decides (diffs, encodings, pacing, input decoding) is in the sans-IO
 modules next to it.
 """
@@ -30,8 +31,10 @@ from urllib.parse import urlsplit
 from aiohttp import WSMsgType, web
 
 from pvdisplay import logs
+from pvdisplay.input.events import InputEvent, Key, TouchUp
 from pvdisplay.outputs.web.browser_input import BrowserInput
 from pvdisplay.outputs.web.feed import PlaneFeed
+from pvdisplay.outputs.web.names import DomainNames
 from pvdisplay.outputs.web.session import ViewerSession
 from pvdisplay.outputs.web.tiles import DEFAULT_QUALITY, Quality
 from pvdisplay.planes import PlaneInfo, PlaneKey
@@ -51,7 +54,10 @@ INLINE_PIXELS: Final = 8 * 64 * 64
 
 
 class WebViewer:
-    """The web viewer for the backend serving `planes_socket`; loopback unless told."""
+    """The web viewer for the backend serving `planes_socket`; loopback unless told.
+
+    The index names each domain as XenStore at `xenstore_socket` does (None: no names).
+    """
 
     def __init__(
         self,
@@ -59,11 +65,13 @@ class WebViewer:
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
         quality: Quality = DEFAULT_QUALITY,
+        xenstore_socket: str | os.PathLike[str] | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.quality = quality
         self.feed = PlaneFeed(Path(planes_socket))
+        self.names = DomainNames(xenstore_socket)
         self.encoders = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="web-encode")
         self._runner: web.AppRunner | None = None
 
@@ -99,6 +107,7 @@ class WebViewer:
             await self._runner.cleanup()
             self._runner = None
         await self.feed.close()
+        await self.names.close()
         self.encoders.shutdown(wait=True)
 
     @web.middleware
@@ -123,14 +132,17 @@ class WebViewer:
 
         return page
 
-    def _listing(self) -> dict[str, object]:
+    async def _listing(self) -> dict[str, object]:
+        planes = sorted(self.feed.planes.items(), key=lambda item: _sort_key(item[0]))
+        names = await self.names.lookup(key.domid for key, _ in planes)
         now = time.monotonic()
         rows = []
-        for key, info in sorted(self.feed.planes.items(), key=lambda item: _sort_key(item[0])):
+        for key, info in planes:
             rate = self.feed.rates.get(key)
             rows.append(
                 {
                     **info.to_json(),
+                    "name": names.get(key.domid, ""),
                     "fps": round(rate.fps(now), 1) if rate else 0.0,
                     "latency_ms": round(rate.latency * 1000, 2) if rate else 0.0,
                 }
@@ -138,7 +150,7 @@ class WebViewer:
         return {"backend": self.feed.connected, "planes": rows}
 
     async def _planes(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response(self._listing())
+        return web.json_response(await self._listing())
 
     async def _index_socket(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_CLIENT_MESSAGE)
@@ -147,7 +159,7 @@ class WebViewer:
         try:
             last = None
             while not ws.closed and not reader.done():
-                listing = self._listing()
+                listing = await self._listing()
                 if listing != last:
                     await ws.send_json(listing)
                     last = listing
@@ -180,6 +192,10 @@ class WebViewer:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+            # A page that goes away cannot lift what it holds: the guest would keep it.
+            released = viewer.input.release_all()
+            if released:
+                await self.feed.send_input(key, released)
         return ws
 
 
@@ -277,10 +293,16 @@ class _Viewer:
                     self.wake.set()
                 elif body.get("type") == "input":
                     events = self.input.decode(body)
-                    if events and self._status is not None and self._status[0] == "live":
+                    live = self._status is not None and self._status[0] == "live"
+                    if events and (live or all(map(_lets_go, events))):
                         await self.server.feed.send_input(self.key, events)
             except (ValueError, ProtocolError) as error:
                 log.info("bad message from page", extra=logs.fields(plane=self.key, reason=error))
+
+
+def _lets_go(event: InputEvent) -> bool:
+    """Releases reach the guest even while it shows nothing: it may still hold the key."""
+    return isinstance(event, TouchUp) or (isinstance(event, Key) and not event.pressed)
 
 
 async def _drain(ws: web.WebSocketResponse) -> None:
@@ -317,9 +339,10 @@ async def serve(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     quality: Quality = DEFAULT_QUALITY,
+    xenstore_socket: str | os.PathLike[str] | None = None,
 ) -> None:
     """Run the web viewer until cancelled."""
-    viewer = WebViewer(planes_socket, host, port, quality)
+    viewer = WebViewer(planes_socket, host, port, quality, xenstore_socket)
     await viewer.start()
     try:
         await asyncio.Event().wait()
@@ -329,7 +352,7 @@ async def serve(
 
 class BackgroundViewer:
     """A `WebViewer` on an event loop thread of its own, for synchronous hosts (the
-    emulated host's `run_demo`, tests): starts at once, `close()` stops it."""
+    emulated host's `host.run`, tests): starts at once, `close()` stops it."""
 
     def __init__(
         self,
@@ -337,11 +360,12 @@ class BackgroundViewer:
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
         quality: Quality = DEFAULT_QUALITY,
+        xenstore_socket: str | os.PathLike[str] | None = None,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="web-viewer")
         self._thread.start()
-        self.viewer = WebViewer(planes_socket, host, port, quality)
+        self.viewer = WebViewer(planes_socket, host, port, quality, xenstore_socket)
         try:
             self._run(self.viewer.start())
         except BaseException:

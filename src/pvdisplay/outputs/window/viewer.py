@@ -11,6 +11,7 @@ pages with `wire.fourcc.to_rgb`.
 
 import errno
 import logging
+import os
 import select
 import socket
 import time
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 RECONNECT_DELAY: Final = 0.5
 STEP_TIMEOUT: Final = 1 / 120  # longest a key press waits for the next step
 MAPPED_BUFFERS: Final = 3  # double or triple buffering reuses them; older ones go
+INVISIBLE_DRIVERS: Final = frozenset({"offscreen", "dummy"})
 _DIM: Final = (0, 0, 0, 160)
 _TEXT: Final = (255, 255, 255)
 
@@ -68,6 +70,18 @@ def find_plane(planes: Sequence[PlaneInfo], domid: int, devid: int, connector: s
     raise LookupError(
         f"domain {domid} device {devid} has no connector {connector!r}; has {choices}"
     )
+
+
+def _refuse_invisible_window() -> None:
+    """SDL falls back to a driver that draws nowhere when there is no display; a window
+    nobody sees would then run forever. Only a user who asked for it gets one."""
+    driver = pygame.display.get_driver()
+    if driver in INVISIBLE_DRIVERS and not os.environ.get("SDL_VIDEODRIVER"):
+        raise ViewerError(
+            f"no display to open a window on (SDL fell back to its {driver!r} driver, which "
+            "shows nothing); set DISPLAY or WAYLAND_DISPLAY, or SDL_VIDEODRIVER="
+            f"{driver} to run without one"
+        )
 
 
 def _picture_size(plane: PlaneInfo) -> tuple[int, int]:
@@ -111,6 +125,7 @@ class Viewer:
         self._size = _picture_size(plane)
         try:
             pygame.display.init()
+            _refuse_invisible_window()
             pygame.font.init()
             self._open_window()
         except pygame.error as error:
@@ -119,6 +134,9 @@ class Viewer:
                 f"cannot open a window: {error} (no X11/Wayland display? "
                 "SDL_VIDEODRIVER=dummy runs without one)"
             ) from None
+        except ViewerError:
+            self.close()
+            raise
         self._picture = pygame.Surface(self._size)
         self._translator = InputTranslator(self._viewport())
         self._font = pygame.font.Font(None, 32)

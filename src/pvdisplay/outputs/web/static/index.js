@@ -18,7 +18,7 @@ function render(listing) {
   if (listing.planes.length === 0) {
     const row = document.createElement("tr");
     row.append(cell("no guest display yet"));
-    row.firstChild.colSpan = 10;
+    row.firstChild.colSpan = 11;
     body.append(row);
     return;
   }
@@ -32,7 +32,7 @@ function render(listing) {
     action.append(link);
     row.dataset.key = `${p.domid}/${p.devid}/${p.connector}`;
     row.append(
-      cell(p.domid), cell(p.devid), cell(p.connector), cell(p.unique_id),
+      cell(p.domid), cell(p.name || "–"), cell(p.devid), cell(p.connector), cell(p.unique_id),
       cell(`${p.mode_width}×${p.mode_height}`), cell(shown ? p.fourcc : "–"),
       cell(p.fps.toFixed(1), "number"), cell(`${p.latency_ms.toFixed(2)} ms`, "number"),
       cell(shown ? "live" : "blank", "state " + (shown ? "live" : "blank")), action);

@@ -131,6 +131,27 @@ function guestPosition(event) {
 
 // MouseEvent.button -> its bit in MouseEvent.buttons.
 const BUTTON_BITS = [1, 4, 2, 8, 16];
+// Mouse buttons sent down: a cancelled pointer says no button (-1), yet these are held.
+const buttonsDown = new Set();
+
+function button(number, down, at) {
+  if (down) buttonsDown.add(number); else buttonsDown.delete(number);
+  send([{ t: "button", button: number, down, ...at }]);
+}
+
+// The page cannot see keys lifted while it has no focus, so it lets go of everything
+// when it loses focus; the server lifts whatever is still held when the page goes away.
+function releaseAll() {
+  buttonsDown.clear();
+  if (socket && socket.readyState === WebSocket.OPEN) {
+    socket.send(JSON.stringify({ type: "input", events: [{ t: "release" }] }));
+  }
+}
+window.addEventListener("blur", releaseAll);
+canvas.addEventListener("blur", releaseAll);
+document.addEventListener("visibilitychange", () => {
+  if (document.hidden) releaseAll();
+});
 
 canvas.addEventListener("pointerdown", (event) => {
   const at = guestPosition(event);
@@ -139,7 +160,7 @@ canvas.addEventListener("pointerdown", (event) => {
   if (event.pointerType === "touch") {
     send([{ t: "touch", phase: "down", id: event.pointerId, ...at }]);
   } else {
-    send([{ t: "button", button: event.button, down: true, ...at }]);
+    button(event.button, true, at);
   }
   event.preventDefault();
 });
@@ -150,18 +171,20 @@ canvas.addEventListener("pointermove", (event) => {
     send([{ t: "touch", phase: "move", id: event.pointerId, ...at }]);
   } else if (event.button >= 0) {
     // A second mouse button pressed or released while another is held (a chord).
-    const down = (event.buttons & BUTTON_BITS[event.button]) !== 0;
-    send([{ t: "button", button: event.button, down, ...at }]);
+    button(event.button, (event.buttons & BUTTON_BITS[event.button]) !== 0, at);
   } else {
     send([{ t: "move", ...at }]);
   }
 });
 
 function pointerEnd(event) {
+  const at = guestPosition(event);
   if (event.pointerType === "touch") {
-    send([{ t: "touch", phase: "up", id: event.pointerId, ...guestPosition(event) }]);
+    send([{ t: "touch", phase: "up", id: event.pointerId, ...at }]);
+  } else if (event.button >= 0) {
+    button(event.button, false, at);
   } else {
-    send([{ t: "button", button: event.button, down: false, ...guestPosition(event) }]);
+    [...buttonsDown].forEach((number) => button(number, false, at));
   }
 }
 canvas.addEventListener("pointerup", pointerEnd);
