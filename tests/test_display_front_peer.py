@@ -290,7 +290,7 @@ def backend(  # noqa: PLR0917 (a domain entry takes its arguments as Host.start_
 
 
 def _unique_id(xs: Client, connector: str) -> str:
-    for name in (displif.FIELD_UNIQUE_ID, displif.FIELD_OLD_UNIQUE_ID):
+    for name in (displif.FIELD_UNIQUE_ID, toolstack.LEGACY_UNIQUE_ID_FIELD):
         if xs.exists(f"{connector}/{name}"):
             return xs.read(f"{connector}/{name}").decode()
     return ""

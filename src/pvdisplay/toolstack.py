@@ -69,6 +69,9 @@ __all__ = [
 
 KIND = "vdispl"
 MAX_CONNECTORS = 64
+LEGACY_UNIQUE_ID_FIELD = "id"
+"""Where older libxl writes a connector's unique-id (not a displif.h name); both ends read
+it when `unique-id` is absent."""
 """Connectors one vdispl device may have; the frontend library reads no more (Linux
 xen-front stops at 4)."""
 

@@ -37,7 +37,7 @@ from pvdisplay.display.front_core import (
 )
 from pvdisplay.hv import GuestMemory, Hypervisor, HypervisorError, Mapping, PortState
 from pvdisplay.store.aio import AsyncClient, AsyncTransaction
-from pvdisplay.toolstack import MAX_CONNECTORS
+from pvdisplay.toolstack import LEGACY_UNIQUE_ID_FIELD, MAX_CONNECTORS
 from pvdisplay.wire import displif, edid
 from pvdisplay.wire.errors import ProtocolError
 from pvdisplay.wire.fourcc import PixelFormat
@@ -121,7 +121,7 @@ async def read_config(xs: AsyncClient, front: str) -> DeviceConfig:
             break
         width, height = displif.parse_resolution(resolution)
         unique_id = ""
-        for field in (displif.FIELD_UNIQUE_ID, displif.FIELD_OLD_UNIQUE_ID):
+        for field in (displif.FIELD_UNIQUE_ID, LEGACY_UNIQUE_ID_FIELD):
             with contextlib.suppress(FileNotFoundError):
                 unique_id = (await xs.read(f"{front}/{index}/{field}")).decode()
             if unique_id:

@@ -49,7 +49,7 @@ from pvdisplay.hv import Hypervisor, HypervisorError, Mapping, PortState
 from pvdisplay.input.service import InputService
 from pvdisplay.planes import PlaneRegistry, PlaneServer
 from pvdisplay.store.aio import AsyncClient
-from pvdisplay.toolstack import MAX_CONNECTORS
+from pvdisplay.toolstack import LEGACY_UNIQUE_ID_FIELD, MAX_CONNECTORS
 from pvdisplay.wire import displif
 from pvdisplay.wire.atomics import AtomicIndices
 from pvdisplay.wire.errors import ProtocolError
@@ -289,7 +289,7 @@ class BackendService(BackendDevices[_Device]):
                 raise TransportError(f"connector {index}: {problem}")
             unique_id = (
                 await self._read(f"{base}/{displif.FIELD_UNIQUE_ID}")
-                or await self._read(f"{base}/{displif.FIELD_OLD_UNIQUE_ID}")
+                or await self._read(f"{base}/{LEGACY_UNIQUE_ID_FIELD}")
                 or str(index)
             )
             if not UNIQUE_ID.fullmatch(unique_id):

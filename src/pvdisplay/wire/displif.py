@@ -47,7 +47,6 @@ FIELD_EVT_CHANNEL = "evt-event-channel"
 FIELD_RESOLUTION = "resolution"
 FIELD_BE_ALLOC = "be-alloc"
 FIELD_UNIQUE_ID = "unique-id"
-FIELD_OLD_UNIQUE_ID = "id"  # where older libxl writes the unique-id; read as a fallback
 
 EDID_BLOCK_SIZE = 128
 EDID_BLOCK_COUNT = 256
