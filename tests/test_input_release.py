@@ -72,15 +72,23 @@ async def live_page(url: str, session: aiohttp.ClientSession) -> aiohttp.ClientW
     raise AssertionError("the viewer closed the socket before the connector was live")
 
 
+async def holding_page(
+    viewer: BackgroundViewer, guest: rigs.Guest, session: aiohttp.ClientSession
+) -> aiohttp.ClientWebSocketResponse:
+    """A live page that holds HELD, once the guest has read it."""
+    ws = await live_page(f"{viewer.url}ws/view/{guest.domid}/0/0", session)
+    await ws.send_json(HOLD)
+    assert await asyncio.to_thread(read, guest, HELD) == HELD
+    return ws
+
+
 def test_a_page_that_goes_away_releases_what_it_held(world: rigs.Rig) -> None:
     guest = add_guest(world)
     viewer = BackgroundViewer(world.planes_socket, port=0)
 
     async def page() -> None:
         async with aiohttp.ClientSession() as session:
-            ws = await live_page(f"{viewer.url}ws/view/{guest.domid}/0/0", session)
-            await ws.send_json(HOLD)
-            assert await asyncio.to_thread(read, guest, HELD) == HELD
+            ws = await holding_page(viewer, guest, session)
             await ws.close()
 
     try:
@@ -97,9 +105,7 @@ def test_a_page_that_loses_focus_releases_what_it_held(world: rigs.Rig) -> None:
 
     async def page() -> None:
         async with aiohttp.ClientSession() as session:
-            ws = await live_page(f"{viewer.url}ws/view/{guest.domid}/0/0", session)
-            await ws.send_json(HOLD)
-            assert await asyncio.to_thread(read, guest, HELD) == HELD
+            ws = await holding_page(viewer, guest, session)
             await ws.send_json({"type": "input", "events": [{"t": "release"}]})
             assert await asyncio.to_thread(read, guest, LET_GO) == LET_GO
             # Released means forgotten: going away lifts only what was pressed since.
