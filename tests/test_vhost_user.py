@@ -70,6 +70,12 @@ class Recorder:
     def write_config(self, offset: int, data: bytes) -> None:
         self.config_writes.append((offset, data))
 
+    def remap(self, memory: GuestMemoryMap) -> None:
+        self.memory = memory
+
+    def reset(self) -> None:
+        self.requests.clear()
+
     def close(self) -> None:
         self.closed = True
 
@@ -168,10 +174,10 @@ def negotiate(backend: vu.Backend, features: int) -> None:
     assert backend.handle(message(vu.SET_PROTOCOL_FEATURES, answer.payload)) is None
 
 
-def start_ring(backend: vu.Backend, guest: Guest, index: int = 0) -> tuple[int, int]:
+def start_ring(backend: vu.Backend, guest: Guest, index: int = 0, base: int = 0) -> tuple[int, int]:
     """Set up ring `index` like QEMU does; returns its (kick, call) eventfds."""
     backend.handle(message(vu.SET_VRING_NUM, struct.pack("<II", index, QUEUE_SIZE)))
-    backend.handle(message(vu.SET_VRING_BASE, struct.pack("<II", index, 0)))
+    backend.handle(message(vu.SET_VRING_BASE, struct.pack("<II", index, base)))
     addr = struct.pack("<IIQQQQ", index, 0, user(DESC_GPA), user(USED_GPA), user(AVAIL_GPA), 0)
     backend.handle(message(vu.SET_VRING_ADDR, addr))
     kick, call = os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)
@@ -290,6 +296,140 @@ def test_corrupt_gpu_ring_is_stopped_and_reported_once(
         os.eventfd_read(err)
     backend.close()
     for fd in (kick, call, err):
+        os.close(fd)
+
+
+PIXELS_GPA = GUEST_BASE + 0x40000
+"""Where the GPU tests' framebuffer lives: above the rings and request buffers."""
+LOW_SIZE = PIXELS_GPA - GUEST_BASE
+
+
+def gpu_backend(registry: PlaneRegistry) -> vu.Backend:
+    """A back-end serving one 64x32 scanout, negotiated like QEMU does."""
+    backend = vu.Backend(
+        lambda memory: GpuQueues(GpuDevice(memory, [(64, 32)], registry, DOMID), lambda _: None),
+        DEVICE_FEATURES,
+        queues=2,
+    )
+    negotiate(backend, 1 << vu.F_PROTOCOL_FEATURES | 1 << vu.VIRTIO_F_VERSION_1)
+    return backend
+
+
+def split_mem_table(guest: Guest, high: bool = True) -> vu.Message:
+    """The same guest RAM as `mem_table`, now as a low region at the same QEMU address
+    and, if `high`, the rest (the framebuffer) at another address and file offset."""
+    regions = [struct.pack("<QQQQ", GUEST_BASE, LOW_SIZE, USER_BASE, 0)]
+    if high:
+        high_size = MEMORY_SIZE - LOW_SIZE
+        regions.append(struct.pack("<QQQQ", PIXELS_GPA, high_size, 0x5500_0000_0000, LOW_SIZE))
+    fds = [os.dup(guest.fd) for _ in regions]
+    return message(vu.SET_MEM_TABLE, struct.pack("<II", len(regions), 0) + b"".join(regions), fds)
+
+
+def control(backend: vu.Backend, guest: Guest, request: bytes) -> int:
+    """The answer type of one control queue request."""
+    guest.write(ANSWER_GPA, bytes(4))
+    guest.offer(request, 1024)
+    backend.process(0)
+    answer: int = struct.unpack("<I", guest.read(ANSWER_GPA, 4))[0]
+    return answer
+
+
+def draw(guest: Guest, seed: int) -> bytes:
+    """A new 64x32 picture in the guest's framebuffer."""
+    pixels = np.random.default_rng(seed).integers(0, 256, 64 * 32 * 4, np.uint8).tobytes()
+    guest.write(PIXELS_GPA, pixels)
+    return pixels
+
+
+def shown(registry: PlaneRegistry) -> bytes | None:
+    """The pixels scanout 0 shows; None while it is blank."""
+    plane = registry.get(PlaneKey(DOMID, 0, 0))
+    assert plane is not None
+    if plane.handle is None:
+        return None
+    with plane.handle.map() as mapping:
+        pixels = bytes(mapping.view()[: plane.info.stride * plane.info.height])
+    return pixels
+
+
+def show_framebuffer(backend: vu.Backend, guest: Guest, registry: PlaneRegistry) -> bytes:
+    """Resource 1 backed by the framebuffer, drawn, transferred and flushed to scanout 0."""
+    assert control(backend, guest, command(CREATE, 1, Format.B8G8R8X8_UNORM, 64, 32)) == OK
+    attach = wire.CTRL_HDR.pack(CtrlType.CMD_RESOURCE_ATTACH_BACKING, 0, 0, 0, 0)
+    attach += struct.pack("<II", 1, 1) + wire.MEM_ENTRY.pack(PIXELS_GPA, 64 * 32 * 4)
+    assert control(backend, guest, attach) == OK
+    pixels = draw(guest, seed=1)
+    assert control(backend, guest, command(TRANSFER, 0, 0, 64, 32, 0, 1)) == OK
+    assert control(backend, guest, command(SET_SCANOUT, 0, 0, 64, 32, 0, 1)) == OK
+    assert control(backend, guest, command(FLUSH, 0, 0, 64, 32, 1)) == OK
+    assert shown(registry) == pixels
+    return pixels
+
+
+OK = CtrlType.RESP_OK_NODATA
+
+
+def test_new_memory_table_keeps_resources_and_scanouts(guest: Guest) -> None:
+    """QEMU re-sends the table to a running guest (here split, the framebuffer at a new
+    QEMU address and file offset): resources, scanouts and planes stay, the backing is
+    read through the new mapping; a table that no longer covers it fails the transfer."""
+    registry = PlaneRegistry()
+    backend = gpu_backend(registry)
+    backend.handle(mem_table(guest))
+    kick, call = start_ring(backend, guest)
+    before = show_framebuffer(backend, guest, registry)
+
+    backend.handle(split_mem_table(guest))
+    assert shown(registry) == before
+    after = draw(guest, seed=2)
+    assert control(backend, guest, command(TRANSFER, 0, 0, 64, 32, 0, 1)) == OK
+    assert control(backend, guest, command(FLUSH, 0, 0, 64, 32, 1)) == OK
+    assert shown(registry) == after
+
+    backend.handle(split_mem_table(guest, high=False))
+    draw(guest, seed=3)
+    assert control(backend, guest, command(TRANSFER, 0, 0, 64, 32, 0, 1)) == (
+        CtrlType.RESP_ERR_UNSPEC
+    )
+    assert control(backend, guest, command(FLUSH, 0, 0, 64, 32, 1)) == OK
+    assert shown(registry) == after
+    backend.close()
+    assert registry.get(PlaneKey(DOMID, 0, 0)) is None
+    for fd in (kick, call):
+        os.close(fd)
+
+
+def restart(backend: vu.Backend, guest: Guest, driver_reset: bool) -> tuple[int, int]:
+    """What QEMU sends to stop the device and start it again: the control ring goes on
+    from where it stopped, or from 0 when the driver reset the device meanwhile."""
+    answer = backend.handle(message(vu.GET_VRING_BASE, struct.pack("<II", 0, 0)))
+    assert answer is not None and struct.unpack("<II", answer.payload) == (0, guest.avail_idx)
+    if driver_reset:
+        guest.write(AVAIL_GPA, bytes(4))
+        guest.write(USED_GPA, bytes(4))
+        guest.avail_idx = 0
+    backend.handle(mem_table(guest))
+    return start_ring(backend, guest, base=guest.avail_idx)
+
+
+def test_paused_vm_keeps_the_device_and_a_driver_reset_clears_it(guest: Guest) -> None:
+    registry = PlaneRegistry()
+    backend = gpu_backend(registry)
+    backend.handle(mem_table(guest))
+    fds = list(start_ring(backend, guest))
+    pixels = show_framebuffer(backend, guest, registry)
+
+    fds += restart(backend, guest, driver_reset=False)  # the VM paused and resumed
+    assert shown(registry) == pixels
+    taken = command(CREATE, 1, Format.B8G8R8X8_UNORM, 64, 32)
+    assert control(backend, guest, taken) == CtrlType.RESP_ERR_INVALID_RESOURCE_ID
+
+    fds += restart(backend, guest, driver_reset=True)
+    assert shown(registry) is None
+    assert control(backend, guest, taken) == OK
+    backend.close()
+    for fd in fds:
         os.close(fd)
 
 
@@ -549,6 +689,74 @@ def test_display_channel_cursor_messages() -> None:
         + image
         + struct.pack("<IIIIII", vu.GPU_CURSOR_POS_HIDE, 0, 12, 0, 11, 21)
     )
+
+
+def scanout_message(scanout_id: int, width: int, height: int) -> bytes:
+    return struct.pack("<IIIIII", vu.GPU_SCANOUT, 0, 12, scanout_id, width, height)
+
+
+def update_message(scanout_id: int, x: int, pixel: bytes) -> bytes:
+    return struct.pack("<IIIIIIII", vu.GPU_UPDATE, 0, 24, scanout_id, x, 0, 1, 1) + pixel
+
+
+def test_display_channel_holds_only_the_latest_before_the_handshake() -> None:
+    """QEMU slow to answer the handshake while the guest changes modes and flushes: what
+    waits is the latest SCANOUT of each scanout and the newest UPDATEs after it."""
+    channel = vu.DisplayChannel()
+    drain(channel)
+    for n in range(100):
+        channel.scanout(0, 64 + n, 32)
+        channel.update(0, (0, 0, 1, 1), bytes([n, 0, 0, 0]))
+    channel.scanout(1, 640, 480)
+    channel.scanout(0, 800, 600)
+    for n in range(100):
+        channel.update(0, (n, 0, 1, 1), bytes([n, 1, 0, 0]))
+        channel.update(1, (n, 0, 1, 1), bytes([n, 2, 0, 0]))
+    channel.scanout(1, 1024, 768)  # the UPDATEs for 640x480 are moot
+    channel.receive(struct.pack("<IIIQ", vu.GPU_GET_PROTOCOL_FEATURES, vu.FLAG_REPLY, 8, 0))
+    newest = range(100 - vu.MAX_HELD_UPDATES, 100)
+    assert drain(channel) == (
+        struct.pack("<IIIQ", vu.GPU_SET_PROTOCOL_FEATURES, 0, 8, 0)
+        + scanout_message(0, 800, 600)
+        + scanout_message(1, 1024, 768)
+        + b"".join(update_message(0, n, bytes([n, 1, 0, 0])) for n in newest)
+    )
+    assert channel.pending == 0
+
+
+def test_display_channel_merges_cursor_messages_while_qemu_reads() -> None:
+    """While QEMU is still reading a big UPDATE, the pointer moves and changes many times:
+    what follows the UPDATE is the latest image and the latest position, once each; a
+    SCANOUT still comes before the UPDATEs made after it."""
+    channel = vu.DisplayChannel()
+    channel.receive(struct.pack("<IIIQ", vu.GPU_GET_PROTOCOL_FEATURES, vu.FLAG_REPLY, 8, 0))
+    drain(channel)
+    frame = bytes(range(256)) * 16
+    channel.update(0, (0, 0, 32, 32), frame)
+    first = channel.data_to_send()
+    channel.sent(len(first) - 1)  # QEMU stops reading mid-update
+    images = [bytes([n]) * 64 * 64 * 4 for n in range(3)]
+    for n in range(300):
+        if n % 100 == 0:
+            channel.cursor_update(0, (n, n), (1, 1), images[n // 100])
+        channel.cursor_position(0, n, n + 1, visible=True)
+    channel.cursor_position(1, 5, 6, visible=True)  # another scanout's pointer
+    channel.cursor_position(0, 7, 8, visible=False)
+    channel.scanout(0, 32, 32)
+    channel.update(0, (0, 0, 1, 1), b"\1\2\3\4")
+    update = struct.pack("<IIIIIIII", vu.GPU_UPDATE, 0, 20 + len(frame), 0, 0, 0, 32, 32)
+    cursor = struct.pack("<IIIIIIII", vu.GPU_CURSOR_UPDATE, 0, 20 + 64 * 64 * 4, 0, 200, 200, 1, 1)
+    expected = (
+        (update + frame)[len(first) - 1 :]
+        + cursor
+        + images[2]
+        + struct.pack("<IIIIII", vu.GPU_CURSOR_POS, 0, 12, 1, 5, 6)
+        + struct.pack("<IIIIII", vu.GPU_CURSOR_POS_HIDE, 0, 12, 0, 7, 8)
+        + scanout_message(0, 32, 32)
+        + update_message(0, 0, b"\1\2\3\4")
+    )
+    assert channel.pending == len(expected)
+    assert drain(channel) == expected
 
 
 def test_display_channel_follows_the_guest_cursor() -> None:

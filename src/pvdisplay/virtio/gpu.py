@@ -216,6 +216,24 @@ class GpuDevice:
         self._resources.clear()
         self._cursor = None
 
+    def remap(self, memory: GuestMemoryMap) -> None:
+        """Use `memory`, a new map of the same guest, from now on: resources, scanouts and
+        planes stay, every backing is looked up anew. A backing no longer in guest RAM is
+        detached (transfers from it fail until the guest attaches another); nothing of the
+        previous map is referenced afterwards, so it can be unmapped."""
+        self._memory = memory
+        for resource in self._resources.values():
+            if resource.backing is None:
+                continue
+            try:
+                resource.resolve(memory)
+            except VirtioError as exc:
+                resource.detach()
+                log.warning(
+                    "backing left guest memory, detached",
+                    extra=logs.fields(resource=resource.resource_id, reason=exc.message),
+                )
+
     def close(self) -> None:
         """Free every resource and remove the scanouts' planes."""
         self.reset()

@@ -70,6 +70,13 @@ class GpuQueues:
     def write_config(self, offset: int, data: bytes) -> None:
         self.device.write_config(offset, data)
 
+    def remap(self, memory: GuestMemoryMap) -> None:
+        self.device.remap(memory)
+
+    def reset(self) -> None:
+        self.device.reset()
+        self._on_cursor(self.device.cursor)
+
     def close(self) -> None:
         self.device.close()
 

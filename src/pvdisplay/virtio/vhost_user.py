@@ -225,13 +225,22 @@ class Device(Protocol):
         """A driver write to the configuration space."""
         ...
 
+    def remap(self, memory: GuestMemoryMap) -> None:
+        """The front-end replaced the memory table: look guest addresses up in `memory`
+        from now on, keeping what the driver set up. The previous map goes away after."""
+        ...
+
+    def reset(self) -> None:
+        """The driver reset the device: back to the state after construction."""
+        ...
+
     def close(self) -> None:
         """Forget guest state (memory is going away)."""
         ...
 
 
 DeviceFactory = Callable[[GuestMemoryMap], Device]
-"""Builds the device over the guest memory of a new SET_MEM_TABLE."""
+"""Builds the device over the guest memory of the connection's first SET_MEM_TABLE."""
 
 
 @dataclass
@@ -388,7 +397,7 @@ class Backend:
             return None
         if request == SET_VRING_BASE:
             vring, base = self._vring_state(payload)
-            vring.base = base & 0xFFFF
+            self._restart(vring, base & 0xFFFF)
             return None
         if request == GET_VRING_BASE:
             vring, _ = self._vring_state(payload)
@@ -477,6 +486,18 @@ class Backend:
         except VirtioError as exc:
             raise VhostUserError(errno.EINVAL, f"vring {vring.index}: {exc}") from None
 
+    def _restart(self, vring: Vring, base: int) -> None:
+        """SET_VRING_BASE. QEMU stops the device (GET_VRING_BASE) both when the VM pauses
+        and when the driver resets it, and tells the back-end nothing more without
+        PROTOCOL_F_STATUS; it then restarts every ring from the index it saved, which a
+        driver reset has set back to 0. So a used ring restarting from 0 while none runs
+        means the driver starts over, and must find no resource of its previous life."""
+        stopped = all(other.queue is None for other in self.vrings)
+        if stopped and vring.base != 0 and base == 0 and self.device is not None:
+            log.info("driver reset the device", extra=logs.fields(ring=vring.index))
+            self.device.reset()
+        vring.base = base
+
     def _set_mem_table(self, payload: bytes, fds: list[int]) -> None:
         if len(payload) < _MEMORY_HEADER.size:
             raise VhostUserError(errno.EINVAL, "memory table too short")
@@ -499,10 +520,17 @@ class Backend:
             del regions
             _unmap(mappings)
             raise VhostUserError(errno.EINVAL, f"memory table: {exc}") from None
-        self._drop_memory()
-        self.memory = memory
-        self._mappings = mappings
-        self.device = self._device_factory(memory)
+        self._stop_rings()
+        old_memory, old_mappings = self.memory, self._mappings
+        self.memory, self._mappings = memory, mappings
+        if self.device is None:
+            self.device = self._device_factory(memory)
+        else:
+            # QEMU re-sends the table to a running back-end (memory hotplug) and on every
+            # restart of the device (after a VM pause): the guest still holds its resources.
+            # A restart after a driver reset is told apart by its rings (`_restart`).
+            self.device.remap(memory)
+        _release(old_memory, old_mappings)
         for vring in self.vrings:
             if vring.kick_fd is not None:
                 self._start(vring)
@@ -520,18 +548,19 @@ class Backend:
             raise VhostUserError(errno.EINVAL, f"config {offset}+{size} with {len(data)} bytes")
         return offset, size, flags, data
 
-    def _drop_memory(self) -> None:
+    def _stop_rings(self) -> None:
         for vring in self.vrings:
             if vring.queue is not None:
                 vring.base = vring.queue.next_avail
             vring.queue = None
+
+    def _drop_memory(self) -> None:
+        self._stop_rings()
         if self.device is not None:
             self.device.close()
             self.device = None
-        if self.memory is not None:
-            self.memory.close()
-            self.memory = None
-        _unmap(self._mappings)
+        _release(self.memory, self._mappings)
+        self.memory = None
         self._mappings = []
 
     def _reset(self) -> None:
@@ -553,6 +582,13 @@ def _u64(payload: bytes) -> int:
         raise VhostUserError(errno.EINVAL, f"u64 payload of {len(payload)} bytes")
     value: int = _U64.unpack(payload)[0]
     return value
+
+
+def _release(memory: GuestMemoryMap | None, mappings: Sequence[mmap.mmap]) -> None:
+    """Unmap guest memory nothing looks up any more."""
+    if memory is not None:
+        memory.close()
+    _unmap(mappings)
 
 
 def _unmap(mappings: Sequence[mmap.mmap]) -> None:
@@ -578,21 +614,34 @@ _GPU_UPDATE = struct.Struct("<IIIII")
 _GPU_CURSOR_HOT = struct.Struct("<II")
 CURSOR_SIZE = 64
 MAX_GPU_REPLY = 1024
+MAX_HELD_UPDATES = 4
+"""UPDATEs of one scanout kept until QEMU's handshake reply; older ones are dropped."""
 
 
 class DisplayChannel:
     """Messages to QEMU's display over the vhost-user-gpu socket, and QEMU's replies.
 
     Nothing is sent until QEMU has answered VHOST_USER_GPU_GET_PROTOCOL_FEATURES (QEMU
-    accepts no other message first); requests made before then wait in order. No
-    protocol features are used: scanouts go as pixel UPDATEs (x8r8g8b8), not dmabufs.
-    Requests carry flags 0: this protocol has no version bits.
+    accepts no other message first). No protocol features are used: scanouts go as pixel
+    UPDATEs (x8r8g8b8), not dmabufs. Requests carry flags 0: this protocol has no version
+    bits.
+
+    What waits for a slow QEMU stays bounded: a scanout's SCANOUT, cursor image and cursor
+    position each wait as their latest version only (a new image carries its position, so
+    it replaces a waiting move), and they go out once what is already being written has
+    drained. Before the handshake, a SCANOUT drops the UPDATEs waiting for
+    the surface it replaces, and at most MAX_HELD_UPDATES UPDATEs wait per scanout, the
+    oldest dropped first. After it, UPDATEs go out in order: their sender merges frames.
     """
 
     def __init__(self) -> None:
         self._outgoing: collections.deque[memoryview] = collections.deque()
         self._outgoing.append(memoryview(HEADER.pack(GPU_GET_PROTOCOL_FEATURES, 0, 0)))
-        self._held: list[bytes] = []
+        # The latest message of each kind that supersedes its predecessors, in the order
+        # they were last replaced; keyed (request, scanout id).
+        self._latest: dict[tuple[int, int], bytes] = {}
+        # UPDATEs made before the handshake, with their scanout id.
+        self._held: list[tuple[int, bytes]] = []
         self._incoming = bytearray()
         self.ready = False
         # What QEMU was last told of the pointer: where it is, and which image.
@@ -602,10 +651,16 @@ class DisplayChannel:
     @property
     def pending(self) -> int:
         """Bytes waiting to be sent, including those held until the handshake ends."""
-        return sum(map(len, self._outgoing)) + sum(map(len, self._held))
+        return (
+            sum(map(len, self._outgoing))
+            + sum(map(len, self._latest.values()))
+            + sum(len(message) for _, message in self._held)
+        )
 
     def data_to_send(self) -> memoryview:
         """The next bytes to write (empty when there are none)."""
+        if not self._outgoing and self.ready:
+            self._release_latest()
         return self._outgoing[0] if self._outgoing else memoryview(b"")
 
     def sent(self, count: int) -> None:
@@ -631,24 +686,40 @@ class DisplayChannel:
             self._outgoing.append(
                 memoryview(HEADER.pack(GPU_SET_PROTOCOL_FEATURES, 0, 8) + _U64.pack(0))
             )
-            self._outgoing.extend(memoryview(message) for message in self._held)
+            # SCANOUTs first: an UPDATE waiting here is for the surface the latest made.
+            self._release_latest()
+            self._outgoing.extend(memoryview(message) for _, message in self._held)
             self._held = []
             self.ready = True
 
     def scanout(self, scanout_id: int, width: int, height: int) -> None:
         """Show a `width`x`height` scanout; 0x0 turns it off."""
-        self._queue(GPU_SCANOUT, _GPU_SCANOUT.pack(scanout_id, width, height))
+        self._held = [(held, message) for held, message in self._held if held != scanout_id]
+        body = _GPU_SCANOUT.pack(scanout_id, width, height)
+        self._supersede((GPU_SCANOUT, scanout_id), _message(GPU_SCANOUT, body))
 
     def update(self, scanout_id: int, rect: tuple[int, int, int, int], pixels: bytes) -> None:
         """New content for `rect` (x, y, width, height): rows of x8r8g8b8 (native) pixels."""
         x, y, width, height = rect
         if len(pixels) != width * height * 4:
             raise ValueError(f"{len(pixels)} bytes for a {width}x{height} update")
-        self._queue(GPU_UPDATE, _GPU_UPDATE.pack(scanout_id, x, y, width, height), pixels)
+        body = _GPU_UPDATE.pack(scanout_id, x, y, width, height)
+        if self.ready:
+            # After the SCANOUT it may depend on.
+            self._release_latest()
+            self._outgoing.append(memoryview(HEADER.pack(GPU_UPDATE, 0, len(body) + len(pixels))))
+            self._outgoing.append(memoryview(body))
+            self._outgoing.append(memoryview(pixels))
+            return
+        same = [n for n, (held, _) in enumerate(self._held) if held == scanout_id]
+        if len(same) >= MAX_HELD_UPDATES:
+            del self._held[same[0]]
+        self._held.append((scanout_id, _message(GPU_UPDATE, body, pixels)))
 
     def cursor_position(self, scanout_id: int, x: int, y: int, visible: bool) -> None:
         request = GPU_CURSOR_POS if visible else GPU_CURSOR_POS_HIDE
-        self._queue(request, _GPU_CURSOR_POS.pack(scanout_id, x, y))
+        body = _GPU_CURSOR_POS.pack(scanout_id, x, y)
+        self._supersede((GPU_CURSOR_POS, scanout_id), _message(request, body))
 
     def cursor_update(
         self, scanout_id: int, position: tuple[int, int], hotspot: tuple[int, int], image: bytes
@@ -657,7 +728,8 @@ class DisplayChannel:
         if len(image) != CURSOR_SIZE * CURSOR_SIZE * 4:
             raise ValueError(f"cursor image of {len(image)} bytes")
         body = _GPU_CURSOR_POS.pack(scanout_id, *position) + _GPU_CURSOR_HOT.pack(*hotspot)
-        self._queue(GPU_CURSOR_UPDATE, body, image)
+        self._latest.pop((GPU_CURSOR_POS, scanout_id), None)
+        self._supersede((GPU_CURSOR_UPDATE, scanout_id), _message(GPU_CURSOR_UPDATE, body, image))
 
     def show_cursor(self, cursor: Cursor | None) -> None:
         """Bring QEMU's pointer in line with the guest's: a new image or hotspot goes as
@@ -677,14 +749,17 @@ class DisplayChannel:
             self.cursor_position(*at, visible=True)
         self._cursor_at, self._cursor_image = at, image
 
-    def _queue(self, request: int, body: bytes, data: bytes = b"") -> None:
-        header = HEADER.pack(request, 0, len(body) + len(data))
-        if self.ready:
-            self._outgoing.append(memoryview(header + body))
-            if data:
-                self._outgoing.append(memoryview(data))
-        else:
-            self._held.append(header + body + data)
+    def _supersede(self, slot: tuple[int, int], message: bytes) -> None:
+        self._latest.pop(slot, None)
+        self._latest[slot] = message
+
+    def _release_latest(self) -> None:
+        self._outgoing.extend(memoryview(message) for message in self._latest.values())
+        self._latest.clear()
+
+
+def _message(request: int, body: bytes, data: bytes = b"") -> bytes:
+    return HEADER.pack(request, 0, len(body) + len(data)) + body + data
 
 
 def _argb_cursor(fourcc_text: str, image: bytes) -> bytes:
