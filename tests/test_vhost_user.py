@@ -266,13 +266,7 @@ def test_corrupt_gpu_ring_is_stopped_and_reported_once(
 ) -> None:
     """The GPU's control ring: a request before the corruption is answered, then the ring
     stops, the err eventfd fires once, and later kicks are ignored without a word."""
-    registry = PlaneRegistry()
-    backend = vu.Backend(
-        lambda memory: GpuQueues(GpuDevice(memory, [(64, 32)], registry, DOMID), lambda _: None),
-        DEVICE_FEATURES,
-        queues=2,
-    )
-    negotiate(backend, 1 << vu.F_PROTOCOL_FEATURES | 1 << vu.VIRTIO_F_VERSION_1)
+    backend = gpu_backend(PlaneRegistry())
     backend.handle(mem_table(guest))
     err = os.eventfd(0, os.EFD_NONBLOCK)
     backend.handle(message(vu.SET_VRING_ERR, u64(0), [os.dup(err)]))
@@ -302,6 +296,7 @@ def test_corrupt_gpu_ring_is_stopped_and_reported_once(
 PIXELS_GPA = GUEST_BASE + 0x40000
 """Where the GPU tests' framebuffer lives: above the rings and request buffers."""
 LOW_SIZE = PIXELS_GPA - GUEST_BASE
+OK = CtrlType.RESP_OK_NODATA
 
 
 def gpu_backend(registry: PlaneRegistry) -> vu.Backend:
@@ -365,9 +360,6 @@ def show_framebuffer(backend: vu.Backend, guest: Guest, registry: PlaneRegistry)
     assert control(backend, guest, command(FLUSH, 0, 0, 64, 32, 1)) == OK
     assert shown(registry) == pixels
     return pixels
-
-
-OK = CtrlType.RESP_OK_NODATA
 
 
 def test_new_memory_table_keeps_resources_and_scanouts(guest: Guest) -> None:

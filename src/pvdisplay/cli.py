@@ -4,7 +4,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 
@@ -148,19 +148,9 @@ def _read_host_config(path: str) -> toolstack.HostConfig:
 
 @main.command()
 @_host_options("default: the two demo guests.")
-def demo(
-    config_path: str | None, run_dir: str | None, web_listen: str, no_web: bool, copy_frames: bool
-) -> None:
+def demo(**options: Any) -> None:
     """Run the emulated host (xenstored, broker, backend, demo guests, web viewer) until Ctrl-C."""
-    default = toolstack.parse_config(host.DEMO_CONFIG)
-    _run_host(
-        default,
-        config_path=config_path,
-        run_dir=run_dir,
-        web_listen=web_listen,
-        no_web=no_web,
-        copy_frames=copy_frames,
-    )
+    _run_host(toolstack.parse_config(host.DEMO_CONFIG), **options)
 
 
 @main.command()
@@ -199,22 +189,13 @@ def snapshot(
 
 @main.command()
 @_host_options("default: no guests.")
-def backend(
-    config_path: str | None, run_dir: str | None, web_listen: str, no_web: bool, copy_frames: bool
-) -> None:
+def backend(**options: Any) -> None:
     """Run the emulated host without demo guests (only --config's) until Ctrl-C.
 
     xenstored, the hypervisor broker, the display and input backend as domain 0, and the
     web viewer: what `demo` runs, with the guests only from --config.
     """
-    _run_host(
-        host.BACKEND_ONLY,
-        config_path=config_path,
-        run_dir=run_dir,
-        web_listen=web_listen,
-        no_web=no_web,
-        copy_frames=copy_frames,
-    )
+    _run_host(host.BACKEND_ONLY, **options)
 
 
 @main.command()

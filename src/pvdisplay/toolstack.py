@@ -69,11 +69,11 @@ __all__ = [
 
 KIND = "vdispl"
 MAX_CONNECTORS = 64
+"""Connectors one vdispl device may have; the frontend library reads no more (Linux
+xen-front stops at 4)."""
 LEGACY_UNIQUE_ID_FIELD = "id"
 """Where older libxl writes a connector's unique-id (not a displif.h name); both ends read
 it when `unique-id` is absent."""
-"""Connectors one vdispl device may have; the frontend library reads no more (Linux
-xen-front stops at 4)."""
 
 _DECIMAL = re.compile(r"[0-9]{1,5}")
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")

@@ -10,7 +10,6 @@
  *
  *   atomic_trace_count()   accesses recorded so far (at most TRACE_CAPACITY)
  *   atomic_trace_entry(i)  the i-th access, oldest first
- *   atomic_trace_reset()   forget them
  */
 #include <stdint.h>
 #include <string.h>
@@ -84,9 +83,4 @@ unsigned atomic_trace_count(void)
 const struct atomic_access *atomic_trace_entry(unsigned index)
 {
     return index < recorded ? &trace[index] : 0;
-}
-
-void atomic_trace_reset(void)
-{
-    recorded = 0;
 }

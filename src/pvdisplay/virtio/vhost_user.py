@@ -707,8 +707,8 @@ class DisplayChannel:
         if self.ready:
             # After the SCANOUT it may depend on.
             self._release_latest()
-            self._outgoing.append(memoryview(HEADER.pack(GPU_UPDATE, 0, len(body) + len(pixels))))
-            self._outgoing.append(memoryview(body))
+            header = HEADER.pack(GPU_UPDATE, 0, len(body) + len(pixels))
+            self._outgoing.append(memoryview(header + body))
             self._outgoing.append(memoryview(pixels))
             return
         same = [n for n, (held, _) in enumerate(self._held) if held == scanout_id]

@@ -191,8 +191,6 @@ class HypervisorTables:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self._domains: dict[int, _Domain] = {}
-        self._dying: set[_Domain] = set()
-        """Dead domains whose grants others still map, by incarnation, not by id."""
         self._allocs: dict[int, _Allocation] = {}
         self._next_alloc = 1
         self._exports: dict[str, _Export] = {}
@@ -223,8 +221,6 @@ class HypervisorTables:
         for alloc in [a for a in self._allocs.values() if a.owner is dom and a.held]:
             alloc.held = False
             self._maybe_free(alloc)
-        if dom.grants:
-            self._dying.add(dom)
 
     def domains(self) -> list[int]:
         return sorted(self._domains)
@@ -442,7 +438,8 @@ class HypervisorTables:
         return {
             "domains": len(self._domains),
             "allocations": len(self._allocs),
-            "grants": sum(len(d.grants) for d in (*self._domains.values(), *self._dying)),
+            # Every grant is in its memory's entries, a dead granter's lingering ones too.
+            "grants": sum(len(a.entries) for a in self._allocs.values()),
             "maps": sum(len(d.maps) for d in self._domains.values()),
             "exports": len(self._exports),
             "imports": len(self._imports),
@@ -534,7 +531,8 @@ class HypervisorTables:
         each a C-level iteration (map, attrgetter, set) rather than a Python loop.
         """
         self._check_batch(len(refs))
-        table = self._domains[granter].grants if granter in self._domains else {}
+        dom = self._domains.get(granter)
+        table = dom.grants if dom is not None else {}
         found = list(map(table.get, refs))
         allowed = {(caller, False)} if writable else {(caller, False), (caller, True)}
         try:
@@ -591,8 +589,6 @@ class HypervisorTables:
         del granter.grants[entry.ref]
         granter.granted_pages -= 1
         granter.free_refs.append(entry.ref)
-        if not granter.grants:
-            self._dying.discard(granter)
         alloc = self._allocs[entry.alloc]
         del alloc.entries[entry.ref]
         self._maybe_free(alloc)
