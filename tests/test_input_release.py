@@ -10,6 +10,7 @@ real guest's kbdif must see every release after the viewer is gone:
 """
 
 import asyncio
+import contextlib
 import json
 import subprocess
 from collections.abc import Iterator
@@ -82,28 +83,31 @@ async def holding_page(
     return ws
 
 
-def test_a_page_that_goes_away_releases_what_it_held(world: rigs.Rig) -> None:
+@contextlib.contextmanager
+def viewed_guest(world: rigs.Rig) -> Iterator[tuple[rigs.Guest, BackgroundViewer]]:
+    """A new guest and a web viewer of the world, both gone afterwards."""
     guest = add_guest(world)
     viewer = BackgroundViewer(world.planes_socket, port=0)
-
-    async def page() -> None:
-        async with aiohttp.ClientSession() as session:
-            ws = await holding_page(viewer, guest, session)
-            await ws.close()
-
     try:
-        asyncio.run(page())
-        assert read(guest, LET_GO) == LET_GO
+        yield guest, viewer
     finally:
         viewer.close()
         guest.process.kill()
 
 
-def test_a_page_that_loses_focus_releases_what_it_held(world: rigs.Rig) -> None:
-    guest = add_guest(world)
-    viewer = BackgroundViewer(world.planes_socket, port=0)
+def test_a_page_that_goes_away_releases_what_it_held(world: rigs.Rig) -> None:
+    async def page(guest: rigs.Guest, viewer: BackgroundViewer) -> None:
+        async with aiohttp.ClientSession() as session:
+            ws = await holding_page(viewer, guest, session)
+            await ws.close()
 
-    async def page() -> None:
+    with viewed_guest(world) as (guest, viewer):
+        asyncio.run(page(guest, viewer))
+        assert read(guest, LET_GO) == LET_GO
+
+
+def test_a_page_that_loses_focus_releases_what_it_held(world: rigs.Rig) -> None:
+    async def page(guest: rigs.Guest, viewer: BackgroundViewer) -> None:
         async with aiohttp.ClientSession() as session:
             ws = await holding_page(viewer, guest, session)
             await ws.send_json({"type": "input", "events": [{"t": "release"}]})
@@ -116,12 +120,9 @@ def test_a_page_that_loses_focus_releases_what_it_held(world: rigs.Rig) -> None:
             ]
             await ws.close()
 
-    try:
-        asyncio.run(page())
+    with viewed_guest(world) as (guest, viewer):
+        asyncio.run(page(guest, viewer))
         assert read(guest, [("Key", False, KEY_A)]) == [("Key", False, KEY_A)]
-    finally:
-        viewer.close()
-        guest.process.kill()
 
 
 def test_a_vnc_client_that_goes_away_releases_what_it_held(world: rigs.Rig) -> None:

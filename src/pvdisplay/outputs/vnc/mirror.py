@@ -18,6 +18,7 @@ from typing import Final
 
 import numpy as np
 
+from pvdisplay.outputs.tile_clock import TileClock, runs
 from pvdisplay.outputs.vnc.damage import TILE, Mask
 from pvdisplay.outputs.vnc.pixels import Frame, canonical_frame
 from pvdisplay.wire import fourcc
@@ -27,24 +28,19 @@ _IN_PLACE: Final = (fourcc.XRGB8888, fourcc.ARGB8888)
 """Formats whose bytes are canonical pixels once the X/A byte is cleared."""
 
 
-class FrameMirror:
+class FrameMirror(TileClock):
     """The canonical frame of a `width`x`height` `fmt` picture at `stride` bytes a row."""
 
     def __init__(self, fmt: fourcc.PixelFormat, width: int, height: int, stride: int) -> None:
         if width <= 0 or height <= 0 or stride < fmt.min_pitch(width):
             raise ProtocolError(errno.EINVAL, f"{width}x{height} at stride {stride}")
+        super().__init__((-(-height // TILE), -(-width // TILE)))
         self.geometry = (fmt.fourcc, width, height, stride)
         self.frame: Frame = np.zeros((height, width), dtype=np.uint32)
-        self.generation = 0
         self._fmt = fmt
-        self._clock = np.zeros((-(-height // TILE), -(-width // TILE)), dtype=np.int64)
         self._band = np.empty((TILE, width), dtype=np.uint32)
         self._differs = np.empty((TILE, width), dtype=np.bool_)
         self._tile_starts = np.arange(0, width, TILE)
-
-    def changed_since(self, generation: int) -> Mask:
-        """The tiles written after `generation`."""
-        return self._clock > generation
 
     def update(self, buffer: np.ndarray) -> Mask:
         """Bring the frame up to the picture at the start of `buffer` (bytes, possibly the
@@ -75,11 +71,8 @@ class FrameMirror:
                 continue
             changed = np.logical_or.reduceat(differs.any(axis=0), self._tile_starts)
             mask[band] = changed
-            edges = np.flatnonzero(np.diff(np.concatenate(([0], changed.view(np.int8), [0]))))
-            for first, end in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
+            for first, end in runs(changed):
                 columns = np.s_[:, first * TILE : end * TILE]
                 kept[columns] = new[columns]
-        if self.generation == 0 or mask.any():
-            self.generation += 1
-            self._clock[mask] = self.generation
+        self._tick(mask)
         return mask

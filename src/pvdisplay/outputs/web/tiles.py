@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import simplejpeg
 
+from pvdisplay.outputs.tile_clock import TileClock, runs
 from pvdisplay.wire import fourcc
 from pvdisplay.wire.fourcc import PixelFormat
 
@@ -110,7 +111,7 @@ class Tile:
     data: bytes
 
 
-class Mirror:
+class Mirror(TileClock):
     """The last picture captured of one connector, kept up to date tile by tile.
 
     `update` compares the guest's bytes in place with the mirror, band of `TILE` rows by
@@ -128,10 +129,9 @@ class Mirror:
     """
 
     def __init__(self, fmt: PixelFormat, width: int, height: int, stride: int) -> None:
-        self.picture = Picture(fmt, width, height, stride, np.zeros(stride * height, np.uint8))
-        self.generation = 0
         self.grid = (-(-height // TILE), -(-width // TILE))
-        self._clock = np.zeros(self.grid, dtype=np.int64)
+        super().__init__(self.grid)
+        self.picture = Picture(fmt, width, height, stride, np.zeros(stride * height, np.uint8))
         # Whole 64-bit words where rows are aligned to them; TILE pixels are always a whole
         # number of words (TILE * bits_per_pixel is a multiple of 64).
         self._word = 8 if stride % 8 == 0 else 1
@@ -148,19 +148,15 @@ class Mirror:
     def snapshot(self) -> "Snapshot":
         return Snapshot(self, self.generation)
 
-    def changed_since(self, generation: int) -> TileMask:
-        """The tiles written after `generation` (all of them for a mirror never updated)."""
-        return self._clock > generation
-
     def update(self, source: npt.NDArray[np.uint8]) -> TileMask:
         """Bring the mirror up to `source` (`stride * height` bytes in its geometry, which
         may be the guest's own pages); returns the tiles that changed."""
         picture = self.picture
         if self.generation == 0:
             np.copyto(picture.data, source[: picture.data.size])
-            mask: TileMask = np.ones(self._clock.shape, dtype=bool)
+            mask: TileMask = np.ones(self.grid, dtype=bool)
         else:
-            mask = np.zeros(self._clock.shape, dtype=bool)
+            mask = np.zeros(self.grid, dtype=bool)
             new_rows, old_rows = self._rows(source), self._rows(picture.data)
             for band, top in enumerate(range(0, picture.height, TILE)):
                 new, old = new_rows[top : top + TILE], old_rows[top : top + TILE]
@@ -172,13 +168,10 @@ class Mirror:
                 if changed.all():
                     old[...] = new
                     continue
-                for first, end in _runs(changed):
+                for first, end in runs(changed):
                     words = np.s_[:, first * self._tile_words : end * self._tile_words]
                     old[words] = new[words]
-            if not mask.any():
-                return mask
-        self.generation += 1
-        self._clock[mask] = self.generation
+        self._tick(mask)
         return mask
 
     def _rows(self, data: npt.NDArray[np.uint8]) -> npt.NDArray[np.generic]:
@@ -242,24 +235,18 @@ def rect_tiles(rect: Rect, shape: tuple[int, ...]) -> TileMask:
     return mask
 
 
-def _runs(row: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
-    """[start, end) column ranges of consecutive changed tiles."""
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], row.astype(np.int8), [0]))))
-    return [(int(start), int(end)) for start, end in zip(edges[::2], edges[1::2], strict=True)]
-
-
 def _merge(mask: npt.NDArray[np.bool_]) -> Iterable[Rect]:
     """Tile-unit rectangles: row runs, stacked while the same run repeats below."""
     band_tiles = BAND_ROWS // TILE
     open_runs: dict[tuple[int, int], int] = {}  # run -> first tile row
     marked: list[bool] = np.any(mask, axis=1).tolist()
     for row_index, row in enumerate(mask):
-        runs = set(_runs(row)) if marked[row_index] else set()
+        row_runs = set(runs(row)) if marked[row_index] else set()
         for run, first in list(open_runs.items()):
-            if run not in runs or row_index - first >= band_tiles:
+            if run not in row_runs or row_index - first >= band_tiles:
                 del open_runs[run]
                 yield Rect(run[0], first, run[1] - run[0], row_index - first)
-        for run in runs:
+        for run in row_runs:
             open_runs.setdefault(run, row_index)
     for run, first in open_runs.items():
         yield Rect(run[0], first, run[1] - run[0], len(mask) - first)
