@@ -103,7 +103,7 @@ class BackendAgent:
     def request(self, connector: int, slot: bytes) -> tuple[bytes, list[bytes]]:
         assert self.device is not None
         reply = self.device.handle(connector, slot)
-        return reply.response.encode(), [event.encode() for event in reply.events]
+        return reply.response, list(reply.events)
 
     def plane(self, domid: int, connector: int) -> dict[str, object] | None:
         plane = self.planes.get(PlaneKey(domid, 0, connector))

@@ -50,7 +50,7 @@ def store_index(events: bytearray, offset: int, value: int) -> None:
 
 def post_event(events: bytearray, event_id: int, fb_cookie: int) -> None:
     prod = load_index(events, displif.IN_PROD_OFFSET)
-    displif.write_event(events, prod, displif.PageFlipEvent(event_id, fb_cookie))
+    displif.write_event(events, prod, displif.PageFlipEvent(event_id, fb_cookie).encode())
     store_index(events, displif.IN_PROD_OFFSET, prod + 1)
 
 

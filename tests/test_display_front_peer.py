@@ -127,9 +127,8 @@ class _Connection:
         if isinstance(request, displif.PageFlip) and status == 0 and self.mode != "no-events":
             page, indices = connector["events"], connector["event_indices"]
             prod = indices.load(displif.IN_PROD_OFFSET)
-            displif.write_event(
-                page, prod, displif.PageFlipEvent(connector["event_id"], request.fb_cookie)
-            )
+            event = displif.PageFlipEvent(connector["event_id"], request.fb_cookie)
+            displif.write_event(page, prod, event.encode())
             connector["event_id"] = (connector["event_id"] + 1) & 0xFFFF
             indices.store(displif.IN_PROD_OFFSET, prod + 1)
             self.hv.events.notify(connector["evt_port"])

@@ -51,7 +51,7 @@ class CountingCore:
     def handle(self, connector: int, slot: bytes) -> Reply:
         self.handled += 1
         header = displif.decode_request_header(slot)
-        return Reply(displif.Response(header.id, header.operation, 0))
+        return Reply(displif.Response(header.id, header.operation, 0).encode())
 
 
 def test_a_ring_refilled_whenever_it_runs_dry_gets_one_ring_s_worth_a_turn() -> None:

@@ -109,6 +109,9 @@ def test_response_bytes_match_c(c_peer: Peer, response: Response) -> None:
     c_bytes = bytes.fromhex(c_peer(c_command(response)))
     assert response.encode() == c_bytes
     assert displif.decode_response(c_bytes) == response
+    if response.edid_sz == 0:
+        encoded = displif.encode_response(response.id, response.operation, response.status)
+        assert encoded == c_bytes
 
 
 @given(events)
@@ -116,6 +119,7 @@ def test_event_bytes_match_c(c_peer: Peer, event: PageFlipEvent) -> None:
     c_bytes = bytes.fromhex(c_peer(c_command(event)))
     assert event.encode() == c_bytes
     assert displif.decode_event(c_bytes) == event
+    assert displif.encode_page_flip_event(event.id, event.fb_cookie) == c_bytes
 
 
 @given(u32)
@@ -253,7 +257,7 @@ def test_event_page_slots_hold_what_was_written(batch: list[PageFlipEvent], star
     page = bytearray(displif.EVENT_PAGE_SIZE)
     window = batch[-displif.IN_RING_LEN :]
     for offset, event in enumerate(window):
-        displif.write_event(page, start + offset, event)
+        displif.write_event(page, start + offset, event.encode())
     indices = displif.page_indices(page)
     indices.store(displif.IN_PROD_OFFSET, start + len(window))
     indices.store(displif.IN_CONS_OFFSET, start)

@@ -85,3 +85,9 @@ def test_server_lists_gets_and_streams_changes(
         first, second = next(changes), next(changes)
         assert (first.plane, first.removed) == (updated, False)
         assert (second.plane, second.removed) == (updated, True)
+    # The server stopped listening when its last watcher left; a new one is heard again.
+    with PlaneClient(path) as watcher:
+        changes = watcher.watch()
+        on_loop(loop, registry.publish, BLANK, None)
+        change = next(changes)
+        assert (change.plane, change.removed) == (BLANK, False)

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import NamedTuple, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -54,9 +54,11 @@ from pvdisplay.wire.errors import ProtocolError
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class PlaneKey:
-    """A connector: frontend domain, vdispl device id, connector index."""
+class PlaneKey(NamedTuple):
+    """A connector: frontend domain, vdispl device id, connector index.
+
+    A tuple, so hashing it (every page flip stores a plane under its key) runs no Python.
+    """
 
     domid: int
     devid: int
@@ -139,8 +141,7 @@ class PlaneInfo:
 _PLANE_FIELDS = tuple(field.name for field in dataclasses.fields(PlaneInfo))
 
 
-@dataclass(frozen=True)
-class Plane:
+class Plane(NamedTuple):
     """A plane and the handle of the buffer it shows (None while nothing is shown)."""
 
     info: PlaneInfo
@@ -161,7 +162,8 @@ class PlaneRegistry:
     def publish(self, info: PlaneInfo, handle: BufferHandle | None) -> None:
         """Make `info` the connector's plane; `handle` must stay open until replaced."""
         self._planes[info.key] = Plane(info, handle)
-        self._notify(info, removed=False)
+        if self._listeners:
+            self._notify(info, removed=False)
 
     def remove(self, key: PlaneKey) -> None:
         plane = self._planes.pop(key, None)
@@ -172,7 +174,7 @@ class PlaneRegistry:
         return self._planes.get(key)
 
     def planes(self) -> list[Plane]:
-        return [self._planes[key] for key in sorted(self._planes, key=dataclasses.astuple)]
+        return [self._planes[key] for key in sorted(self._planes)]
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call `listener` after each change; returns the function that unsubscribes."""
@@ -246,13 +248,9 @@ class PlaneServer:
             raise
         self._listener = listener
         self._loop.add_reader(listener.fileno(), self._accept)
-        self._unsubscribe = self._registry.subscribe(self._on_change)
         log.info("planes socket listening", extra=logs.fields(path=self._path))
 
     def close(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
         for fd in list(self._clients):
             self._drop(fd)
         if self._listener is not None and self._loop is not None:
@@ -282,7 +280,7 @@ class PlaneServer:
             close_all(request.fds)
             self._answer(client, request.body)
             if request.body.get("op") == "watch":
-                self._watchers.add(fd)
+                self._watch(fd)
         except BlockingIOError:
             return
         except (EOFError, OSError, ProtocolError) as exc:
@@ -338,9 +336,14 @@ class PlaneServer:
             raise ProtocolError(errno.ENOENT, "this backend serves no input devices")
         return self._input_handler(key, events)
 
+    def _watch(self, fd: int) -> None:
+        # Listen to the registry only while someone watches: every page flip publishes a
+        # plane, and with no listener that costs the backend no call at all.
+        if self._unsubscribe is None:
+            self._unsubscribe = self._registry.subscribe(self._on_change)
+        self._watchers.add(fd)
+
     def _on_change(self, info: PlaneInfo, removed: bool) -> None:
-        if not self._watchers:
-            return  # every flip changes a plane: build no message nobody reads
         event = {"event": "removed" if removed else "changed", "plane": info.to_json()}
         for fd in list(self._watchers):
             try:
@@ -352,6 +355,9 @@ class PlaneServer:
     def _drop(self, fd: int) -> None:
         client = self._clients.pop(fd, None)
         self._watchers.discard(fd)
+        if not self._watchers and self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         if client is not None:
             if self._loop is not None:
                 self._loop.remove_reader(fd)

@@ -27,6 +27,7 @@ import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final, NamedTuple
 
 import numpy as np
 
@@ -82,12 +83,14 @@ class DeviceConfig:
     version: int = displif.PROTOCOL_VERSION_INT
 
 
-@dataclass(frozen=True)
-class Reply:
-    """What to put on the ring for one request, and the events to send after it."""
+class Reply(NamedTuple):
+    """What to put on the ring for one request, and the events to send after it, encoded."""
 
-    response: displif.Response
-    events: tuple[displif.PageFlipEvent, ...] = ()
+    response: bytes
+    events: tuple[bytes, ...] = ()
+
+
+_PG_FLIP: Final = int(displif.Operation.PG_FLIP)
 
 
 @dataclass
@@ -200,8 +203,12 @@ class DisplayDevice:
     def handle(self, connector: int, slot: bytes) -> Reply:
         """Answer one request that arrived on `connector`'s ring."""
         if len(slot) != displif.REQUEST_SIZE:
-            return Reply(displif.Response(0, 0, -errno.EINVAL))
+            return Reply(displif.encode_response(0, 0, -errno.EINVAL))
         try:
+            if slot[displif.OPERATION_OFFSET] == _PG_FLIP:
+                # A request every frame: decoded straight into its two values.
+                request_id, fb_cookie = displif.PageFlip.LAYOUT.unpack(slot)
+                return self._page_flip(self._connectors[connector], request_id, fb_cookie)
             request = displif.decode_request(slot)
             return self._dispatch(self._connectors[connector], request)
         except ProtocolError as exc:
@@ -222,7 +229,7 @@ class DisplayDevice:
                 reason=reason,
             ),
         )
-        return Reply(displif.Response(header.id, header.operation, status))
+        return Reply(displif.encode_response(header.id, header.operation, status))
 
     def close(self) -> None:
         """Unpublish every plane and give back every buffer (frontend gone or closed)."""
@@ -241,8 +248,8 @@ class DisplayDevice:
     # -- requests ------------------------------------------------------------------
 
     def _dispatch(self, connector: _Connector, request: displif.Request) -> Reply:
-        if isinstance(request, displif.PageFlip):
-            return self._page_flip(connector, request)
+        # PG_FLIP never gets here: `handle` answers it without decoding a packet.
+        assert not isinstance(request, displif.PageFlip)
         if isinstance(request, displif.SetConfig):
             self._set_config(connector, request)
         elif isinstance(request, displif.GetEdid):
@@ -258,7 +265,7 @@ class DisplayDevice:
                 self._fb_attach(request)
             else:
                 self._fb_detach(request)
-        return Reply(displif.Response(request.id, request.operation, 0))
+        return Reply(displif.encode_response(request.id, request.operation, 0))
 
     def _dbuf_create(self, request: displif.DbufCreate) -> None:
         cookie = request.dbuf_cookie
@@ -392,17 +399,20 @@ class DisplayDevice:
         connector.planes.clear()
         self._present(connector, fb)
 
-    def _page_flip(self, connector: _Connector, request: displif.PageFlip) -> Reply:
-        fb = self._fbs.get(request.fb_cookie)
+    def _page_flip(self, connector: _Connector, request_id: int, fb_cookie: int) -> Reply:
+        fb = self._fbs.get(fb_cookie)
         if fb is None:
-            raise ProtocolError(errno.ENOENT, f"no framebuffer {request.fb_cookie:#x}")
+            raise ProtocolError(errno.ENOENT, f"no framebuffer {fb_cookie:#x}")
         position = connector.position
         if position is not None and (fb.width < position.width or fb.height < position.height):
             raise _invalid(f"framebuffer {fb.width}x{fb.height} smaller than the config")
         self._present(connector, fb)
-        event = displif.PageFlipEvent(connector.next_event_id, fb.cookie)
-        connector.next_event_id = (connector.next_event_id + 1) & 0xFFFF
-        return Reply(displif.Response(request.id, request.operation, 0), (event,))
+        event_id = connector.next_event_id
+        connector.next_event_id = (event_id + 1) & 0xFFFF
+        return Reply(
+            displif.encode_response(request_id, _PG_FLIP, 0),
+            (displif.encode_page_flip_event(event_id, fb_cookie),),
+        )
 
     def _get_edid(self, connector: _Connector, request: displif.GetEdid) -> Reply:
         if self.config.version < 2:
@@ -422,7 +432,8 @@ class DisplayDevice:
         frontend = self.config.frontend
         with self._hv.grants.map(frontend, grefs[:pages]) as mapping, mapping.view() as view:
             view[: len(block)] = block
-        return Reply(displif.Response(request.id, request.operation, 0, edid_sz=len(block)))
+        response = displif.Response(request.id, request.operation, 0, edid_sz=len(block))
+        return Reply(response.encode())
 
     # -- presenting ----------------------------------------------------------------
 

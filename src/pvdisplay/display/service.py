@@ -386,10 +386,10 @@ class BackendService(BackendDevices[_Device]):
         handled = 0
         try:
             while True:
-                events: list[displif.PageFlipEvent] = []
+                events: list[bytes] = []
                 while handled < ring.size and (slot := ring.take_request()) is not None:
                     reply = self._handle(core, channel.index, slot)
-                    ring.new_response()[:] = reply.response.encode()
+                    ring.new_response()[:] = reply.response
                     events += reply.events
                     handled += 1
                 if ring.push_responses():
@@ -426,11 +426,9 @@ class BackendService(BackendDevices[_Device]):
             # A bug of ours must still cost the guest only this request.
             log.exception("request handling failed", extra=logs.fields(connector=index))
             header = displif.decode_request_header(slot)
-            return Reply(displif.Response(header.id, header.operation, -errno.EIO))
+            return Reply(displif.encode_response(header.id, header.operation, -errno.EIO))
 
-    def _publish_event(
-        self, device: _Device, channel: _Channel, event: displif.PageFlipEvent
-    ) -> bool:
+    def _publish_event(self, device: _Device, channel: _Channel, event: bytes) -> bool:
         """Put `event` on the connector's event page; False if the frontend left no room."""
         page, indices = channel.event_view, channel.event_indices
         # Acquire: the slot is not overwritten before the frontend is done reading it.
@@ -438,7 +436,9 @@ class BackendService(BackendDevices[_Device]):
         if (channel.in_prod - in_cons) & 0xFFFFFFFF >= displif.IN_RING_LEN:
             log.warning(
                 "event ring full; event dropped",
-                extra=logs.fields(device=device.name, connector=channel.index, id=event.id),
+                extra=logs.fields(
+                    device=device.name, connector=channel.index, id=displif.decode_event(event).id
+                ),
             )
             return False
         displif.write_event(page, channel.in_prod, event)

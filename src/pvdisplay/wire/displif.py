@@ -95,7 +95,7 @@ def _invalid(message: str) -> ProtocolError:
 
 _HEADER = Layout("struct xendispl_req", ("id", "H"), ("operation", "B"), ("", "61x"))
 REQUEST_SIZE = _HEADER.struct.size
-_OPERATION_OFFSET = _HEADER.fields["operation"].offset
+OPERATION_OFFSET = _HEADER.fields["operation"].offset
 
 
 class RequestHeader(NamedTuple):
@@ -261,7 +261,7 @@ _DECODERS = {cls.operation.value: cls._decode for cls in _REQUEST_TYPES}
 def decode_request(slot: ReadableBuffer) -> Request:
     """Decode one 64-byte request slot, already copied out of the shared ring."""
     _HEADER.check_size(slot, "request")
-    operation = slot[_OPERATION_OFFSET]
+    operation = slot[OPERATION_OFFSET]
     decoder = _DECODERS.get(operation)
     if decoder is None:
         raise _invalid(f"unknown operation {operation:#04x}")
@@ -299,6 +299,13 @@ class Response(Packet):
 
 
 RESPONSE_SIZE = Response.LAYOUT.struct.size
+_RESPONSE_STRUCT = Response.LAYOUT.struct
+
+
+def encode_response(request_id: int, operation: int, status: int) -> bytes:
+    """`Response(request_id, operation, status).encode()` without building the packet:
+    the backend's per-flip path."""
+    return _RESPONSE_STRUCT.pack(request_id, operation, status, 0)
 
 
 def decode_response(slot: ReadableBuffer) -> Response:
@@ -332,6 +339,15 @@ class PageFlipEvent(Packet):
 
 Event = PageFlipEvent
 EVENT_SIZE = PageFlipEvent.LAYOUT.struct.size
+_EVENT_STRUCT = PageFlipEvent.LAYOUT.struct
+_PG_FLIP_EVENT = int(EventType.PG_FLIP)
+
+
+def encode_page_flip_event(event_id: int, fb_cookie: int) -> bytes:
+    """`PageFlipEvent(event_id, fb_cookie).encode()` without building the packet."""
+    return _EVENT_STRUCT.pack(event_id, _PG_FLIP_EVENT, fb_cookie)
+
+
 _EVENT_TYPE_OFFSET = PageFlipEvent.LAYOUT.fields["type"].offset
 
 
@@ -374,8 +390,9 @@ def in_ring_slot_offset(index: int) -> int:
     return _IN_RING.slot_offset(index)
 
 
-def write_event(page: WritableBuffer, index: int, event: Event) -> None:
-    _IN_RING.write(page, index, event.encode())
+def write_event(page: WritableBuffer, index: int, event: bytes) -> None:
+    """Put an encoded event into the slot of `index` (XENDISPL_IN_RING_REF)."""
+    _IN_RING.write(page, index, event)
 
 
 def read_event(page: ReadableBuffer, index: int) -> Event:

@@ -185,6 +185,9 @@ class LocalEvents:
         self._drop(port)
 
     def pending(self, timeout: float | None = None) -> list[int]:
+        if timeout == 0 or self._changed:
+            # The asyncio reader's call: the descriptor was readable, nothing to wait for.
+            return self._collect(self._epoll.poll(0))
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if self._changed:
@@ -198,19 +201,15 @@ class LocalEvents:
                 return fired
 
     def _collect(self, ready: list[tuple[int, int]]) -> list[int]:
-        """Clear the ports that fired; broker messages on the socket may mark others."""
+        """The ports that fired; broker messages on the socket may mark others."""
+        by_fd = self._by_fd
         fired = []
         for fd, _ in ready:
-            port = self._by_fd.get(fd)
-            if port is None:
-                if fd == self._hv.fileno():
-                    self._hv.drain_events()
-                continue
-            try:
-                os.read(fd, 8)
-            except BlockingIOError:
-                continue
-            fired.append(port)
+            port = by_fd.get(fd)
+            if port is not None:
+                fired.append(port)
+            elif fd == self._hv.fileno():
+                self._hv.drain_events()
         for port in self._changed:
             if port not in fired:
                 fired.append(port)
@@ -260,7 +259,10 @@ class LocalEvents:
     def _add(self, port: int, rx: int, tx: int | None, status: ChannelStatus) -> None:
         self._ports[port] = _Port(rx, tx, status)
         self._by_fd[rx] = port
-        self._epoll.register(rx, select.EPOLLIN)
+        # Edge-triggered: every notify is one edge that epoll reports once, so a port is
+        # cleared by reporting it, with no read() of its eventfd (whose count nobody
+        # needs: a Xen port is pending or not).
+        self._epoll.register(rx, select.EPOLLIN | select.EPOLLET)
 
     def _drop(self, port: int) -> None:
         local = self._ports.pop(port)
