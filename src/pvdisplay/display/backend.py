@@ -91,6 +91,7 @@ class Reply(NamedTuple):
 
 
 _PG_FLIP: Final = int(displif.Operation.PG_FLIP)
+_OPERATION_OFFSET: Final = displif.PageFlip.LAYOUT.fields["operation"].offset
 
 
 @dataclass
@@ -205,7 +206,7 @@ class DisplayDevice:
         if len(slot) != displif.REQUEST_SIZE:
             return Reply(displif.encode_response(0, 0, -errno.EINVAL))
         try:
-            if slot[displif.OPERATION_OFFSET] == _PG_FLIP:
+            if slot[_OPERATION_OFFSET] == _PG_FLIP:
                 # A request every frame: decoded straight into its two values.
                 request_id, fb_cookie = displif.PageFlip.LAYOUT.unpack(slot)
                 return self._page_flip(self._connectors[connector], request_id, fb_cookie)

@@ -95,7 +95,7 @@ def _invalid(message: str) -> ProtocolError:
 
 _HEADER = Layout("struct xendispl_req", ("id", "H"), ("operation", "B"), ("", "61x"))
 REQUEST_SIZE = _HEADER.struct.size
-OPERATION_OFFSET = _HEADER.fields["operation"].offset
+_OPERATION_OFFSET = _HEADER.fields["operation"].offset
 
 
 class RequestHeader(NamedTuple):
@@ -261,7 +261,7 @@ _DECODERS = {cls.operation.value: cls._decode for cls in _REQUEST_TYPES}
 def decode_request(slot: ReadableBuffer) -> Request:
     """Decode one 64-byte request slot, already copied out of the shared ring."""
     _HEADER.check_size(slot, "request")
-    operation = slot[OPERATION_OFFSET]
+    operation = slot[_OPERATION_OFFSET]
     decoder = _DECODERS.get(operation)
     if decoder is None:
         raise _invalid(f"unknown operation {operation:#04x}")
