@@ -303,8 +303,8 @@ _RESPONSE_STRUCT = Response.LAYOUT.struct
 
 
 def encode_response(request_id: int, operation: int, status: int) -> bytes:
-    """`Response(request_id, operation, status).encode()` without building the packet:
-    the backend's per-flip path."""
+    """`Response(request_id, operation, status).encode()` without building the packet,
+    for every response but GET_EDID's (which carries `edid_sz`)."""
     return _RESPONSE_STRUCT.pack(request_id, operation, status, 0)
 
 

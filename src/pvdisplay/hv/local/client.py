@@ -175,7 +175,9 @@ class LocalEvents:
             self._hv.drain_events()
             if local.tx is None:
                 return
-        with contextlib.suppress(BlockingIOError):  # saturated: the peer has one pending
+        # Edge-triggered, the count is never read back: it saturates only after 2**64 - 2
+        # notifies, and the port is pending then anyway.
+        with contextlib.suppress(BlockingIOError):
             os.write(local.tx, _ONE)
 
     def unbind(self, port: int) -> None:
@@ -185,12 +187,10 @@ class LocalEvents:
         self._drop(port)
 
     def pending(self, timeout: float | None = None) -> list[int]:
-        if timeout == 0 or self._changed:
-            # The asyncio reader's call: the descriptor was readable, nothing to wait for.
-            return self._collect(self._epoll.poll(0))
-        deadline = None if timeout is None else time.monotonic() + timeout
+        # No clock read for timeout 0: the asyncio reader's call on every wake-up.
+        deadline = time.monotonic() + timeout if timeout else None
         while True:
-            if self._changed:
+            if self._changed or timeout == 0:
                 wait = 0.0
             elif deadline is None:
                 wait = -1.0
@@ -202,10 +202,9 @@ class LocalEvents:
 
     def _collect(self, ready: list[tuple[int, int]]) -> list[int]:
         """The ports that fired; broker messages on the socket may mark others."""
-        by_fd = self._by_fd
         fired = []
         for fd, _ in ready:
-            port = by_fd.get(fd)
+            port = self._by_fd.get(fd)
             if port is not None:
                 fired.append(port)
             elif fd == self._hv.fileno():
