@@ -174,7 +174,9 @@ class PlaneRegistry:
         return self._planes.get(key)
 
     def planes(self) -> list[Plane]:
-        return [self._planes[key] for key in sorted(self._planes)]
+        # One C call takes the items, so a publisher on another thread cannot change
+        # the dict between reading a key and its plane.
+        return [plane for _, plane in sorted(self._planes.items())]
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call `listener` after each change; returns the function that unsubscribes."""
@@ -210,7 +212,10 @@ InputHandler = Callable[[PlaneKey, Sequence[input_events.InputEvent]], InputRece
 
 
 class PlaneServer:
-    """Serves a `PlaneRegistry` on a SOCK_SEQPACKET unix socket from an asyncio loop."""
+    """Serves a `PlaneRegistry` on a SOCK_SEQPACKET unix socket from an asyncio loop.
+
+    The registry may be published to from any thread.
+    """
 
     def __init__(
         self,
@@ -344,6 +349,12 @@ class PlaneServer:
         self._watchers.add(fd)
 
     def _on_change(self, info: PlaneInfo, removed: bool) -> None:
+        # Publishers may run on other threads (the display backend's rings); the sockets
+        # are the loop's. Through the loop's queue, watchers get changes in order.
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._send_change, info, removed)
+
+    def _send_change(self, info: PlaneInfo, removed: bool) -> None:
         event = {"event": "removed" if removed else "changed", "plane": info.to_json()}
         for fd in list(self._watchers):
             try:

@@ -6,9 +6,14 @@ It watches `/local/domain/<own domid>/backend/vdispl`, serves every frontend dev
 finds with a `backend.DisplayDevice`, and publishes what each connector shows to a
 `PlaneRegistry` served on `planes_socket`.
 
-Everything runs on one asyncio loop. The event channel descriptor is one reader that
-dispatches each fired port to its connector; each wake-up handles at most one ring's
-worth of requests per connector before yielding, so no guest can hold the loop. A
+XenStore, XenBus states and the planes socket run on one asyncio loop. The rings run on
+one thread of their own, which blocks on the event channel descriptor and dispatches each
+fired port to its connector: a page flip then costs a wake-up of that thread, not a turn
+of the asyncio loop (docs/display-backend.md, "Why the rings have their own thread").
+Each turn handles at most one ring's worth of requests per connector before the other
+rings' turns, so no guest can hold the thread. Ports that are not a ring's (the input
+devices') and XenBus state changes the rings cause are handed to the loop. A lock keeps
+the loop from connecting or tearing down a device while the thread serves it. A
 frontend that publishes an impossible ring index is disconnected (backend state
 Closing) and never read again. Each device may hold `Options.page_budget` pages of
 display buffers (`backend.DisplayDevice`), so one guest cannot use up what the backend
@@ -30,10 +35,12 @@ import asyncio
 import contextlib
 import errno
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 from pvdisplay import logs
 from pvdisplay.backend_devices import BackendDevice, BackendDevices
@@ -181,7 +188,6 @@ class _Channel:
 @dataclass
 class _Device(BackendDevice[DisplayDevice]):
     channels: list[_Channel] = field(default_factory=list)
-    scheduled: set[int] = field(default_factory=set)
 
 
 class TransportError(Exception):
@@ -210,16 +216,37 @@ class BackendService(BackendDevices[_Device]):
         self._copy_frames = copy_frames
         self._page_budget = page_budget
         self._ports: dict[int, tuple[_Device, _Channel]] = {}
+        # Rings that had more than a ring's worth waiting: served again before the thread
+        # next sleeps, after every other fired ring.
+        self._again: dict[int, tuple[_Device, _Channel]] = {}
+        # Held by the ring thread while it serves, and by the loop while it connects or
+        # tears down: `_ports`, the channels and each `DisplayDevice`.
+        self._ring_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._ring_thread: threading.Thread | None = None
+        self._stopping = False
+        self._stop_ports: tuple[int, int] | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._events.fileno(), self._on_events)
+        # A loopback channel (both ends ours, as Xen allows) wakes the ring thread to stop.
+        receiver = self._events.bind_unbound_port(self._hv.domid)
+        self._stop_ports = (receiver, self._events.bind_interdomain(self._hv.domid, receiver))
+        self._ring_thread = threading.Thread(
+            target=self._serve_rings, name="display-rings", daemon=True
+        )
+        self._ring_thread.start()
         await super().start()
 
     async def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.remove_reader(self._events.fileno())
+        if self._ring_thread is not None and self._stop_ports is not None:
+            self._stopping = True
+            self._events.notify(self._stop_ports[1])
+            await asyncio.to_thread(self._ring_thread.join)
+            self._ring_thread = None
+            for port in self._stop_ports:
+                with contextlib.suppress(HypervisorError):
+                    self._events.unbind(port)
         await super().stop()
 
     def _usage(self, device: _Device) -> dict[str, object]:
@@ -256,15 +283,19 @@ class BackendService(BackendDevices[_Device]):
             self._teardown(device)
             await self._set_state(device, XenbusState.CLOSING)
             return
-        device.core = DisplayDevice(
+        core = DisplayDevice(
             self._hv, config, self._planes, self._copy_frames, page_budget=self._page_budget
         )
-        for channel in device.channels:
-            self._ports[channel.req_port] = (device, channel)
-            self._ports[channel.evt_port] = (device, channel)
+        with self._ring_lock:
+            device.core = core
+            for channel in device.channels:
+                self._ports[channel.req_port] = (device, channel)
+                self._ports[channel.evt_port] = (device, channel)
         await self._set_state(device, XenbusState.CONNECTED)
-        for channel in device.channels:
-            self._service(device, channel)
+        # Requests the frontend sent before its ports were ours woke no one.
+        with self._ring_lock:
+            for channel in device.channels:
+                self._service(device, channel)
 
     async def _read_config(self, device: _Device) -> DeviceConfig:
         front = device.frontend_path
@@ -339,6 +370,11 @@ class BackendService(BackendDevices[_Device]):
             raise
 
     def _teardown(self, device: _Device) -> None:
+        with self._ring_lock:
+            self._release(device)
+
+    def _release(self, device: _Device) -> None:
+        """`_teardown` for the ring thread, which holds the lock already."""
         for channel in device.channels:
             for port in (channel.req_port, channel.evt_port):
                 self._ports.pop(port, None)
@@ -346,7 +382,6 @@ class BackendService(BackendDevices[_Device]):
                     self._hv.events.unbind(port)
             channel.release()
         device.channels.clear()
-        device.scheduled.clear()
         if device.core is not None:
             device.core.close()
             device.core = None
@@ -354,19 +389,39 @@ class BackendService(BackendDevices[_Device]):
 
     # -- rings ---------------------------------------------------------------------
 
-    def _on_events(self) -> None:
-        for port in self._events.pending(0):
+    def _serve_rings(self) -> None:
+        """The ring thread: sleep until ports fire, serve them, until `stop`."""
+        while True:
+            fired = self._events.pending(0 if self._again else None)
+            if self._stopping:
+                return
+            try:
+                with self._ring_lock:
+                    self._on_events(fired)
+            except Exception:
+                # A bug of ours must not leave every guest's rings unserved.
+                log.exception("serving the rings failed")
+
+    def _on_events(self, fired: list[int]) -> None:
+        again, self._again = self._again, {}
+        for port in fired:
             entry = self._ports.get(port)
             if entry is None:
-                self._other_port(port)
+                self._to_loop(self._other_port, port)
                 continue
             device, channel = entry
             if self._events.status(port).state == PortState.UNBOUND:
                 log.info("frontend channel closed", extra=logs.fields(device=device.name))
-                self._teardown(device)
-                self._spawn(self._set_state(device, XenbusState.INIT_WAIT))
+                self._release(device)
+                self._to_loop(self._spawn, self._set_state(device, XenbusState.INIT_WAIT))
             elif port == channel.req_port:
                 self._service(device, channel)
+        for device, channel in again.values():
+            self._service(device, channel)
+
+    def _to_loop(self, callback: Callable[[Any], None], argument: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(callback, argument)
 
     def _service(self, device: _Device, channel: _Channel) -> None:
         """Answer the requests waiting on one ring, at most a ring's worth per call.
@@ -374,7 +429,6 @@ class BackendService(BackendDevices[_Device]):
         Responses and events are published as they are made, the notifications sent
         once at the end: the frontend then wakes once per batch, not once per channel.
         """
-        device.scheduled.discard(channel.index)
         core = device.core
         if core is None or channel not in device.channels:
             return
@@ -399,9 +453,7 @@ class BackendService(BackendDevices[_Device]):
                         notify_events = True
                 if handled == ring.size:
                     # More may be waiting: let the other guests' rings go first.
-                    if channel.index not in device.scheduled and self._loop is not None:
-                        device.scheduled.add(channel.index)
-                        self._loop.call_soon(self._service, device, channel)
+                    self._again[id(channel)] = (device, channel)
                     break
                 if not ring.final_check_for_requests():
                     break
@@ -416,8 +468,8 @@ class BackendService(BackendDevices[_Device]):
                 "frontend broke the ring protocol; disconnecting",
                 extra=logs.fields(device=device.name, connector=channel.index, reason=failure),
             )
-            self._teardown(device)
-            self._spawn(self._set_state(device, XenbusState.CLOSING))
+            self._release(device)
+            self._to_loop(self._spawn, self._set_state(device, XenbusState.CLOSING))
 
     def _handle(self, core: DisplayDevice, index: int, slot: bytes) -> Reply:
         try:

@@ -89,13 +89,16 @@ class LocalHypervisor:
     def drain_events(self) -> None:
         """Handle every event already waiting on the socket, without blocking."""
         with self._lock:
-            while True:
-                try:
-                    message = self._receive(socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    return
-                if message is not None:
-                    self._events.on_event(message)
+            self._drain_events()
+
+    def _drain_events(self) -> None:
+        while True:
+            try:
+                message = self._receive(socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            if message is not None:
+                self._events.on_event(message)
 
     def close(self) -> None:
         """Leave the hypervisor: the broker treats this domain as gone."""
@@ -143,7 +146,10 @@ class LocalEvents:
 
     Each local port has its own eventfd, which the peer writes. One epoll instance
     watches them all plus the broker socket (for peer changes), so `fileno()` is a
-    single pollable descriptor however many ports there are. One thread waits at a time.
+    single pollable descriptor however many ports there are. One thread waits at a time;
+    any thread may notify, bind and unbind. Broker events change a port's descriptors
+    and status only under the hypervisor's lock, which `notify` and `pending` hold while
+    they use them.
     """
 
     def __init__(self, hv: LocalHypervisor) -> None:
@@ -171,14 +177,17 @@ class LocalEvents:
         local = self._ports.get(port)
         if local is None:
             raise HypervisorError(errno.ENOTCONN, f"port {port} is not bound here")
-        if local.tx is None:
-            self._hv.drain_events()
+        # Locked: a broker event read by another thread may close `tx` meanwhile, and its
+        # number could then belong to a descriptor opened since.
+        with self._hv._lock:
             if local.tx is None:
-                return
-        # Edge-triggered, the count is never read back: it saturates only after 2**64 - 2
-        # notifies, and the port is pending then anyway.
-        with contextlib.suppress(BlockingIOError):
-            os.write(local.tx, _ONE)
+                self._hv._drain_events()
+                if local.tx is None:
+                    return
+            # Edge-triggered, the count is never read back: it saturates only after
+            # 2**64 - 2 notifies, and the port is pending then anyway.
+            with contextlib.suppress(BlockingIOError):
+                os.write(local.tx, _ONE)
 
     def unbind(self, port: int) -> None:
         if port not in self._ports:
@@ -209,10 +218,10 @@ class LocalEvents:
                 fired.append(port)
             elif fd == self._hv.fileno():
                 self._hv.drain_events()
-        for port in self._changed:
-            if port not in fired:
-                fired.append(port)
-        self._changed.clear()
+        if self._changed:
+            with self._hv._lock:  # broker events append to it on any thread
+                changed, self._changed = self._changed, []
+            fired += [port for port in changed if port not in fired]
         return fired
 
     def status(self, port: int) -> ChannelStatus:
