@@ -5,11 +5,19 @@ import errno
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from itertools import islice
 from pathlib import Path
 
 import pytest
 
-from pvdisplay.planes import PlaneClient, PlaneInfo, PlaneKey, PlaneRegistry, PlaneServer
+from pvdisplay.planes import (
+    PlaneChange,
+    PlaneClient,
+    PlaneInfo,
+    PlaneKey,
+    PlaneRegistry,
+    PlaneServer,
+)
 from pvdisplay.wire.errors import ProtocolError
 
 BLANK = PlaneInfo(1, 0, 0, "id0", 640, 480)
@@ -91,3 +99,34 @@ def test_server_lists_gets_and_streams_changes(
         on_loop(loop, registry.publish, BLANK, None)
         change = next(changes)
         assert (change.plane, change.removed) == (BLANK, False)
+
+
+def test_changes_published_on_another_thread_reach_watchers_in_order(
+    served: tuple[PlaneRegistry, Path, asyncio.AbstractEventLoop],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The display backend publishes from its ring thread while the loop serves the socket:
+    # watchers come and go meanwhile, and the one that stays sees every frame in order.
+    registry, path, loop = served
+    frames = 300
+    seen: list[PlaneChange] = []
+    with PlaneClient(path) as watcher:
+        changes = watcher.watch()
+        reader = threading.Thread(target=lambda: seen.extend(islice(changes, frames + 1)))
+        reader.start()
+        publisher = threading.Thread(
+            target=lambda: [
+                registry.publish(PlaneInfo(1, 0, 0, "id0", 640, 480, frame=frame), None)
+                for frame in range(1, frames + 1)
+            ]
+        )
+        publisher.start()
+        while publisher.is_alive():
+            with PlaneClient(path) as passer_by:
+                passer_by.watch()
+        publisher.join()
+        on_loop(loop, registry.remove, BLANK.key)
+        reader.join(30)
+    assert [change.plane.frame for change in seen[:-1]] == list(range(1, frames + 1))
+    assert seen[-1].removed
+    assert "plane listener failed" not in caplog.text
