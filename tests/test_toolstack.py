@@ -137,7 +137,7 @@ def test_toml_config_with_xl_strings_a_single_string_and_tables() -> None:
         ("[[guest]]\nname='a'\ndomid=0", "guest[0].domid: 0 is dom0"),
         ("[backend]\ndomid='x'\n[[guest]]\nname='a'", "backend.domid: 'x' is not a domid"),
         ("[[guest]]\nname='a'\n[[guest]]\nname='a'", "guest: name 'a' appears twice"),
-        ("guest = 3", "guest: expected at least one [[guest]] table"),
+        ("guest = 3", "guest: expected [[guest]] tables"),
         ("[[guest]\n", "config: not valid TOML"),
         (
             "[[guest]]\nname='a'\n[[guest.vdispl]]\nconnectors=[{unique-id='a', resolution='1'}]",
@@ -171,6 +171,12 @@ def test_the_page_budget_reaches_the_backend_s_arguments() -> None:
         with pytest.raises(ValueError) as raised:
             service.Options.from_args(("xs", "planes", bad))
         assert str(raised.value).startswith(message)
+
+
+def test_a_config_may_set_the_backend_alone() -> None:
+    config = toolstack.parse_config("[backend]\ncopy = true\npage_budget = 8192\n")
+    assert config.guests == ()
+    assert config.backend == toolstack.BackendDomain("Domain-0", 0, copy=True, page_budget=8192)
 
 
 def test_the_largest_mode_a_connector_may_have_fits_one_display_buffer() -> None:

@@ -172,8 +172,8 @@ def parse_config(text: str) -> HostConfig:
         ),
     )
     guest_list = document.get("guest", [])
-    if not isinstance(guest_list, list) or not guest_list:
-        raise ConfigError("guest", "expected at least one [[guest]] table")
+    if not isinstance(guest_list, list):
+        raise ConfigError("guest", "expected [[guest]] tables")
     domains = {backend.name: backend.domid}
     guests = tuple(
         _guest(_table(entry, f"guest[{index}]"), f"guest[{index}]", domains, backend.domid)
