@@ -1,7 +1,9 @@
 """The plane registry and its socket server (buffers are covered by the backend tests)."""
 
 import asyncio
+import dataclasses
 import errno
+import functools
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -10,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+import rigs
 from pvdisplay.planes import (
+    Plane,
     PlaneChange,
     PlaneClient,
     PlaneInfo,
@@ -21,6 +25,7 @@ from pvdisplay.planes import (
 from pvdisplay.wire.errors import ProtocolError
 
 BLANK = PlaneInfo(1, 0, 0, "id0", 640, 480)
+BURST = 20
 
 
 def test_registry_notifies_until_unsubscribed() -> None:
@@ -35,6 +40,21 @@ def test_registry_notifies_until_unsubscribed() -> None:
     registry.publish(BLANK, None)
     assert seen == [(0, False), (1, False), (1, True)]
     assert [p.info for p in registry.planes()] == [BLANK]
+
+
+def test_a_presented_plane_reads_as_its_description_at_the_frame_given() -> None:
+    registry = PlaneRegistry()
+    seen: list[PlaneInfo] = []
+    registry.subscribe(lambda info, removed: seen.append(info))
+    described = Plane(PlaneInfo(1, 0, 0, "id0", 640, 480, fb_cookie=9, frame=1), None)
+    registry.publish(described.info, None)
+    registry.present(described.info.key, described, 5, 2.5)
+    expected = dataclasses.replace(described.info, frame=5, presented_at=2.5)
+    assert registry.get(described.info.key) == Plane(expected, None)
+    assert registry.planes() == [Plane(expected, None)]
+    registry.remove(described.info.key)
+    assert seen == [described.info, expected, expected]
+    assert registry.get(described.info.key) is None
 
 
 def test_plane_info_json_round_trip_and_rejection() -> None:
@@ -114,12 +134,18 @@ def test_changes_published_on_another_thread_reach_watchers_in_order(
         changes = watcher.watch()
         reader = threading.Thread(target=lambda: seen.extend(islice(changes, frames + 1)))
         reader.start()
-        publisher = threading.Thread(
-            target=lambda: [
+
+        def caught_up(frame: int) -> bool:
+            return len(seen) >= frame
+
+        def publish() -> None:
+            for frame in range(1, frames + 1):
                 registry.publish(PlaneInfo(1, 0, 0, "id0", 640, 480, frame=frame), None)
-                for frame in range(1, frames + 1)
-            ]
-        )
+                if frame % BURST == 0:
+                    # A watcher whose socket fills is dropped: let this one catch up.
+                    rigs.wait_until(functools.partial(caught_up, frame), "the watcher")
+
+        publisher = threading.Thread(target=publish)
         publisher.start()
         while publisher.is_alive():
             with PlaneClient(path) as passer_by:

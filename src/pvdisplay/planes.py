@@ -153,30 +153,46 @@ Listener = Callable[[PlaneInfo, bool], None]
 
 
 class PlaneRegistry:
-    """The current plane of every connector, with change notification. No I/O."""
+    """The current plane of every connector, with change notification. No I/O.
+
+    Each connector's plane is kept as a description and the frame shown of it, so that
+    a page flip to a framebuffer already described (`present`) builds no `PlaneInfo`;
+    readers get the two combined.
+    """
 
     def __init__(self) -> None:
-        self._planes: dict[PlaneKey, Plane] = {}
+        self._planes: dict[PlaneKey, _Shown] = {}
         self._listeners: list[Listener] = []
 
     def publish(self, info: PlaneInfo, handle: BufferHandle | None) -> None:
         """Make `info` the connector's plane; `handle` must stay open until replaced."""
-        self._planes[info.key] = Plane(info, handle)
+        self._planes[info.key] = _Shown(Plane(info, handle), info.frame, info.presented_at)
         if self._listeners:
             self._notify(info, removed=False)
 
+    def present(self, key: PlaneKey, plane: Plane, frame: int, presented_at: float) -> None:
+        """Make `plane` the plane of connector `key`, as frame `frame` shown at `presented_at`.
+
+        A page flip: `plane` describes the framebuffer (kept by the caller from one flip to
+        the next), and the frame and time given replace its own.
+        """
+        self._planes[key] = _Shown(plane, frame, presented_at)
+        if self._listeners:
+            self._notify(plane.info.next_frame(frame, presented_at), removed=False)
+
     def remove(self, key: PlaneKey) -> None:
-        plane = self._planes.pop(key, None)
-        if plane is not None:
-            self._notify(plane.info, removed=True)
+        shown = self._planes.pop(key, None)
+        if shown is not None:
+            self._notify(shown.plane().info, removed=True)
 
     def get(self, key: PlaneKey) -> Plane | None:
-        return self._planes.get(key)
+        shown = self._planes.get(key)
+        return None if shown is None else shown.plane()
 
     def planes(self) -> list[Plane]:
         # One C call takes the items, so a publisher on another thread cannot change
         # the dict between reading a key and its plane.
-        return [plane for _, plane in sorted(self._planes.items())]
+        return [shown.plane() for _, shown in sorted(self._planes.items())]
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call `listener` after each change; returns the function that unsubscribes."""
@@ -189,6 +205,18 @@ class PlaneRegistry:
                 listener(info, removed)
             except Exception:
                 log.exception("plane listener failed", extra=logs.fields(plane=info.key))
+
+
+class _Shown(NamedTuple):
+    described: Plane
+    frame: int
+    presented_at: float
+
+    def plane(self) -> Plane:
+        info = self.described.info
+        if info.frame == self.frame and info.presented_at == self.presented_at:
+            return self.described
+        return Plane(info.next_frame(self.frame, self.presented_at), self.described.handle)
 
 
 MAX_INPUT_EVENTS = 256

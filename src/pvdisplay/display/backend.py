@@ -33,7 +33,7 @@ import numpy as np
 
 from pvdisplay import logs
 from pvdisplay.hv import BufferHandle, GuestMemory, Hypervisor, HypervisorError, Mapping
-from pvdisplay.planes import PlaneInfo, PlaneKey, PlaneRegistry
+from pvdisplay.planes import Plane, PlaneInfo, PlaneKey, PlaneRegistry
 from pvdisplay.wire import displif, edid, fourcc
 from pvdisplay.wire.errors import ProtocolError
 from pvdisplay.xl import MAX_DIMENSION
@@ -139,9 +139,9 @@ class _Connector:
     frames: int = 0
     position: _Position | None = None
     shown: _Framebuffer | None = None
-    # The plane last published for each framebuffer cookie at `position`: flipping
-    # between framebuffers then only renews the counters.
-    planes: dict[int, PlaneInfo] = field(default_factory=dict)
+    # Each framebuffer's plane as described at `position`: flipping between framebuffers
+    # then only renews the frame counter (`PlaneRegistry.present`).
+    planes: dict[int, Plane] = field(default_factory=dict)
     copy: _OwnBuffer | None = None
 
 
@@ -447,10 +447,9 @@ class DisplayDevice:
         if self._copy_frames:
             handle, offset, copied = self._copy_frame(connector, fb, position.height)
         connector.frames += 1
-        last = connector.planes.get(fb.cookie)
-        if last is not None and last.buffer_id == handle.id:
-            info = last.next_frame(connector.frames, time.time())
-        else:
+        now = time.time()
+        plane = connector.planes.get(fb.cookie)
+        if plane is None or plane.handle is not handle:
             info = PlaneInfo(
                 domid=self.config.frontend,
                 devid=self.config.devid,
@@ -468,12 +467,12 @@ class DisplayDevice:
                 y=position.y,
                 buffer_id=handle.id,
                 frame=connector.frames,
-                presented_at=time.time(),
+                presented_at=now,
                 bytes_copied=copied,
             )
+            plane = connector.planes[fb.cookie] = Plane(info, handle)
         connector.shown = fb
-        connector.planes[fb.cookie] = info
-        self._planes.publish(info, handle)
+        self._planes.present(connector.key, plane, connector.frames, now)
 
     def _copy_frame(
         self, connector: _Connector, fb: _Framebuffer, rows: int
