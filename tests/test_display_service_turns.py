@@ -68,7 +68,9 @@ def test_a_ring_refilled_whenever_it_runs_dry_gets_one_ring_s_worth_a_turn() -> 
     device = service._Device(1, 0, "/local/domain/0/backend/vdispl/1/0")
     device.core = cast(DisplayDevice, core)
     unused = cast(Any, None)
-    channel = service._Channel(0, ring, area, unused, unused, unused, unused, REQ_PORT, EVT_PORT, 0)
+    channel = service._Channel(
+        0, ring, area, unused, unused, unused, unused, REQ_PORT, EVT_PORT, 0, 0
+    )
     device.channels.append(channel)
 
     post(front, 3)

@@ -174,6 +174,8 @@ class _Channel:
     req_port: int
     evt_port: int
     in_prod: int
+    in_cons: int
+    """The frontend's `in_cons` as last read."""
 
     def release(self) -> None:
         self.ring.release()
@@ -362,6 +364,7 @@ class BackendService(BackendDevices[_Device]):
                 local_req,
                 local_evt,
                 event_indices.load(displif.IN_PROD_OFFSET),
+                event_indices.load(displif.IN_CONS_OFFSET),
             )
         except BaseException:
             for undo in reversed(opened):
@@ -483,9 +486,12 @@ class BackendService(BackendDevices[_Device]):
     def _publish_event(self, device: _Device, channel: _Channel, event: bytes) -> bool:
         """Put `event` on the connector's event page; False if the frontend left no room."""
         page, indices = channel.event_view, channel.event_indices
-        # Acquire: the slot is not overwritten before the frontend is done reading it.
-        in_cons = indices.load(displif.IN_CONS_OFFSET)
-        if (channel.in_prod - in_cons) & 0xFFFFFFFF >= displif.IN_RING_LEN:
+        if (channel.in_prod - channel.in_cons) & 0xFFFFFFFF >= displif.IN_RING_LEN:
+            # Read again only when the last value read leaves no room: the frontend only
+            # moves it forward, so until then the room it showed is there.
+            # Acquire: the slot is not overwritten before the frontend is done reading it.
+            channel.in_cons = indices.load(displif.IN_CONS_OFFSET)
+        if (channel.in_prod - channel.in_cons) & 0xFFFFFFFF >= displif.IN_RING_LEN:
             log.warning(
                 "event ring full; event dropped",
                 extra=logs.fields(
