@@ -202,6 +202,22 @@ def test_frontend_close_and_reconnect_starts_afresh(world: World) -> None:
     assert flip(guest, 0, 12).id == 0  # event ids count from 0 per connection
 
 
+def test_a_frontend_that_stops_reading_events_loses_only_those_without_room(
+    world: World,
+) -> None:
+    guest = world.add_guest(["640x480"])
+    assert guest("connect", 1) == State.CONNECTED
+    show_buffer(guest, 64, 64, seed=8)
+    overflow = 3
+    flips = displif.IN_RING_LEN + overflow
+    for n in range(flips):
+        assert request(guest, 0, displif.PageFlip(100 + n, 2)).status == 0
+    events = [displif.decode_event(event) for event in guest("events", 0, flips, 1.0)]
+    assert [event.id for event in events] == list(range(displif.IN_RING_LEN))
+    # Read, the page has room again, and event ids went on counting through the drops.
+    assert flip(guest, 0, 500).id == flips
+
+
 def test_backend_restart_is_reconnected_by_a_live_frontend(world: World) -> None:
     guest = world.add_guest(["640x480"])
     assert guest("connect", 1) == State.CONNECTED
