@@ -34,6 +34,7 @@ import functools
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,6 +164,10 @@ class PlaneRegistry:
     def __init__(self) -> None:
         self._planes: dict[PlaneKey, _Shown] = {}
         self._listeners: list[Listener] = []
+        self.handles_lock = threading.Lock()
+        """Held while a handle from the registry is used on another thread than its
+        publisher's: a publisher closes a handle only while holding it, a reader holds it
+        from `get` until it is done with the handle."""
 
     def publish(self, info: PlaneInfo, handle: BufferHandle | None) -> None:
         """Make `info` the connector's plane; `handle` must stay open until replaced."""
@@ -190,9 +195,9 @@ class PlaneRegistry:
         return None if shown is None else shown.plane()
 
     def planes(self) -> list[Plane]:
-        # One C call takes the items, so a publisher on another thread cannot change
-        # the dict between reading a key and its plane.
-        return [shown.plane() for _, shown in sorted(self._planes.items())]
+        # A copy first: copying allocates no object per item, so nothing can run
+        # (a finalizer, another thread) while the dict is being read.
+        return [shown.plane() for _, shown in sorted(self._planes.copy().items())]
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call `listener` after each change; returns the function that unsubscribes."""
@@ -336,15 +341,18 @@ class PlaneServer:
             except ProtocolError as exc:
                 send_message(client, {"error": exc.errno, "message": exc.message})
                 return
-            plane = self._registry.get(key)
-            if plane is None:
-                send_message(client, {"error": errno.ENOENT, "message": f"no plane {key}"})
-                return
-            send_message(
-                client, {"plane": plane.info.to_json(), "buffer": plane.handle is not None}
-            )
-            if plane.handle is not None:
-                plane.handle.send(client)
+            # The publisher (the display backend's ring thread) may close the handle of
+            # a plane it replaces at any time, but not while this holds the lock.
+            with self._registry.handles_lock:
+                plane = self._registry.get(key)
+                if plane is None:
+                    send_message(client, {"error": errno.ENOENT, "message": f"no plane {key}"})
+                    return
+                send_message(
+                    client, {"plane": plane.info.to_json(), "buffer": plane.handle is not None}
+                )
+                if plane.handle is not None:
+                    plane.handle.send(client)
         elif op == "input":
             try:
                 receipt = self._input(body)

@@ -579,7 +579,8 @@ class DisplayDevice:
         try:
             if dbuf.mapping is not None:
                 dbuf.mapping.close()
-            dbuf.handle.close()
+            with self._planes.handles_lock:
+                dbuf.handle.close()
             if dbuf.memory is not None:
                 deferred = self._hv.grants.end_access(dbuf.frontend_refs)
                 dbuf.memory.close()
@@ -597,7 +598,8 @@ class DisplayDevice:
     def _release_own(self, own: _OwnBuffer) -> None:
         self._pages -= own.memory.pages
         try:
-            own.handle.close()
+            with self._planes.handles_lock:
+                own.handle.close()
             own.memory.close()
         except HypervisorError as exc:
             log.warning("releasing a copy buffer failed", extra=logs.fields(reason=exc))

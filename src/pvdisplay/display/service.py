@@ -227,13 +227,14 @@ class BackendService(BackendDevices[_Device]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ring_thread: threading.Thread | None = None
         self._stopping = False
-        self._stop_ports: tuple[int, int] | None = None
+        # A loopback channel (both ends ours, as Xen allows) that wakes the ring thread:
+        # to stop, or to serve the rings of a device the loop has just connected.
+        self._wake_ports: tuple[int, int] | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        # A loopback channel (both ends ours, as Xen allows) wakes the ring thread to stop.
         receiver = self._events.bind_unbound_port(self._hv.domid)
-        self._stop_ports = (receiver, self._events.bind_interdomain(self._hv.domid, receiver))
+        self._wake_ports = (receiver, self._events.bind_interdomain(self._hv.domid, receiver))
         self._ring_thread = threading.Thread(
             target=self._serve_rings, name="display-rings", daemon=True
         )
@@ -241,12 +242,12 @@ class BackendService(BackendDevices[_Device]):
         await super().start()
 
     async def stop(self) -> None:
-        if self._ring_thread is not None and self._stop_ports is not None:
+        if self._ring_thread is not None and self._wake_ports is not None:
             self._stopping = True
-            self._events.notify(self._stop_ports[1])
+            self._events.notify(self._wake_ports[1])
             await asyncio.to_thread(self._ring_thread.join)
             self._ring_thread = None
-            for port in self._stop_ports:
+            for port in self._wake_ports:
                 with contextlib.suppress(HypervisorError):
                     self._events.unbind(port)
         await super().stop()
@@ -293,11 +294,11 @@ class BackendService(BackendDevices[_Device]):
             for channel in device.channels:
                 self._ports[channel.req_port] = (device, channel)
                 self._ports[channel.evt_port] = (device, channel)
+                # Requests the frontend sent before its ports were ours woke no one.
+                self._again[id(channel)] = (device, channel)
         await self._set_state(device, XenbusState.CONNECTED)
-        # Requests the frontend sent before its ports were ours woke no one.
-        with self._ring_lock:
-            for channel in device.channels:
-                self._service(device, channel)
+        if self._wake_ports is not None:
+            self._events.notify(self._wake_ports[1])
 
     async def _read_config(self, device: _Device) -> DeviceConfig:
         front = device.frontend_path
@@ -395,7 +396,12 @@ class BackendService(BackendDevices[_Device]):
     def _serve_rings(self) -> None:
         """The ring thread: sleep until ports fire, serve them, until `stop`."""
         while True:
-            fired = self._events.pending(0 if self._again else None)
+            try:
+                fired = self._events.pending(0 if self._again else None)
+            except Exception:
+                # The hypervisor connection is gone: nothing can be served any more.
+                log.exception("waiting for event channels failed; rings no longer served")
+                return
             if self._stopping:
                 return
             try:
@@ -410,7 +416,8 @@ class BackendService(BackendDevices[_Device]):
         for port in fired:
             entry = self._ports.get(port)
             if entry is None:
-                self._to_loop(self._other_port, port)
+                if self._wake_ports is None or port != self._wake_ports[0]:
+                    self._to_loop(self._other_port, port)
                 continue
             device, channel = entry
             if self._events.status(port).state == PortState.UNBOUND:

@@ -42,7 +42,9 @@ class LocalHypervisor:
     def __init__(self, sock: socket.socket, domid: int) -> None:
         self._sock = sock
         self._domid = domid
-        self._lock = threading.Lock()
+        # Reentrant: `LocalEvents` holds it across a broker call and the bookkeeping of
+        # its answer, so that a thread reading broker events meanwhile finds both done.
+        self._lock = threading.RLock()
         self._assembler = Assembler()
         self._orphans: deque[JsonObject] = deque()
         self.received_bytes = 0
@@ -160,16 +162,19 @@ class LocalEvents:
         self._changed: list[int] = []
 
     def bind_unbound_port(self, remote_domid: int) -> int:
-        reply = self._hv.call({"op": "evtchn_unbound", "domid": remote_domid})
-        port = protocol.get_int(reply.body, "port")
-        self._add(port, reply.fds[0], None, ChannelStatus(PortState.UNBOUND, remote_domid, None))
+        with self._hv._lock:
+            reply = self._hv.call({"op": "evtchn_unbound", "domid": remote_domid})
+            port = protocol.get_int(reply.body, "port")
+            status = ChannelStatus(PortState.UNBOUND, remote_domid, None)
+            self._add(port, reply.fds[0], None, status)
         return port
 
     def bind_interdomain(self, remote_domid: int, remote_port: int) -> int:
-        reply = self._hv.call({"op": "evtchn_bind", "domid": remote_domid, "port": remote_port})
-        port = protocol.get_int(reply.body, "port")
-        status = ChannelStatus(PortState.INTERDOMAIN, remote_domid, remote_port)
-        self._add(port, reply.fds[0], reply.fds[1], status)
+        with self._hv._lock:
+            reply = self._hv.call({"op": "evtchn_bind", "domid": remote_domid, "port": remote_port})
+            port = protocol.get_int(reply.body, "port")
+            status = ChannelStatus(PortState.INTERDOMAIN, remote_domid, remote_port)
+            self._add(port, reply.fds[0], reply.fds[1], status)
         return port
 
     def notify(self, port: int) -> None:
@@ -192,10 +197,11 @@ class LocalEvents:
                 return
 
     def unbind(self, port: int) -> None:
-        if port not in self._ports:
-            raise HypervisorError(errno.ENOTCONN, f"port {port} is not bound here")
-        self._hv.call({"op": "evtchn_unbind", "port": port})
-        self._drop(port)
+        with self._hv._lock:
+            if port not in self._ports:
+                raise HypervisorError(errno.ENOTCONN, f"port {port} is not bound here")
+            self._hv.call({"op": "evtchn_unbind", "port": port})
+            self._drop(port)
 
     def pending(self, timeout: float | None = None) -> list[int]:
         # No clock read for timeout 0: the asyncio reader's call on every wake-up.
@@ -262,8 +268,9 @@ class LocalEvents:
             close_all(message.fds)
 
     def close(self) -> None:
-        for port in list(self._ports):
-            self._drop(port)
+        with self._hv._lock:
+            for port in list(self._ports):
+                self._drop(port)
         self._epoll.close()
 
     def _add(self, port: int, rx: int, tx: int | None, status: ChannelStatus) -> None:
@@ -275,12 +282,14 @@ class LocalEvents:
         self._epoll.register(rx, select.EPOLLIN | select.EPOLLET)
 
     def _drop(self, port: int) -> None:
+        """Forget `port` and close its descriptors; the caller holds the lock."""
         local = self._ports.pop(port)
         self._epoll.unregister(local.rx)
         del self._by_fd[local.rx]
         os.close(local.rx)
         if local.tx is not None:
             os.close(local.tx)
+            local.tx = None  # a notify that found the port just before sends nothing
         if port in self._changed:
             self._changed.remove(port)
 
