@@ -247,7 +247,8 @@ class BackendService(BackendDevices[_Device]):
             self._events.notify(self._wake_ports[1])
             await asyncio.to_thread(self._ring_thread.join)
             self._ring_thread = None
-            for port in self._wake_ports:
+            wake_ports, self._wake_ports = self._wake_ports, None
+            for port in wake_ports:
                 with contextlib.suppress(HypervisorError):
                     self._events.unbind(port)
         await super().stop()
@@ -296,9 +297,9 @@ class BackendService(BackendDevices[_Device]):
                 self._ports[channel.evt_port] = (device, channel)
                 # Requests the frontend sent before its ports were ours woke no one.
                 self._again[id(channel)] = (device, channel)
-        await self._set_state(device, XenbusState.CONNECTED)
         if self._wake_ports is not None:
             self._events.notify(self._wake_ports[1])
+        await self._set_state(device, XenbusState.CONNECTED)
 
     async def _read_config(self, device: _Device) -> DeviceConfig:
         front = device.frontend_path
@@ -412,22 +413,27 @@ class BackendService(BackendDevices[_Device]):
                 log.exception("serving the rings failed")
 
     def _on_events(self, fired: list[int]) -> None:
-        again, self._again = self._again, {}
-        for port in fired:
-            entry = self._ports.get(port)
-            if entry is None:
-                if self._wake_ports is None or port != self._wake_ports[0]:
-                    self._to_loop(self._other_port, port)
-                continue
-            device, channel = entry
-            if self._events.status(port).state == PortState.UNBOUND:
-                log.info("frontend channel closed", extra=logs.fields(device=device.name))
-                self._release(device)
-                self._to_loop(self._spawn, self._set_state(device, XenbusState.INIT_WAIT))
-            elif port == channel.req_port:
+        waiting, self._again = self._again, {}
+        try:
+            for port in fired:
+                entry = self._ports.get(port)
+                if entry is None:
+                    if self._wake_ports is None or port != self._wake_ports[0]:
+                        self._to_loop(self._other_port, port)
+                    continue
+                device, channel = entry
+                if self._events.status(port).state == PortState.UNBOUND:
+                    log.info("frontend channel closed", extra=logs.fields(device=device.name))
+                    self._release(device)
+                    self._to_loop(self._spawn, self._set_state(device, XenbusState.INIT_WAIT))
+                elif port == channel.req_port:
+                    self._service(device, channel)
+            while waiting:
+                device, channel = waiting.pop(next(iter(waiting)))
                 self._service(device, channel)
-        for device, channel in again.values():
-            self._service(device, channel)
+        finally:
+            # A turn that failed halfway must not lose the rings still waiting for one.
+            self._again.update(waiting)
 
     def _to_loop(self, callback: Callable[[Any], None], argument: Any) -> None:
         assert self._loop is not None
