@@ -254,9 +254,16 @@ class XenbusFrontend(FrontendAgent):
         self.xs.write(f"{self.front}/state", str(state))
 
     def connect(
-        self, connectors: int, version: str = "2", answer: int = xenbus.XenbusState.CONNECTED
+        self,
+        connectors: int,
+        version: str = "2",
+        answer: int = xenbus.XenbusState.CONNECTED,
+        queued: bytes | None = None,
     ) -> int:
-        """Publish fresh transports, go Initialised, and wait for the backend to `answer`."""
+        """Publish fresh transports, go Initialised, and wait for the backend to `answer`.
+
+        With `queued`, each ring is filled with that request before going Initialised.
+        """
         self.drop_transports()
         self.set_state(xenbus.XenbusState.INITIALISING)
         assert self.wait_backend_state(xenbus.XenbusState.INIT_WAIT) == 2
@@ -280,6 +287,8 @@ class XenbusFrontend(FrontendAgent):
             self.transports.append(
                 _Transport(ring_memory, ring_view, ring, event_memory, req_port, evt_port)
             )
+            while queued is not None and ring.free_requests:
+                self.post(index, queued)
         self.set_state(xenbus.XenbusState.INITIALISED)
         state = self.wait_backend_state(answer)
         if state == xenbus.XenbusState.CONNECTED:
@@ -306,6 +315,10 @@ class XenbusFrontend(FrontendAgent):
     def call(self, connector: int, slot: bytes, timeout: float = 10.0) -> bytes:
         """One request and its response (raw)."""
         self.post(connector, slot)
+        return self.response(connector, timeout)
+
+    def response(self, connector: int, timeout: float = 10.0) -> bytes:
+        """The next response on the connector's ring (raw), waiting for it."""
         ring = self.transports[connector].ring
         deadline = time.monotonic() + timeout
         while (response := ring.take_response()) is None:

@@ -16,11 +16,13 @@ import pytest
 import rigs
 from pvdisplay import xenbus
 from pvdisplay.display.backend import DEFAULT_PAGE_BUDGET
+from pvdisplay.hv import PAGE_SIZE
 from pvdisplay.planes import PlaneClient
 from pvdisplay.store.client import Transaction
 from pvdisplay.store.permissions import Access, Permission
 from pvdisplay.wire import displif, edid
 from pvdisplay.wire.fourcc import XRGB8888
+from pvdisplay.wire.ring import ring_size
 from rigs import BACKEND
 from test_display_backend_agents import Remote, start
 
@@ -216,6 +218,19 @@ def test_a_frontend_that_stops_reading_events_loses_only_those_without_room(
     assert [event.id for event in events] == list(range(displif.IN_RING_LEN))
     # Read, the page has room again, and event ids went on counting through the drops.
     assert flip(guest, 0, 500).id == flips
+
+
+def test_a_ring_full_before_connected_is_served_and_the_next_request_heard(
+    world: World,
+) -> None:
+    guest = world.add_guest(["640x480"])
+    unknown_fb = displif.PageFlip(7, 0xDEAD).encode()
+    assert guest("connect", 1, "2", State.CONNECTED, unknown_fb) == State.CONNECTED
+    for _ in range(ring_size(displif.REQUEST_SIZE, PAGE_SIZE)):
+        response = displif.decode_response(guest("response", 0))
+        assert (response.id, response.status) == (7, -errno.ENOENT)
+    # Having answered a full ring, the backend still asked to hear of the next request.
+    assert request(guest, 0, displif.PageFlip(8, 0xDEAD)).status == -errno.ENOENT
 
 
 def test_backend_restart_is_reconnected_by_a_live_frontend(world: World) -> None:
