@@ -21,6 +21,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from bench.bench_hv import c_round_trip, percentile, us
+from bench.build import build_c
 from bench.cpu import cpu_seconds
 from pvdisplay import toolstack
 from pvdisplay.display.backend import DEFAULT_PAGE_BUDGET
@@ -237,12 +238,9 @@ def _python_echo(target: Callable[[int, int], None], kick: int, answer: int) -> 
 @contextlib.contextmanager
 def _c_echo(kick: int, answer: int) -> Iterator[int]:
     with tempfile.TemporaryDirectory() as build:
-        binary = Path(build) / "eventfd_echo"
-        subprocess.run(
-            ["gcc", "-O2", "-Wall", "-Werror", "-std=gnu11", "-o", str(binary), str(C_ECHO)],
-            check=True,
+        echo = subprocess.Popen(
+            [build_c(C_ECHO, build), str(kick), str(answer)], pass_fds=(kick, answer)
         )
-        echo = subprocess.Popen([binary, str(kick), str(answer)], pass_fds=(kick, answer))
         try:
             yield echo.pid
         finally:

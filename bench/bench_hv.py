@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.build import build_c
 from pvdisplay.hv import PAGE_SIZE, Hypervisor
 from pvdisplay.hv.local.client import LocalHypervisor
 from pvdisplay.hv.local.host import Host
@@ -63,11 +64,7 @@ def pinger(hv: Hypervisor, control: Connection) -> None:
 
 def c_round_trip() -> tuple[int, int]:
     with tempfile.TemporaryDirectory() as build:
-        binary = Path(build) / "evtchn_pingpong"
-        subprocess.run(
-            ["gcc", "-O2", "-Wall", "-Werror", "-std=gnu11", "-o", str(binary), str(C_SOURCE)],
-            check=True,
-        )
+        binary = build_c(C_SOURCE, build)
         output = subprocess.run(
             [str(binary), str(ROUNDS)], check=True, capture_output=True, text=True
         ).stdout

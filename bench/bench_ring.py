@@ -21,6 +21,7 @@ import timeit
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.build import build_c
 from pvdisplay.wire.ring import XEN_PAGE_SIZE, BackRing, FrontRing, init_shared_ring
 
 COUNT = 200_000
@@ -150,8 +151,7 @@ def main() -> None:
     front.release()
 
     with tempfile.TemporaryDirectory() as tmp:
-        peer = Path(tmp) / "ring_peer"
-        subprocess.run(["gcc", "-O2", "-std=gnu11", "-o", str(peer), str(PEER_SOURCE)], check=True)
+        peer = build_c(PEER_SOURCE, tmp)
         print(f"{COUNT} requests + {COUNT} responses, 32-slot ring, two processes:")
         for front_kind, back_kind in (("c", "c"), ("python", "c"), ("c", "python"),
                                       ("python", "python")):  # fmt: skip
