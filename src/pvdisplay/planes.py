@@ -103,11 +103,13 @@ class PlaneInfo:
 
     @functools.cached_property
     def key(self) -> PlaneKey:
-        # Cached, and carried along by `next_frame`, so the flip path builds no key.
+        # Cached, and carried along by `next_frame`, so a presented plane's readers build
+        # no key.
         return PlaneKey(self.domid, self.devid, self.connector)
 
     def next_frame(self, frame: int, presented_at: float) -> "PlaneInfo":
-        """This plane with a new `frame` and `presented_at`: what every page flip publishes.
+        """This plane with a new `frame` and `presented_at`: what readers of a plane shown
+        by `PlaneRegistry.present` get.
 
         Equal to `dataclasses.replace(self, frame=frame, presented_at=presented_at)`, at
         a fraction of its cost: the other fields are taken over as they are.

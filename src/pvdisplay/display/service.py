@@ -504,14 +504,16 @@ class BackendService(BackendDevices[_Device]):
             # moves it forward, so until then the room it showed is there.
             # Acquire: the slot is not overwritten before the frontend is done reading it.
             channel.in_cons = indices.load(displif.IN_CONS_OFFSET)
-        if (channel.in_prod - channel.in_cons) & 0xFFFFFFFF >= displif.IN_RING_LEN:
-            log.warning(
-                "event ring full; event dropped",
-                extra=logs.fields(
-                    device=device.name, connector=channel.index, id=displif.decode_event(event).id
-                ),
-            )
-            return False
+            if (channel.in_prod - channel.in_cons) & 0xFFFFFFFF >= displif.IN_RING_LEN:
+                log.warning(
+                    "event ring full; event dropped",
+                    extra=logs.fields(
+                        device=device.name,
+                        connector=channel.index,
+                        id=displif.decode_event(event).id,
+                    ),
+                )
+                return False
         displif.write_event(page, channel.in_prod, event)
         channel.in_prod = (channel.in_prod + 1) & 0xFFFFFFFF
         # Release: the frontend sees the event in its slot before it sees in_prod cover it.

@@ -148,9 +148,9 @@ class LocalEvents:
     Each local port has its own eventfd, which the peer writes. One epoll instance
     watches them all plus the broker socket (for peer changes), so `fileno()` is a
     single pollable descriptor however many ports there are. One thread waits at a time;
-    any thread may notify, bind and unbind. Broker events change a port's descriptors
-    and status only under the hypervisor's lock, which `notify` and `pending` hold while
-    they use them.
+    any thread may notify, bind and unbind. Binding, unbinding and broker events change
+    a port's descriptors and status only under the hypervisor's lock, which `notify`
+    holds while it writes and `pending` while it takes the ports broker events marked.
     """
 
     def __init__(self, hv: LocalHypervisor) -> None:
@@ -204,7 +204,7 @@ class LocalEvents:
             self._drop(port)
 
     def pending(self, timeout: float | None = None) -> list[int]:
-        # No clock read for timeout 0: the asyncio reader's call on every wake-up.
+        # No clock read for timeout 0: an asyncio reader's call on every wake-up.
         deadline = time.monotonic() + timeout if timeout else None
         while True:
             if self._changed or timeout == 0:
