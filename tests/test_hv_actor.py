@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from pvdisplay.hv import Hypervisor, HypervisorError
-from pvdisplay.hv.local.buffers import LocalBufferHandle
 from pvdisplay.hv.local.client import LocalHypervisor
 from pvdisplay.hv.local.host import DomainProcess, Host
-from pvdisplay.hv.local.sockets import close_all
+from pvdisplay.ipc.buffers import SharedBuffer
+from pvdisplay.ipc.sockets import close_all
 
 REPLY_TIMEOUT = 60.0
 
@@ -150,7 +150,7 @@ def _map_handle(hv: Hypervisor, held: Held, *, key: str, new_key: str, rw: bool 
 
 
 def _allocate_buffer(hv: Hypervisor, held: Held, *, key: str, pages: int) -> str:
-    held[key] = LocalBufferHandle.allocate(pages)
+    held[key] = SharedBuffer.allocate(pages)
     return str(held[key].id)
 
 

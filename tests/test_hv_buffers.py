@@ -11,12 +11,12 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from pvdisplay.hv import PAGE_SIZE, BufferHandle, Buffers, HypervisorError
-from pvdisplay.hv.local.buffers import LocalBufferHandle
 from pvdisplay.hv.local.client import LocalBuffers
 from pvdisplay.hv.local.host import Host
+from pvdisplay.ipc.buffers import SharedBuffer
 from test_hv_actor import Actor, start_actors
 
-_conforms: tuple[Callable[[LocalBuffers], Buffers], Callable[[LocalBufferHandle], BufferHandle]] = (
+_conforms: tuple[Callable[[LocalBuffers], Buffers], Callable[[SharedBuffer], BufferHandle]] = (
     lambda buffers: buffers,
     lambda handle: handle,
 )
@@ -28,13 +28,13 @@ def host() -> Iterator[Host]:
         yield running
 
 
-def receive_export(exporter: Actor, key: str) -> LocalBufferHandle:
+def receive_export(exporter: Actor, key: str) -> SharedBuffer:
     """The test process plays a local consumer (an output) the exporter sends to."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with ours, theirs:
         exporter.give_socket("to-output", theirs)
         exporter("send_handle", key=key, sock_key="to-output")
-        return LocalBufferHandle.receive(ours)
+        return SharedBuffer.receive(ours)
 
 
 def test_an_exported_buffer_is_mapped_by_another_process_without_copying(host: Host) -> None:

@@ -10,15 +10,15 @@ import pytest
 from pvdisplay.hv import PAGE_SIZE, GrantTable, Hypervisor, HypervisorError, Mapping
 from pvdisplay.hv.local.client import LocalGrants, LocalHypervisor
 from pvdisplay.hv.local.host import Host
-from pvdisplay.hv.local.memory import LocalMapping
 from pvdisplay.hv.local.tables import Limits
+from pvdisplay.ipc.memory import SharedMapping
 from test_hv_actor import Actor, start_actors
 
 # The local implementation satisfies the interface the display code is written against.
 _conforms: tuple[
     Callable[[LocalHypervisor], Hypervisor],
     Callable[[LocalGrants], GrantTable],
-    Callable[[LocalMapping], Mapping],
+    Callable[[SharedMapping], Mapping],
 ] = (lambda hv: hv, lambda grants: grants, lambda mapping: mapping)
 
 

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pvdisplay.hv import PAGE_SIZE, HypervisorError
-from pvdisplay.hv.local import protocol
 from pvdisplay.hv.local.host import Host
+from pvdisplay.ipc import framing
 from test_hv_actor import Actor, start_actors
 
 EMPTY_TABLES = {
@@ -155,7 +155,7 @@ def test_a_domain_that_breaks_the_framing_is_killed() -> None:
 
 domids = st.integers(0, 3)
 small = st.integers(0, 12)
-packed = st.lists(st.integers(0, 6), max_size=4).map(protocol.pack_u32s)
+packed = st.lists(st.integers(0, 6), max_size=4).map(framing.pack_u32s)
 WELL_FORMED: dict[str, dict[str, st.SearchStrategy[object]]] = {
     "alloc": {"pages": st.integers(1, 4)},
     "share": {"domid": domids, "pages": st.integers(1, 4), "readonly": st.booleans()},

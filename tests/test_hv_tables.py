@@ -8,8 +8,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pvdisplay.hv import HypervisorError
-from pvdisplay.hv.local import protocol
-from pvdisplay.hv.local.protocol import RECORD_BYTES, Assembler, encode
 from pvdisplay.hv.local.tables import (
     AllocationFreed,
     HypervisorTables,
@@ -19,8 +17,10 @@ from pvdisplay.hv.local.tables import (
     PortBound,
     PortClosed,
     PortUnbound,
-    Segment,
 )
+from pvdisplay.ipc import framing
+from pvdisplay.ipc.framing import RECORD_BYTES, Assembler, encode
+from pvdisplay.ipc.memory import Segment
 from pvdisplay.wire.errors import ProtocolError
 
 FRONT, BACK, OTHER = 1, 0, 2
@@ -330,8 +330,8 @@ def test_any_message_survives_framing(body: dict[str, object], fd_count: int, pa
     assert message is not None
     assert message.body == json.loads(json.dumps(body))
     assert message.fds == fds
-    assert all(0 < len(record) <= protocol.RECV_BYTES for record, _ in records)
-    assert all(len(record_fds) <= protocol.FDS_PER_RECORD for _, record_fds in records)
+    assert all(0 < len(record) <= framing.RECV_BYTES for record, _ in records)
+    assert all(len(record_fds) <= framing.FDS_PER_RECORD for _, record_fds in records)
 
 
 @settings(max_examples=300, deadline=None)
@@ -352,14 +352,14 @@ def test_garbage_records_only_ever_raise_protocol_error(
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.integers(0, 2**32 - 1), max_size=3000))
 def test_ref_lists_survive_packing(refs: list[int]) -> None:
-    assert protocol.get_u32s({"refs": protocol.pack_u32s(refs)}, "refs", 3000) == refs
+    assert framing.get_u32s({"refs": framing.pack_u32s(refs)}, "refs", 3000) == refs
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.one_of(json_values, st.text(alphabet="ABCDabcd0123+/=", max_size=40)))
 def test_packed_ref_lists_reject_anything_else(value: object) -> None:
     try:
-        refs = protocol.get_u32s({"refs": value}, "refs", 8)
+        refs = framing.get_u32s({"refs": value}, "refs", 8)
     except ProtocolError as exc:
         assert exc.errno == errno.EINVAL
     else:
@@ -371,7 +371,7 @@ def test_packed_ref_lists_reject_anything_else(value: object) -> None:
 def test_packing_refuses_what_is_not_a_uint32() -> None:
     for bad in ([-1], [2**32], ["1"]):
         with pytest.raises(HypervisorError) as failure:
-            protocol.pack_u32s(bad)  # type: ignore[arg-type]
+            framing.pack_u32s(bad)  # type: ignore[arg-type]
         assert failure.value.errno == errno.EINVAL
 
 
@@ -380,12 +380,12 @@ def test_packing_refuses_what_is_not_a_uint32() -> None:
 def test_field_readers_accept_only_their_type(value: object) -> None:
     body = {"x": value}
     if type(value) is int and 0 <= value <= 0xFFFFFFFF:
-        assert protocol.get_int(body, "x") == value
+        assert framing.get_int(body, "x") == value
     else:
         with pytest.raises(ProtocolError):
-            protocol.get_int(body, "x")
+            framing.get_int(body, "x")
     if type(value) is bool:
-        assert protocol.get_bool(body, "x") is value
+        assert framing.get_bool(body, "x") is value
     else:
         with pytest.raises(ProtocolError):
-            protocol.get_bool(body, "x")
+            framing.get_bool(body, "x")

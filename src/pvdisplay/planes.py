@@ -8,12 +8,12 @@ through `PlaneClient`, which receives the buffer's descriptors by SCM_RIGHTS and
 them without copying.
 
 Socket protocol (SOCK_SEQPACKET, each message a JSON object framed by
-`pvdisplay.hv.local.sockets`):
+`pvdisplay.ipc.sockets`):
 
 - `{"op": "list"}` -> `{"planes": [PLANE, ...]}`
 - `{"op": "get", "domid": D, "devid": V, "connector": C}` -> `{"plane": PLANE, "buffer": B}`;
   when `B` is true, the buffer handle follows as the next message
-  (`LocalBufferHandle.send`).
+  (`SharedBuffer.send`).
 - `{"op": "watch"}` -> `{"watching": true}`, then `{"event": "changed", "plane": PLANE}` or
   `{"event": "removed", "plane": PLANE}` for every change, in order.
 - `{"op": "input", "domid": D, "devid": V, "connector": C, "events": [EVENT, ...]}` ->
@@ -46,10 +46,10 @@ import numpy.typing as npt
 
 from pvdisplay import logs
 from pvdisplay.hv import BufferHandle
-from pvdisplay.hv.local import protocol
-from pvdisplay.hv.local.buffers import LocalBufferHandle
-from pvdisplay.hv.local.sockets import close_all, receive_message, send_message
 from pvdisplay.input import events as input_events
+from pvdisplay.ipc import framing
+from pvdisplay.ipc.buffers import SharedBuffer
+from pvdisplay.ipc.sockets import close_all, receive_message, send_message
 from pvdisplay.wire.errors import ProtocolError
 
 log = logging.getLogger(__name__)
@@ -327,7 +327,7 @@ class PlaneServer:
             log.debug("planes client gone", extra=logs.fields(reason=exc))
             self._drop(fd)
 
-    def _answer(self, client: socket.socket, body: protocol.JsonObject) -> None:
+    def _answer(self, client: socket.socket, body: framing.JsonObject) -> None:
         op = body.get("op")
         if op == "list":
             send_message(client, {"planes": [p.info.to_json() for p in self._registry.planes()]})
@@ -336,9 +336,9 @@ class PlaneServer:
         elif op == "get":
             try:
                 key = PlaneKey(
-                    protocol.get_int(body, "domid", 0xFFFF),
-                    protocol.get_int(body, "devid"),
-                    protocol.get_int(body, "connector"),
+                    framing.get_int(body, "domid", 0xFFFF),
+                    framing.get_int(body, "devid"),
+                    framing.get_int(body, "connector"),
                 )
             except ProtocolError as exc:
                 send_message(client, {"error": exc.errno, "message": exc.message})
@@ -365,11 +365,11 @@ class PlaneServer:
         else:
             send_message(client, {"error": errno.EINVAL, "message": f"unknown op {op!r}"})
 
-    def _input(self, body: protocol.JsonObject) -> InputReceipt:
+    def _input(self, body: framing.JsonObject) -> InputReceipt:
         key = PlaneKey(
-            protocol.get_int(body, "domid", 0xFFFF),
-            protocol.get_int(body, "devid"),
-            protocol.get_int(body, "connector"),
+            framing.get_int(body, "domid", 0xFFFF),
+            framing.get_int(body, "devid"),
+            framing.get_int(body, "connector"),
         )
         raw = body.get("events")
         if not isinstance(raw, list) or len(raw) > MAX_INPUT_EVENTS:
@@ -440,11 +440,11 @@ class PlaneClient:
 
     def get(
         self, domid: int, connector: int, devid: int = 0
-    ) -> tuple[PlaneInfo, LocalBufferHandle | None]:
+    ) -> tuple[PlaneInfo, SharedBuffer | None]:
         """The plane and a handle of its buffer (close it when done), or ENOENT."""
         reply = self._call({"op": "get", "domid": domid, "devid": devid, "connector": connector})
         info = PlaneInfo.from_json(reply.get("plane"))
-        handle = LocalBufferHandle.receive(self._sock) if reply.get("buffer") is True else None
+        handle = SharedBuffer.receive(self._sock) if reply.get("buffer") is True else None
         return info, handle
 
     def snapshot(
@@ -516,7 +516,7 @@ class PlaneClient:
     ) -> None:
         self.close()
 
-    def _call(self, body: protocol.JsonObject) -> protocol.JsonObject:
+    def _call(self, body: framing.JsonObject) -> framing.JsonObject:
         send_message(self._sock, body)
         reply = receive_message(self._sock)
         close_all(reply.fds)

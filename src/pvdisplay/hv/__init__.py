@@ -14,7 +14,6 @@ Every failure is a `HypervisorError` carrying the errno the Linux driver would r
 """
 
 import enum
-import errno as _errno
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,19 +23,12 @@ from typing import Protocol, Self
 import numpy as np
 import numpy.typing as npt
 
-PAGE_SIZE = 4096
-"""XEN_PAGE_SIZE: grants and mappings are made of pages this size."""
+# Re-exported: every caller of the hypervisor services deals in these.
+from pvdisplay.wire.displif import PAGE_SIZE as PAGE_SIZE
+from pvdisplay.wire.errors import HypervisorError as HypervisorError
 
 DOMID_FIRST_RESERVED = 0x7FF0
 """Domain ids at or above this are reserved by Xen (DOMID_SELF, DOMID_IO, ...)."""
-
-
-class HypervisorError(OSError):
-    """A hypervisor call failed; `.errno` is what the Linux device would have returned."""
-
-    def __init__(self, errno: int, message: str) -> None:
-        super().__init__(errno, f"{message} [{_errno.errorcode.get(errno, errno)}]")
-        self.message = message
 
 
 class Mapping(Protocol):

@@ -3,7 +3,7 @@
 virtio-gpu 2D keeps every resource on the host. The guest attaches backing pages (a
 scatter list of guest physical ranges) and asks for rectangles to be copied from them
 (TRANSFER_TO_HOST_2D); the host copy is what scanouts show. Here the host copy lives in
-a memfd (`LocalBufferHandle`), so planes, snapshots and viewers map it without copying.
+a memfd (`SharedBuffer`), so planes, snapshots and viewers map it without copying.
 
 Backing ranges are checked against the guest memory map when attached, and a transfer
 against the resource and the backing before a byte moves. Failures raise
@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pvdisplay.hv import PAGE_SIZE
-from pvdisplay.hv.local.buffers import LocalBufferHandle
+from pvdisplay.ipc.buffers import SharedBuffer
 from pvdisplay.virtio import VirtioError
 from pvdisplay.virtio.gpu_wire import BYTES_PER_PIXEL, FOURCC, CtrlType, Format
 from pvdisplay.virtio.memory import GuestMemoryMap
@@ -88,7 +88,7 @@ class Resource:
         self.stride = width * BYTES_PER_PIXEL
         self.size = self.stride * height
         self.host_bytes = host_bytes(width, height)
-        self.handle = LocalBufferHandle.allocate(self.host_bytes // PAGE_SIZE)
+        self.handle = SharedBuffer.allocate(self.host_bytes // PAGE_SIZE)
         try:
             self._mapping = self.handle.map(writable=True)
         except BaseException:

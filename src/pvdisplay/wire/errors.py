@@ -1,4 +1,5 @@
-"""The one exception every codec raises on bad input."""
+"""The errno-carrying exceptions every layer raises: bad bytes from a peer, a failed
+hypervisor call."""
 
 import errno as _errno
 
@@ -24,3 +25,11 @@ class ProtocolError(ValueError):
 
     def __repr__(self) -> str:
         return f"ProtocolError({_errno.errorcode.get(self.errno, self.errno)}, {self.message!r})"
+
+
+class HypervisorError(OSError):
+    """A hypervisor call failed; `.errno` is what the Linux device would have returned."""
+
+    def __init__(self, errno: int, message: str) -> None:
+        super().__init__(errno, f"{message} [{_errno.errorcode.get(errno, errno)}]")
+        self.message = message

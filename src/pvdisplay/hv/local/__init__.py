@@ -3,5 +3,7 @@
 - `host.Host` starts the broker and domain processes.
 - `broker` serves each domain's socket; `tables` is its sans-IO state.
 - `client.LocalHypervisor` is what a domain's code gets.
-- `buffers.LocalBufferHandle` is the zero-copy buffer handle (dma-buf role).
+
+Buffer handles are `pvdisplay.ipc.buffers.SharedBuffer`s, which any process can receive
+and map without knowing this emulation.
 """

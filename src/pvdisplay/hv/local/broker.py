@@ -28,10 +28,6 @@ from dataclasses import asdict
 
 from pvdisplay import logs
 from pvdisplay.hv import DOMID_FIRST_RESERVED, HypervisorError
-from pvdisplay.hv.local import protocol
-from pvdisplay.hv.local.memory import create_memfd, sealed_pages
-from pvdisplay.hv.local.protocol import Assembler, JsonObject, Message, encode
-from pvdisplay.hv.local.sockets import close_all, recv_record, rights
 from pvdisplay.hv.local.tables import (
     AllocationFreed,
     HypervisorTables,
@@ -40,8 +36,11 @@ from pvdisplay.hv.local.tables import (
     PortBound,
     PortClosed,
     PortUnbound,
-    Segment,
 )
+from pvdisplay.ipc import framing
+from pvdisplay.ipc.framing import Assembler, JsonObject, Message, encode
+from pvdisplay.ipc.memory import Segment, create_memfd, sealed_pages
+from pvdisplay.ipc.sockets import close_all, recv_record, rights
 from pvdisplay.wire.errors import ProtocolError
 
 log = logging.getLogger("pvdisplay.hv.local.broker")
@@ -165,7 +164,7 @@ class Broker:
         try:
             op = body.get("op")
             if op == "add_domain" and len(fds) == 2:
-                domid = protocol.get_int(body, "domid", _MAX_DOMID)
+                domid = framing.get_int(body, "domid", _MAX_DOMID)
                 self._tables.add_domain(domid)
                 sock_fd, pidfd = fds
                 fds = []
@@ -175,7 +174,7 @@ class Broker:
                 fd_count = len(os.listdir("/proc/self/fd")) - 1
                 self._control.queue({**self._tables.stats(), "fds": fd_count})
             elif op == "usage":
-                self._control.queue({**self._tables.usage(protocol.get_int(body, "domid"))})
+                self._control.queue({**self._tables.usage(framing.get_int(body, "domid"))})
             elif op == "shutdown":
                 self._running = False
                 self._control.queue({"ok": True})
@@ -309,7 +308,7 @@ class Broker:
     # -- requests: each returns (reply, descriptors to send, descriptors to close) --
 
     def _alloc(self, domid: int, body: JsonObject, fds: list[int]) -> _Reply:
-        pages = protocol.get_int(body, "pages")
+        pages = framing.get_int(body, "pages")
         fd = self._new_memfd(pages, domid)
         try:
             alloc = self._tables.alloc(domid, pages)
@@ -320,9 +319,9 @@ class Broker:
         return {"alloc": alloc}, [fd], []
 
     def _share(self, domid: int, body: JsonObject, fds: list[int]) -> _Reply:
-        grantee = protocol.get_int(body, "domid", _MAX_DOMID)
-        pages = protocol.get_int(body, "pages")
-        readonly = protocol.get_bool(body, "readonly")
+        grantee = framing.get_int(body, "domid", _MAX_DOMID)
+        pages = framing.get_int(body, "pages")
+        readonly = framing.get_bool(body, "readonly")
         fd = self._new_memfd(pages, domid)
         try:
             alloc, refs = self._tables.share(domid, grantee, pages, readonly)
@@ -330,45 +329,45 @@ class Broker:
             os.close(fd)
             raise
         self._add_object(alloc, fd)
-        return {"alloc": alloc, "refs": protocol.pack_u32s(refs)}, [fd], []
+        return {"alloc": alloc, "refs": framing.pack_u32s(refs)}, [fd], []
 
     def _free(self, domid: int, body: JsonObject, fds: list[int]) -> _Reply:
-        deferred = self._tables.free(domid, protocol.get_int(body, "alloc"))
-        return {"deferred": protocol.pack_u32s(deferred)}, [], []
+        deferred = self._tables.free(domid, framing.get_int(body, "alloc"))
+        return {"deferred": framing.pack_u32s(deferred)}, [], []
 
     def _grant(self, domid: int, body: JsonObject, fds: list[int]) -> _Reply:
         refs = self._tables.grant(
             domid,
-            protocol.get_int(body, "domid", _MAX_DOMID),
-            protocol.get_int(body, "alloc"),
-            protocol.get_u32s(body, "pages", self._tables.limits.refs_per_call),
-            protocol.get_bool(body, "readonly"),
+            framing.get_int(body, "domid", _MAX_DOMID),
+            framing.get_int(body, "alloc"),
+            framing.get_u32s(body, "pages", self._tables.limits.refs_per_call),
+            framing.get_bool(body, "readonly"),
         )
-        return {"refs": protocol.pack_u32s(refs)}, [], []
+        return {"refs": framing.pack_u32s(refs)}, [], []
 
     def _end(self, domid: int, body: JsonObject, fds: list[int]) -> _Reply:
-        refs = protocol.get_u32s(body, "refs", self._tables.limits.refs_per_call)
-        return {"deferred": protocol.pack_u32s(self._tables.end_access(domid, refs))}, [], []
+        refs = framing.get_u32s(body, "refs", self._tables.limits.refs_per_call)
+        return {"deferred": framing.pack_u32s(self._tables.end_access(domid, refs))}, [], []
 
     def _map(self, domid: int, body: JsonObject, fds: list[int]) -> _Reply:
-        writable = protocol.get_bool(body, "writable")
+        writable = framing.get_bool(body, "writable")
         map_id, layout = self._tables.map(
             domid,
-            protocol.get_int(body, "domid", _MAX_DOMID),
-            protocol.get_u32s(body, "refs", self._tables.limits.refs_per_call),
+            framing.get_int(body, "domid", _MAX_DOMID),
+            framing.get_u32s(body, "refs", self._tables.limits.refs_per_call),
             writable,
         )
         objects = [self._object_fd(alloc, writable) for alloc in layout.objects]
         return {"map": map_id, "segments": _triples(layout.segments)}, objects, []
 
     def _unmap(self, domid: int, body: JsonObject, fds: list[int]) -> _Reply:
-        self._tables.unmap(domid, protocol.get_int(body, "map"))
+        self._tables.unmap(domid, framing.get_int(body, "map"))
         return {}, [], []
 
     def _export(self, domid: int, body: JsonObject, fds: list[int]) -> _Reply:
-        writable = protocol.get_bool(body, "writable")
-        granter = protocol.get_int(body, "domid", _MAX_DOMID)
-        refs = protocol.get_u32s(body, "refs", self._tables.limits.refs_per_call)
+        writable = framing.get_bool(body, "writable")
+        granter = framing.get_int(body, "domid", _MAX_DOMID)
+        refs = framing.get_u32s(body, "refs", self._tables.limits.refs_per_call)
         watch, lease = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         exporter_watch = os.dup(watch)
         try:
@@ -391,11 +390,11 @@ class Broker:
         self._deliver()
 
     def _import(self, domid: int, body: JsonObject, fds: list[int]) -> _Reply:
-        grantee = protocol.get_int(body, "domid", _MAX_DOMID)
-        readonly = protocol.get_bool(body, "readonly")
+        grantee = framing.get_int(body, "domid", _MAX_DOMID)
+        readonly = framing.get_bool(body, "readonly")
         segments = [
             Segment(*t)
-            for t in protocol.get_triples(body, "segments", self._tables.limits.refs_per_call)
+            for t in framing.get_triples(body, "segments", self._tables.limits.refs_per_call)
         ]
         objects: list[int | NewObject] = []
         inodes = []
@@ -415,14 +414,14 @@ class Broker:
         for index, alloc in imported.adopted.items():
             self._add_object(alloc, fds[index])
             fds[index] = -1
-        return {"id": imported.id, "refs": protocol.pack_u32s(imported.refs)}, [], []
+        return {"id": imported.id, "refs": framing.pack_u32s(imported.refs)}, [], []
 
     def _release(self, domid: int, body: JsonObject, fds: list[int]) -> _Reply:
-        deferred = self._tables.release_import(domid, protocol.get_str(body, "id"))
-        return {"deferred": protocol.pack_u32s(deferred)}, [], []
+        deferred = self._tables.release_import(domid, framing.get_str(body, "id"))
+        return {"deferred": framing.pack_u32s(deferred)}, [], []
 
     def _evtchn_unbound(self, domid: int, body: JsonObject, fds: list[int]) -> _Reply:
-        remote = protocol.get_int(body, "domid", _MAX_DOMID)
+        remote = framing.get_int(body, "domid", _MAX_DOMID)
         eventfd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         try:
             port = self._tables.alloc_unbound(domid, remote)
@@ -433,8 +432,8 @@ class Broker:
         return {"port": port}, [eventfd], []
 
     def _evtchn_bind(self, domid: int, body: JsonObject, fds: list[int]) -> _Reply:
-        remote = protocol.get_int(body, "domid", _MAX_DOMID)
-        remote_port = protocol.get_int(body, "port")
+        remote = framing.get_int(body, "domid", _MAX_DOMID)
+        remote_port = framing.get_int(body, "port")
         eventfd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         try:
             port = self._tables.bind_interdomain(domid, remote, remote_port)
@@ -445,7 +444,7 @@ class Broker:
         return {"port": port}, [eventfd, self._eventfds[(remote, remote_port)]], []
 
     def _evtchn_unbind(self, domid: int, body: JsonObject, fds: list[int]) -> _Reply:
-        self._tables.unbind(domid, protocol.get_int(body, "port"))
+        self._tables.unbind(domid, framing.get_int(body, "port"))
         return {}, [], []
 
     # -- memory objects ------------------------------------------------------------

@@ -26,12 +26,11 @@ from pvdisplay.hv import (
     ImportedBuffer,
     PortState,
 )
-from pvdisplay.hv.local import protocol
-from pvdisplay.hv.local.buffers import LocalBufferHandle
-from pvdisplay.hv.local.memory import LocalMapping
-from pvdisplay.hv.local.protocol import Assembler, JsonObject, Message
-from pvdisplay.hv.local.sockets import close_all, recv_record, send_message
-from pvdisplay.hv.local.tables import Segment
+from pvdisplay.ipc import framing
+from pvdisplay.ipc.buffers import SharedBuffer
+from pvdisplay.ipc.framing import Assembler, JsonObject, Message
+from pvdisplay.ipc.memory import Segment, SharedMapping
+from pvdisplay.ipc.sockets import close_all, recv_record, send_message
 
 _ONE = (1).to_bytes(8, "little")
 
@@ -164,7 +163,7 @@ class LocalEvents:
     def bind_unbound_port(self, remote_domid: int) -> int:
         with self._hv._lock:
             reply = self._hv.call({"op": "evtchn_unbound", "domid": remote_domid})
-            port = protocol.get_int(reply.body, "port")
+            port = framing.get_int(reply.body, "port")
             status = ChannelStatus(PortState.UNBOUND, remote_domid, None)
             self._add(port, reply.fds[0], None, status)
         return port
@@ -172,7 +171,7 @@ class LocalEvents:
     def bind_interdomain(self, remote_domid: int, remote_port: int) -> int:
         with self._hv._lock:
             reply = self._hv.call({"op": "evtchn_bind", "domid": remote_domid, "port": remote_port})
-            port = protocol.get_int(reply.body, "port")
+            port = framing.get_int(reply.body, "port")
             status = ChannelStatus(PortState.INTERDOMAIN, remote_domid, remote_port)
             self._add(port, reply.fds[0], reply.fds[1], status)
         return port
@@ -254,8 +253,8 @@ class LocalEvents:
             local.tx = message.fds[0]
             local.status = ChannelStatus(
                 PortState.INTERDOMAIN,
-                protocol.get_int(body, "remote_domid", DOMID_FIRST_RESERVED),
-                protocol.get_int(body, "remote_port"),
+                framing.get_int(body, "remote_domid", DOMID_FIRST_RESERVED),
+                framing.get_int(body, "remote_port"),
             )
         elif body.get("event") == "unbound":
             close_all(message.fds)
@@ -263,7 +262,7 @@ class LocalEvents:
                 os.close(local.tx)
                 local.tx = None
             local.status = ChannelStatus(PortState.UNBOUND, local.status.remote_domid, None)
-            self._changed.append(protocol.get_int(body, "port"))
+            self._changed.append(framing.get_int(body, "port"))
         else:
             close_all(message.fds)
 
@@ -302,7 +301,7 @@ class _Release:
         self._body = body
         self._finalizer: weakref.finalize[..., object] | None = None
 
-    def watch(self, owner: LocalMapping) -> None:
+    def watch(self, owner: SharedMapping) -> None:
         self._finalizer = weakref.finalize(owner, self._hv.release_later, self._body)
 
     def __call__(self) -> None:
@@ -315,7 +314,7 @@ class _Release:
                 raise
 
 
-class LocalGuestMemory(LocalMapping):
+class LocalGuestMemory(SharedMapping):
     """Implements `pvdisplay.hv.GuestMemory`: one allocation, mapped writable here."""
 
     def __init__(self, hv: LocalHypervisor, alloc_id: int, fd: int, pages: int) -> None:
@@ -346,30 +345,30 @@ class LocalGrants:
                 "op": "grant",
                 "domid": domid,
                 "alloc": memory.alloc_id,
-                "pages": protocol.pack_u32s(pages),
+                "pages": framing.pack_u32s(pages),
                 "readonly": readonly,
             }
         )
-        return protocol.get_u32s(reply.body, "refs", len(pages))
+        return framing.get_u32s(reply.body, "refs", len(pages))
 
     def share(
         self, domid: int, pages: int, readonly: bool = False
     ) -> tuple[LocalGuestMemory, list[int]]:
         reply = self._hv.call({"op": "share", "domid": domid, "pages": pages, "readonly": readonly})
-        refs = protocol.get_u32s(reply.body, "refs", pages)
+        refs = framing.get_u32s(reply.body, "refs", pages)
         return self._memory(reply, pages), refs
 
     def end_access(self, refs: Sequence[int]) -> list[int]:
-        reply = self._hv.call({"op": "end", "refs": protocol.pack_u32s(refs)})
-        return protocol.get_u32s(reply.body, "deferred", len(refs))
+        reply = self._hv.call({"op": "end", "refs": framing.pack_u32s(refs)})
+        return framing.get_u32s(reply.body, "deferred", len(refs))
 
-    def map(self, domid: int, refs: Sequence[int], writable: bool = True) -> LocalMapping:
+    def map(self, domid: int, refs: Sequence[int], writable: bool = True) -> SharedMapping:
         reply = self._hv.call(
-            {"op": "map", "domid": domid, "refs": protocol.pack_u32s(refs), "writable": writable}
+            {"op": "map", "domid": domid, "refs": framing.pack_u32s(refs), "writable": writable}
         )
-        release = _Release(self._hv, {"op": "unmap", "map": protocol.get_int(reply.body, "map")})
+        release = _Release(self._hv, {"op": "unmap", "map": framing.get_int(reply.body, "map")})
         try:
-            mapping = LocalMapping(reply.fds, _segments(reply.body), writable, on_close=release)
+            mapping = SharedMapping(reply.fds, _segments(reply.body), writable, on_close=release)
         except BaseException:
             release()
             raise
@@ -381,7 +380,7 @@ class LocalGrants:
     def _memory(self, reply: Message, pages: int) -> LocalGuestMemory:
         try:
             return LocalGuestMemory(
-                self._hv, protocol.get_int(reply.body, "alloc"), reply.fds[0], pages
+                self._hv, framing.get_int(reply.body, "alloc"), reply.fds[0], pages
             )
         finally:
             close_all(reply.fds)
@@ -396,15 +395,15 @@ class LocalBuffers:
 
     def export_from_refs(
         self, domid: int, refs: Sequence[int], writable: bool = True
-    ) -> LocalBufferHandle:
+    ) -> SharedBuffer:
         self._forget_released()
         reply = self._hv.call(
-            {"op": "export", "domid": domid, "refs": protocol.pack_u32s(refs), "writable": writable}
+            {"op": "export", "domid": domid, "refs": framing.pack_u32s(refs), "writable": writable}
         )
         *objects, lease, watch = reply.fds
-        handle_id = protocol.get_str(reply.body, "id")
+        handle_id = framing.get_str(reply.body, "id")
         self._leases[handle_id] = watch
-        return LocalBufferHandle(handle_id, objects, _segments(reply.body), not writable, lease)
+        return SharedBuffer(handle_id, objects, _segments(reply.body), not writable, lease)
 
     def wait_released(self, handle_id: str, timeout: float) -> None:
         watch = self._leases.get(handle_id)
@@ -420,19 +419,19 @@ class LocalBuffers:
     def import_to_refs(
         self, handle: BufferHandle, domid: int, readonly: bool = False
     ) -> ImportedBuffer:
-        if not isinstance(handle, LocalBufferHandle):
+        if not isinstance(handle, SharedBuffer):
             raise HypervisorError(errno.EINVAL, "not a local buffer handle")
         segments = [[s.object_index, s.first_page, s.pages] for s in handle.segments]
         reply = self._hv.call(
             {"op": "import", "domid": domid, "readonly": readonly, "segments": segments},
             handle.fds,
         )
-        refs = protocol.get_u32s(reply.body, "refs", handle.pages)
-        return ImportedBuffer(protocol.get_str(reply.body, "id"), domid, refs)
+        refs = framing.get_u32s(reply.body, "refs", handle.pages)
+        return ImportedBuffer(framing.get_str(reply.body, "id"), domid, refs)
 
     def release(self, import_id: str) -> list[int]:
         reply = self._hv.call({"op": "release", "id": import_id})
-        return protocol.get_u32s(reply.body, "deferred", protocol.MAX_FDS)
+        return framing.get_u32s(reply.body, "deferred", framing.MAX_FDS)
 
     def close(self) -> None:
         close_all(list(self._leases.values()))
@@ -449,4 +448,4 @@ class LocalBuffers:
 
 
 def _segments(body: JsonObject) -> list[Segment]:
-    return [Segment(*t) for t in protocol.get_triples(body, "segments", protocol.MAX_FDS)]
+    return [Segment(*t) for t in framing.get_triples(body, "segments", framing.MAX_FDS)]

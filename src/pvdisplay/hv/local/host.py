@@ -29,9 +29,9 @@ from typing import Self
 from pvdisplay import logs
 from pvdisplay.hv import DOMID_FIRST_RESERVED, HypervisorError
 from pvdisplay.hv.local.broker import limits_argument
-from pvdisplay.hv.local.protocol import JsonObject, Message
-from pvdisplay.hv.local.sockets import close_all, receive_message, send_message
 from pvdisplay.hv.local.tables import Limits
+from pvdisplay.ipc.framing import JsonObject, Message
+from pvdisplay.ipc.sockets import close_all, receive_message, send_message
 
 log = logging.getLogger(__name__)
 

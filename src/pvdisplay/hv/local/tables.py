@@ -18,7 +18,6 @@ Lifetimes, as in Xen:
 """
 
 import errno
-import secrets
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ from operator import attrgetter
 from typing import cast
 
 from pvdisplay.hv import DOMID_FIRST_RESERVED, HypervisorError, PortState
+from pvdisplay.ipc.buffers import new_handle_id
+from pvdisplay.ipc.memory import Segment
 
 
 @dataclass(frozen=True)
@@ -75,15 +76,6 @@ class PortUnbound:
 
 
 Effect = AllocationFreed | PortClosed | PortBound | PortUnbound
-
-
-@dataclass(frozen=True)
-class Segment:
-    """`pages` consecutive pages of object `object_index`, from `first_page`."""
-
-    object_index: int
-    first_page: int
-    pages: int
 
 
 @dataclass(frozen=True)
@@ -180,11 +172,6 @@ def _partial(memory: int | NewObject, pages: int) -> HypervisorError:
     return HypervisorError(
         errno.EINVAL, f"a grant must cover all {pages} pages of {name}, not part of it"
     )
-
-
-def new_handle_id() -> str:
-    """128 random bits: a name that crosses process boundaries and cannot be guessed."""
-    return secrets.token_hex(16)
 
 
 class HypervisorTables:

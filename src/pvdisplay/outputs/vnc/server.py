@@ -28,9 +28,9 @@ from typing import Final, Self
 import numpy as np
 
 from pvdisplay import logs
-from pvdisplay.hv.local.buffers import LocalBufferHandle
-from pvdisplay.hv.local.memory import LocalMapping
 from pvdisplay.input.events import InputEvent, Key, PointerMove
+from pvdisplay.ipc.buffers import SharedBuffer
+from pvdisplay.ipc.memory import SharedMapping
 from pvdisplay.outputs.vnc import rfb
 from pvdisplay.outputs.vnc.damage import Mask, Rect
 from pvdisplay.outputs.vnc.mirror import FrameMirror
@@ -80,7 +80,7 @@ class PlaneFeed:
         self._versions: dict[PlaneKey, int] = {}
         self._changed: dict[PlaneKey, asyncio.Event] = {}
         self._pictures: dict[PlaneKey, tuple[int, asyncio.Future[Picture]]] = {}
-        self._handles: dict[PlaneKey, dict[str, tuple[LocalBufferHandle, LocalMapping]]] = {}
+        self._handles: dict[PlaneKey, dict[str, tuple[SharedBuffer, SharedMapping]]] = {}
         self._mirrors: dict[PlaneKey, FrameMirror] = {}
         self._new_key: asyncio.Queue[PlaneKey] = asyncio.Queue()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="vnc-frames")

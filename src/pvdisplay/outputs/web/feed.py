@@ -21,10 +21,10 @@ from typing import Final
 import numpy as np
 
 from pvdisplay import logs
-from pvdisplay.hv.local import protocol
-from pvdisplay.hv.local.buffers import LocalBufferHandle
-from pvdisplay.hv.local.memory import LocalMapping
 from pvdisplay.input.events import InputEvent
+from pvdisplay.ipc import framing
+from pvdisplay.ipc.buffers import SharedBuffer
+from pvdisplay.ipc.memory import SharedMapping
 from pvdisplay.outputs.web.tiles import Mirror, Snapshot
 from pvdisplay.planes import PlaneClient, PlaneInfo, PlaneKey
 from pvdisplay.wire import fourcc
@@ -70,8 +70,8 @@ class Capture:
 class _Mapped:
     """A mapped buffer; closed once retired and no worker reads it any more."""
 
-    handle: LocalBufferHandle
-    mapping: LocalMapping
+    handle: SharedBuffer
+    mapping: SharedMapping
     readers: int = 0
     retired: bool = False
 
@@ -236,9 +236,9 @@ class PlaneFeed:
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
             sock.setblocking(False)
             await loop.sock_connect(sock, str(self.planes_socket))
-            for record, _ in protocol.encode({"op": "watch"}):
+            for record, _ in framing.encode({"op": "watch"}):
                 await loop.sock_sendall(sock, record)
-            assembler = protocol.Assembler()
+            assembler = framing.Assembler()
             await self._receive(sock, assembler)  # {"watching": true}: changes from here on
             with PlaneClient(self.planes_socket) as client:
                 current = await asyncio.to_thread(client.list)
@@ -256,10 +256,10 @@ class PlaneFeed:
                     self._update(info)
 
     @staticmethod
-    async def _receive(sock: socket.socket, assembler: protocol.Assembler) -> protocol.JsonObject:
+    async def _receive(sock: socket.socket, assembler: framing.Assembler) -> framing.JsonObject:
         loop = asyncio.get_running_loop()
         while True:
-            record = await loop.sock_recv(sock, protocol.RECV_BYTES)
+            record = await loop.sock_recv(sock, framing.RECV_BYTES)
             if not record:
                 raise EOFError("planes socket closed")
             message = assembler.feed(record, [])
@@ -308,7 +308,7 @@ class PlaneFeed:
             listener(key)
 
 
-def _update(mirror: Mirror, mapping: LocalMapping, info: PlaneInfo) -> None:
+def _update(mirror: Mirror, mapping: SharedMapping, info: PlaneInfo) -> None:
     pixels = np.asarray(mapping.array(), dtype=np.uint8)
     try:
         mirror.update(pixels[info.offset : info.offset + info.frame_bytes])

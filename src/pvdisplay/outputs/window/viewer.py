@@ -24,11 +24,11 @@ import numpy as np
 import pygame
 
 from pvdisplay import logs
-from pvdisplay.hv.local import protocol
-from pvdisplay.hv.local.buffers import LocalBufferHandle
-from pvdisplay.hv.local.memory import LocalMapping
-from pvdisplay.hv.local.sockets import close_all, receive_message, recv_record, send_message
 from pvdisplay.input.events import InputEvent
+from pvdisplay.ipc import framing
+from pvdisplay.ipc.buffers import SharedBuffer
+from pvdisplay.ipc.memory import SharedMapping
+from pvdisplay.ipc.sockets import close_all, receive_message, recv_record, send_message
 from pvdisplay.outputs.window.translate import InputTranslator, Viewport
 from pvdisplay.planes import MAX_INPUT_EVENTS, PlaneClient, PlaneInfo
 from pvdisplay.wire import fourcc
@@ -52,8 +52,8 @@ class ViewerError(Exception):
 
 @dataclass
 class _Mapped:
-    handle: LocalBufferHandle
-    mapping: LocalMapping
+    handle: SharedBuffer
+    mapping: SharedMapping
 
     def close(self) -> None:
         self.mapping.close()
@@ -104,7 +104,7 @@ class Viewer:
         self.shown_frame: int | None = None  # `frame` of the picture drawn last
         self._mapped: dict[str, _Mapped] = {}
         self._watch: socket.socket | None = None
-        self._assembler = protocol.Assembler()
+        self._assembler = framing.Assembler()
         self._query: PlaneClient | None = None
         self._retry_at = 0.0
         self._dirty = True
@@ -198,7 +198,7 @@ class Viewer:
         except BaseException:
             sock.close()
             raise
-        self._assembler = protocol.Assembler()
+        self._assembler = framing.Assembler()
         return sock
 
     def _client(self) -> PlaneClient:
@@ -263,7 +263,7 @@ class Viewer:
         self._translator.viewport = self._viewport()
         self._dirty = True
 
-    def _buffer(self, plane: PlaneInfo) -> LocalMapping | None:
+    def _buffer(self, plane: PlaneInfo) -> SharedMapping | None:
         """The mapped buffer `plane` shows, asking the backend for it the first time."""
         entry = self._mapped.get(plane.buffer_id)
         if entry is None:

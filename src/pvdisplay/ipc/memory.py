@@ -13,14 +13,25 @@ import fcntl
 import mmap
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
 import numpy as np
 import numpy.typing as npt
 
-from pvdisplay.hv import PAGE_SIZE, HypervisorError
-from pvdisplay.hv.local.tables import Segment
+from pvdisplay.wire.displif import PAGE_SIZE
+from pvdisplay.wire.errors import HypervisorError
+
+
+@dataclass(frozen=True)
+class Segment:
+    """`pages` consecutive pages of object `object_index`, from `first_page`."""
+
+    object_index: int
+    first_page: int
+    pages: int
+
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc_mmap = _libc.mmap
@@ -64,7 +75,7 @@ def sealed_pages(fd: int) -> int:
     return size // PAGE_SIZE
 
 
-class LocalMapping:
+class SharedMapping:
     """Pages of memory objects mapped contiguously (implements `pvdisplay.hv.Mapping`)."""
 
     def __init__(

@@ -1,4 +1,5 @@
-"""Broker messages: JSON objects plus file descriptors, framed over SOCK_SEQPACKET records.
+"""Messages between local processes (the broker's, the planes socket's): JSON objects
+plus file descriptors, framed over SOCK_SEQPACKET records.
 
 A message is one record when it is small, which is nearly always. A message whose body
 exceeds `RECORD_BYTES`, or that carries more than `FDS_PER_RECORD` descriptors (the kernel
@@ -28,8 +29,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from pvdisplay.hv import HypervisorError
-from pvdisplay.wire.errors import ProtocolError
+from pvdisplay.wire.errors import HypervisorError, ProtocolError
 
 RECORD_BYTES = 64 * 1024
 FDS_PER_RECORD = 250

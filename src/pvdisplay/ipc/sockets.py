@@ -6,7 +6,7 @@ import os
 import socket
 from collections.abc import Mapping, Sequence
 
-from pvdisplay.hv.local.protocol import FDS_PER_RECORD, RECV_BYTES, Assembler, Message, encode
+from pvdisplay.ipc.framing import FDS_PER_RECORD, RECV_BYTES, Assembler, Message, encode
 from pvdisplay.wire.errors import ProtocolError
 
 _ANCILLARY = socket.CMSG_SPACE(FDS_PER_RECORD * 4 + 16)

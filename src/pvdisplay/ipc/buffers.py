@@ -11,20 +11,24 @@ that the buffer is released, wherever it travelled and however its holders died.
 import errno
 import os
 import re
+import secrets
 import socket
 from collections.abc import Sequence
 
-from pvdisplay.hv import HypervisorError
-from pvdisplay.hv.local import protocol
-from pvdisplay.hv.local.memory import LocalMapping, create_memfd, sealed_pages
-from pvdisplay.hv.local.sockets import close_all, receive_message, send_message
-from pvdisplay.hv.local.tables import Segment, new_handle_id
-from pvdisplay.wire.errors import ProtocolError
+from pvdisplay.ipc import framing
+from pvdisplay.ipc.memory import Segment, SharedMapping, create_memfd, sealed_pages
+from pvdisplay.ipc.sockets import close_all, receive_message, send_message
+from pvdisplay.wire.errors import HypervisorError, ProtocolError
 
 _HANDLE_ID = re.compile(r"[0-9a-f]{32}")
 
 
-class LocalBufferHandle:
+def new_handle_id() -> str:
+    """128 random bits: a name that crosses process boundaries and cannot be guessed."""
+    return secrets.token_hex(16)
+
+
+class SharedBuffer:
     """Implements `pvdisplay.hv.BufferHandle`; owns its descriptors until `close()`."""
 
     def __init__(
@@ -43,7 +47,7 @@ class LocalBufferHandle:
         self._closed = False
 
     @classmethod
-    def allocate(cls, pages: int) -> "LocalBufferHandle":
+    def allocate(cls, pages: int) -> "SharedBuffer":
         """A fresh local buffer (for example an output's), not yet shared with anyone."""
         if pages < 1:
             raise HypervisorError(errno.EINVAL, "zero-page buffer")
@@ -72,14 +76,14 @@ class LocalBufferHandle:
     def segments(self) -> list[Segment]:
         return list(self._segments)
 
-    def map(self, writable: bool = False) -> LocalMapping:
+    def map(self, writable: bool = False) -> SharedMapping:
         """Map the buffer here; the mapping keeps the handle unreleased until closed."""
         self._check_open()
         if writable and self._readonly:
             raise HypervisorError(errno.EACCES, f"buffer {self._id} is read-only")
         lease = os.dup(self._lease) if self._lease is not None else None
         try:
-            return LocalMapping(
+            return SharedMapping(
                 self._fds,
                 self._segments,
                 writable,
@@ -103,7 +107,7 @@ class LocalBufferHandle:
         send_message(sock, body, self._fds + lease)
 
     @classmethod
-    def receive(cls, sock: socket.socket) -> "LocalBufferHandle":
+    def receive(cls, sock: socket.socket) -> "SharedBuffer":
         """Take a handle another process sent with `send()`."""
         message = receive_message(sock)
         try:
@@ -113,13 +117,13 @@ class LocalBufferHandle:
             raise
 
     @classmethod
-    def _from_message(cls, body: protocol.JsonObject, fds: list[int]) -> "LocalBufferHandle":
-        handle_id = protocol.get_str(body, "buffer")
+    def _from_message(cls, body: framing.JsonObject, fds: list[int]) -> "SharedBuffer":
+        handle_id = framing.get_str(body, "buffer")
         if not _HANDLE_ID.fullmatch(handle_id):
             raise ProtocolError(errno.EINVAL, "buffer id is not 128 hex bits")
-        readonly = protocol.get_bool(body, "readonly")
-        leased = protocol.get_bool(body, "lease")
-        triples = protocol.get_triples(body, "segments", max_items=len(fds) + 70_000)
+        readonly = framing.get_bool(body, "readonly")
+        leased = framing.get_bool(body, "lease")
+        triples = framing.get_triples(body, "segments", max_items=len(fds) + 70_000)
         objects = fds[:-1] if leased else fds
         segments = [Segment(*t) for t in triples]
         if not objects or not segments:
@@ -149,4 +153,4 @@ class LocalBufferHandle:
             raise HypervisorError(errno.EBADF, f"buffer {self._id} is closed")
 
     def __repr__(self) -> str:
-        return f"LocalBufferHandle(id={self._id}, pages={self.pages}, readonly={self._readonly})"
+        return f"SharedBuffer(id={self._id}, pages={self.pages}, readonly={self._readonly})"
