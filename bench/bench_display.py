@@ -24,11 +24,11 @@ from bench.bench_hv import c_round_trip, percentile, us
 from bench.build import build_c
 from bench.cpu import cpu_seconds
 from pvdisplay import toolstack
-from pvdisplay.display.backend import DEFAULT_PAGE_BUDGET
 from pvdisplay.display.front import Connector, Display, Framebuffer
-from pvdisplay.host import EmulatedHost, RunningGuest
+from pvdisplay.display.limits import DEFAULT_PAGE_BUDGET
 from pvdisplay.hv import Hypervisor
-from pvdisplay.planes import PlaneClient
+from pvdisplay.planes.client import PlaneClient
+from pvdisplay.toolstack.host import EmulatedHost, RunningGuest
 from pvdisplay.wire import fourcc
 
 ROUND_TRIPS = 2000

@@ -36,9 +36,9 @@ from bench.cpu import cpu_seconds
 from pvdisplay import toolstack
 from pvdisplay.demo import TestCard
 from pvdisplay.display.front import Display, Framebuffer
-from pvdisplay.host import EmulatedHost
 from pvdisplay.hv import Hypervisor
 from pvdisplay.outputs.web import tiles
+from pvdisplay.toolstack.host import EmulatedHost
 from pvdisplay.wire import fourcc
 
 WIDTH, HEIGHT = 1920, 1080

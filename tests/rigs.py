@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pvdisplay import toolstack
-from pvdisplay.host import EmulatedHost, apply_plan
 from pvdisplay.hv.local.host import DomainProcess, Host
-from pvdisplay.input import config
-from pvdisplay.planes import PlaneKey
+from pvdisplay.planes.model import PlaneKey
 from pvdisplay.store.client import Client
+from pvdisplay.toolstack import vkb as config
+from pvdisplay.toolstack.host import EmulatedHost, apply_plan
 
 BACKEND = 0
 PATIENCE = 60.0  # hang protection only: nothing asserts how fast anything happens

@@ -15,15 +15,11 @@ import numpy as np
 
 from pvdisplay import xenbus
 from pvdisplay.display import service
-from pvdisplay.display.backend import (
-    DEFAULT_PAGE_BUDGET,
-    ConnectorConfig,
-    DeviceConfig,
-    DisplayDevice,
-)
+from pvdisplay.display.backend import ConnectorConfig, DeviceConfig, DisplayDevice
+from pvdisplay.display.limits import DEFAULT_PAGE_BUDGET
 from pvdisplay.hv import GuestMemory, Hypervisor, Mapping
 from pvdisplay.hv.local.host import DomainProcess, Host
-from pvdisplay.planes import PlaneKey, PlaneRegistry
+from pvdisplay.planes.model import PlaneKey, PlaneRegistry
 from pvdisplay.store.client import Client
 from pvdisplay.wire import displif
 from pvdisplay.wire.ring import FrontRing, init_shared_ring

@@ -15,9 +15,9 @@ import pytest
 
 import rigs
 from pvdisplay import xenbus
-from pvdisplay.display.backend import DEFAULT_PAGE_BUDGET
+from pvdisplay.display.limits import DEFAULT_PAGE_BUDGET
 from pvdisplay.hv import PAGE_SIZE
-from pvdisplay.planes import PlaneClient
+from pvdisplay.planes.client import PlaneClient
 from pvdisplay.store.client import Transaction
 from pvdisplay.store.permissions import Access, Permission
 from pvdisplay.wire import displif, edid

@@ -13,7 +13,8 @@ import pytest
 from pvdisplay import toolstack
 from pvdisplay.display.front_pattern import expected_rgb
 from pvdisplay.hv.local.host import DomainProcess
-from pvdisplay.planes import PlaneClient, PlaneInfo
+from pvdisplay.planes.client import PlaneClient
+from pvdisplay.planes.model import PlaneInfo
 from pvdisplay.wire import fourcc
 from test_display_front_peer import BACKEND_DOMID, REPLY_TIMEOUT, Guest, Rig
 

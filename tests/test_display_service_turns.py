@@ -12,7 +12,7 @@ from typing import Any, cast
 
 from pvdisplay.display import service
 from pvdisplay.display.backend import DisplayDevice, Reply
-from pvdisplay.planes import PlaneRegistry
+from pvdisplay.planes.model import PlaneRegistry
 from pvdisplay.wire import displif
 from pvdisplay.wire.ring import BackRing, FrontRing, init_shared_ring
 

@@ -24,8 +24,9 @@ from PIL import Image
 import rigs
 from pvdisplay import snapshot, toolstack, xenbus
 from pvdisplay.display import front_pattern
-from pvdisplay.host import EmulatedHost, RunningGuest
-from pvdisplay.planes import PlaneClient, PlaneInfo
+from pvdisplay.planes.client import PlaneClient
+from pvdisplay.planes.model import PlaneInfo
+from pvdisplay.toolstack.host import EmulatedHost, RunningGuest
 from pvdisplay.wire import fourcc
 from rigs import PATIENCE, wait_until
 

@@ -15,9 +15,10 @@ import pytest
 
 import rigs
 from pvdisplay import demo, snapshot, toolstack
-from pvdisplay.host import EmulatedHost
-from pvdisplay.input.events import InputEvent, Key, PointerMove, TouchDown, TouchUp
-from pvdisplay.planes import PlaneClient, PlaneKey
+from pvdisplay.planes.client import PlaneClient
+from pvdisplay.planes.input_events import InputEvent, Key, PointerMove, TouchDown, TouchUp
+from pvdisplay.planes.model import PlaneKey
+from pvdisplay.toolstack.host import EmulatedHost
 from pvdisplay.wire import kbdif
 from rigs import PATIENCE, wait_until
 

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pvdisplay.input import events as ev
 from pvdisplay.input.back import BACKLOG, DeviceConfig, FrontendRequests, InputDevice
+from pvdisplay.planes import input_events as ev
 from pvdisplay.wire import kbdif
 from pvdisplay.wire.errors import ProtocolError
 

@@ -3,7 +3,7 @@
 import pytest
 
 from pvdisplay import toolstack
-from pvdisplay.input.config import parse_xl_vkb, vkb_nodes
+from pvdisplay.toolstack.vkb import parse_xl_vkb, vkb_nodes
 
 SCREEN = toolstack.Vdispl(0, 0, False, (toolstack.Connector("id0", 1920, 1080),))
 

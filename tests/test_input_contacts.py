@@ -3,7 +3,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pvdisplay.input.contacts import ContactSlots
+from pvdisplay.planes.contacts import ContactSlots
 
 
 def test_fingers_take_the_lowest_free_slot_and_keep_it_until_they_lift() -> None:

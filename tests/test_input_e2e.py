@@ -12,8 +12,9 @@ import pytest
 
 import rigs
 from pvdisplay import xenbus
-from pvdisplay.input.events import Key, PointerMove, TouchDown, TouchMove, TouchUp, Wheel
-from pvdisplay.planes import PlaneClient, PlaneKey
+from pvdisplay.planes.client import PlaneClient
+from pvdisplay.planes.input_events import Key, PointerMove, TouchDown, TouchMove, TouchUp, Wheel
+from pvdisplay.planes.model import PlaneKey
 from pvdisplay.wire import kbdif
 from rigs import BACKEND, PATIENCE
 

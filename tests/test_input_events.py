@@ -5,7 +5,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pvdisplay.input import events
+from pvdisplay.planes import input_events as events
 from pvdisplay.wire import ProtocolError
 
 coordinates = st.integers(-(2**31), 2**31 - 1)

@@ -21,9 +21,9 @@ import aiohttp
 import pytest
 
 import rigs
-from pvdisplay.input.events import Key, TouchUp
 from pvdisplay.outputs.web.browser_input import BrowserInput
 from pvdisplay.outputs.web.server import BackgroundViewer
+from pvdisplay.planes.input_events import Key, TouchUp
 from test_vnc_guest import ServerThread
 
 BTN_LEFT = 0x110

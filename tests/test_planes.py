@@ -13,15 +13,9 @@ from pathlib import Path
 import pytest
 
 import rigs
-from pvdisplay.planes import (
-    Plane,
-    PlaneChange,
-    PlaneClient,
-    PlaneInfo,
-    PlaneKey,
-    PlaneRegistry,
-    PlaneServer,
-)
+from pvdisplay.planes.client import PlaneChange, PlaneClient
+from pvdisplay.planes.model import Plane, PlaneInfo, PlaneKey, PlaneRegistry
+from pvdisplay.planes.server import PlaneServer
 from pvdisplay.wire.errors import ProtocolError
 
 BLANK = PlaneInfo(1, 0, 0, "id0", 640, 480)

@@ -11,15 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pvdisplay import host, toolstack
+from pvdisplay import toolstack
 from pvdisplay.display import front, service
-from pvdisplay.display.backend import DEFAULT_PAGE_BUDGET, MAX_BUFFER_SIZE
-from pvdisplay.host import apply_plan
-from pvdisplay.input.config import Vkb
+from pvdisplay.display.limits import DEFAULT_PAGE_BUDGET, MAX_BUFFER_SIZE
 from pvdisplay.store.aio import AsyncClient
 from pvdisplay.store.client import Client
 from pvdisplay.store.permissions import Access, Permission
-from pvdisplay.toolstack import ConfigError, Connector, Vdispl
+from pvdisplay.toolstack import ConfigError, Connector, Vdispl, host
+from pvdisplay.toolstack.host import apply_plan
+from pvdisplay.toolstack.vkb import Vkb
 
 DOMAINS = {"Domain-0": 0, "driver": 7}
 

@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 
 from guest_vm import wait_for_socket
 from pvdisplay.cli import main
-from pvdisplay.planes import PlaneClient, PlaneKey, PlaneRegistry
+from pvdisplay.planes.client import PlaneClient
+from pvdisplay.planes.model import PlaneKey, PlaneRegistry
 from pvdisplay.virtio import VirtioError, server
 from pvdisplay.virtio import gpu_wire as wire
 from pvdisplay.virtio import vhost_user as vu

@@ -29,7 +29,7 @@ from PIL import Image
 
 import guest_vm
 from pvdisplay.outputs.web.server import BackgroundViewer
-from pvdisplay.planes import PlaneKey
+from pvdisplay.planes.model import PlaneKey
 from test_vnc_guest import ServerThread
 
 WIDTH, HEIGHT = 1280, 800

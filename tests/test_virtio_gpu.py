@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pvdisplay.hv import PAGE_SIZE
-from pvdisplay.planes import PlaneKey, PlaneRegistry
+from pvdisplay.planes.model import PlaneKey, PlaneRegistry
 from pvdisplay.virtio import gpu_wire as wire
 from pvdisplay.virtio.gpu import MAX_HOST_MEMORY, MAX_RESOURCES, GpuDevice
 from pvdisplay.virtio.gpu_resource import Rect

@@ -19,7 +19,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pvdisplay.input.events import Key, PointerMove, Wheel
 from pvdisplay.outputs.vnc import damage, des, keysyms, rfb
 from pvdisplay.outputs.vnc.damage import Rect
 from pvdisplay.outputs.vnc.mirror import FrameMirror
@@ -32,6 +31,7 @@ from pvdisplay.outputs.vnc.pixels import (
 from pvdisplay.outputs.vnc.pointer import InputTranslator
 from pvdisplay.outputs.vnc.updates import UpdateEncoder
 from pvdisplay.outputs.vnc.zrle import ZrleEncoder
+from pvdisplay.planes.input_events import Key, PointerMove, Wheel
 from pvdisplay.wire import fourcc
 from pvdisplay.wire.errors import ProtocolError
 

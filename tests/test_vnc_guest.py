@@ -26,7 +26,7 @@ from pvdisplay.display.front import Display, Framebuffer
 from pvdisplay.hv import Hypervisor
 from pvdisplay.input.front import Keyboard
 from pvdisplay.outputs.vnc.server import VncServer
-from pvdisplay.planes import PlaneKey
+from pvdisplay.planes.model import PlaneKey
 from pvdisplay.wire import fourcc
 
 MARKER = 64

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from pvdisplay.input.events import Key, PointerMove, TouchDown, TouchMove, TouchUp, Wheel
 from pvdisplay.outputs.web import keys, tiles
 from pvdisplay.outputs.web.browser_input import MAX_CONTACTS, BrowserInput
 from pvdisplay.outputs.web.feed import PlaneRate
@@ -23,7 +22,8 @@ from pvdisplay.outputs.web.names import DomainNames
 from pvdisplay.outputs.web.server import WebViewer, parse_listen
 from pvdisplay.outputs.web.session import REFRESH_DELAY, ViewerSession
 from pvdisplay.outputs.web.tiles import Picture, Rect
-from pvdisplay.planes import PlaneInfo
+from pvdisplay.planes.input_events import Key, PointerMove, TouchDown, TouchMove, TouchUp, Wheel
+from pvdisplay.planes.model import PlaneInfo
 from pvdisplay.store.aio import AsyncClient
 from pvdisplay.store.server import XenStoreServer
 from pvdisplay.wire import fourcc

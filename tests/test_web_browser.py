@@ -22,12 +22,12 @@ from PIL import Image
 from playwright import sync_api as playwright
 
 import rigs
-from pvdisplay import host as emulated
 from pvdisplay import snapshot, toolstack
 from pvdisplay.display.front_pattern import expected_rgb
 from pvdisplay.outputs.web.server import BackgroundViewer
 from pvdisplay.outputs.web.tiles import LOSSLESS
-from pvdisplay.planes import PlaneClient
+from pvdisplay.planes.client import PlaneClient
+from pvdisplay.toolstack import host as emulated
 from pvdisplay.wire import fourcc
 
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"

@@ -23,7 +23,7 @@ import rigs
 from pvdisplay.cli import main
 from pvdisplay.display.front_pattern import expected_rgb
 from pvdisplay.outputs.window.viewer import Viewer, ViewerError
-from pvdisplay.planes import PlaneClient
+from pvdisplay.planes.client import PlaneClient
 from pvdisplay.wire import fourcc
 
 WIDTH, HEIGHT = 320, 240

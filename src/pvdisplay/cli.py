@@ -8,15 +8,16 @@ from typing import Any, TypeVar
 
 import click
 
-from pvdisplay import __version__, host, logs, toolstack
+from pvdisplay import __version__, logs, toolstack
 from pvdisplay import snapshot as snapshots
 from pvdisplay.outputs.vnc import des as vnc_des
 from pvdisplay.outputs.vnc import server as vnc_server
 from pvdisplay.outputs.web import server as web_server
 from pvdisplay.outputs.web import tiles as web_tiles
 from pvdisplay.outputs.window import viewer as window_viewer
-from pvdisplay.planes import PlaneClient
+from pvdisplay.planes.client import PlaneClient
 from pvdisplay.store import server as xenstore_server
+from pvdisplay.toolstack import host
 from pvdisplay.wire import edid
 
 _Command = TypeVar("_Command", bound=Callable[..., None])

@@ -12,7 +12,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from pvdisplay.planes import PlaneClient, PlaneInfo
+from pvdisplay.planes.client import PlaneClient
+from pvdisplay.planes.model import PlaneInfo
 from pvdisplay.wire import fourcc
 
 

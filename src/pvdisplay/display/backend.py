@@ -32,29 +32,16 @@ from typing import Final, NamedTuple
 import numpy as np
 
 from pvdisplay import logs
+from pvdisplay.display.limits import (
+    DEFAULT_PAGE_BUDGET,
+    MAX_BUFFER_SIZE,
+)
 from pvdisplay.hv import BufferHandle, GuestMemory, Hypervisor, HypervisorError, Mapping
-from pvdisplay.planes import Plane, PlaneInfo, PlaneKey, PlaneRegistry
+from pvdisplay.planes.model import Plane, PlaneInfo, PlaneKey, PlaneRegistry
 from pvdisplay.wire import displif, edid, fourcc
 from pvdisplay.wire.errors import ProtocolError
-from pvdisplay.xl import MAX_DIMENSION
 
 log = logging.getLogger(__name__)
-
-MAX_BUFFER_SIZE = 256 << 20
-"""Largest display buffer accepted (64 Ki pages; 4096x4096 ARGB8888 is 64 MiB)."""
-
-MAX_MODE_PIXELS = MAX_BUFFER_SIZE // 4
-"""Largest connector mode, in pixels: a full-screen 32-bpp frame fits one display buffer
-(16384x4096 or 8192x8192; each side is at most `xl.MAX_DIMENSION`)."""
-
-DEFAULT_PAGE_BUDGET = 16_384
-"""Pages one frontend device may make the backend hold at once (64 MiB).
-
-Enough to double-buffer four 1080p XRGB8888 connectors (4 x 2 x 2025 pages) or one 4K
-connector (2 x 8100). The backend domain's own limits are shared by every guest: on the
-emulated host its 524288 mappable pages hold 32 devices at full budget, and its 32768
-grant refs (Xen's default grant table) two be-alloc devices.
-"""
 
 MAX_EDID_BUFFER_SIZE = 1 << 20
 """Largest GET_EDID buffer accepted; displif.h requires at least XENDISPL_EDID_MAX_SIZE."""
@@ -147,18 +134,6 @@ class _Connector:
 
 def _invalid(message: str) -> ProtocolError:
     return ProtocolError(errno.EINVAL, message)
-
-
-def mode_problem(width: int, height: int) -> str | None:
-    """Why a connector cannot have a `width`x`height` mode, or None if it can."""
-    if not (1 <= width <= MAX_DIMENSION and 1 <= height <= MAX_DIMENSION):
-        return f"resolution {width}x{height}: each side must be 1..{MAX_DIMENSION}"
-    if width * height > MAX_MODE_PIXELS:
-        return (
-            f"resolution {width}x{height}: a 32-bpp frame of it exceeds the largest"
-            f" display buffer ({MAX_BUFFER_SIZE >> 20} MiB, {MAX_MODE_PIXELS} pixels)"
-        )
-    return None
 
 
 class DisplayDevice:

@@ -21,7 +21,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import ClassVar, Generic, Self, TypeVar, cast
+from typing import Generic, Self, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -35,9 +35,10 @@ from pvdisplay.display.front_core import (
     Reply,
     Step,
 )
+from pvdisplay.display.limits import LEGACY_UNIQUE_ID_FIELD, MAX_CONNECTORS
 from pvdisplay.hv import GuestMemory, Hypervisor, HypervisorError, Mapping, PortState
+from pvdisplay.hv.port_reader import PortReader
 from pvdisplay.store.aio import AsyncClient, AsyncTransaction
-from pvdisplay.toolstack import LEGACY_UNIQUE_ID_FIELD, MAX_CONNECTORS
 from pvdisplay.wire import displif, edid
 from pvdisplay.wire.errors import ProtocolError
 from pvdisplay.wire.fourcc import PixelFormat
@@ -130,54 +131,6 @@ async def read_config(xs: AsyncClient, front: str) -> DeviceConfig:
     if not connectors:
         raise DisplayError("config", _errno.ENODEV, f"{front} has no connector with a resolution")
     return DeviceConfig(backend_path, backend_id, be_alloc, tuple(connectors))
-
-
-class PortReader:
-    """The one reader of a domain's event channels on the running loop.
-
-    A domain has one event-channel device (`hv.events`), shared by every frontend in the
-    process (each `Display`, each `input.front.Keyboard`). `add(hv, port, callback)`
-    routes notifications of `port` to `callback(port)`, called on the loop; `remove`
-    stops that. The reader is installed with the first port and removed with the last.
-    Pending notifications of ports nobody added are consumed and dropped.
-    """
-
-    _readers: ClassVar[dict[int, "PortReader"]] = {}
-
-    def __init__(self, hv: Hypervisor) -> None:
-        self._hv = hv
-        self._callbacks: dict[int, Callable[[int], None]] = {}
-        asyncio.get_running_loop().add_reader(hv.events.fileno(), self._ready)
-
-    @classmethod
-    def add(cls, hv: Hypervisor, port: int, callback: Callable[[int], None]) -> None:
-        reader = cls._readers.get(id(hv))
-        if reader is None:
-            reader = cls._readers[id(hv)] = cls(hv)
-        reader._callbacks[port] = callback
-
-    @classmethod
-    def remove(cls, hv: Hypervisor, port: int) -> None:
-        reader = cls._readers.get(id(hv))
-        if reader is None:
-            return
-        reader._callbacks.pop(port, None)
-        if not reader._callbacks:
-            asyncio.get_running_loop().remove_reader(hv.events.fileno())
-            del cls._readers[id(hv)]
-
-    @classmethod
-    def unbind(cls, hv: Hypervisor, port: int) -> None:
-        """`remove`, then close the port; one the hypervisor already dropped is fine."""
-        cls.remove(hv, port)
-        with contextlib.suppress(HypervisorError):
-            hv.events.unbind(port)
-
-    def _ready(self) -> None:
-        for port in self._hv.events.pending(0):
-            callback = self._callbacks.get(port)
-            if callback is not None:
-                callback(port)
 
 
 @dataclass

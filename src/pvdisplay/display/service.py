@@ -43,26 +43,26 @@ from pathlib import Path
 from typing import Any
 
 from pvdisplay import logs
-from pvdisplay.backend_devices import BackendDevice, BackendDevices
-from pvdisplay.display.backend import (
+from pvdisplay.display.backend import ConnectorConfig, DeviceConfig, DisplayDevice, Reply
+from pvdisplay.display.limits import (
     DEFAULT_PAGE_BUDGET,
-    ConnectorConfig,
-    DeviceConfig,
-    DisplayDevice,
-    Reply,
+    LEGACY_UNIQUE_ID_FIELD,
+    MAX_CONNECTORS,
+    UNIQUE_ID,
+    UNIQUE_ID_FORM,
     mode_problem,
 )
 from pvdisplay.hv import Hypervisor, HypervisorError, Mapping, PortState
 from pvdisplay.input.service import InputService
-from pvdisplay.planes import PlaneRegistry, PlaneServer
+from pvdisplay.planes.model import PlaneRegistry
+from pvdisplay.planes.server import PlaneServer
 from pvdisplay.store.aio import AsyncClient
-from pvdisplay.toolstack import LEGACY_UNIQUE_ID_FIELD, MAX_CONNECTORS
 from pvdisplay.wire import displif
 from pvdisplay.wire.atomics import AtomicIndices
 from pvdisplay.wire.errors import ProtocolError
 from pvdisplay.wire.ring import BackRing
 from pvdisplay.xenbus import XenbusState
-from pvdisplay.xl import UNIQUE_ID, UNIQUE_ID_FORM
+from pvdisplay.xenbus.backend_devices import BackendDevice, BackendDevices
 
 log = logging.getLogger(__name__)
 

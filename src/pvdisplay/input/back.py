@@ -1,7 +1,7 @@
 """The kbdif backend core (sans-IO): output events in, in-ring slots out.
 
 One `InputDevice` serves one connected vkbd frontend. It turns what outputs send
-(`pvdisplay.input.events`, in connector pixels) into kbdif in-events for what the
+(`pvdisplay.planes.input_events`, in connector pixels) into kbdif in-events for what the
 device offers and the frontend asked for, and produces them onto the page's in ring.
 
 Ring discipline, as the display backend's: the backend never waits for a guest.
@@ -18,9 +18,9 @@ import errno
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from pvdisplay.input import events as ev
 from pvdisplay.input.backlog import FIRST_BUTTON, Backlog
-from pvdisplay.input.contacts import ContactSlots
+from pvdisplay.planes import input_events as ev
+from pvdisplay.planes.contacts import ContactSlots
 from pvdisplay.wire import kbdif
 from pvdisplay.wire.errors import ProtocolError
 from pvdisplay.wire.layout import WritableBuffer

@@ -36,8 +36,8 @@ from types import TracebackType
 from typing import Self
 
 from pvdisplay import xenbus
-from pvdisplay.display.front import PortReader
 from pvdisplay.hv import Hypervisor, HypervisorError, PortState
+from pvdisplay.hv.port_reader import PortReader
 from pvdisplay.store.aio import AsyncClient, AsyncTransaction
 from pvdisplay.wire import kbdif
 from pvdisplay.wire.errors import ProtocolError

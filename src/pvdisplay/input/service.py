@@ -27,16 +27,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pvdisplay import logs
-from pvdisplay.backend_devices import BackendDevice, BackendDevices
 from pvdisplay.hv import Hypervisor, HypervisorError, Mapping, PortState
-from pvdisplay.input import events as ev
 from pvdisplay.input.back import DeviceConfig, FrontendRequests, InputDevice
-from pvdisplay.input.config import DEFAULT_RESOLUTION
-from pvdisplay.planes import InputReceipt, PlaneKey, PlaneRegistry
+from pvdisplay.input.limits import DEFAULT_RESOLUTION
+from pvdisplay.planes import input_events as ev
+from pvdisplay.planes.input_events import InputReceipt
+from pvdisplay.planes.model import PlaneKey, PlaneRegistry
 from pvdisplay.store.aio import AsyncClient
 from pvdisplay.wire import displif, kbdif
 from pvdisplay.wire.errors import ProtocolError
 from pvdisplay.xenbus import XenbusState
+from pvdisplay.xenbus.backend_devices import BackendDevice, BackendDevices
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Outputs: the ways people see and touch guest displays (VNC, web viewer, window).
 
 Each output is a local client of the display backend's planes socket: it reads planes
-with `pvdisplay.planes.PlaneClient` and sends input back through the same socket.
+with `pvdisplay.planes.client.PlaneClient` and sends input back through the same socket.
 """

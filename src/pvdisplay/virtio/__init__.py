@@ -8,7 +8,7 @@ virtqueues to this process over vhost-user. The layers, each sans-IO:
 - `virtqueue`: split virtqueues over that memory: descriptor chains (direct and
   indirect), used-ring completion and notification suppression (EVENT_IDX);
 - `gpu_wire` and `gpu`: the virtio-gpu 2D command set and the device model that answers
-  it, publishing every scanout to a `pvdisplay.planes.PlaneRegistry`.
+  it, publishing every scanout to a `pvdisplay.planes.model.PlaneRegistry`.
 
 Everything the guest writes is untrusted: a bad address, length or index fails that one
 request with `VirtioError` (or a VIRTIO_GPU_RESP_ERR_* answer), never the process.

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pvdisplay import logs
-from pvdisplay.planes import PlaneInfo, PlaneKey, PlaneRegistry
+from pvdisplay.planes.model import PlaneInfo, PlaneKey, PlaneRegistry
 from pvdisplay.virtio import VirtioError
 from pvdisplay.virtio import gpu_wire as wire
 from pvdisplay.virtio.gpu_resource import Rect, Resource, ResourceError, host_bytes

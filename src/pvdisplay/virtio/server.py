@@ -31,7 +31,8 @@ import numpy as np
 
 from pvdisplay import logs
 from pvdisplay.hv import Mapping
-from pvdisplay.planes import PlaneInfo, PlaneKey, PlaneRegistry, PlaneServer
+from pvdisplay.planes.model import PlaneInfo, PlaneKey, PlaneRegistry
+from pvdisplay.planes.server import PlaneServer
 from pvdisplay.virtio import gpu, vhost_user
 from pvdisplay.virtio.gpu_resource import Rect
 from pvdisplay.virtio.memory import GuestMemoryMap

@@ -1,4 +1,4 @@
-"""RFB KeyEvents and PointerEvents as `pvdisplay.input.events` for the guest's kbdif.
+"""RFB KeyEvents and PointerEvents as `pvdisplay.planes.input_events` for the guest's kbdif.
 
 A PointerEvent carries the whole button mask and position each time; the guest wants
 changes: a move when the position changed, a BTN_* key per button that went down or
@@ -8,8 +8,8 @@ Buttons 6 and 7 (horizontal wheel) have no kbdif counterpart and are dropped.
 
 from typing import Final
 
-from pvdisplay.input.events import InputEvent, Key, PointerMove, Wheel
 from pvdisplay.outputs.vnc import keysyms, rfb
+from pvdisplay.planes.input_events import InputEvent, Key, PointerMove, Wheel
 
 # RFB button mask bit -> Linux button: 1 left, 2 middle, 3 right.
 BUTTONS: Final = (

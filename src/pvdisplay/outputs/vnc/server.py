@@ -28,7 +28,6 @@ from typing import Final, Self
 import numpy as np
 
 from pvdisplay import logs
-from pvdisplay.input.events import InputEvent, Key, PointerMove
 from pvdisplay.ipc.buffers import SharedBuffer
 from pvdisplay.ipc.memory import SharedMapping
 from pvdisplay.outputs.vnc import rfb
@@ -37,7 +36,9 @@ from pvdisplay.outputs.vnc.mirror import FrameMirror
 from pvdisplay.outputs.vnc.pixels import Frame
 from pvdisplay.outputs.vnc.pointer import InputTranslator
 from pvdisplay.outputs.vnc.updates import UpdateEncoder
-from pvdisplay.planes import PlaneClient, PlaneInfo, PlaneKey
+from pvdisplay.planes.client import PlaneClient
+from pvdisplay.planes.input_events import InputEvent, Key, PointerMove
+from pvdisplay.planes.model import PlaneInfo, PlaneKey
 from pvdisplay.wire import fourcc
 from pvdisplay.wire.errors import ProtocolError
 

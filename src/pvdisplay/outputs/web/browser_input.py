@@ -23,8 +23,9 @@ import math
 from collections.abc import Mapping
 from typing import Final
 
-from pvdisplay.input.contacts import ContactSlots
-from pvdisplay.input.events import (
+from pvdisplay.outputs.web.keys import LINUX_BUTTONS, LINUX_KEYS
+from pvdisplay.planes.contacts import ContactSlots
+from pvdisplay.planes.input_events import (
     InputEvent,
     Key,
     PointerMove,
@@ -33,7 +34,6 @@ from pvdisplay.input.events import (
     TouchUp,
     Wheel,
 )
-from pvdisplay.outputs.web.keys import LINUX_BUTTONS, LINUX_KEYS
 from pvdisplay.wire.errors import ProtocolError
 
 MAX_CONTACTS: Final = 10

@@ -21,12 +21,13 @@ from typing import Final
 import numpy as np
 
 from pvdisplay import logs
-from pvdisplay.input.events import InputEvent
 from pvdisplay.ipc import framing
 from pvdisplay.ipc.buffers import SharedBuffer
 from pvdisplay.ipc.memory import SharedMapping
 from pvdisplay.outputs.web.tiles import Mirror, Snapshot
-from pvdisplay.planes import PlaneClient, PlaneInfo, PlaneKey
+from pvdisplay.planes.client import PlaneClient
+from pvdisplay.planes.input_events import InputEvent
+from pvdisplay.planes.model import PlaneInfo, PlaneKey
 from pvdisplay.wire import fourcc
 from pvdisplay.wire.errors import ProtocolError
 

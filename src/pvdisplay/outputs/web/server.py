@@ -31,13 +31,13 @@ from urllib.parse import urlsplit
 from aiohttp import WSMsgType, web
 
 from pvdisplay import logs
-from pvdisplay.input.events import InputEvent, Key, TouchUp
 from pvdisplay.outputs.web.browser_input import BrowserInput
 from pvdisplay.outputs.web.feed import PlaneFeed
 from pvdisplay.outputs.web.names import DomainNames
 from pvdisplay.outputs.web.session import ViewerSession
 from pvdisplay.outputs.web.tiles import DEFAULT_QUALITY, Quality
-from pvdisplay.planes import PlaneInfo, PlaneKey
+from pvdisplay.planes.input_events import InputEvent, Key, TouchUp
+from pvdisplay.planes.model import PlaneInfo, PlaneKey
 from pvdisplay.wire.errors import ProtocolError
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Final
 
-from pvdisplay.input.contacts import ContactSlots
-from pvdisplay.input.events import (
+from pvdisplay.outputs.window.keys import LINUX_BUTTONS, LINUX_KEYS
+from pvdisplay.planes.contacts import ContactSlots
+from pvdisplay.planes.input_events import (
     InputEvent,
     Key,
     PointerMove,
@@ -25,7 +26,6 @@ from pvdisplay.input.events import (
     TouchUp,
     Wheel,
 )
-from pvdisplay.outputs.window.keys import LINUX_BUTTONS, LINUX_KEYS
 
 MAX_CONTACTS: Final = 10
 MAX_WHEEL_STEPS: Final = 100
@@ -69,7 +69,7 @@ def _index(position: float, count: int) -> int:
 
 @dataclass
 class InputTranslator:
-    """SDL input, as plain values, to `pvdisplay.input.events` for one connector."""
+    """SDL input, as plain values, to `pvdisplay.planes.input_events` for one connector."""
 
     viewport: Viewport
     _keys: set[int] = field(default_factory=set)  # Linux codes held, buttons included

@@ -24,13 +24,14 @@ import numpy as np
 import pygame
 
 from pvdisplay import logs
-from pvdisplay.input.events import InputEvent
 from pvdisplay.ipc import framing
 from pvdisplay.ipc.buffers import SharedBuffer
 from pvdisplay.ipc.memory import SharedMapping
 from pvdisplay.ipc.sockets import close_all, receive_message, recv_record, send_message
 from pvdisplay.outputs.window.translate import InputTranslator, Viewport
-from pvdisplay.planes import MAX_INPUT_EVENTS, PlaneClient, PlaneInfo
+from pvdisplay.planes.client import PlaneClient
+from pvdisplay.planes.input_events import MAX_INPUT_EVENTS, InputEvent
+from pvdisplay.planes.model import PlaneInfo
 from pvdisplay.wire import fourcc
 from pvdisplay.wire.errors import ProtocolError
 

@@ -32,9 +32,9 @@ from pvdisplay import logs, toolstack, xenbus
 from pvdisplay.display.service import Options as BackendOptions
 from pvdisplay.hv import HypervisorError
 from pvdisplay.hv.local.host import DomainProcess, Host
-from pvdisplay.input import config as input_config
 from pvdisplay.outputs.web.server import BackgroundViewer
 from pvdisplay.store.client import Client, Transaction
+from pvdisplay.toolstack import vkb as input_config
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,8 @@ class EmulatedHost:
             [
                 sys.executable,
                 "-c",
-                f"from pvdisplay.host import end_with_parent; end_with_parent({os.getpid()}); "
+                "from pvdisplay.toolstack.host import end_with_parent; "
+                f"end_with_parent({os.getpid()}); "
                 "from pvdisplay.cli import main; main()",
                 "--log-level",
                 self.log_level,

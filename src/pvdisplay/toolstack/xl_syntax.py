@@ -8,19 +8,12 @@ device gets (libxl_device.c `libxl__device_generic_add`). `toolstack` re-exports
 `toolstack.ConfigError`, `toolstack.NodePlan`, `toolstack.Vdispl` are these classes.
 """
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pvdisplay import xenbus
 from pvdisplay.store.permissions import Access, Permission
 from pvdisplay.wire import displif
-
-MAX_DIMENSION = 16384
-# unique-id travels in a XenStore value and in xl's "id:WxH;..." list, so it may not
-# contain the list's separators or whitespace.
-UNIQUE_ID = re.compile(r"[A-Za-z0-9_.@+-]{1,64}")
-UNIQUE_ID_FORM = "1-64 of A-Z a-z 0-9 _ . @ + -"
 
 
 class ConfigError(ValueError):

@@ -90,3 +90,19 @@ def from_json(data: object) -> InputEvent:
                 errno.EINVAL, f"{cls.kind}.{name} must be a 32-bit {wanted.__name__}"
             )
     return cls(**fields)
+
+
+MAX_INPUT_EVENTS = 256
+
+
+@dataclass(frozen=True)
+class InputReceipt:
+    """The backend's answer to an "input" op.
+
+    `queued`: kbdif events the call produced (on the guest's ring or waiting for room);
+    `dropped`: events this vkbd device has dropped since it connected because its guest
+    did not consume them in time (pointer motion first, never a release: docs/input.md).
+    """
+
+    queued: int
+    dropped: int

@@ -27,13 +27,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pvdisplay.display.backend import DEFAULT_PAGE_BUDGET, mode_problem
-from pvdisplay.input import config as input_config
-from pvdisplay.store.permissions import Access, Permission
-from pvdisplay.wire import displif
-from pvdisplay.xl import (
+from pvdisplay.display.limits import (
+    DEFAULT_PAGE_BUDGET,
+    LEGACY_UNIQUE_ID_FIELD,
+    MAX_CONNECTORS,
     MAX_DIMENSION,
     UNIQUE_ID,
+    mode_problem,
+)
+from pvdisplay.store.permissions import Access, Permission
+from pvdisplay.toolstack import vkb as input_config
+from pvdisplay.toolstack.xl_syntax import (
     ConfigError,
     Connector,
     DeviceDirs,
@@ -42,11 +46,13 @@ from pvdisplay.xl import (
     Vdispl,
     split_settings,
 )
+from pvdisplay.wire import displif
 
-# The shared device vocabulary (pvdisplay.xl) is part of this module's interface.
+# The shared device vocabulary (pvdisplay.toolstack.xl_syntax) is part of this module's interface.
 __all__ = [
     "CONNECTOR_FORM",
     "KIND",
+    "LEGACY_UNIQUE_ID_FIELD",
     "MAX_CONNECTORS",
     "MAX_DIMENSION",
     "XL_FORM",
@@ -68,12 +74,6 @@ __all__ = [
 ]
 
 KIND = "vdispl"
-MAX_CONNECTORS = 64
-"""Connectors one vdispl device may have; the frontend library reads no more (Linux
-xen-front stops at 4)."""
-LEGACY_UNIQUE_ID_FIELD = "id"
-"""Where older libxl writes a connector's unique-id (not a displif.h name); both ends read
-it when `unique-id` is absent."""
 
 _DECIMAL = re.compile(r"[0-9]{1,5}")
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")

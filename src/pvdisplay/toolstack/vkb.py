@@ -11,29 +11,24 @@ device without a `unique-id`, the guest's first connector's), and are always wri
 the device, before its frontend can probe.
 
 `toolstack` reads the config file's `vkb` lists with this module, so this module depends
-only on the vocabulary the two share (`pvdisplay.xl`).
+only on the vocabulary the two share (`pvdisplay.toolstack.xl_syntax`).
 """
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from pvdisplay.wire import kbdif
-from pvdisplay.xl import (
-    MAX_DIMENSION,
-    UNIQUE_ID,
-    UNIQUE_ID_FORM,
+from pvdisplay.display.limits import MAX_DIMENSION, UNIQUE_ID, UNIQUE_ID_FORM
+from pvdisplay.input.limits import DEFAULT_CONTACTS, DEFAULT_RESOLUTION, MAX_CONTACTS
+from pvdisplay.toolstack.xl_syntax import (
     ConfigError,
     DeviceDirs,
     NodePlan,
     Vdispl,
     split_settings,
 )
+from pvdisplay.wire import kbdif
 
 KIND = kbdif.DRIVER_NAME
-MAX_CONTACTS = 256  # contact_id is a u8
-DEFAULT_CONTACTS = 10
-DEFAULT_RESOLUTION = (800, 600)
-"""The pointer range of a vkb when the guest has no connector (xenfb's default mode)."""
 XL_FORM = (
     "'backend=DOMAIN,unique-id=ID,feature-abs-pointer=0|1,feature-multi-touch=0|1,"
     "multi-touch-width=W,multi-touch-height=H,multi-touch-num-contacts=N,width=W,height=H'"

@@ -1,0 +1,216 @@
+"""The planes socket: a `PlaneRegistry` served to other local processes.
+
+The display backend publishes one `Plane` per connected connector: the framebuffer on
+screen (cookie, format, geometry), a frame counter, and a zero-copy `BufferHandle` of the
+pages holding it. Outputs read only this. In-process readers use `PlaneRegistry`
+(`get`, `planes`, `subscribe`); other local processes use `PlaneServer`'s unix socket
+through `PlaneClient`, which receives the buffer's descriptors by SCM_RIGHTS and maps
+them without copying.
+
+Socket protocol (SOCK_SEQPACKET, each message a JSON object framed by
+`pvdisplay.ipc.sockets`):
+
+- `{"op": "list"}` -> `{"planes": [PLANE, ...]}`
+- `{"op": "get", "domid": D, "devid": V, "connector": C}` -> `{"plane": PLANE, "buffer": B}`;
+  when `B` is true, the buffer handle follows as the next message
+  (`SharedBuffer.send`).
+- `{"op": "watch"}` -> `{"watching": true}`, then `{"event": "changed", "plane": PLANE}` or
+  `{"event": "removed", "plane": PLANE}` for every change, in order.
+- `{"op": "input", "domid": D, "devid": V, "connector": C, "events": [EVENT, ...]}` ->
+  `{"queued": N, "dropped": M}`: hands `pvdisplay.planes.input_events` (at most `MAX_INPUT_EVENTS`)
+  to the backend's input handler, which routes them to the vkbd bound to the connector
+  (docs/input.md). ENOENT when none is, EINVAL for a bad event.
+- anything else -> `{"error": ERRNO, "message": TEXT}`.
+
+A client that does not read its replies or events is disconnected rather than allowed
+to hold up the backend.
+"""
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pvdisplay import logs
+from pvdisplay.ipc import framing
+from pvdisplay.ipc.sockets import close_all, receive_message, send_message
+from pvdisplay.planes import input_events
+from pvdisplay.planes.input_events import MAX_INPUT_EVENTS, InputReceipt
+from pvdisplay.planes.model import PlaneInfo, PlaneKey, PlaneRegistry
+from pvdisplay.wire.errors import ProtocolError
+
+log = logging.getLogger(__name__)
+
+InputHandler = Callable[[PlaneKey, Sequence[input_events.InputEvent]], InputReceipt]
+"""Routes events to the connector's input device; raises ProtocolError (ENOENT) if none."""
+
+
+class PlaneServer:
+    """Serves a `PlaneRegistry` on a SOCK_SEQPACKET unix socket from an asyncio loop.
+
+    The registry may be published to from any thread.
+    """
+
+    def __init__(
+        self,
+        registry: PlaneRegistry,
+        path: str | os.PathLike[str],
+        input_handler: InputHandler | None = None,
+    ) -> None:
+        self._registry = registry
+        self._input_handler = input_handler
+        self._path = Path(path)
+        self._listener: socket.socket | None = None
+        self._clients: dict[int, socket.socket] = {}
+        self._watchers: set[int] = set()
+        self._unsubscribe: Callable[[], None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def start(self) -> None:
+        """Listen (replacing a stale socket file) and serve from the running loop."""
+        self._loop = asyncio.get_running_loop()
+        with contextlib.suppress(FileNotFoundError):
+            if self._path.is_socket():
+                self._path.unlink()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            listener.bind(str(self._path))
+            os.chmod(self._path, 0o600)
+            listener.listen(16)
+            listener.setblocking(False)
+        except BaseException:
+            listener.close()
+            raise
+        self._listener = listener
+        self._loop.add_reader(listener.fileno(), self._accept)
+        log.info("planes socket listening", extra=logs.fields(path=self._path))
+
+    def close(self) -> None:
+        for fd in list(self._clients):
+            self._drop(fd)
+        if self._listener is not None and self._loop is not None:
+            self._loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+            with contextlib.suppress(FileNotFoundError):
+                self._path.unlink()
+
+    def _accept(self) -> None:
+        assert self._listener is not None and self._loop is not None
+        try:
+            client, _ = self._listener.accept()
+        except BlockingIOError:
+            return
+        client.setblocking(False)
+        fd = client.fileno()
+        self._clients[fd] = client
+        self._loop.add_reader(fd, self._serve, fd)
+
+    def _serve(self, fd: int) -> None:
+        client = self._clients.get(fd)
+        if client is None:
+            return
+        try:
+            request = receive_message(client)
+            close_all(request.fds)
+            self._answer(client, request.body)
+            if request.body.get("op") == "watch":
+                self._watch(fd)
+        except BlockingIOError:
+            return
+        except (EOFError, OSError, ProtocolError) as exc:
+            log.debug("planes client gone", extra=logs.fields(reason=exc))
+            self._drop(fd)
+
+    def _answer(self, client: socket.socket, body: framing.JsonObject) -> None:
+        op = body.get("op")
+        if op == "list":
+            send_message(client, {"planes": [p.info.to_json() for p in self._registry.planes()]})
+        elif op == "watch":
+            send_message(client, {"watching": True})
+        elif op == "get":
+            try:
+                key = PlaneKey(
+                    framing.get_int(body, "domid", 0xFFFF),
+                    framing.get_int(body, "devid"),
+                    framing.get_int(body, "connector"),
+                )
+            except ProtocolError as exc:
+                send_message(client, {"error": exc.errno, "message": exc.message})
+                return
+            # The publisher (the display backend's ring thread) may close the handle of
+            # a plane it replaces at any time, but not while this holds the lock.
+            with self._registry.handles_lock:
+                plane = self._registry.get(key)
+                if plane is None:
+                    send_message(client, {"error": errno.ENOENT, "message": f"no plane {key}"})
+                    return
+                send_message(
+                    client, {"plane": plane.info.to_json(), "buffer": plane.handle is not None}
+                )
+                if plane.handle is not None:
+                    plane.handle.send(client)
+        elif op == "input":
+            try:
+                receipt = self._input(body)
+            except ProtocolError as exc:
+                send_message(client, {"error": exc.errno, "message": exc.message})
+                return
+            send_message(client, {"queued": receipt.queued, "dropped": receipt.dropped})
+        else:
+            send_message(client, {"error": errno.EINVAL, "message": f"unknown op {op!r}"})
+
+    def _input(self, body: framing.JsonObject) -> InputReceipt:
+        key = PlaneKey(
+            framing.get_int(body, "domid", 0xFFFF),
+            framing.get_int(body, "devid"),
+            framing.get_int(body, "connector"),
+        )
+        raw = body.get("events")
+        if not isinstance(raw, list) or len(raw) > MAX_INPUT_EVENTS:
+            raise ProtocolError(errno.EINVAL, f"events must be a list of <= {MAX_INPUT_EVENTS}")
+        events = [input_events.from_json(item) for item in raw]
+        if self._input_handler is None:
+            raise ProtocolError(errno.ENOENT, "this backend serves no input devices")
+        return self._input_handler(key, events)
+
+    def _watch(self, fd: int) -> None:
+        # Listen to the registry only while someone watches: every page flip publishes a
+        # plane, and with no listener that costs the backend no call at all.
+        if self._unsubscribe is None:
+            self._unsubscribe = self._registry.subscribe(self._on_change)
+        self._watchers.add(fd)
+
+    def _on_change(self, info: PlaneInfo, removed: bool) -> None:
+        # Publishers may run on other threads (the display backend's rings); the sockets
+        # are the loop's. Through the loop's queue, watchers get changes in order.
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._send_change, info, removed)
+
+    def _send_change(self, info: PlaneInfo, removed: bool) -> None:
+        event = {"event": "removed" if removed else "changed", "plane": info.to_json()}
+        for fd in list(self._watchers):
+            try:
+                send_message(self._clients[fd], event)
+            except OSError as exc:  # BlockingIOError: a watcher that does not read
+                log.info("dropping planes watcher", extra=logs.fields(reason=exc))
+                self._drop(fd)
+
+    def _drop(self, fd: int) -> None:
+        client = self._clients.pop(fd, None)
+        self._watchers.discard(fd)
+        if not self._watchers and self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if client is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(fd)
+            client.close()
