@@ -109,15 +109,21 @@ class SharedBuffer:
     @classmethod
     def receive(cls, sock: socket.socket) -> "SharedBuffer":
         """Take a handle another process sent with `send()`."""
-        message = receive_message(sock)
+        return cls.from_message(receive_message(sock))
+
+    @classmethod
+    def from_message(cls, message: framing.Message) -> "SharedBuffer":
+        """The handle a received `send()` message carries (for callers that receive
+        messages themselves, e.g. from an event loop); its descriptors are closed when
+        it is not one."""
         try:
-            return cls._from_message(message.body, message.fds)
+            return cls._from_fields(message.body, message.fds)
         except BaseException:
             close_all(message.fds)
             raise
 
     @classmethod
-    def _from_message(cls, body: framing.JsonObject, fds: list[int]) -> "SharedBuffer":
+    def _from_fields(cls, body: framing.JsonObject, fds: list[int]) -> "SharedBuffer":
         handle_id = framing.get_str(body, "buffer")
         if not _HANDLE_ID.fullmatch(handle_id):
             raise ProtocolError(errno.EINVAL, "buffer id is not 128 hex bits")

@@ -4,7 +4,6 @@ import errno
 import os
 import socket
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
@@ -14,16 +13,10 @@ import numpy.typing as npt
 from pvdisplay.ipc import framing
 from pvdisplay.ipc.buffers import SharedBuffer
 from pvdisplay.ipc.sockets import close_all, receive_message, send_message
-from pvdisplay.planes import input_events
+from pvdisplay.planes import input_events, protocol
 from pvdisplay.planes.input_events import InputReceipt
 from pvdisplay.planes.model import PlaneInfo, PlaneKey
-from pvdisplay.wire.errors import ProtocolError
-
-
-@dataclass(frozen=True)
-class PlaneChange:
-    plane: PlaneInfo
-    removed: bool
+from pvdisplay.planes.protocol import PlaneChange
 
 
 class PlaneClient:
@@ -39,20 +32,15 @@ class PlaneClient:
             raise
 
     def list(self) -> list[PlaneInfo]:
-        reply = self._call({"op": "list"})
-        planes = reply.get("planes")
-        if not isinstance(planes, list):
-            raise ProtocolError(errno.EINVAL, "list reply without planes")
-        return [PlaneInfo.from_json(p) for p in planes]
+        return protocol.planes_of(self._call(protocol.LIST))
 
     def get(
         self, domid: int, connector: int, devid: int = 0
     ) -> tuple[PlaneInfo, SharedBuffer | None]:
         """The plane and a handle of its buffer (close it when done), or ENOENT."""
-        reply = self._call({"op": "get", "domid": domid, "devid": devid, "connector": connector})
-        info = PlaneInfo.from_json(reply.get("plane"))
-        handle = SharedBuffer.receive(self._sock) if reply.get("buffer") is True else None
-        return info, handle
+        reply = self._call(protocol.get_request(PlaneKey(domid, devid, connector)))
+        info, buffer_follows = protocol.plane_of(reply)
+        return info, SharedBuffer.receive(self._sock) if buffer_follows else None
 
     def snapshot(
         self, domid: int, connector: int, devid: int = 0
@@ -80,23 +68,11 @@ class PlaneClient:
 
         Raises OSError(ENOENT) when no connected input device is bound to it.
         """
-        reply = self._call(
-            {
-                "op": "input",
-                "domid": key.domid,
-                "devid": key.devid,
-                "connector": key.connector,
-                "events": [input_events.to_json(event) for event in events],
-            }
-        )
-        queued, dropped = reply.get("queued"), reply.get("dropped")
-        if not isinstance(queued, int) or not isinstance(dropped, int):
-            raise ProtocolError(errno.EINVAL, "input reply without queued/dropped")
-        return InputReceipt(queued, dropped)
+        return protocol.receipt_of(self._call(protocol.input_request(key, events)))
 
     def watch(self) -> Iterator[PlaneChange]:
         """Every change from now on (registered before returning); use a dedicated client."""
-        self._call({"op": "watch"})
+        self._call(protocol.WATCH)
         self._sock.settimeout(None)
         return self._changes()
 
@@ -104,10 +80,7 @@ class PlaneClient:
         while True:
             message = receive_message(self._sock)
             close_all(message.fds)
-            yield PlaneChange(
-                PlaneInfo.from_json(message.body.get("plane")),
-                message.body.get("event") == "removed",
-            )
+            yield protocol.change_of(message.body)
 
     def close(self) -> None:
         self._sock.close()
@@ -127,7 +100,4 @@ class PlaneClient:
         send_message(self._sock, body)
         reply = receive_message(self._sock)
         close_all(reply.fds)
-        error = reply.body.get("error")
-        if isinstance(error, int):
-            raise OSError(error, str(reply.body.get("message", "")))
-        return reply.body
+        return protocol.checked(reply.body)

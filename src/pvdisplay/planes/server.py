@@ -4,23 +4,10 @@ The display backend publishes one `Plane` per connected connector: the framebuff
 screen (cookie, format, geometry), a frame counter, and a zero-copy `BufferHandle` of the
 pages holding it. Outputs read only this. In-process readers use `PlaneRegistry`
 (`get`, `planes`, `subscribe`); other local processes use `PlaneServer`'s unix socket
-through `PlaneClient`, which receives the buffer's descriptors by SCM_RIGHTS and maps
-them without copying.
+through `PlaneClient` or `AsyncPlaneClient`, which receive the buffer's descriptors by
+SCM_RIGHTS and map them without copying.
 
-Socket protocol (SOCK_SEQPACKET, each message a JSON object framed by
-`pvdisplay.ipc.sockets`):
-
-- `{"op": "list"}` -> `{"planes": [PLANE, ...]}`
-- `{"op": "get", "domid": D, "devid": V, "connector": C}` -> `{"plane": PLANE, "buffer": B}`;
-  when `B` is true, the buffer handle follows as the next message
-  (`SharedBuffer.send`).
-- `{"op": "watch"}` -> `{"watching": true}`, then `{"event": "changed", "plane": PLANE}` or
-  `{"event": "removed", "plane": PLANE}` for every change, in order.
-- `{"op": "input", "domid": D, "devid": V, "connector": C, "events": [EVENT, ...]}` ->
-  `{"queued": N, "dropped": M}`: hands `pvdisplay.planes.input_events` (at most `MAX_INPUT_EVENTS`)
-  to the backend's input handler, which routes them to the vkbd bound to the connector
-  (docs/input.md). ENOENT when none is, EINVAL for a bad event.
-- anything else -> `{"error": ERRNO, "message": TEXT}`.
+The messages are in `pvdisplay.planes.protocol`.
 
 A client that does not read its replies or events is disconnected rather than allowed
 to hold up the backend.
@@ -38,8 +25,8 @@ from pathlib import Path
 from pvdisplay import logs
 from pvdisplay.ipc import framing
 from pvdisplay.ipc.sockets import close_all, receive_message, send_message
-from pvdisplay.planes import input_events
-from pvdisplay.planes.input_events import MAX_INPUT_EVENTS, InputReceipt
+from pvdisplay.planes import input_events, protocol
+from pvdisplay.planes.input_events import InputReceipt
 from pvdisplay.planes.model import PlaneInfo, PlaneKey, PlaneRegistry
 from pvdisplay.wire.errors import ProtocolError
 
@@ -135,23 +122,19 @@ class PlaneServer:
         if op == "list":
             send_message(client, {"planes": [p.info.to_json() for p in self._registry.planes()]})
         elif op == "watch":
-            send_message(client, {"watching": True})
+            send_message(client, protocol.WATCHING)
         elif op == "get":
             try:
-                key = PlaneKey(
-                    framing.get_int(body, "domid", 0xFFFF),
-                    framing.get_int(body, "devid"),
-                    framing.get_int(body, "connector"),
-                )
+                key = protocol.key_of(body)
             except ProtocolError as exc:
-                send_message(client, {"error": exc.errno, "message": exc.message})
+                send_message(client, protocol.error_reply(exc.errno, exc.message))
                 return
             # The publisher (the display backend's ring thread) may close the handle of
             # a plane it replaces at any time, but not while this holds the lock.
             with self._registry.handles_lock:
                 plane = self._registry.get(key)
                 if plane is None:
-                    send_message(client, {"error": errno.ENOENT, "message": f"no plane {key}"})
+                    send_message(client, protocol.error_reply(errno.ENOENT, f"no plane {key}"))
                     return
                 send_message(
                     client, {"plane": plane.info.to_json(), "buffer": plane.handle is not None}
@@ -162,22 +145,15 @@ class PlaneServer:
             try:
                 receipt = self._input(body)
             except ProtocolError as exc:
-                send_message(client, {"error": exc.errno, "message": exc.message})
+                send_message(client, protocol.error_reply(exc.errno, exc.message))
                 return
             send_message(client, {"queued": receipt.queued, "dropped": receipt.dropped})
         else:
-            send_message(client, {"error": errno.EINVAL, "message": f"unknown op {op!r}"})
+            send_message(client, protocol.error_reply(errno.EINVAL, f"unknown op {op!r}"))
 
     def _input(self, body: framing.JsonObject) -> InputReceipt:
-        key = PlaneKey(
-            framing.get_int(body, "domid", 0xFFFF),
-            framing.get_int(body, "devid"),
-            framing.get_int(body, "connector"),
-        )
-        raw = body.get("events")
-        if not isinstance(raw, list) or len(raw) > MAX_INPUT_EVENTS:
-            raise ProtocolError(errno.EINVAL, f"events must be a list of <= {MAX_INPUT_EVENTS}")
-        events = [input_events.from_json(item) for item in raw]
+        key = protocol.key_of(body)
+        events = protocol.events_of(body)
         if self._input_handler is None:
             raise ProtocolError(errno.ENOENT, "this backend serves no input devices")
         return self._input_handler(key, events)
@@ -196,7 +172,7 @@ class PlaneServer:
         self._loop.call_soon_threadsafe(self._send_change, info, removed)
 
     def _send_change(self, info: PlaneInfo, removed: bool) -> None:
-        event = {"event": "removed" if removed else "changed", "plane": info.to_json()}
+        event = protocol.change_event(info, removed)
         for fd in list(self._watchers):
             try:
                 send_message(self._clients[fd], event)
