@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 test: deps lint typecheck guest-files pytest
 
-# The arm64 guest of tests/test_vhost_user_guest.py: QEMU 10, kernel, busybox and modetest fetched
+# The arm64 guest of tests/virtio/test_vhost_user_guest.py: QEMU 10, kernel, busybox and modetest fetched
 # with apt into a private cache (about 200 MB, once); pytest skips that test without it.
 GUEST_CACHE := .cache/guest
 
@@ -18,7 +18,7 @@ guest-files: apt
 	sh tools/guest/fetch.sh $(GUEST_CACHE)
 
 test-guest: deps guest-files
-	$(VENV)/bin/pytest -q tests/test_vhost_user_guest.py
+	$(VENV)/bin/pytest -q tests/virtio/test_vhost_user_guest.py
 
 deps: apt venv
 

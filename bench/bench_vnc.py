@@ -1,6 +1,6 @@
 """VNC server at 1080p: frames per second delivered and flip-to-client latency.
 
-A real guest (tests/test_vnc_guest.py) flips 1920x1080 XRGB8888 frames at 60 Hz through
+A real guest (tests/vnc_guest.py) flips 1920x1080 XRGB8888 frames at 60 Hz through
 the real display backend; each frame carries its number in its top-left 64x64 tile.
 A minimal RFB client here (ZRLE + CopyRect, one update request outstanding at a time,
 as TigerVNC and vncdotool do) reads updates as fast as the server sends them and notes
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from pvdisplay.outputs.vnc import rfb
 from rigs import Guest
-from test_vnc_guest import ServerThread, world
+from vnc_guest import ServerThread, world
 
 WIDTH, HEIGHT = 1920, 1080
 FRAMES = 240  # four seconds at 60 Hz
