@@ -56,12 +56,12 @@ def device(server_socket: Path) -> Iterator[str]:
 
     def bridge() -> None:
         while True:
-            ready, _, _ = select.select([master, sock, stop_read], [], [])
+            ready, _, _ = select.select([master, sock.fileno(), stop_read], [], [])
             if stop_read in ready:
                 return
             if master in ready:
                 sock.sendall(os.read(master, 65536))
-            if sock in ready:
+            if sock.fileno() in ready:
                 data = sock.recv(65536)
                 if not data:
                     return
@@ -110,9 +110,7 @@ def test_asyncio_client_over_a_character_device(device: str) -> None:
             watch = await client.watch("/aio-dev", "tok")
             await anext(aiter(watch))
             # Two requests in flight at once: each must reach the device on its own.
-            await asyncio.gather(
-                client.write("/aio-dev/x", "1"), client.write("/aio-dev/y", "2")
-            )
+            await asyncio.gather(client.write("/aio-dev/x", "1"), client.write("/aio-dev/y", "2"))
             paths = {(await anext(aiter(watch))).path for _ in range(2)}
             assert paths == {"/aio-dev/x", "/aio-dev/y"}
             assert await client.read("/aio-dev/y") == b"2"
@@ -148,7 +146,7 @@ def test_device_stream_writes_one_message_per_write(monkeypatch: pytest.MonkeyPa
             writes.append(bytes(data))
         return real_write(fd, data)
 
-    monkeypatch.setattr(transport.os, "write", recording_write)
+    monkeypatch.setattr(os, "write", recording_write)
     messages = [_message(b"a\0"), _message(b""), _message(b"/long/path\0")]
     stream.sendall(b"".join(messages))
     assert writes == messages

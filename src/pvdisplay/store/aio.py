@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Self, TypeVar
 
 from pvdisplay.store import protocol
-from pvdisplay.store.client import DEFAULT_TRANSACTION_ATTEMPTS, connect_socket
+from pvdisplay.store.client import DEFAULT_TRANSACTION_ATTEMPTS
 from pvdisplay.store.permissions import Permission
 from pvdisplay.store.protocol import (
     DEFAULT_MAX_PENDING_EVENTS,
@@ -21,6 +21,7 @@ from pvdisplay.store.protocol import (
     Request,
     WatchEvent,
 )
+from pvdisplay.store.transport import MessageWriter, open_streams
 from pvdisplay.wire.xs_wire import Message
 
 T = TypeVar("T")
@@ -66,7 +67,7 @@ class AsyncClient(_AsyncOperations):
         self,
         path: str,
         reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        writer: MessageWriter,
         max_pending_events: int,
     ) -> None:
         self.path = path
@@ -86,13 +87,9 @@ class AsyncClient(_AsyncOperations):
         *,
         max_pending_events: int = DEFAULT_MAX_PENDING_EVENTS,
     ) -> Self:
-        """Connect to `path`, or to the socket `client.default_socket_path()` names."""
-        resolved, sock = connect_socket(path)
-        try:
-            reader, writer = await asyncio.open_unix_connection(sock=sock)
-        except BaseException:
-            sock.close()
-            raise
+        """Connect to `path` (a socket or the xenbus device), or to the socket
+        `client.default_socket_path()` names."""
+        resolved, reader, writer = await open_streams(path)
         return cls(resolved, reader, writer, max_pending_events)
 
     async def __aenter__(self) -> Self:

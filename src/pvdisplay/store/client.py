@@ -1,4 +1,4 @@
-"""Blocking XenStore client over a xenstored Unix socket.
+"""Blocking XenStore client over a xenstored Unix socket or the xenbus device.
 
 Thread-safe without a thread of its own: any number of threads may share one
 `Client`. Each request is written whole under a send lock, so requests from
@@ -9,11 +9,9 @@ sleep on a condition until their item has been routed or it is their turn to rea
 """
 
 import contextlib
-import errno
 import os
 import select
 import socket
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -28,41 +26,16 @@ from pvdisplay.store.protocol import (
     Request,
     WatchEvent,
 )
+from pvdisplay.store.transport import connect, default_socket_path
+
+__all__ = ["Client", "Transaction", "Watch", "default_socket_path"]
 from pvdisplay.wire.errors import ProtocolError
 
 T = TypeVar("T")
 X = TypeVar("X")
 
-DEFAULT_RUN_DIR = "/run/xenstored"
 DEFAULT_TRANSACTION_ATTEMPTS = 16
 _RECV_SIZE = 65536
-
-
-def default_socket_path() -> str:
-    """The daemon socket libxenstore would use: $XENSTORED_PATH, else $XENSTORED_RUNDIR/socket."""
-    explicit = os.environ.get("XENSTORED_PATH")
-    if explicit:
-        return explicit
-    return os.path.join(os.environ.get("XENSTORED_RUNDIR") or DEFAULT_RUN_DIR, "socket")
-
-
-def connect_socket(path: str | os.PathLike[str] | None) -> tuple[str, socket.socket]:
-    """Open a stream socket to xenstored; shared by the sync and asyncio clients."""
-    resolved = os.fspath(path) if path is not None else default_socket_path()
-    try:
-        mode = os.stat(resolved).st_mode
-    except FileNotFoundError:
-        raise FileNotFoundError(errno.ENOENT, "no xenstored socket", resolved) from None
-    if not stat.S_ISSOCK(mode):
-        # libxenstore would talk to a xenbus device node here; we only speak sockets.
-        raise OSError(errno.ENOTSOCK, "not a socket (xenbus devices are unsupported)", resolved)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(resolved)
-    except BaseException:
-        sock.close()
-        raise
-    return resolved, sock
 
 
 class _Operations:
@@ -105,7 +78,7 @@ class Client(_Operations):
         *,
         max_pending_events: int = DEFAULT_MAX_PENDING_EVENTS,
     ) -> None:
-        self.path, self._sock = connect_socket(path)
+        self.path, self._sock = connect(path)
         self._protocol = ClientProtocol(max_pending_events)
         self._state = threading.Condition()
         self._send_lock = threading.Lock()
