@@ -19,15 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from pvdisplay.outputs.feed.mirror import CanonicalMirror, canonical_frame
+from pvdisplay.outputs.feed.rect import Rect
 from pvdisplay.outputs.vnc import damage, des, keysyms, rfb
-from pvdisplay.outputs.vnc.damage import Rect
-from pvdisplay.outputs.vnc.mirror import FrameMirror
-from pvdisplay.outputs.vnc.pixels import (
-    SERVER_FORMAT,
-    RfbPixelFormat,
-    canonical_frame,
-    client_pixels,
-)
+from pvdisplay.outputs.vnc.pixels import SERVER_FORMAT, RfbPixelFormat, client_pixels
 from pvdisplay.outputs.vnc.pointer import InputTranslator
 from pvdisplay.outputs.vnc.updates import UpdateEncoder
 from pvdisplay.outputs.vnc.zrle import ZrleEncoder
@@ -467,7 +462,7 @@ def test_the_mirror_finds_exactly_the_changed_tiles_and_ends_equal_to_the_guest(
 ) -> None:
     height, width = first.shape
     stride = width * fmt.bytes_per_pixel + pad
-    mirror = FrameMirror(fmt, width, height, stride)
+    mirror = CanonicalMirror(fmt, width, height, stride)
     shown = [first]
     for _ in range(data.draw(st.integers(1, 4))):
         after = shown[-1].copy()
@@ -512,7 +507,7 @@ def test_clock_driven_updates_of_a_mirror_written_during_encoding_end_exact(
     planning and its encoding (a torn read): once the guest stops, the client's screen
     equals the guest's frame."""
     fmt, stride = fourcc.XRGB8888, 200 * 4
-    mirror = FrameMirror(fmt, 200, 150, stride)
+    mirror = CanonicalMirror(fmt, 200, 150, stride)
     mirror.update(guest_bytes(base, fmt, 0, 0))
     encoder = UpdateEncoder(200, 150)
     encoder.encodings = (rfb.ENCODING_RAW, rfb.ENCODING_COPYRECT)
@@ -555,7 +550,7 @@ def test_clock_driven_updates_of_a_mirror_written_during_encoding_end_exact(
 
 def _update_while_written(
     encoder: UpdateEncoder,
-    mirror: FrameMirror,
+    mirror: CanonicalMirror,
     area: Rect,
     changed: npt.NDArray[np.bool_],
     written: npt.NDArray[np.uint32],

@@ -163,7 +163,7 @@ def test_a_first_frame_is_sent_whole_and_an_unchanged_one_not_at_all(image: np.n
     assert changed_rects(picture(image), picture(image.copy())) == []
     screen = Screen()
     same = screen.show(picture(image))
-    assert tiles.mask_rects(same.changed_after(same), image.shape[1], image.shape[0]) == []
+    assert tiles.mask_rects(changed_after(same, same), image.shape[1], image.shape[0]) == []
     # Another format or geometry is a new picture: sent whole.
     other = changed_rects(picture(image), picture(image, pad=8))
     assert np.all(covered(other, image.shape) == 1)

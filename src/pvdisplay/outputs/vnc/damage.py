@@ -8,38 +8,19 @@ offset is guessed from a few rows and columns and then verified tile by tile, so
 wrong guess costs only the check.
 """
 
-from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
-from pvdisplay.outputs.vnc.pixels import Frame
+from pvdisplay.outputs.feed.mirror import TILE, Frame, TileMask
+from pvdisplay.outputs.feed.rect import Rect
 
-TILE: Final = 64
 MAX_MOTION: Final = 64
 _PROBES: Final = 3
 
-Mask = npt.NDArray[np.bool_]
 
-
-@dataclass(frozen=True)
-class Rect:
-    x: int
-    y: int
-    width: int
-    height: int
-
-    def clip(self, width: int, height: int) -> "Rect":
-        x, y = min(max(self.x, 0), width), min(max(self.y, 0), height)
-        return Rect(x, y, min(self.width, width - x), min(self.height, height - y))
-
-    @property
-    def empty(self) -> bool:
-        return self.width <= 0 or self.height <= 0
-
-
-def _tiled(mask: Mask) -> Mask:
+def _tiled(mask: TileMask) -> TileMask:
     """Any-reduce a per-pixel mask to a per-tile mask (edge tiles may be partial)."""
     height, width = mask.shape
     rows, columns = -(-height // TILE), -(-width // TILE)
@@ -48,12 +29,12 @@ def _tiled(mask: Mask) -> Mask:
     return np.asarray(padded.reshape(rows, TILE, columns, TILE).any(axis=(1, 3)))
 
 
-def changed_tiles(old: Frame, new: Frame) -> Mask:
+def changed_tiles(old: Frame, new: Frame) -> TileMask:
     """Tiles where two frames of the same size differ."""
     return _tiled(old != new)
 
 
-def region_tiles(area: Rect, width: int, height: int) -> Mask:
+def region_tiles(area: Rect, width: int, height: int) -> TileMask:
     """Tiles that intersect `area`."""
     mask = np.zeros((-(-height // TILE), -(-width // TILE)), dtype=np.bool_)
     if not area.empty:
@@ -64,7 +45,7 @@ def region_tiles(area: Rect, width: int, height: int) -> Mask:
     return mask
 
 
-def covered_tiles(area: Rect, width: int, height: int) -> Mask:
+def covered_tiles(area: Rect, width: int, height: int) -> TileMask:
     """Tiles lying wholly inside `area` (a tile cut by the frame's edge counts whole)."""
     mask = np.zeros((-(-height // TILE), -(-width // TILE)), dtype=np.bool_)
     right = area.x + area.width
@@ -76,7 +57,7 @@ def covered_tiles(area: Rect, width: int, height: int) -> Mask:
     return mask
 
 
-def bounding_box(tiles: Mask, width: int, height: int, margin: int = 0) -> Rect:
+def bounding_box(tiles: TileMask, width: int, height: int, margin: int = 0) -> Rect:
     """The pixels of the marked tiles' bounding box (not empty), grown by `margin`,
     clipped to the frame."""
     rows, columns = np.flatnonzero(tiles.any(axis=1)), np.flatnonzero(tiles.any(axis=0))
@@ -87,7 +68,7 @@ def bounding_box(tiles: Mask, width: int, height: int, margin: int = 0) -> Rect:
     return Rect(x, y, min(right, width) - x, min(bottom, height) - y)
 
 
-def tile_rects(tiles: Mask, width: int, height: int) -> list[Rect]:
+def tile_rects(tiles: TileMask, width: int, height: int) -> list[Rect]:
     """Rectangles covering exactly the marked tiles, clipped to the frame."""
     rects: list[Rect] = []
     open_runs: dict[tuple[int, int], int] = {}  # (first column, end column) -> rect index
@@ -127,7 +108,7 @@ def _best_shift(old: npt.NDArray[np.uint32], new: npt.NDArray[np.uint32]) -> tup
     return best, best_score
 
 
-def estimate_motion(old: Frame, new: Frame, tiles: Mask) -> tuple[int, int] | None:
+def estimate_motion(old: Frame, new: Frame, tiles: TileMask) -> tuple[int, int] | None:
     """A candidate (dx, dy) offset for CopyRect from a few probe rows and columns through
     the marked tiles (and MAX_MOTION pixels around them), or None when standing still
     matches the probes best."""
@@ -145,7 +126,7 @@ def estimate_motion(old: Frame, new: Frame, tiles: Mask) -> tuple[int, int] | No
     return None if dy == 0 else (0, dy)
 
 
-def copyable_tiles(old: Frame, new: Frame, tiles: Mask, dx: int, dy: int) -> Mask:
+def copyable_tiles(old: Frame, new: Frame, tiles: TileMask, dx: int, dy: int) -> TileMask:
     """Marked tiles whose new pixels all equal the old frame at (x - dx, y - dy)."""
     height, width = new.shape
     box = bounding_box(tiles, width, height)

@@ -14,11 +14,8 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from pvdisplay.wire import fourcc
+from pvdisplay.outputs.feed.mirror import Frame
 from pvdisplay.wire.errors import ProtocolError
-
-Frame = npt.NDArray[np.uint32]
-"""A canonical frame: HxW uint32, 0x00RRGGBB."""
 
 _PIXEL_FORMAT = struct.Struct(">BBBBHHHBBB3x")
 PIXEL_FORMAT_SIZE: Final = _PIXEL_FORMAT.size
@@ -123,24 +120,3 @@ def client_pixels(frame: Frame, fmt: RfbPixelFormat) -> npt.NDArray[np.unsignedi
 def pixel_bytes(frame: Frame, fmt: RfbPixelFormat) -> bytes:
     """Raw-encoding bytes of a region: each pixel in the client's format, row by row."""
     return client_pixels(frame, fmt).tobytes()
-
-
-def canonical_frame(
-    fmt: fourcc.PixelFormat, buffer: npt.NDArray[np.uint8], width: int, height: int, stride: int
-) -> Frame:
-    """A fresh canonical copy of a guest picture in any displif format."""
-    if fmt in (fourcc.XRGB8888, fourcc.ARGB8888):
-        if width <= 0 or height <= 0 or stride < width * 4:
-            raise ProtocolError(errno.EINVAL, f"{width}x{height} at stride {stride}")
-        if buffer.size < stride * (height - 1) + width * 4:
-            raise ProtocolError(errno.EINVAL, "buffer too small for the picture")
-        rows = np.lib.stride_tricks.as_strided(
-            buffer, shape=(height, width * 4), strides=(stride, 1), writeable=False
-        )
-        # One pass: read the rows in place and clear the X byte into a fresh array.
-        frame = np.empty((height, width), dtype=np.uint32)
-        np.bitwise_and(rows.view("<u4"), np.uint32(0xFFFFFF), out=frame)
-        return frame
-    rgb = fourcc.to_rgb(fmt, buffer, width, height, stride).astype(np.uint32)
-    packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-    return np.asarray(packed, dtype=np.uint32)

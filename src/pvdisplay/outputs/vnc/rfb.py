@@ -24,8 +24,8 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from pvdisplay.outputs.feed.rect import Rect
 from pvdisplay.outputs.vnc import des
-from pvdisplay.outputs.vnc.damage import Rect
 from pvdisplay.outputs.vnc.pixels import PIXEL_FORMAT_SIZE, SERVER_FORMAT, RfbPixelFormat
 from pvdisplay.wire.errors import ProtocolError
 

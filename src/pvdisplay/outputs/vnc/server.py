@@ -1,13 +1,12 @@
 """The asyncio side of the VNC server: one RFB listener per connector.
 
-`VncServer` watches the display backend's planes socket. Each connector that shows up
-gets its own TCP port (`port`, `port + 1`, ... in order of appearance, kept for the
-life of the server, so a guest that reconnects or a backend that restarts keeps its
-address). Every client session runs the sans-IO `rfb.ServerConnection`, reads frames
-through `PlaneFeed` (zero-copy mapped, compared in place and shared by all
-clients of the connector, kept current tile by tile in a `FrameMirror`), encodes off the
-event loop, and sends input back with
-`PlaneClient.send_input`.
+`VncServer` follows the display backend's planes through the outputs' `PlaneFeed`. Each
+connector that shows up gets its own TCP port (`port`, `port + 1`, ... in order of
+appearance, kept for the life of the server, so a guest that reconnects or a backend that
+restarts keeps its address). Every client session runs the sans-IO
+`rfb.ServerConnection`, reads frames from the feed (zero-copy mapped, compared in place
+and shared by all clients of the connector, kept current tile by tile in a
+`CanonicalMirror`), encodes off the event loop, and sends input back through the feed.
 
 A client gets at most one update per request it sent, built from the newest frame
 when it is ready for it: a slow client skips frames, it never queues them.
@@ -17,201 +16,55 @@ import asyncio
 import contextlib
 import logging
 import os
-import threading
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
 import numpy as np
 
 from pvdisplay import logs
-from pvdisplay.ipc.buffers import SharedBuffer
-from pvdisplay.ipc.memory import SharedMapping
+from pvdisplay.outputs.feed.mirror import CanonicalMirror, Frame, Snapshot, TileMask
+from pvdisplay.outputs.feed.plane_feed import PlaneFeed
+from pvdisplay.outputs.feed.rect import Rect
 from pvdisplay.outputs.vnc import rfb
-from pvdisplay.outputs.vnc.damage import Mask, Rect
-from pvdisplay.outputs.vnc.mirror import FrameMirror
-from pvdisplay.outputs.vnc.pixels import Frame
 from pvdisplay.outputs.vnc.pointer import InputTranslator
 from pvdisplay.outputs.vnc.updates import UpdateEncoder
-from pvdisplay.planes.client import PlaneClient
 from pvdisplay.planes.input_events import InputEvent, Key, PointerMove
 from pvdisplay.planes.model import PlaneInfo, PlaneKey
-from pvdisplay.wire import fourcc
-from pvdisplay.wire.errors import ProtocolError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 5900
 READ_SIZE: Final = 1 << 16
-HANDLES_PER_CONNECTOR: Final = 3
 BLANK_SIZE: Final = (640, 480)
+
+
+Feed = PlaneFeed[CanonicalMirror]
 
 
 @dataclass(frozen=True)
 class Picture:
     """A connector's frame: the plane it came from (None: gone) and its canonical pixels,
-    the `mirror`'s frame as of `generation` (no mirror: a blank frame of its own)."""
+    the mirror's frame as of `snapshot` (None: a blank frame of its own)."""
 
     plane: PlaneInfo | None
     frame: Frame
-    mirror: FrameMirror | None = None
-    generation: int = 0
+    snapshot: Snapshot[CanonicalMirror] | None = None
 
-    def changed_after(self, previous: "Picture | None") -> Mask | None:
+    def changed_after(self, previous: "Picture | None") -> TileMask | None:
         """The tiles that may differ from `previous`, None if unknown (compare them)."""
-        if previous is None or self.mirror is None or previous.mirror is not self.mirror:
+        if previous is None or self.snapshot is None:
             return None
-        return self.mirror.changed_since(previous.generation)
+        return self.snapshot.changed_after(previous.snapshot)
 
 
-class PlaneFeed:
-    """Frames and changes of every connector, from one planes socket.
-
-    A thread follows the socket's change stream and hands each change to the loop;
-    another (single) thread fetches buffer handles and copies frames out of them.
-    """
-
-    def __init__(self, planes_socket: str | os.PathLike[str]) -> None:
-        self._path = Path(planes_socket)
-        self._planes: dict[PlaneKey, PlaneInfo] = {}
-        self._versions: dict[PlaneKey, int] = {}
-        self._changed: dict[PlaneKey, asyncio.Event] = {}
-        self._pictures: dict[PlaneKey, tuple[int, asyncio.Future[Picture]]] = {}
-        self._handles: dict[PlaneKey, dict[str, tuple[SharedBuffer, SharedMapping]]] = {}
-        self._mirrors: dict[PlaneKey, FrameMirror] = {}
-        self._new_key: asyncio.Queue[PlaneKey] = asyncio.Queue()
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="vnc-frames")
-        self._input_worker = ThreadPoolExecutor(1, thread_name_prefix="vnc-input")
-        self._reader: PlaneClient | None = None
-        self._watcher: PlaneClient | None = None
-        self._inputs: PlaneClient | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._reader = PlaneClient(self._path)
-        self._inputs = PlaneClient(self._path)
-        self._watcher = PlaneClient(self._path)
-        changes = self._watcher.watch()  # registered before the list: no change is missed
-        for plane in self._reader.list():
-            self._apply(plane, removed=False)
-        threading.Thread(
-            target=self._follow, args=(changes,), name="vnc-watch", daemon=True
-        ).start()
-
-    def close(self) -> None:
-        for client in (self._watcher, self._reader, self._inputs):
-            if client is not None:
-                with contextlib.suppress(OSError):
-                    client.close()
-        self._worker.shutdown(wait=True)
-        self._input_worker.shutdown(wait=True)
-        for handles in self._handles.values():
-            for handle, mapping in handles.values():
-                mapping.close()
-                handle.close()
-        self._handles.clear()
-
-    async def new_connector(self) -> PlaneKey:
-        """The next connector seen for the first time."""
-        return await self._new_key.get()
-
-    def plane(self, key: PlaneKey) -> PlaneInfo | None:
-        return self._planes.get(key)
-
-    def version(self, key: PlaneKey) -> int:
-        """Counts changes of the connector; unchanged means the same picture."""
-        return self._versions.get(key, 0)
-
-    async def wait_change(self, key: PlaneKey, version: int) -> None:
-        """Return once the connector's version differs from `version`."""
-        event = self._changed.setdefault(key, asyncio.Event())
-        while self.version(key) == version:
-            event.clear()
-            await event.wait()
-
-    async def picture(self, key: PlaneKey) -> Picture:
-        """The connector's current picture; clients of one connector share each copy."""
-        version = self.version(key)
-        shared = self._pictures.get(key)
-        if shared is None or shared[0] != version:
-            loop = asyncio.get_running_loop()
-            future = loop.run_in_executor(self._worker, self._grab, key, self._planes.get(key))
-            shared = self._pictures[key] = (version, future)
-        return await asyncio.shield(shared[1])
-
-    async def send_input(self, key: PlaneKey, events: Sequence[InputEvent]) -> None:
-        """Deliver to the connector's vkbd; input for a guest without one is dropped."""
-        if not events or self._inputs is None:
-            return
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._input_worker, self._inputs.send_input, key, events)
-        except (OSError, ProtocolError) as error:
-            log.debug("input not delivered", extra=logs.fields(plane=key, error=error))
-
-    # -- threads --------------------------------------------------------------------------
-
-    def _follow(self, changes: object) -> None:
-        assert self._loop is not None
-        try:
-            for change in changes:  # type: ignore[attr-defined]
-                self._loop.call_soon_threadsafe(self._apply, change.plane, change.removed)
-        except (OSError, EOFError, ProtocolError, RuntimeError) as error:
-            log.info("planes watch ended", extra=logs.fields(reason=error))
-
-    def _apply(self, plane: PlaneInfo, removed: bool) -> None:
-        key = plane.key
-        if key not in self._versions:
-            self._new_key.put_nowait(key)
-        if removed:
-            self._planes.pop(key, None)
-        else:
-            self._planes[key] = plane
-        self._versions[key] = self._versions.get(key, 0) + 1
-        self._changed.setdefault(key, asyncio.Event()).set()
-
-    def _grab(self, key: PlaneKey, known: PlaneInfo | None) -> Picture:
-        """Bring the connector's mirror up to the guest's pages (worker thread)."""
-        assert self._reader is not None
-        if known is None:
-            return _blank(None)
-        handles = self._handles.setdefault(key, {})
-        mapped = handles.get(known.buffer_id)
-        plane = known
-        if mapped is None:
-            try:
-                plane, handle = self._reader.get(key.domid, key.connector, key.devid)
-            except OSError:
-                return _blank(known)
-            if handle is None:
-                return _blank(plane)
-            mapped = handles[plane.buffer_id] = (handle, handle.map())
-            while len(handles) > HANDLES_PER_CONNECTOR:
-                old_handle, old_mapping = handles.pop(next(iter(handles)))
-                old_mapping.close()
-                old_handle.close()
-        if plane.fb_cookie == 0:
-            return _blank(plane)
-        fmt = fourcc.by_fourcc(fourcc.fourcc_code(plane.fourcc))
-        mirror = self._mirrors.get(key)
-        if mirror is None or mirror.geometry != (
-            fmt.fourcc,
-            plane.width,
-            plane.height,
-            plane.stride,
-        ):
-            mirror = self._mirrors[key] = FrameMirror(fmt, plane.width, plane.height, plane.stride)
-        view = mapped[1].array()
-        try:
-            mirror.update(view[plane.offset :])
-        finally:
-            del view  # no view may outlive this call: the mapping closes when evicted
-        return Picture(plane, mirror.frame, mirror, mirror.generation)
+async def current_picture(feed: Feed, key: PlaneKey) -> Picture:
+    """The connector's picture now; clients of one connector share each update."""
+    capture = await feed.capture(key)
+    if capture is None:
+        return _blank(feed.planes.get(key))
+    return Picture(capture.info, capture.snapshot.mirror.frame, capture.snapshot)
 
 
 def desktop_size(plane: PlaneInfo | None) -> tuple[int, int]:
@@ -252,7 +105,7 @@ class _Session:
 
     def __init__(
         self,
-        feed: PlaneFeed,
+        feed: Feed,
         key: PlaneKey,
         password: str | None,
         reader: asyncio.StreamReader,
@@ -299,7 +152,7 @@ class _Session:
                 await self.writer.wait_closed()
 
     def _server_init(self) -> None:
-        plane = self.feed.plane(self.key)
+        plane = self.feed.planes.get(self.key)
         width, height = desktop_size(plane)
         self.connection.server_init(width, height, desktop_name(self.key, plane))
         log.info(
@@ -334,7 +187,7 @@ class _Session:
         elif isinstance(event, rfb.KeyEvent):
             await self._send_input(self.translator.key(event))
         elif isinstance(event, rfb.PointerEvent):
-            events = _on_connector(self.translator.pointer(event), self.feed.plane(self.key))
+            events = _on_connector(self.translator.pointer(event), self.feed.planes.get(self.key))
             await self._send_input(events)
 
     async def _send_input(self, events: list[InputEvent]) -> None:
@@ -357,7 +210,7 @@ class _Session:
             if request.incremental and seen == self.feed.version(self.key):
                 await self.feed.wait_change(self.key, seen)
             seen = self.feed.version(self.key)
-            picture = await self.feed.picture(self.key)
+            picture = await current_picture(self.feed, self.key)
             request = self.request
             assert request is not None
             changed, self.given = picture.changed_after(self.given), picture
@@ -400,7 +253,7 @@ class VncServer:
         port: int = DEFAULT_PORT,
         password: str | None = None,
     ) -> None:
-        self.feed = PlaneFeed(planes_socket)
+        self.feed: Feed = PlaneFeed(planes_socket, CanonicalMirror)
         self.host = host
         self.port = port
         self.password = password
@@ -410,9 +263,12 @@ class VncServer:
         self._opener: asyncio.Task[None] | None = None
         self._next_port = port
         self._listening = asyncio.Condition()
+        self._seen: set[PlaneKey] = set()
+        self._new_keys: asyncio.Queue[PlaneKey] = asyncio.Queue()
 
     async def start(self) -> None:
-        await self.feed.start()
+        self.feed.subscribe(self._on_change)
+        await self.feed.connect()
         self._opener = asyncio.create_task(self._open_listeners())
 
     async def wait_port(self, key: PlaneKey) -> int:
@@ -435,7 +291,7 @@ class VncServer:
         await asyncio.gather(*self._sessions, return_exceptions=True)
         for server in self._servers:
             await server.wait_closed()
-        self.feed.close()
+        await self.feed.close()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -449,9 +305,14 @@ class VncServer:
     ) -> None:
         await self.close()
 
+    def _on_change(self, key: PlaneKey | None) -> None:
+        if key is not None and key not in self._seen:
+            self._seen.add(key)
+            self._new_keys.put_nowait(key)
+
     async def _open_listeners(self) -> None:
         while True:
-            key = await self.feed.new_connector()
+            key = await self._new_keys.get()
             wanted = self._next_port
             if self.port != 0:
                 self._next_port += 1

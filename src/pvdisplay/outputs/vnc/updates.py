@@ -11,9 +11,10 @@ from typing import Final
 
 import numpy as np
 
+from pvdisplay.outputs.feed.mirror import Frame, TileMask
+from pvdisplay.outputs.feed.rect import Rect
 from pvdisplay.outputs.vnc import damage, rfb
-from pvdisplay.outputs.vnc.damage import Rect
-from pvdisplay.outputs.vnc.pixels import SERVER_FORMAT, Frame, RfbPixelFormat, pixel_bytes
+from pvdisplay.outputs.vnc.pixels import SERVER_FORMAT, RfbPixelFormat, pixel_bytes
 from pvdisplay.outputs.vnc.zrle import ZrleEncoder
 
 # In our order of preference; pseudo-encodings and anything else are ignored.
@@ -41,7 +42,7 @@ class UpdateEncoder:
         # What the client's framebuffer holds (exactly: patched with what was encoded), and
         # the tiles where it may differ from the frame last given to `update`.
         self._sent: Frame | None = None
-        self._pending: damage.Mask | None = None
+        self._pending: TileMask | None = None
         self._zrle = ZrleEncoder()
 
     @property
@@ -53,13 +54,13 @@ class UpdateEncoder:
         return rfb.ENCODING_RAW
 
     def update(
-        self, frame: Frame, area: Rect, incremental: bool, changed: damage.Mask | None = None
+        self, frame: Frame, area: Rect, incremental: bool, changed: TileMask | None = None
     ) -> bytes | None:
         """The FramebufferUpdate answering a request for `area`, or None if nothing changed
         (an incremental request then waits for the next frame).
 
         `changed`: the tiles of `frame` that may differ from the frame of the previous call
-        (a `FrameMirror`'s clock knows them), so nothing is compared; None: not known,
+        (a mirror's clock knows them), so nothing is compared; None: not known,
         compare `frame` with what the client holds. `frame` may be written meanwhile:
         the client's copy is kept from what was encoded, not from `frame`.
         """
@@ -109,7 +110,7 @@ class UpdateEncoder:
         count = len(prefix) + len(body)
         return rfb.update_header(count) + b"".join(prefix) + b"".join(body)
 
-    def _copies(self, frame: Frame, tiles: damage.Mask) -> list[tuple[Rect, int, int]]:
+    def _copies(self, frame: Frame, tiles: TileMask) -> list[tuple[Rect, int, int]]:
         """CopyRects for moved tiles (removed from `tiles`), in a safe order."""
         if rfb.ENCODING_COPYRECT not in self.encodings or self._sent is None:
             return []

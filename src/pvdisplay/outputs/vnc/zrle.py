@@ -19,7 +19,8 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from pvdisplay.outputs.vnc.pixels import Frame, RfbPixelFormat, client_pixels
+from pvdisplay.outputs.feed.mirror import Frame
+from pvdisplay.outputs.vnc.pixels import RfbPixelFormat, client_pixels
 
 TILE: Final = 64
 # Level 1: a 1080p frame must compress in tens of milliseconds; higher levels buy little

@@ -7,7 +7,7 @@
 
 or `await serve(planes_socket, host, port)` to run until cancelled, or
 `BackgroundViewer(planes_socket, host, port)` from synchronous code (a thread of its
-own). The server is a local client of the display backend's planes socket (`PlaneFeed`),
+own). The server reads the display backend's planes through the outputs' `PlaneFeed`,
 and of xenstored's read-only socket for the domain names the index shows (`names`);
 everything it decides (diffs, encodings, pacing, input decoding) is in the sans-IO
 modules next to it.
@@ -31,8 +31,9 @@ from urllib.parse import urlsplit
 from aiohttp import WSMsgType, web
 
 from pvdisplay import logs
+from pvdisplay.outputs.feed.mirror import GuestMirror
+from pvdisplay.outputs.feed.plane_feed import PlaneFeed
 from pvdisplay.outputs.web.browser_input import BrowserInput
-from pvdisplay.outputs.web.feed import PlaneFeed
 from pvdisplay.outputs.web.names import DomainNames
 from pvdisplay.outputs.web.session import ViewerSession
 from pvdisplay.outputs.web.tiles import DEFAULT_QUALITY, Quality
@@ -70,7 +71,7 @@ class WebViewer:
         self.host = host
         self.port = port
         self.quality = quality
-        self.feed = PlaneFeed(Path(planes_socket))
+        self.feed = PlaneFeed(planes_socket, GuestMirror)
         self.names = DomainNames(xenstore_socket)
         self.encoders = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="web-encode")
         self._runner: web.AppRunner | None = None

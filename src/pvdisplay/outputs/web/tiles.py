@@ -1,9 +1,8 @@
-"""What changed between two frames, and the smallest way to send each changed region.
+"""The smallest way to send each changed region of a connector's picture.
 
-A `Mirror` keeps each connector's picture in the guest's own pixel format and finds what
-changed by comparing the guest's pages with it in place (8 bytes at a time where the
-stride allows), copying only the changed `TILE`-pixel tiles; a tile clock then tells each
-viewer what changed since its last frame. A mask becomes rectangles (runs along a tile
+The feed keeps each connector's picture in the guest's own pixel format
+(`pvdisplay.outputs.feed.mirror.GuestMirror`) and its tile clock tells each viewer what
+changed since its last frame. A mask of changed tiles becomes rectangles (runs along a tile
 row, then identical runs down consecutive rows, at most `BAND_ROWS` pixels high so a
 large change becomes bands that can be encoded in parallel), each sent as JPEG or as
 lossless PNG, whichever a trial on the rectangle (or on a sample of its rows, for tall
@@ -24,14 +23,14 @@ import numpy as np
 import numpy.typing as npt
 import simplejpeg
 
-from pvdisplay.outputs.tile_clock import TileClock, runs
+from pvdisplay.outputs.feed.mirror import TILE, GuestMirror, TileMask, runs
+from pvdisplay.outputs.feed.rect import Rect
 from pvdisplay.wire import fourcc
 from pvdisplay.wire.fourcc import PixelFormat
 
 Rgb = npt.NDArray[np.uint8]
 Kind = Literal["jpeg", "png"]
 
-TILE: Final = 64
 BAND_ROWS: Final = 128
 # Tall rectangles are judged on this many of their middle rows, not encoded twice whole.
 SAMPLE_ROWS: Final = 16
@@ -41,8 +40,6 @@ LOSSLESS: Final = "lossless"
 DEFAULT_QUALITY: Final = 80
 HEADER_LENGTH: Final = struct.Struct("<I")
 
-TileMask = npt.NDArray[np.bool_]
-"""One flag per tile, rows by columns: set where the tile changed."""
 Quality = int | Literal["lossless"]
 """JPEG quality 1..100 (lossless PNG still wins where it is smaller), or lossless only."""
 
@@ -56,22 +53,18 @@ def parse_quality(text: str) -> Quality:
 
 
 @dataclass(frozen=True)
-class Rect:
-    x: int
-    y: int
-    width: int
-    height: int
-
-
-@dataclass(frozen=True)
 class Picture:
-    """`height` rows of `stride` bytes of `fmt` pixels (a `Mirror`'s, or a test's)."""
+    """`height` rows of `stride` bytes of `fmt` pixels (a `GuestMirror`'s, or a test's)."""
 
     fmt: PixelFormat
     width: int
     height: int
     stride: int
     data: npt.NDArray[np.uint8]  # 1-D, stride * height bytes
+
+    @classmethod
+    def of(cls, mirror: GuestMirror) -> "Picture":
+        return cls(mirror.fmt, mirror.width, mirror.height, mirror.stride, mirror.data)
 
     @property
     def geometry(self) -> tuple[int, int, int, int]:
@@ -109,97 +102,6 @@ class Tile:
     rect: Rect
     kind: Kind
     data: bytes
-
-
-class Mirror(TileClock):
-    """The last picture captured of one connector, kept up to date tile by tile.
-
-    `update` compares the guest's bytes in place with the mirror, band of `TILE` rows by
-    band (so the comparison stays in cache), and copies only the tiles that differ, so a
-    small change costs one read of the guest's picture and little else: no full copy, no
-    full-frame temporaries. Each update that changes something is a new *generation*;
-    a per-tile clock records the generation that last wrote each tile, so any number of
-    viewers learn what changed since the picture they were sent (`changed_since`)
-    without comparing pixels again.
-
-    The guest may draw while it is read: a tile read half-old is as a VNC server would
-    see it, and the flip that follows the drawing makes the next update find the rest.
-    Readers of an older generation may meet newer tiles (written meanwhile): those carry
-    a later clock, so they are sent again. One update at a time.
-    """
-
-    def __init__(self, fmt: PixelFormat, width: int, height: int, stride: int) -> None:
-        self.grid = (-(-height // TILE), -(-width // TILE))
-        super().__init__(self.grid)
-        self.picture = Picture(fmt, width, height, stride, np.zeros(stride * height, np.uint8))
-        # Whole 64-bit words where rows are aligned to them; TILE pixels are always a whole
-        # number of words (TILE * bits_per_pixel is a multiple of 64).
-        self._word = 8 if stride % 8 == 0 else 1
-        self._row_words = -(-fmt.min_pitch(width) // self._word)
-        tile_words = TILE * fmt.bits_per_pixel // (8 * self._word)
-        self._tile_words = tile_words
-        self._tile_starts = np.arange(0, self._row_words, tile_words)
-        self._differs = np.empty((TILE, self._row_words), dtype=bool)
-
-    @property
-    def geometry(self) -> tuple[int, int, int, int]:
-        return self.picture.geometry
-
-    def snapshot(self) -> "Snapshot":
-        return Snapshot(self, self.generation)
-
-    def update(self, source: npt.NDArray[np.uint8]) -> TileMask:
-        """Bring the mirror up to `source` (`stride * height` bytes in its geometry, which
-        may be the guest's own pages); returns the tiles that changed."""
-        picture = self.picture
-        if self.generation == 0:
-            np.copyto(picture.data, source[: picture.data.size])
-            mask: TileMask = np.ones(self.grid, dtype=bool)
-        else:
-            mask = np.zeros(self.grid, dtype=bool)
-            new_rows, old_rows = self._rows(source), self._rows(picture.data)
-            for band, top in enumerate(range(0, picture.height, TILE)):
-                new, old = new_rows[top : top + TILE], old_rows[top : top + TILE]
-                differs = np.not_equal(new, old, out=self._differs[: len(new)])
-                if not differs.any():
-                    continue
-                changed = np.logical_or.reduceat(differs.any(axis=0), self._tile_starts)
-                mask[band] = changed
-                if changed.all():
-                    old[...] = new
-                    continue
-                for first, end in runs(changed):
-                    words = np.s_[:, first * self._tile_words : end * self._tile_words]
-                    old[words] = new[words]
-        self._tick(mask)
-        return mask
-
-    def _rows(self, data: npt.NDArray[np.uint8]) -> npt.NDArray[np.generic]:
-        height, stride = self.picture.height, self.picture.stride
-        dtype = np.uint64 if self._word == 8 else np.uint8
-        words = data[: height * stride].view(dtype).reshape(height, stride // self._word)
-        return words[:, : self._row_words]
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """A mirror as of one generation: what a viewer is sent, and what it diffs against next."""
-
-    mirror: Mirror
-    generation: int
-
-    @property
-    def picture(self) -> Picture:
-        return self.mirror.picture
-
-    def changed_after(self, sent: "Snapshot | None") -> TileMask:
-        """The tiles a viewer holding `sent` lacks: all of them unless `sent` is an earlier
-        generation of the same mirror."""
-        if sent is None or sent.mirror is not self.mirror:
-            return np.ones(self.mirror.grid, dtype=bool)
-        if sent.generation == self.generation:  # an update running now shows next time
-            return np.zeros(self.mirror.grid, dtype=bool)
-        return self.mirror.changed_since(sent.generation)
 
 
 def mask_rects(mask: TileMask, width: int, height: int) -> list[Rect]:
