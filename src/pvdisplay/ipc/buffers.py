@@ -1,6 +1,7 @@
 """Zero-copy buffer handles: memory objects, a page layout, a lease and an unguessable id.
 
-A handle is the emulation's dma-buf. It holds the memfds its pages live in, the runs
+A handle is the emulation's dma-buf. It holds the memfds its pages live in (or, on
+real Xen, the gntdev or gntalloc character devices they are mapped from), the runs
 of pages that make up the buffer, and, for handles exported from grant refs, a *lease*:
 the write end of a pipe whose read end the broker (and the exporter) watch. Every copy
 of the handle, in any process, and every mapping made from one, holds the lease open;
@@ -13,6 +14,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 from collections.abc import Sequence
 
 from pvdisplay.ipc import framing
@@ -135,13 +137,17 @@ class SharedBuffer:
         if not objects or not segments:
             raise ProtocolError(errno.EINVAL, "buffer without memory")
         try:
-            sizes = [sealed_pages(fd) for fd in objects]
+            # A character device (Xen's gntdev or gntalloc) has no size to check: mmap
+            # refuses a range it does not hold, with no SIGBUS later, as a memfd that
+            # could shrink would give.
+            sizes = [None if _is_device(fd) else sealed_pages(fd) for fd in objects]
         except HypervisorError as exc:
             raise ProtocolError(errno.EINVAL, exc.strerror or "bad memory object") from None
         for seg in segments:
             if seg.object_index >= len(objects) or seg.pages < 1:
                 raise ProtocolError(errno.EINVAL, f"bad segment {seg}")
-            if seg.first_page + seg.pages > sizes[seg.object_index]:
+            size = sizes[seg.object_index]
+            if size is not None and seg.first_page + seg.pages > size:
                 raise ProtocolError(errno.EINVAL, f"segment {seg} beyond its object")
         return cls(handle_id, objects, segments, readonly, fds[-1] if leased else None)
 
@@ -160,3 +166,10 @@ class SharedBuffer:
 
     def __repr__(self) -> str:
         return f"SharedBuffer(id={self._id}, pages={self.pages}, readonly={self._readonly})"
+
+
+def _is_device(fd: int) -> bool:
+    try:
+        return stat.S_ISCHR(os.fstat(fd).st_mode)
+    except OSError:
+        return False

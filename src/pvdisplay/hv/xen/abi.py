@@ -13,7 +13,10 @@ although most pass data both ways; only the number matters to the kernel.
 
 Several structs end in a one-element array the caller extends (`refs[1]`,
 `gref_ids[1]`): their `Layout` covers the C struct (the first element included, as
-`sizeof` does), and the `*_request` helpers build the longer buffer.
+`sizeof` does), and the `*_request` helpers build the longer buffer. Requests are
+built here only for the calls the adapters make; the rest of the ABI (grant copy,
+unmap notification, the dma-buf calls, RESTRICT_DOMID) is mirrored and proven so that
+using it later starts from checked numbers.
 """
 
 import struct
@@ -205,8 +208,6 @@ LAYOUTS = (
 _U32 = struct.Struct("<I")
 _MAP_HEADER = GNTDEV_MAP_GRANT_REF.fields["refs[0].domid"].offset
 _ALLOC_HEADER = GNTALLOC_ALLOC_GREF.fields["gref_ids[0]"].offset
-_EXP_HEADER = GNTDEV_DMABUF_EXP_FROM_REFS.fields["refs[0]"].offset
-_IMP_HEADER = GNTDEV_DMABUF_IMP_TO_REFS.fields["refs[0]"].offset
 
 
 def _with_room(request: bytes, size: int) -> bytearray:
@@ -232,14 +233,6 @@ def unmap_grant_ref_request(index: int, count: int) -> bytearray:
     return bytearray(GNTDEV_UNMAP_GRANT_REF.pack(index, count, 0))
 
 
-def set_max_grants_request(count: int) -> bytearray:
-    return bytearray(GNTDEV_SET_MAX_GRANTS.pack(count))
-
-
-def gntdev_unmap_notify_request(index: int, action: int, port: int) -> bytearray:
-    return bytearray(GNTDEV_UNMAP_NOTIFY.pack(index, action, port))
-
-
 def alloc_gref_request(domid: int, count: int, writable: bool) -> bytearray:
     """IOCTL_GNTALLOC_ALLOC_GREF's argument, with room for the `count` refs it returns."""
     if count < 1:
@@ -260,45 +253,6 @@ def dealloc_gref_request(index: int, count: int) -> bytearray:
     return bytearray(GNTALLOC_DEALLOC_GREF.pack(index, count))
 
 
-def gntalloc_unmap_notify_request(index: int, action: int, port: int) -> bytearray:
-    return bytearray(GNTALLOC_UNMAP_NOTIFY.pack(index, action, port))
-
-
-def dmabuf_exp_from_refs_request(domid: int, refs: Sequence[int], flags: int = 0) -> bytearray:
-    """IOCTL_GNTDEV_DMABUF_EXP_FROM_REFS's argument; the kernel writes the dma-buf fd."""
-    if not refs:
-        raise ValueError("no grant refs to export")
-    header = GNTDEV_DMABUF_EXP_FROM_REFS.pack(flags, len(refs), 0, domid, 0)[:_EXP_HEADER]
-    return _with_room(
-        header + struct.pack(f"<{len(refs)}I", *refs), GNTDEV_DMABUF_EXP_FROM_REFS.struct.size
-    )
-
-
-def dmabuf_exp_from_refs_fd(reply: bytes | bytearray) -> int:
-    return int(GNTDEV_DMABUF_EXP_FROM_REFS.unpack(reply)[2])
-
-
-def dmabuf_exp_wait_released_request(fd: int, wait_ms: int) -> bytearray:
-    return bytearray(GNTDEV_DMABUF_EXP_WAIT_RELEASED.pack(fd, wait_ms))
-
-
-def dmabuf_imp_to_refs_request(fd: int, count: int, domid: int) -> bytearray:
-    """IOCTL_GNTDEV_DMABUF_IMP_TO_REFS's argument, with room for the refs it returns."""
-    if count < 1:
-        raise ValueError("no pages to import")
-    header = GNTDEV_DMABUF_IMP_TO_REFS.pack(fd, count, domid, 0, 0)[:_IMP_HEADER]
-    return _with_room(header + bytes(_U32.size * count), GNTDEV_DMABUF_IMP_TO_REFS.struct.size)
-
-
-def dmabuf_imp_to_refs_reply(reply: bytes | bytearray) -> list[int]:
-    count = GNTDEV_DMABUF_IMP_TO_REFS.unpack(reply)[1]
-    return list(struct.unpack_from(f"<{count}I", reply, _IMP_HEADER))
-
-
-def dmabuf_imp_release_request(fd: int) -> bytearray:
-    return bytearray(GNTDEV_DMABUF_IMP_RELEASE.pack(fd, 0))
-
-
 def bind_interdomain_request(remote_domain: int, remote_port: int) -> bytearray:
     return bytearray(EVTCHN_BIND_INTERDOMAIN.pack(remote_domain, remote_port))
 
@@ -310,10 +264,6 @@ def bind_unbound_port_request(remote_domain: int) -> bytearray:
 def port_request(port: int) -> bytearray:
     """The argument of IOCTL_EVTCHN_UNBIND and IOCTL_EVTCHN_NOTIFY (one port each)."""
     return bytearray(EVTCHN_NOTIFY.pack(port))
-
-
-def restrict_domid_request(domid: int) -> bytearray:
-    return bytearray(EVTCHN_RESTRICT_DOMID.pack(domid))
 
 
 def decode_ports(data: bytes) -> list[int]:
