@@ -29,7 +29,7 @@ from pvdisplay.toolstack.host import EmulatedHost, apply_plan
 
 BACKEND = 0
 PATIENCE = 60.0  # hang protection only: nothing asserts how fast anything happens
-DISPLAY_SERVICE = "pvdisplay.display.service:run"
+DISPLAY_SERVICE = "pvdisplay.backend_domain:run"
 
 # Debian's Chromium, headless, with nothing that reaches out to the network on its own.
 CHROMIUM = Path("/usr/bin/chromium")

@@ -1,6 +1,7 @@
 """The `pvdisplay` command."""
 
 import asyncio
+import signal
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -8,8 +9,9 @@ from typing import Any, TypeVar
 
 import click
 
-from pvdisplay import __version__, logs, toolstack
+from pvdisplay import __version__, backend_domain, logs, toolstack
 from pvdisplay import snapshot as snapshots
+from pvdisplay.hv import xen
 from pvdisplay.outputs.vnc import des as vnc_des
 from pvdisplay.outputs.vnc import server as vnc_server
 from pvdisplay.outputs.web import server as web_server
@@ -189,14 +191,89 @@ def snapshot(
 
 
 @main.command()
-@_host_options("default: no guests.")
-def backend(**options: Any) -> None:
-    """Run the emulated host without demo guests (only --config's) until Ctrl-C.
+@click.option(
+    "--hv",
+    type=click.Choice(["local", "xen"]),
+    help="The hypervisor: xen runs in a real dom0 beside its xenstored and xl; local runs "
+    "the emulated host.  [default: xen where /proc/xen/capabilities says control_d, "
+    "else local]",
+)
+@_host_options("default: no guests. Local only: on Xen, xl creates guests.")
+def backend(hv: str | None, **options: Any) -> None:
+    """Run the display and input backends, and the web viewer, until Ctrl-C.
 
-    xenstored, the hypervisor broker, the display and input backend as domain 0, and the
-    web viewer: what `demo` runs, with the guests only from --config.
+    On Xen (docs/real-xen.md): in dom0, serving the vdispl and vkb devices xl creates,
+    with the planes socket in --run-dir. Locally: the emulated host without demo guests
+    (xenstored, the hypervisor broker, the backends as domain 0, guests from --config).
     """
-    _run_host(host.BACKEND_ONLY, **options)
+    chosen = hv or ("xen" if xen_control_domain() else "local")
+    if chosen == "local":
+        _run_host(host.BACKEND_ONLY, **options)
+        return
+    if options["config_path"] is not None:
+        raise click.UsageError(
+            "--config describes emulated guests; on Xen, xl creates guests (docs/real-xen.md)"
+        )
+    _run_on_xen(**{k: v for k, v in options.items() if k != "config_path"})
+
+
+def xen_control_domain() -> bool:
+    """Whether this is a Xen control domain (dom0), as xencommons decides it."""
+    try:
+        capabilities = Path("/proc/xen/capabilities").read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return "control_d" in capabilities
+
+
+def _run_on_xen(run_dir: str | None, web_listen: str, no_web: bool, copy_frames: bool) -> None:
+    try:
+        web = None if no_web else web_server.parse_listen(web_listen)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--web") from None
+    directory = Path(run_dir) if run_dir else host.default_run_dir()
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        hypervisor = xen.open_hypervisor()
+    except OSError as error:
+        raise click.ClickException(
+            f"cannot open Xen's devices: {error} (run as root in dom0, with the xen-evtchn, "
+            "xen-gntdev and xen-gntalloc modules loaded)"
+        ) from None
+    options = backend_domain.Options(None, str(directory / "planes.sock"), copy_frames)
+    try:
+        asyncio.run(_serve_on_xen(hypervisor, options, web))
+    except (OSError, ConnectionError) as error:
+        raise click.ClickException(
+            f"cannot serve as Xen's display backend: {error} (is xenstored running, and is "
+            "another `pvdisplay backend` using the run directory? pass --run-dir)"
+        ) from None
+    finally:
+        hypervisor.close()
+
+
+async def _serve_on_xen(
+    hypervisor: xen.XenHypervisor, options: backend_domain.Options, web: tuple[str, int] | None
+) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(number, stop.set)
+    async with backend_domain.BackendDomain(hypervisor, options):
+        viewer = None
+        if web is not None:
+            viewer = web_server.WebViewer(options.planes_socket, *web)
+            await viewer.start()
+        try:
+            click.echo(f"display and input backend of Xen domain {hypervisor.domid}")
+            click.echo(f"  planes socket {options.planes_socket}")
+            if viewer is not None:
+                click.echo(f"  web viewer {viewer.url}")
+            click.echo("stop with Ctrl-C")
+            await stop.wait()
+        finally:
+            if viewer is not None:
+                await viewer.close()
 
 
 @main.command()

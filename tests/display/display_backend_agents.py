@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pvdisplay import xenbus
-from pvdisplay.display import service
+from pvdisplay import backend_domain, xenbus
 from pvdisplay.display.backend import ConnectorConfig, DeviceConfig, DisplayDevice
 from pvdisplay.display.limits import DEFAULT_PAGE_BUDGET
 from pvdisplay.hv import GuestMemory, Hypervisor, Mapping
@@ -204,7 +203,7 @@ class FrontendAgent:
 def restartable_backend(hv: Hypervisor, control: Connection, *args: str) -> None:
     """The backend service; after "stop" it waits for "start" to run again (a restart)."""
     while True:
-        service.run(hv, control, *args)
+        backend_domain.run(hv, control, *args)
         try:
             if control.recv() != "start":
                 return

@@ -36,7 +36,7 @@ class ServiceRig(Rig):
             # The id is free again only once the broker has destroyed the old domain.
             assert self.host.wait_released(BACKEND_DOMID, 10)
         return self.host.start_domain(
-            "pvdisplay.display.service:run",
+            "pvdisplay.backend_domain:run",
             str(self.xenstore_dir),
             str(self.planes_socket),
             domid=BACKEND_DOMID,

@@ -130,6 +130,24 @@ def test_backend_and_demo_say_in_one_line_what_is_wrong_with_a_config(tmp_path: 
         )
 
 
+def test_backend_on_xen_without_xen_s_devices_says_so_in_one_line(run_dir: Path) -> None:
+    if Path("/dev/xen/evtchn").exists():
+        pytest.skip("this machine has Xen's devices")
+    result = CliRunner().invoke(main, ["backend", "--hv", "xen", "--run-dir", str(run_dir)])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: cannot open Xen's devices: ")
+    assert result.output.endswith("xen-gntdev and xen-gntalloc modules loaded)\n")
+    assert result.output.count("\n") == 1
+
+
+def test_backend_on_xen_refuses_a_config_of_emulated_guests(tmp_path: Path) -> None:
+    config = tmp_path / "guests.toml"
+    config.write_text(CONFIG)
+    result = CliRunner().invoke(main, ["backend", "--hv", "xen", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "--config describes emulated guests; on Xen, xl creates guests" in result.output
+
+
 # -- pvdisplay vnc --password-file ---------------------------------------------------------
 
 

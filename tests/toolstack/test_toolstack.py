@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pvdisplay import toolstack
-from pvdisplay.display import front, service
+from pvdisplay import backend_domain, toolstack
+from pvdisplay.display import front
 from pvdisplay.display.limits import DEFAULT_PAGE_BUDGET, MAX_BUFFER_SIZE
 from pvdisplay.store.aio import AsyncClient
 from pvdisplay.store.client import Client
@@ -162,16 +162,18 @@ def test_toml_errors_name_the_key(text: str, message: str) -> None:
 def test_the_page_budget_reaches_the_backend_s_arguments() -> None:
     config = toolstack.parse_config("[backend]\npage_budget = 4096\n[[guest]]\nname = 'a'")
     assert config.backend.page_budget == 4096
-    args = service.Options("xs", "planes", page_budget=config.backend.page_budget).to_args()
-    assert service.Options.from_args(tuple(args)).page_budget == 4096
-    assert service.Options.from_args(("xs", "planes")).page_budget == DEFAULT_PAGE_BUDGET
+    args = backend_domain.domain_args("xs", "planes", False, config.backend.page_budget)
+    assert backend_domain.options_from_args(0, tuple(args)).page_budget == 4096
+    options = backend_domain.options_from_args(3, ("xs", "planes"))
+    assert options.page_budget == DEFAULT_PAGE_BUDGET
+    assert options.xenstore_socket == "xs/domain/3"
     for bad, message in (
         ("--page-budget=0", "--page-budget=0: the page budget is a whole number, at least 1"),
         ("--page-budget=x", "--page-budget=x: the page budget is a whole number"),
         ("--budget=9", "unknown backend flag '--budget=9'"),
     ):
         with pytest.raises(ValueError) as raised:
-            service.Options.from_args(("xs", "planes", bad))
+            backend_domain.options_from_args(0, ("xs", "planes", bad))
         assert str(raised.value).startswith(message)
 
 

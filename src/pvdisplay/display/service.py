@@ -1,10 +1,9 @@
 """The display backend as a running service: XenStore, XenBus states, rings, event channels.
 
-`run(hv, control, xenstore_dir, planes_socket, *flags)` is the entry point the emulated
-host starts as a domain (`Host.start_domain("pvdisplay.display.service:run", ...)`).
-It watches `/local/domain/<own domid>/backend/vdispl`, serves every frontend device it
-finds with a `backend.DisplayDevice`, and publishes what each connector shows to a
-`PlaneRegistry` served on `planes_socket`.
+`BackendService` watches `/local/domain/<own domid>/backend/vdispl`, serves every
+frontend device it finds with a `backend.DisplayDevice`, and publishes what each
+connector shows to a `PlaneRegistry`. `pvdisplay.backend_domain` runs it beside the
+input backend and the planes socket, on either hypervisor.
 
 XenStore, XenBus states and the planes socket run on one asyncio loop. The rings run on
 one thread of their own, which blocks on the event channel descriptor and dispatches each
@@ -38,8 +37,6 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 from pvdisplay import logs
@@ -53,9 +50,7 @@ from pvdisplay.display.limits import (
     mode_problem,
 )
 from pvdisplay.hv import Hypervisor, HypervisorError, Mapping, PortState
-from pvdisplay.input.service import InputService
 from pvdisplay.planes.model import PlaneRegistry
-from pvdisplay.planes.server import PlaneServer
 from pvdisplay.store.aio import AsyncClient
 from pvdisplay.wire import displif
 from pvdisplay.wire.atomics import AtomicIndices
@@ -67,97 +62,6 @@ from pvdisplay.xenbus.backend_devices import BackendDevice, BackendDevices
 log = logging.getLogger(__name__)
 
 SUPPORTED_VERSIONS = (1, 2)
-COPY_FLAG = "--copy"
-PAGE_BUDGET_FLAG = "--page-budget="
-
-
-@dataclass(frozen=True)
-class Options:
-    """What `run` is told: where XenStore and the planes socket are, and the mode."""
-
-    xenstore_dir: str
-    planes_socket: str
-    copy_frames: bool = False
-    page_budget: int = DEFAULT_PAGE_BUDGET
-    """Pages each frontend device may make the backend hold (`DisplayDevice.page_budget`)."""
-
-    def to_args(self) -> list[str]:
-        """The argument list `run` (and `Host.start_domain`) takes."""
-        return [
-            self.xenstore_dir,
-            self.planes_socket,
-            *([COPY_FLAG] if self.copy_frames else []),
-            f"{PAGE_BUDGET_FLAG}{self.page_budget}",
-        ]
-
-    @classmethod
-    def from_args(cls, args: tuple[str, ...]) -> "Options":
-        usage = f"XENSTORE_DIR PLANES_SOCKET [{COPY_FLAG}] [{PAGE_BUDGET_FLAG}PAGES]"
-        if len(args) < 2:
-            raise ValueError(f"usage: {usage}")
-        page_budget = DEFAULT_PAGE_BUDGET
-        for flag in args[2:]:
-            if flag.startswith(PAGE_BUDGET_FLAG):
-                value = flag.removeprefix(PAGE_BUDGET_FLAG)
-                if not (value.isascii() and value.isdigit()) or int(value) < 1:
-                    raise ValueError(f"{flag}: the page budget is a whole number, at least 1")
-                page_budget = int(value)
-            elif flag != COPY_FLAG:
-                raise ValueError(f"unknown backend flag {flag!r}; usage: {usage}")
-        return cls(args[0], args[1], COPY_FLAG in args[2:], page_budget)
-
-
-def run(hv: Hypervisor, control: Connection, *args: str) -> None:
-    """Domain entry point: serve until the host closes `control` or sends "stop"."""
-    options = Options.from_args(args)
-    asyncio.run(_main(hv, control, options))
-
-
-def xenstore_socket(xenstore_dir: str, domid: int) -> str:
-    """The socket a domain's XenStore client uses in a `pvdisplay xenstored` directory."""
-    base = Path(xenstore_dir)
-    return str(base / "socket" if domid == 0 else base / "domain" / str(domid))
-
-
-async def _main(hv: Hypervisor, control: Connection, options: Options) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    planes = PlaneRegistry()
-    xs = await AsyncClient.connect(xenstore_socket(options.xenstore_dir, hv.domid))
-    inputs = InputService(hv, xs, planes)
-    server = PlaneServer(planes, options.planes_socket, inputs.deliver)
-    server.start()
-    service = BackendService(
-        hv, xs, planes, options.copy_frames, inputs.on_port, page_budget=options.page_budget
-    )
-
-    def on_control() -> None:
-        try:
-            message = control.recv()
-        except (EOFError, OSError):
-            stop.set()
-            return
-        if message == "stop":
-            stop.set()
-        elif message == "status":
-            control.send(service.status())
-        elif message == "input-status":
-            control.send(inputs.status())
-
-    loop.add_reader(control.fileno(), on_control)
-    try:
-        await service.start()
-        await inputs.start()
-        log.info(
-            "display backend serving", extra=logs.fields(domid=hv.domid, copy=options.copy_frames)
-        )
-        await stop.wait()
-    finally:
-        loop.remove_reader(control.fileno())
-        await inputs.stop()
-        await service.stop()
-        server.close()
-        await xs.close()
 
 
 @dataclass

@@ -4,7 +4,7 @@
 
 1. starts `pvdisplay xenstored` as a process and the `hv.local` broker;
 2. writes dom0's nodes and starts the display backend as domain 0
-   (`pvdisplay.display.service:run`);
+   (`pvdisplay.backend_domain:run`);
 3. for each guest: INTRODUCEs the domain, writes its home, its vdispl devices and its
    vkb devices as libxl does (`toolstack`, `input.config`), and starts its process;
 4. when a guest dies: RELEASEs it (so `@releaseDomain` fires), waits for the backend
@@ -28,8 +28,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Self
 
-from pvdisplay import logs, toolstack, xenbus
-from pvdisplay.display.service import Options as BackendOptions
+from pvdisplay import backend_domain, logs, toolstack, xenbus
 from pvdisplay.hv import HypervisorError
 from pvdisplay.hv.local.host import DomainProcess, Host
 from pvdisplay.outputs.web.server import BackgroundViewer
@@ -38,7 +37,7 @@ from pvdisplay.toolstack import vkb as input_config
 
 log = logging.getLogger(__name__)
 
-BACKEND_ENTRY = "pvdisplay.display.service:run"
+BACKEND_ENTRY = "pvdisplay.backend_domain:run"
 DEMO_ENTRY = "pvdisplay.demo:run"
 XENSTORED_START_TIMEOUT = 10.0
 # libxl waits up to 10 s (LIBXL_DESTROY_TIMEOUT) for a backend to close a device.
@@ -183,11 +182,11 @@ class EmulatedHost:
 
     def start_backend(self) -> DomainProcess:
         backend = self.config.backend
-        options = BackendOptions(
+        args = backend_domain.domain_args(
             str(self.xenstore_dir), str(self.planes_socket), backend.copy, backend.page_budget
         )
         self._backend_started = time.monotonic()
-        self.backend = self.hv.start_domain(BACKEND_ENTRY, *options.to_args(), domid=backend.domid)
+        self.backend = self.hv.start_domain(BACKEND_ENTRY, *args, domid=backend.domid)
         return self.backend
 
     def start_guest(
