@@ -187,6 +187,15 @@ def test_closing_memory_with_a_live_view_is_refused(table: XenGrantTable) -> Non
     memory.close()
 
 
+def test_memory_dropped_unclosed_gives_its_descriptor_back(table: XenGrantTable) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    memory = table.alloc(1)
+    assert len(os.listdir("/proc/self/fd")) == before + 1
+    del memory
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_loopback_grants_reach_the_memory_itself(table: XenGrantTable) -> None:
     memory, refs = table.share(OWN, 2)
     assert min(refs) >= LOOPBACK_REF_BASE

@@ -29,12 +29,15 @@ are connection set-up and teardown, which the display and input code do on one t
 
 import ctypes
 import errno
+import functools
 import mmap
 import os
 import select
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Concatenate, ParamSpec, TypeVar
 
 from pvdisplay.hv import DOMID_FIRST_RESERVED, PAGE_SIZE, GuestMemory, HypervisorError
 from pvdisplay.hv.xen import abi
@@ -70,6 +73,21 @@ def _place(address: int, length: int, fd: int, offset: int) -> None:
         raise HypervisorError(code, f"mmap at offset {offset:#x} failed: {os.strerror(code)}")
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _locked(
+    method: "Callable[Concatenate[XenGrantTable, P], R]",
+) -> "Callable[Concatenate[XenGrantTable, P], R]":
+    @functools.wraps(method)
+    def locked(table: "XenGrantTable", /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with table._lock:
+            return method(table, *args, **kwargs)
+
+    return locked
+
+
 @dataclass(frozen=True)
 class _Loopback:
     memory: "XenGuestMemory"
@@ -93,6 +111,10 @@ class XenGuestMemory(SharedMapping):
         self.granted: list[int] = []
         """The refs of the foreign grant its pages carry now; empty while not granted."""
         self._exports: list[int] = []
+        # Memory dropped unclosed gives its descriptors back; the table holds granted
+        # memory, so only ungranted memory (a memfd) is ever collected.
+        self._descriptors = [fd]
+        self._finalizer = weakref.finalize(self, _close_all, self._descriptors, self._exports)
 
     @property
     def exported(self) -> bool:
@@ -103,7 +125,7 @@ class XenGuestMemory(SharedMapping):
                 os.close(watch)
             else:
                 alive.append(watch)
-        self._exports = alive
+        self._exports[:] = alive
         return bool(alive)
 
     def backing(self) -> tuple[int, int]:
@@ -135,13 +157,11 @@ class XenGuestMemory(SharedMapping):
             raise
         os.close(self._fd)
         self._fd, self._first_page = fd, first_page
+        self._descriptors[:] = [fd]
 
     def _release(self) -> None:
         self.owner.forget(self)
-        os.close(self._fd)
-        for watch in self._exports:
-            os.close(watch)
-        self._exports.clear()
+        self._finalizer()
 
 
 class _Unmap:
@@ -187,6 +207,8 @@ class XenGrantTable:
         self._gntdev = gntdev
         self._open_gntalloc = open_gntalloc
         self._call = call
+        # Bookkeeping only; the ring thread and the event loop may both grant and map.
+        self._lock = threading.RLock()
         self._loopback: dict[int, _Loopback] = {}
         self._next_loopback = LOOPBACK_REF_BASE
         self._foreign: dict[int, XenGuestMemory] = {}
@@ -196,6 +218,7 @@ class XenGrantTable:
             raise HypervisorError(errno.EINVAL, "zero-page allocation")
         return XenGuestMemory(self, create_memfd(pages, "pvdisplay-guest"), 0, pages)
 
+    @_locked
     def share(
         self, domid: int, pages: int, readonly: bool = False
     ) -> tuple[XenGuestMemory, list[int]]:
@@ -207,6 +230,7 @@ class XenGrantTable:
         self._granted(memory, refs)
         return memory, refs
 
+    @_locked
     def grant(
         self, domid: int, memory: GuestMemory, pages: Sequence[int], readonly: bool = False
     ) -> list[int]:
@@ -232,6 +256,7 @@ class XenGrantTable:
         self._granted(memory, refs)
         return refs
 
+    @_locked
     def end_access(self, refs: Sequence[int]) -> list[int]:
         ending: dict[XenGuestMemory, set[int]] = {}
         for ref in refs:
@@ -294,6 +319,7 @@ class XenGrantTable:
             request = abi.unmap_grant_ref_request(index, count)
             self._call(self._gntdev, abi.IOCTL_GNTDEV_UNMAP_GRANT_REF, request)
 
+    @_locked
     def loopback_layout(
         self, refs: Sequence[int], writable: bool
     ) -> tuple[list[int], list[Segment]]:
@@ -321,9 +347,11 @@ class XenGrantTable:
                 segments.append(Segment(fds.index(fd), page, 1))
         return fds, segments
 
+    @_locked
     def loopback_memory(self, refs: Sequence[int]) -> set[XenGuestMemory]:
         return {self._loopback[ref].memory for ref in refs if ref in self._loopback}
 
+    @_locked
     def forget(self, memory: XenGuestMemory) -> None:
         """Drop every grant of memory being closed (its gntalloc descriptor goes with it)."""
         self._forget_grant(memory)
@@ -359,6 +387,13 @@ class XenGrantTable:
         for ref in memory.granted:
             self._foreign.pop(ref, None)
         memory.granted = []
+
+
+def _close_all(*groups: list[int]) -> None:
+    for fds in groups:
+        for fd in fds:
+            os.close(fd)
+        fds.clear()
 
 
 def _hung_up(fd: int) -> bool:
