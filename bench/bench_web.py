@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import rigs
 from bench.cpu import cpu_seconds
 from pvdisplay import toolstack
-from pvdisplay.demo import TestCard
 from pvdisplay.display.front import Display, Framebuffer
+from pvdisplay.guests.demo import TestCard
 from pvdisplay.hv import Hypervisor
 from pvdisplay.outputs.web import tiles
 from pvdisplay.toolstack.host import EmulatedHost

@@ -1,7 +1,7 @@
 """The guest domain the VNC tests and benchmark drive: a real display and a real keyboard.
 
 `guest(hv, control, xenstore_dir, format, seed)` opens its vdispl display and vkbd
-keyboard, shows `front_pattern` on connector 0 and answers commands on `control`:
+keyboard, shows `guests.pattern` on connector 0 and answers commands on `control`:
 
 - ("read", n) -> the next n kbdif events as tuples;
 - ("mode", width, height, format, seed) -> shows a new framebuffer (a mode change);
@@ -21,8 +21,8 @@ import numpy as np
 
 import rigs
 from guest_commands import Command, read_events, serve
-from pvdisplay.display import front_pattern
 from pvdisplay.display.front import Display, Framebuffer
+from pvdisplay.guests import pattern
 from pvdisplay.hv import Hypervisor
 from pvdisplay.input.front import Keyboard
 from pvdisplay.outputs.vnc.server import VncServer
@@ -43,7 +43,7 @@ async def _guest(
     hv: Hypervisor, control: Connection, socket: str, format_name: str, seed: int
 ) -> None:
     async with await Display.open(hv, socket) as display, await Keyboard.open(hv, socket) as kbd:
-        shown = await front_pattern.show_pattern(display, fourcc.by_name(format_name), seed)
+        shown = await pattern.show_pattern(display, fourcc.by_name(format_name), seed)
 
         async def answer(command: Command) -> Any:
             return await _answer(display, kbd, shown, command)
@@ -60,7 +60,7 @@ async def _answer(
             return await read_events(keyboard, count)
         case ("mode", int(width), int(height), str(format_name), int(seed)):
             fb = await display.create_framebuffer(width, height, fourcc.by_name(format_name))
-            front_pattern.draw(fb, seed)
+            pattern.draw(fb, seed)
             await connector.set_config(fb)
             await connector.flip(fb)
             shown.append(fb)

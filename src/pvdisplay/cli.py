@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 import click
 
 from pvdisplay import __version__, backend_domain, logs, toolstack
-from pvdisplay import snapshot as snapshots
 from pvdisplay.hv import xen
+from pvdisplay.outputs import snapshot as snapshots
 from pvdisplay.outputs.vnc import des as vnc_des
 from pvdisplay.outputs.vnc import server as vnc_server
 from pvdisplay.outputs.web import server as web_server

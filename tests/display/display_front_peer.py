@@ -24,7 +24,7 @@ from typing import Any, TypeVarTuple
 
 from pvdisplay import toolstack, xenbus
 from pvdisplay.display.front import Display, DisplayError, Framebuffer
-from pvdisplay.display.front_pattern import draw
+from pvdisplay.guests.pattern import draw
 from pvdisplay.hv import Hypervisor, Mapping
 from pvdisplay.hv.local.host import DomainProcess, Host
 from pvdisplay.store.client import Client

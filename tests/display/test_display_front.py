@@ -15,7 +15,7 @@ import pytest
 from display_front_peer import Backend, Guest, GuestError, Rig
 
 from pvdisplay import toolstack, xenbus
-from pvdisplay.display.front_pattern import pattern
+from pvdisplay.guests.pattern import pattern
 from pvdisplay.store.permissions import Access, Permission
 from pvdisplay.wire import fourcc
 from pvdisplay.xenbus import XenbusState

@@ -12,7 +12,7 @@ import pytest
 from display_front_peer import BACKEND_DOMID, REPLY_TIMEOUT, Guest, Rig
 
 from pvdisplay import toolstack
-from pvdisplay.display.front_pattern import expected_rgb
+from pvdisplay.guests.pattern import expected_rgb
 from pvdisplay.hv.local.host import DomainProcess
 from pvdisplay.planes.client import PlaneClient
 from pvdisplay.planes.model import PlaneInfo
@@ -74,7 +74,7 @@ def test_the_pattern_guest_shows_on_every_connector(
 ) -> None:
     rig.add_guest(GUEST, toolstack.Vdispl(0, BACKEND_DOMID, be_alloc, CONNECTORS))
     guest = rig.host.start_domain(
-        "pvdisplay.display.front_pattern:run",
+        "pvdisplay.guests.pattern:run",
         str(rig.xenstore_dir / "domain" / str(GUEST)),
         "alpha",
         name,

@@ -2,7 +2,7 @@
 
 The host is configured from TOML with vkb devices (as `pvdisplay demo` is). An output's
 click and two-finger touch, sent with `PlaneClient.send_input`, must come back as pixels
-the demo guest drew (read with `pvdisplay.snapshot.take`); a guest's `Keyboard` must
+the demo guest drew (read with `pvdisplay.outputs.snapshot.take`); a guest's `Keyboard` must
 keep receiving input across a backend restart.
 """
 
@@ -14,7 +14,9 @@ import numpy.typing as npt
 import pytest
 
 import rigs
-from pvdisplay import demo, snapshot, toolstack
+from pvdisplay import toolstack
+from pvdisplay.guests import demo
+from pvdisplay.outputs import snapshot
 from pvdisplay.planes.client import PlaneClient
 from pvdisplay.planes.input_events import InputEvent, Key, PointerMove, TouchDown, TouchUp
 from pvdisplay.planes.model import PlaneKey

@@ -22,8 +22,9 @@ import pytest
 from PIL import Image
 
 import rigs
-from pvdisplay import snapshot, toolstack, xenbus
-from pvdisplay.display import front_pattern
+from pvdisplay import toolstack, xenbus
+from pvdisplay.guests import pattern
+from pvdisplay.outputs import snapshot
 from pvdisplay.planes.client import PlaneClient
 from pvdisplay.planes.model import PlaneInfo
 from pvdisplay.toolstack.host import EmulatedHost, RunningGuest
@@ -32,8 +33,8 @@ from rigs import PATIENCE, wait_until
 
 pytestmark = pytest.mark.processes
 
-PATTERN_ENTRY = "pvdisplay.display.front_pattern:run"
-DEMO_ENTRY = "pvdisplay.demo:run"
+PATTERN_ENTRY = "pvdisplay.guests.pattern:run"
+DEMO_ENTRY = "pvdisplay.guests.demo:run"
 
 # Pitches that are not a multiple of 4 bytes (RGB888 at 62 and 46 pixels); widths stay
 # even because a YUYV framebuffer needs whole 2-pixel blocks (the backend says EINVAL).
@@ -92,9 +93,7 @@ def check_pattern(host: EmulatedHost, running: RunningGuest, fmt_name: str, seed
             assert (shot.plane.width, shot.plane.height) == (shown["width"], shown["height"])
             assert shot.plane.fourcc == fourcc.fourcc_text(fmt.fourcc)
             assert shot.plane.stride == shown["pitch"]
-            expected = front_pattern.expected_rgb(
-                fmt, shown["width"], shown["height"], seed + index
-            )
+            expected = pattern.expected_rgb(fmt, shown["width"], shown["height"], seed + index)
             np.testing.assert_array_equal(shot.rgb, expected)
 
 
@@ -149,7 +148,7 @@ def test_snapshot_command_writes_the_png(host: EmulatedHost, tmp_path: Path) -> 
     result = snapshot_command("solo")
     assert result.returncode == 0, result.stderr
     picture = np.asarray(Image.open(output).convert("RGB"))
-    expected = front_pattern.expected_rgb(fourcc.RGB565, width, height, 7)
+    expected = pattern.expected_rgb(fourcc.RGB565, width, height, 7)
     np.testing.assert_array_equal(picture, expected)
     missing = snapshot_command("nosuch")
     assert missing.returncode == 1

@@ -22,7 +22,7 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
-from pvdisplay.display import front_pattern
+from pvdisplay.guests import pattern
 from pvdisplay.outputs.vnc import des
 from pvdisplay.wire import fourcc
 from rigs import PATIENCE, Guest
@@ -87,7 +87,7 @@ def test_vncdotool_captures_the_exact_pattern_after_vnc_authentication(
     locked, _ = servers
     port = locked.port(guest.key)
     vncdo(port, "capture", str(tmp_path / "shot.png"))
-    expected = front_pattern.expected_rgb(fourcc.XRGB8888, 320, 240, 5)
+    expected = pattern.expected_rgb(fourcc.XRGB8888, 320, 240, 5)
     np.testing.assert_array_equal(rgb(tmp_path / "shot.png"), expected)
 
 
@@ -148,7 +148,7 @@ def test_vncsnapshot_speaks_3_3_and_gets_the_pattern(
     )
     assert result.returncode == 0, result.stderr
     shot = rgb(output).astype(np.int16)
-    expected = front_pattern.expected_rgb(fourcc.RGB565, 256, 192, 9).astype(np.int16)
+    expected = pattern.expected_rgb(fourcc.RGB565, 256, 192, 9).astype(np.int16)
     assert shot.shape == expected.shape
     # JPEG even at quality 100 is lossy on noise: close on average, not exact.
     assert np.abs(shot - expected).mean() < 6
@@ -189,7 +189,7 @@ def test_tigervnc_viewer_shows_the_frame_under_xvfb_over_zrle(
     env = dict(os.environ, DISPLAY=display)
     viewer = None
     try:
-        expected = front_pattern.expected_rgb(fourcc.XRGB8888, 320, 240, 5)
+        expected = pattern.expected_rgb(fourcc.XRGB8888, 320, 240, 5)
         deadline = time.monotonic() + PATIENCE
         shown = False
         while not shown and time.monotonic() < deadline:
@@ -264,9 +264,5 @@ def test_a_mode_change_reaches_a_connected_client_as_desktop_size(
     finally:
         client.kill()
     assert client.returncode == 0, errors
-    np.testing.assert_array_equal(
-        rgb(before), front_pattern.expected_rgb(fourcc.XRGB8888, 320, 240, 1)
-    )
-    np.testing.assert_array_equal(
-        rgb(after), front_pattern.expected_rgb(fourcc.ARGB1555, 200, 120, 3)
-    )
+    np.testing.assert_array_equal(rgb(before), pattern.expected_rgb(fourcc.XRGB8888, 320, 240, 1))
+    np.testing.assert_array_equal(rgb(after), pattern.expected_rgb(fourcc.ARGB1555, 200, 120, 3))

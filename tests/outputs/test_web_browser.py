@@ -22,8 +22,9 @@ from PIL import Image
 from playwright import sync_api as playwright
 
 import rigs
-from pvdisplay import snapshot, toolstack
-from pvdisplay.display.front_pattern import expected_rgb
+from pvdisplay import toolstack
+from pvdisplay.guests.pattern import expected_rgb
+from pvdisplay.outputs import snapshot
 from pvdisplay.outputs.web.server import BackgroundViewer
 from pvdisplay.outputs.web.tiles import LOSSLESS
 from pvdisplay.planes.client import PlaneClient

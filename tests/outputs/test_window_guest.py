@@ -1,7 +1,7 @@
 """`pvdisplay view`'s window against a real guest: pixels and input, end to end.
 
 Real processes (xenstored, broker, display backend domain, a guest domain showing
-`front_pattern`'s pattern with a real vkbd, as `rigs` builds them); the window runs
+`guests.pattern`'s pattern with a real vkbd, as `rigs` builds them); the window runs
 in this process on SDL's dummy video driver, driven step by step, and its display
 surface is read back with `pygame.surfarray`. Input is injected as SDL events with
 `pygame.event.post`, exactly where SDL would queue a person's.
@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 import rigs
 from pvdisplay.cli import main
-from pvdisplay.display.front_pattern import expected_rgb
+from pvdisplay.guests.pattern import expected_rgb
 from pvdisplay.outputs.window.viewer import Viewer, ViewerError
 from pvdisplay.planes.client import PlaneClient
 from pvdisplay.wire import fourcc

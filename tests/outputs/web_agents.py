@@ -1,6 +1,6 @@
 """The guest domain the web viewer tests drive: a known picture and a real keyboard.
 
-`guest(hv, control, xenstore_dir)` shows `front_pattern`'s XRGB8888 pattern (seed 0 plus
+`guest(hv, control, xenstore_dir)` shows `guests.pattern`'s XRGB8888 pattern (seed 0 plus
 the connector index) on every connector of vdispl 0, opens vkbd 0, then answers
 ("read", n) on `control` with the next n kbdif events as tuples.
 """
@@ -11,7 +11,7 @@ from typing import Any
 
 from guest_commands import Command, read_events, serve
 from pvdisplay.display.front import Display
-from pvdisplay.display.front_pattern import show_pattern
+from pvdisplay.guests.pattern import show_pattern
 from pvdisplay.hv import Hypervisor
 from pvdisplay.input.front import Keyboard
 from pvdisplay.wire import fourcc

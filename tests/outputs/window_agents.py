@@ -1,6 +1,6 @@
 """The guest domain the window tests drive: a known picture and a real keyboard.
 
-`guest(hv, control, xenstore_dir)` shows `front_pattern`'s XRGB8888 pattern (seed 0) on
+`guest(hv, control, xenstore_dir)` shows `guests.pattern`'s XRGB8888 pattern (seed 0) on
 connector 0 of vdispl 0, opens vkbd 0, then answers on `control`:
 
 - ("read", n) -> the next n kbdif events as tuples;
@@ -13,8 +13,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from guest_commands import Command, read_events, serve
-from pvdisplay.display import front_pattern
 from pvdisplay.display.front import Display
+from pvdisplay.guests import pattern
 from pvdisplay.hv import Hypervisor
 from pvdisplay.input.front import Keyboard
 from pvdisplay.wire import fourcc
@@ -26,7 +26,7 @@ def guest(hv: Hypervisor, control: Connection, xenstore_dir: str) -> None:
 
 async def _guest(hv: Hypervisor, control: Connection, socket: str) -> None:
     async with await Display.open(hv, socket) as display, await Keyboard.open(hv, socket) as kbd:
-        shown = await front_pattern.show_pattern(display, fourcc.XRGB8888, 0)
+        shown = await pattern.show_pattern(display, fourcc.XRGB8888, 0)
 
         async def answer(command: Command) -> Any:
             match command:
@@ -36,7 +36,7 @@ async def _guest(hv: Hypervisor, control: Connection, socket: str) -> None:
                     connector = display.connectors[0]
                     fmt = fourcc.by_name(format_name)
                     fb = await display.create_framebuffer(width, height, fmt)
-                    front_pattern.draw(fb, seed)
+                    pattern.draw(fb, seed)
                     await connector.set_config(fb)
                     await connector.flip(fb)
                     shown.append(fb)

@@ -10,53 +10,24 @@ adapter over `/dev/xen/{gntdev,gntalloc,evtchn}` fits behind the same protocols:
 - `Buffers`: gntdev DMABUF_EXP_FROM_REFS, EXP_WAIT_RELEASED, IMP_TO_REFS, IMP_RELEASE
 
 Every failure is a `HypervisorError` carrying the errno the Linux driver would return.
-`pvdisplay.hv.local` implements these protocols on one Linux host.
+`pvdisplay.hv.local` implements these protocols on one Linux host, `pvdisplay.hv.xen` over
+Linux's Xen devices. `Mapping` and `BufferHandle` are `pvdisplay.ipc`'s, so processes
+that only map pages (outputs) need nothing from here.
 """
 
 import enum
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Protocol, Self
-
-import numpy as np
-import numpy.typing as npt
+from typing import Protocol
 
 # Re-exported: every caller of the hypervisor services deals in these.
+from pvdisplay.ipc.interfaces import BufferHandle as BufferHandle
+from pvdisplay.ipc.interfaces import Mapping as Mapping
 from pvdisplay.wire.displif import PAGE_SIZE as PAGE_SIZE
 from pvdisplay.wire.errors import HypervisorError as HypervisorError
 
 DOMID_FIRST_RESERVED = 0x7FF0
 """Domain ids at or above this are reserved by Xen (DOMID_SELF, DOMID_IO, ...)."""
-
-
-class Mapping(Protocol):
-    """Pages mapped into this process as one contiguous range.
-
-    `view()` and `array()` share the pages; nothing is copied. `close()` unmaps and
-    raises `HypervisorError(EBUSY)` while any view or array of it is still alive, so
-    a dangling numpy array can never point at unmapped memory.
-    """
-
-    @property
-    def address(self) -> int: ...
-    @property
-    def length(self) -> int: ...
-    @property
-    def writable(self) -> bool: ...
-    def view(self) -> memoryview: ...
-    def array(
-        self, dtype: npt.DTypeLike = np.uint8, shape: Sequence[int] | None = None
-    ) -> npt.NDArray[np.generic]: ...
-    def close(self) -> None: ...
-    def __enter__(self) -> Self: ...
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
 
 
 class GuestMemory(Mapping, Protocol):
@@ -67,24 +38,6 @@ class GuestMemory(Mapping, Protocol):
 
     @property
     def pages(self) -> int: ...
-
-
-class BufferHandle(Protocol):
-    """A zero-copy buffer (dma-buf role): fd-backed pages any local process can map.
-
-    `id` is an unguessable name (128 random bits) safe to hand across a trust boundary.
-    `send()` passes the handle to another process over a unix socket (SCM_RIGHTS).
-    """
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def pages(self) -> int: ...
-    @property
-    def readonly(self) -> bool: ...
-    def map(self, writable: bool = False) -> Mapping: ...
-    def send(self, sock: socket.socket) -> None: ...
-    def close(self) -> None: ...
 
 
 class GrantTable(Protocol):

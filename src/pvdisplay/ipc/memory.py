@@ -20,7 +20,7 @@ from typing import Self
 import numpy as np
 import numpy.typing as npt
 
-from pvdisplay.wire.displif import PAGE_SIZE
+from pvdisplay.wire import displif
 from pvdisplay.wire.errors import HypervisorError
 
 
@@ -32,6 +32,9 @@ class Segment:
     first_page: int
     pages: int
 
+
+PAGE_SIZE = displif.PAGE_SIZE
+"""Shared buffers come in Xen pages, so a buffer page and a granted page are one unit."""
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc_mmap = _libc.mmap

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from pvdisplay import logs
-from pvdisplay.hv import BufferHandle
+from pvdisplay.ipc.interfaces import BufferHandle
 from pvdisplay.wire.errors import ProtocolError
 
 log = logging.getLogger(__name__)

@@ -38,7 +38,7 @@ from pvdisplay.toolstack import vkb as input_config
 log = logging.getLogger(__name__)
 
 BACKEND_ENTRY = "pvdisplay.backend_domain:run"
-DEMO_ENTRY = "pvdisplay.demo:run"
+DEMO_ENTRY = "pvdisplay.guests.demo:run"
 XENSTORED_START_TIMEOUT = 10.0
 # libxl waits up to 10 s (LIBXL_DESTROY_TIMEOUT) for a backend to close a device.
 BACKEND_RELEASE_TIMEOUT = 10.0

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from pvdisplay.hv import PAGE_SIZE
 from pvdisplay.ipc.buffers import SharedBuffer
+from pvdisplay.ipc.memory import PAGE_SIZE
 from pvdisplay.virtio import VirtioError
 from pvdisplay.virtio.gpu_wire import BYTES_PER_PIXEL, FOURCC, CtrlType, Format
 from pvdisplay.virtio.memory import GuestMemoryMap

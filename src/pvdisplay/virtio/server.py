@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from pvdisplay import logs
-from pvdisplay.hv import Mapping
+from pvdisplay.ipc.interfaces import Mapping
 from pvdisplay.planes.model import PlaneInfo, PlaneKey, PlaneRegistry
 from pvdisplay.planes.server import PlaneServer
 from pvdisplay.virtio import gpu, vhost_user

@@ -3,7 +3,7 @@
 The picture is defined in buffer bytes, not in colours, so it is exact in every format:
 a snapshot of the connector must equal `expected_rgb` pixel for pixel.
 
-    host.start_domain("pvdisplay.display.front_pattern:run",
+    host.start_domain("pvdisplay.guests.pattern:run",
                       xenstore_socket, guest_name, "RGB565", "7", domid=N)
 """
 

@@ -1,6 +1,6 @@
 """The demo guest: an animated test card on every connector of every vdispl device.
 
-    host.start_domain("pvdisplay.demo:run", xenstore_socket, guest_name, domid=N)
+    host.start_domain("pvdisplay.guests.demo:run", xenstore_socket, guest_name, domid=N)
 
 Each connector gets two XRGB8888 framebuffers (double buffering): the guest draws frame
 N+1 into the one not on screen, flips to it, and waits for the flip event, at 60 Hz. The
