@@ -154,8 +154,11 @@ class XenEventChannels:
         return fired
 
     def _unmask(self, ports: list[int]) -> None:
-        for start in range(0, len(ports), _PORTS_PER_WRITE):
-            os.write(self._fd, abi.encode_ports(ports[start : start + _PORTS_PER_WRITE]))
+        try:
+            for start in range(0, len(ports), _PORTS_PER_WRITE):
+                os.write(self._fd, abi.encode_ports(ports[start : start + _PORTS_PER_WRITE]))
+        except OSError as exc:
+            raise HypervisorError(exc.errno or errno.EIO, "evtchn unmask failed") from None
 
     def _heard_from(self, port: int) -> None:
         local = self._ports.get(port)

@@ -145,7 +145,11 @@ class XenGuestMemory(SharedMapping):
         """
         offset = first_page * PAGE_SIZE
         try:
-            copy = mmap.mmap(fd, self.length, mmap.MAP_SHARED, offset=offset)
+            try:
+                copy = mmap.mmap(fd, self.length, mmap.MAP_SHARED, offset=offset)
+            except OSError as exc:
+                code = exc.errno or errno.EIO
+                raise HypervisorError(code, f"mmap of new pages failed: {exc.strerror}") from None
             try:
                 with self.view() as current:
                     copy[:] = current
