@@ -2,8 +2,8 @@
 
 Mirrors `/usr/include/xen/sys/{gntdev,gntalloc,evtchn,xenbus_dev}.h` from Debian's
 libxen-dev; tests/c/xen_sys_layout.c prints the compiled numbers and layouts and
-tests/test_hv_xen_layout.py holds every one here to them. Nothing in this module
-touches a device: the adapters in `pvdisplay.hv.xen.devices` pack these structs into
+tests/hv/test_hv_xen_layout.py holds every one here to them. Nothing in this module
+touches a device: the adapters (`events`, `grants`, `buffers`) pack these structs into
 buffers, hand them to `ioctl(2)` and unpack what the kernel wrote back.
 
 Ioctl numbers use the asm-generic encoding (x86 and Arm; the architectures Xen

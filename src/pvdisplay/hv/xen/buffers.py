@@ -9,8 +9,8 @@ gntdev lets each grant mapping be mmapped once at a time (a second mmap of a liv
 mapping fails with EAGAIN), so a handle exported from another domain's refs is a
 recipe rather than one mapping: every `map()` and every `send()` makes a mapping of
 its own (MAP_GRANT_REF), on a gntdev descriptor opened for the receiver alone when it
-is sent, which is released when the receiver closes it. The export also maps the refs
-once at once, which checks them (gntdev only asks Xen at mmap time) and holds them
+is sent, which is released when the receiver closes it. The export itself maps the refs
+once right away, which checks them (gntdev only asks Xen at mmap time) and holds them
 while the exporter keeps the handle, so the frontend ending its grant meanwhile does
 not pull the pages from under a receiver that has yet to map them.
 
