@@ -3,7 +3,7 @@
 The same composition serves both hypervisors:
 
 - on the emulated host, `run` is the domain entry point the host starts
-  (`Host.start_domain("pvdisplay.backend_domain:run", XENSTORE_DIR, PLANES_SOCKET, ...)`),
+  (`DomainLauncher.start_domain("pvdisplay.backend_domain:run", XENSTORE_DIR, PLANES_SOCKET, ...)`),
   and the host's control pipe stops it and asks for its status;
 - on real Xen, `pvdisplay backend --hv xen` runs a `BackendDomain` over
   `pvdisplay.hv.xen` in dom0 until a signal.
@@ -38,9 +38,9 @@ PAGE_BUDGET_FLAG = "--page-budget="
 class Options:
     """Where XenStore and the planes socket are, and how the display backend presents."""
 
-    xenstore_socket: str | None
-    """What this domain's XenStore client connects to: a xenstored socket, or
-    /dev/xen/xenbus; None: the system's xenstored, found as libxenstore finds it."""
+    xenstore_socket: str
+    """What this domain's XenStore client connects to: a xenstored socket, or the
+    xenbus device in a domain that has none (`pvdisplay.store.transport.xenstore_path`)."""
     planes_socket: str
     copy_frames: bool = False
     page_budget: int = DEFAULT_PAGE_BUDGET
@@ -127,7 +127,7 @@ def xenstore_socket(xenstore_dir: str, domid: int) -> str:
 def domain_args(
     xenstore_dir: str, planes_socket: str, copy_frames: bool, page_budget: int
 ) -> list[str]:
-    """The arguments `run` takes, for `Host.start_domain`."""
+    """The arguments `run` takes, for `DomainLauncher.start_domain`."""
     return [
         xenstore_dir,
         planes_socket,

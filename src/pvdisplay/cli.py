@@ -19,6 +19,7 @@ from pvdisplay.outputs.web import tiles as web_tiles
 from pvdisplay.outputs.window import viewer as window_viewer
 from pvdisplay.planes.client import PlaneClient
 from pvdisplay.store import server as xenstore_server
+from pvdisplay.store.transport import xenstore_path
 from pvdisplay.toolstack import host
 from pvdisplay.wire import edid
 
@@ -240,7 +241,7 @@ def _run_on_xen(run_dir: str | None, web_listen: str, no_web: bool, copy_frames:
             f"cannot open Xen's devices: {error} (run as root in dom0, with the xen-evtchn, "
             "xen-gntdev and xen-gntalloc modules loaded)"
         ) from None
-    options = backend_domain.Options(None, str(directory / "planes.sock"), copy_frames)
+    options = backend_domain.Options(xenstore_path(), str(directory / "planes.sock"), copy_frames)
     try:
         asyncio.run(_serve_on_xen(hypervisor, options, web))
     except (OSError, ConnectionError) as error:
@@ -262,7 +263,9 @@ async def _serve_on_xen(
     async with backend_domain.BackendDomain(hypervisor, options):
         viewer = None
         if web is not None:
-            viewer = web_server.WebViewer(options.planes_socket, *web)
+            viewer = web_server.WebViewer(
+                options.planes_socket, *web, xenstore_socket=options.xenstore_socket
+            )
             await viewer.start()
         try:
             click.echo(f"display and input backend of Xen domain {hypervisor.domid}")
