@@ -133,7 +133,7 @@ def flipper(
 def make_host(run_dir: Path, copy: bool) -> EmulatedHost:
     budget = COPY_PAGE_BUDGET if copy else DEFAULT_PAGE_BUDGET
     config = toolstack.HostConfig(
-        toolstack.BackendDomain("Domain-0", 0, copy=copy, page_budget=budget), ()
+        toolstack.BackendConfig("Domain-0", 0, copy=copy, page_budget=budget), ()
     )
     host = EmulatedHost(config, run_dir, log_level="error")
     host.start(guests=False)

@@ -21,7 +21,7 @@ import numpy as np
 from bench.build import build_c
 from pvdisplay.hv import PAGE_SIZE, Hypervisor
 from pvdisplay.hv.local.client import LocalHypervisor
-from pvdisplay.hv.local.host import Host
+from pvdisplay.hv.local.launcher import DomainLauncher
 
 ROUNDS = 20_000
 WARMUP = 2_000
@@ -74,7 +74,7 @@ def c_round_trip() -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def python_round_trip(host: Host) -> tuple[int, int]:
+def python_round_trip(host: DomainLauncher) -> tuple[int, int]:
     pong = host.start_domain(f"{__name__}:ponger")
     ping = host.start_domain(f"{__name__}:pinger")
     pong.control.send(ping.domid)
@@ -175,7 +175,7 @@ def frame_reader(hv: Hypervisor, control: Connection) -> None:
     control.recv()
 
 
-def map_and_copy(host: Host) -> tuple[ReaderReport, int, int | None]:
+def map_and_copy(host: DomainLauncher) -> tuple[ReaderReport, int, int | None]:
     writer = host.start_domain(f"{__name__}:frame_writer")
     reader = host.start_domain(f"{__name__}:frame_reader")
     writer.control.send(reader.domid)
@@ -196,7 +196,7 @@ def us(ns: int) -> str:
 
 def main() -> None:
     c_p50, c_p99 = c_round_trip()
-    with Host() as host:
+    with DomainLauncher() as host:
         py_p50, py_p99 = python_round_trip(host)
         copy, checksum, writer_frame = map_and_copy(host)
     print(f"event channel round trip (notify, wait, notify back), {ROUNDS} rounds, 2 processes")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pvdisplay import toolstack
-from pvdisplay.hv.local.host import DomainProcess, Host
+from pvdisplay.hv.local.launcher import DomainLauncher, DomainProcess
 from pvdisplay.planes.model import PlaneKey
 from pvdisplay.store.client import Client
 from pvdisplay.toolstack import vkb as config
@@ -97,7 +97,7 @@ class Guest:
 class Rig:
     """A running xenstored, broker (`host`) and display backend domain."""
 
-    host: Host
+    host: DomainLauncher
     xs: Client
     xenstore_dir: str
     planes_socket: str
@@ -166,7 +166,7 @@ def backend_world(world_type: type[World], backend_entry: str = DISPLAY_SERVICE)
                 if domid != BACKEND:
                     xs.release(domid)
 
-            with Host(on_domain_released=release) as host:
+            with DomainLauncher(on_domain_released=release) as host:
                 backend = host.start_domain(
                     backend_entry, xenstore_dir, planes_socket, domid=BACKEND
                 )

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from pvdisplay import backend_domain, xenbus
-from pvdisplay.display.backend import ConnectorConfig, DeviceConfig, DisplayDevice
+from pvdisplay.display.backend import ConnectorConfig, DisplayDevice, FrontendConfig
 from pvdisplay.display.limits import DEFAULT_PAGE_BUDGET
 from pvdisplay.hv import GuestMemory, Hypervisor, Mapping
-from pvdisplay.hv.local.host import DomainProcess, Host
+from pvdisplay.hv.local.launcher import DomainLauncher, DomainProcess
 from pvdisplay.planes.model import PlaneKey, PlaneRegistry
 from pvdisplay.store.client import Client
 from pvdisplay.wire import displif
@@ -47,7 +47,7 @@ class Remote:
         return value
 
 
-def start(host: Host, kind: str, *args: str, domid: int | None = None) -> Remote:
+def start(host: DomainLauncher, kind: str, *args: str, domid: int | None = None) -> Remote:
     return Remote(host.start_domain("display_backend_agents:agent", kind, *args, domid=domid))
 
 
@@ -90,7 +90,7 @@ class BackendAgent:
         connectors = tuple(
             ConnectorConfig(i, w, h, f"conn{i}") for i, (w, h) in enumerate(resolutions)
         )
-        config = DeviceConfig(frontend, 0, connectors, be_alloc, version)
+        config = FrontendConfig(frontend, 0, connectors, be_alloc, version)
         self.device = DisplayDevice(
             self.hv, config, self.planes, copy_frames=copy, page_budget=page_budget
         )

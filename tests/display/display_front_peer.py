@@ -26,7 +26,7 @@ from pvdisplay import toolstack, xenbus
 from pvdisplay.display.front import Display, DisplayError, Framebuffer
 from pvdisplay.guests.pattern import draw
 from pvdisplay.hv import Hypervisor, Mapping
-from pvdisplay.hv.local.host import DomainProcess, Host
+from pvdisplay.hv.local.launcher import DomainLauncher, DomainProcess
 from pvdisplay.store.client import Client
 from pvdisplay.wire import displif, edid, fourcc
 from pvdisplay.wire.errors import ProtocolError
@@ -254,7 +254,7 @@ class _Connection:
             connector["events_mapping"].close()
 
 
-def backend(  # noqa: PLR0917 (a domain entry takes its arguments as Host.start_domain passes them)
+def backend(  # noqa: PLR0917 (a domain entry takes its arguments as DomainLauncher.start_domain passes them)
     hv: Hypervisor, control: Connection, xenstore_dir: str, frontend: str, devid: str, mode: str
 ) -> None:
     """Domain entry: serve one vdispl device, reconnecting whenever the frontend comes back."""
@@ -493,7 +493,7 @@ class Rig:
         self.xenstore_dir = directory / "xenstore"
         self.daemon = subprocess.Popen([PVDISPLAY, "xenstored", "--socket-dir", self.xenstore_dir])
         self.xs = self._connect()
-        self.host = Host(on_domain_released=self._released)
+        self.host = DomainLauncher(on_domain_released=self._released)
 
     def _connect(self) -> Client:
         while True:

@@ -13,7 +13,7 @@ from display_backend_agents import Remote, start
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pvdisplay.hv.local.host import Host
+from pvdisplay.hv.local.launcher import DomainLauncher
 from pvdisplay.wire import displif, edid
 from pvdisplay.wire.fourcc import XRGB8888, YUYV, fourcc_code
 
@@ -26,7 +26,7 @@ XR24 = XRGB8888.fourcc
 
 @dataclass
 class Pair:
-    host: Host
+    host: DomainLauncher
     back: Remote
     front: Remote
     next_id: int = 0
@@ -76,13 +76,13 @@ class Pair:
 
 
 @pytest.fixture(scope="module")
-def host() -> Iterator[Host]:
-    with Host() as host:
+def host() -> Iterator[DomainLauncher]:
+    with DomainLauncher() as host:
         yield host
 
 
 @pytest.fixture
-def pair(host: Host) -> Iterator[Pair]:
+def pair(host: DomainLauncher) -> Iterator[Pair]:
     back = start(host, "backend", domid=None)
     front = start(host, "frontend", str(back.domid))
     back("connect", front.domid, [(640, 480), (320, 200)], True)
@@ -119,7 +119,7 @@ def test_frontend_allocated_buffer_is_presented_without_a_copy(pair: Pair) -> No
     assert pair.back("bytes_copied") == 0
 
 
-def test_copy_mode_copies_each_flip_and_counts_the_bytes(host: Host) -> None:
+def test_copy_mode_copies_each_flip_and_counts_the_bytes(host: DomainLauncher) -> None:
     back = start(host, "backend")
     front = start(host, "frontend", str(back.domid))
     try:
@@ -146,7 +146,7 @@ def test_copy_mode_copies_each_flip_and_counts_the_bytes(host: Host) -> None:
             host.wait_released(remote.domid, 30)
 
 
-def test_a_device_holds_no_more_pages_than_its_budget(host: Host) -> None:
+def test_a_device_holds_no_more_pages_than_its_budget(host: DomainLauncher) -> None:
     back = start(host, "backend")
     front = start(host, "frontend", str(back.domid))
     try:
@@ -299,7 +299,7 @@ def test_event_ids_count_per_connector(pair: Pair) -> None:
     assert ids == {0: [0, 1], 1: [0, 1, 2]}
 
 
-def test_backend_allocated_buffer(host: Host, pair: Pair) -> None:
+def test_backend_allocated_buffer(host: DomainLauncher, pair: Pair) -> None:
     width, height = 300, 40
     size = width * height * 4
     pages = displif.grefs_for_buffer(size)
@@ -330,7 +330,7 @@ def test_backend_allocated_buffer(host: Host, pair: Pair) -> None:
     assert host.usage(pair.back.domid)["granted_pages"] == grants_before
 
 
-def test_backend_allocation_needs_be_alloc(host: Host) -> None:
+def test_backend_allocation_needs_be_alloc(host: DomainLauncher) -> None:
     back = start(host, "backend")
     front = start(host, "frontend", str(back.domid))
     try:
@@ -372,7 +372,7 @@ def test_get_edid_describes_the_connector(pair: Pair) -> None:
     assert (info.width, info.height, info.serial_string) == (320, 200, "conn1")
 
 
-def test_get_edid_needs_protocol_2(host: Host) -> None:
+def test_get_edid_needs_protocol_2(host: DomainLauncher) -> None:
     back = start(host, "backend")
     front = start(host, "frontend", str(back.domid))
     try:
@@ -388,7 +388,7 @@ def test_get_edid_needs_protocol_2(host: Host) -> None:
             host.wait_released(remote.domid, 30)
 
 
-def test_close_gives_back_every_mapping_and_grant(host: Host, pair: Pair) -> None:
+def test_close_gives_back_every_mapping_and_grant(host: DomainLauncher, pair: Pair) -> None:
     size = 640 * 480 * 4
     directory = pair.fe_buffer("fb", size)
     assert pair.create(1, (640, 480, 32), size, directory).status == 0

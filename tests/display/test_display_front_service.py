@@ -13,7 +13,7 @@ from display_front_peer import BACKEND_DOMID, REPLY_TIMEOUT, Guest, Rig
 
 from pvdisplay import toolstack
 from pvdisplay.guests.pattern import expected_rgb
-from pvdisplay.hv.local.host import DomainProcess
+from pvdisplay.hv.local.launcher import DomainProcess
 from pvdisplay.planes.client import PlaneClient
 from pvdisplay.planes.model import PlaneInfo
 from pvdisplay.wire import fourcc

@@ -50,7 +50,7 @@ def guest(name: str, spec: str) -> toolstack.Guest:
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedHost]:
-    config = toolstack.HostConfig(toolstack.BackendDomain("Domain-0", 0, copy=False), ())
+    config = toolstack.HostConfig(toolstack.BackendConfig("Domain-0", 0, copy=False), ())
     with rigs.emulated_host(config, tmp_path_factory.mktemp("host")) as emulated:
         yield emulated
 

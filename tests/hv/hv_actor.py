@@ -24,7 +24,7 @@ import numpy as np
 
 from pvdisplay.hv import Hypervisor, HypervisorError
 from pvdisplay.hv.local.client import LocalHypervisor
-from pvdisplay.hv.local.host import DomainProcess, Host
+from pvdisplay.hv.local.launcher import DomainLauncher, DomainProcess
 from pvdisplay.ipc.buffers import SharedBuffer
 from pvdisplay.ipc.sockets import close_all
 
@@ -340,5 +340,5 @@ class Actor:
         self.reply()
 
 
-def start_actors(host: Host, count: int) -> list[Actor]:
+def start_actors(host: DomainLauncher, count: int) -> list[Actor]:
     return [Actor(host.start_domain(f"{__name__}:actor")) for _ in range(count)]

@@ -13,7 +13,7 @@ from hv_actor import Actor, start_actors
 
 from pvdisplay.hv import PAGE_SIZE, BufferHandle, Buffers, HypervisorError
 from pvdisplay.hv.local.client import LocalBuffers
-from pvdisplay.hv.local.host import Host
+from pvdisplay.hv.local.launcher import DomainLauncher
 from pvdisplay.ipc.buffers import SharedBuffer
 
 pytestmark = pytest.mark.processes
@@ -25,8 +25,8 @@ _conforms: tuple[Callable[[LocalBuffers], Buffers], Callable[[SharedBuffer], Buf
 
 
 @pytest.fixture
-def host() -> Iterator[Host]:
-    with Host() as running:
+def host() -> Iterator[DomainLauncher]:
+    with DomainLauncher() as running:
         yield running
 
 
@@ -39,7 +39,9 @@ def receive_export(exporter: Actor, key: str) -> SharedBuffer:
         return SharedBuffer.receive(ours)
 
 
-def test_an_exported_buffer_is_mapped_by_another_process_without_copying(host: Host) -> None:
+def test_an_exported_buffer_is_mapped_by_another_process_without_copying(
+    host: DomainLauncher,
+) -> None:
     front, back = start_actors(host, 2)
     refs = front("share", key="fb", domid=back.domid, pages=4)
     front("write", key="fb", offset=PAGE_SIZE, data=b"first frame")
@@ -57,7 +59,7 @@ def test_an_exported_buffer_is_mapped_by_another_process_without_copying(host: H
     handle.close()
 
 
-def test_wait_released_times_out_while_held_and_then_returns(host: Host) -> None:
+def test_wait_released_times_out_while_held_and_then_returns(host: DomainLauncher) -> None:
     front, back = start_actors(host, 2)
     refs = front("share", key="fb", domid=back.domid, pages=2)
     handle_id = back("export", key="h", domid=front.domid, refs=refs)
@@ -79,7 +81,7 @@ def test_wait_released_times_out_while_held_and_then_returns(host: Host) -> None
     assert (stats["exports"], stats["grants"]) == (0, 0)
 
 
-def test_handles_crossing_processes_are_named_by_128_random_bits(host: Host) -> None:
+def test_handles_crossing_processes_are_named_by_128_random_bits(host: DomainLauncher) -> None:
     front, back = start_actors(host, 2)
     refs = front("share", key="fb", domid=back.domid, pages=1)
     ids = {back("export", key=f"h{n}", domid=front.domid, refs=refs) for n in range(20)}
@@ -87,7 +89,7 @@ def test_handles_crossing_processes_are_named_by_128_random_bits(host: Host) -> 
     assert all(re.fullmatch(r"[0-9a-f]{32}", handle_id) for handle_id in ids)
 
 
-def test_a_read_only_export_cannot_be_mapped_writable(host: Host) -> None:
+def test_a_read_only_export_cannot_be_mapped_writable(host: DomainLauncher) -> None:
     front, back = start_actors(host, 2)
     refs = front("share", key="fb", domid=back.domid, pages=1, ro=True)
     with pytest.raises(HypervisorError) as failure:
@@ -107,7 +109,7 @@ def test_a_read_only_export_cannot_be_mapped_writable(host: Host) -> None:
     handle.close()
 
 
-def test_import_grants_a_local_buffer_and_release_defers_while_mapped(host: Host) -> None:
+def test_import_grants_a_local_buffer_and_release_defers_while_mapped(host: DomainLauncher) -> None:
     back, front = start_actors(host, 2)
     back("allocate_buffer", key="buf", pages=2)
     back("map_handle", key="buf", new_key="local", rw=True)
@@ -128,7 +130,7 @@ def test_import_grants_a_local_buffer_and_release_defers_while_mapped(host: Host
     assert failure.value.errno == errno.ENOENT
 
 
-def test_one_local_buffer_can_be_imported_for_two_domains(host: Host) -> None:
+def test_one_local_buffer_can_be_imported_for_two_domains(host: DomainLauncher) -> None:
     back, first, second = start_actors(host, 3)
     back("allocate_buffer", key="buf", pages=1)
     first_id, first_refs = back("import", key="buf", domid=first.domid, ro=True)
@@ -145,7 +147,7 @@ def test_one_local_buffer_can_be_imported_for_two_domains(host: Host) -> None:
     assert host.stats()["allocations"] == 0
 
 
-def test_only_the_owner_may_grant_memory_through_an_import(host: Host) -> None:
+def test_only_the_owner_may_grant_memory_through_an_import(host: DomainLauncher) -> None:
     front, back, third = start_actors(host, 3)
     refs = front("share", key="fb", domid=back.domid, pages=1)
     back("export", key="h", domid=front.domid, refs=refs)

@@ -10,7 +10,7 @@ from hv_actor import Actor, start_actors
 
 from pvdisplay.hv import EventChannels, HypervisorError
 from pvdisplay.hv.local.client import LocalEvents
-from pvdisplay.hv.local.host import Host
+from pvdisplay.hv.local.launcher import DomainLauncher
 
 pytestmark = pytest.mark.processes
 
@@ -18,8 +18,8 @@ _conforms: Callable[[LocalEvents], EventChannels] = lambda events: events  # noq
 
 
 @pytest.fixture
-def host() -> Iterator[Host]:
-    with Host() as running:
+def host() -> Iterator[DomainLauncher]:
+    with DomainLauncher() as running:
         yield running
 
 
@@ -36,7 +36,7 @@ def failing(actor: Actor, call: str, *args: object) -> int | None:
     return failure.value.errno
 
 
-def test_notifications_cross_processes_both_ways(host: Host) -> None:
+def test_notifications_cross_processes_both_ways(host: DomainLauncher) -> None:
     front, back = start_actors(host, 2)
     back_port, front_port = connect(front, back)
 
@@ -57,7 +57,7 @@ def test_notifications_cross_processes_both_ways(host: Host) -> None:
     )
 
 
-def test_notifications_do_not_go_through_the_broker(host: Host) -> None:
+def test_notifications_do_not_go_through_the_broker(host: DomainLauncher) -> None:
     front, back = start_actors(host, 2)
     back_port, front_port = connect(front, back)
     os.kill(host.broker_pid, signal.SIGSTOP)
@@ -70,7 +70,7 @@ def test_notifications_do_not_go_through_the_broker(host: Host) -> None:
         os.kill(host.broker_pid, signal.SIGCONT)
 
 
-def test_notifications_coalesce_like_a_pending_bit(host: Host) -> None:
+def test_notifications_coalesce_like_a_pending_bit(host: DomainLauncher) -> None:
     front, back = start_actors(host, 2)
     back_port, front_port = connect(front, back)
     for _ in range(3):
@@ -79,12 +79,12 @@ def test_notifications_coalesce_like_a_pending_bit(host: Host) -> None:
     assert back("events", call="pending", args=(0,)) == []
 
 
-def test_pending_times_out_empty(host: Host) -> None:
+def test_pending_times_out_empty(host: DomainLauncher) -> None:
     (lonely,) = start_actors(host, 1)
     assert lonely("events", call="pending", args=(0.05,)) == []
 
 
-def test_fileno_wakes_selectors_and_asyncio(host: Host) -> None:
+def test_fileno_wakes_selectors_and_asyncio(host: DomainLauncher) -> None:
     front, back = start_actors(host, 2)
     back_port, front_port = connect(front, back)
     front("events", call="notify", args=(front_port,))
@@ -93,7 +93,7 @@ def test_fileno_wakes_selectors_and_asyncio(host: Host) -> None:
     assert back("wait_asyncio", timeout=30) == [back_port]
 
 
-def test_binding_and_notifying_fail_with_the_drivers_errnos(host: Host) -> None:
+def test_binding_and_notifying_fail_with_the_drivers_errnos(host: DomainLauncher) -> None:
     front, back, other = start_actors(host, 3)
     offered = back("events", call="bind_unbound_port", args=(front.domid,))
     assert failing(other, "bind_interdomain", back.domid, offered) == errno.EINVAL
@@ -105,7 +105,7 @@ def test_binding_and_notifying_fail_with_the_drivers_errnos(host: Host) -> None:
     assert failing(front, "unbind", 77) == errno.ENOTCONN
 
 
-def test_an_unbound_port_gets_its_peer_when_the_peer_binds(host: Host) -> None:
+def test_an_unbound_port_gets_its_peer_when_the_peer_binds(host: DomainLauncher) -> None:
     front, back = start_actors(host, 2)
     offered = back("events", call="bind_unbound_port", args=(front.domid,))
     assert back("events", call="status", args=(offered,)) == ("unbound", front.domid, None)
@@ -117,7 +117,7 @@ def test_an_unbound_port_gets_its_peer_when_the_peer_binds(host: Host) -> None:
     assert front("events", call="pending", args=(30,)) == [bound]
 
 
-def test_the_peer_sees_an_unbind_and_may_bind_again(host: Host) -> None:
+def test_the_peer_sees_an_unbind_and_may_bind_again(host: DomainLauncher) -> None:
     front, back = start_actors(host, 2)
     back_port, front_port = connect(front, back)
     front("events", call="unbind", args=(front_port,))
@@ -131,7 +131,7 @@ def test_the_peer_sees_an_unbind_and_may_bind_again(host: Host) -> None:
     assert front("events", call="pending", args=(30,)) == [again]
 
 
-def test_the_peer_sees_a_domain_die(host: Host) -> None:
+def test_the_peer_sees_a_domain_die(host: DomainLauncher) -> None:
     front, back = start_actors(host, 2)
     back_port, _ = connect(front, back)
     front.domain.kill()

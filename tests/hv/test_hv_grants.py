@@ -10,7 +10,7 @@ from hv_actor import Actor, start_actors
 
 from pvdisplay.hv import PAGE_SIZE, GrantTable, Hypervisor, HypervisorError, Mapping
 from pvdisplay.hv.local.client import LocalGrants, LocalHypervisor
-from pvdisplay.hv.local.host import Host
+from pvdisplay.hv.local.launcher import DomainLauncher
 from pvdisplay.hv.local.tables import Limits
 from pvdisplay.ipc.memory import SharedMapping
 
@@ -25,8 +25,8 @@ _conforms: tuple[
 
 
 @pytest.fixture
-def host() -> Iterator[Host]:
-    with Host() as running:
+def host() -> Iterator[DomainLauncher]:
+    with DomainLauncher() as running:
         yield running
 
 
@@ -38,7 +38,7 @@ def failing(actor: Actor, action: str, **kwargs: Any) -> int:
     return failure.value.errno
 
 
-def test_pages_written_by_one_domain_are_read_by_the_other(host: Host) -> None:
+def test_pages_written_by_one_domain_are_read_by_the_other(host: DomainLauncher) -> None:
     front, back = start_actors(host, 2)
     refs = front("share", key="buf", domid=back.domid, pages=4)
     front("write", key="buf", offset=2 * PAGE_SIZE + 7, data=b"from the front")
@@ -50,7 +50,7 @@ def test_pages_written_by_one_domain_are_read_by_the_other(host: Host) -> None:
     assert front("read", key="buf", offset=5, length=8) == b"and back"
 
 
-def test_refs_are_distinct_and_never_zero(host: Host) -> None:
+def test_refs_are_distinct_and_never_zero(host: DomainLauncher) -> None:
     front, back = start_actors(host, 2)
     refs = front("share", key="a", domid=back.domid, pages=3)
     refs += front("share", key="b", domid=back.domid, pages=3)
@@ -58,7 +58,7 @@ def test_refs_are_distinct_and_never_zero(host: Host) -> None:
     assert len(set(refs)) == 6
 
 
-def test_a_mapping_follows_ref_order(host: Host) -> None:
+def test_a_mapping_follows_ref_order(host: DomainLauncher) -> None:
     front, back = start_actors(host, 2)
     front("alloc", key="mem", pages=4)
     for page in range(4):
@@ -70,7 +70,7 @@ def test_a_mapping_follows_ref_order(host: Host) -> None:
     assert back("read", key="m", offset=PAGE_SIZE, length=1) == b"\x02"
 
 
-def test_mapping_what_was_not_granted_fails_with_einval(host: Host) -> None:
+def test_mapping_what_was_not_granted_fails_with_einval(host: DomainLauncher) -> None:
     front, back, other = start_actors(host, 3)
     refs = front("share", key="buf", domid=back.domid, pages=2)
     ended = front("share", key="gone", domid=back.domid, pages=1)
@@ -90,7 +90,7 @@ def test_mapping_what_was_not_granted_fails_with_einval(host: Host) -> None:
     assert host.stats()["maps"] == 0
 
 
-def test_a_read_only_grant_maps_read_only_and_a_write_faults(host: Host) -> None:
+def test_a_read_only_grant_maps_read_only_and_a_write_faults(host: DomainLauncher) -> None:
     front, back = start_actors(host, 2)
     refs = front("share", key="buf", domid=back.domid, pages=1, ro=True)
     front("write", key="buf", offset=0, data=b"constant")
@@ -104,7 +104,7 @@ def test_a_read_only_grant_maps_read_only_and_a_write_faults(host: Host) -> None
     assert front("read", key="buf", offset=0, length=8) == b"constant"
 
 
-def test_ending_a_mapped_grant_is_deferred_until_unmap(host: Host) -> None:
+def test_ending_a_mapped_grant_is_deferred_until_unmap(host: DomainLauncher) -> None:
     front, back = start_actors(host, 2)
     refs = front("share", key="buf", domid=back.domid, pages=3)
     back("map", key="m", domid=front.domid, refs=refs)
@@ -122,7 +122,7 @@ def test_ending_a_mapped_grant_is_deferred_until_unmap(host: Host) -> None:
     assert host.stats()["allocations"] == 0
 
 
-def test_freeing_memory_ends_its_grants(host: Host) -> None:
+def test_freeing_memory_ends_its_grants(host: DomainLauncher) -> None:
     front, back = start_actors(host, 2)
     refs = front("share", key="buf", domid=back.domid, pages=2)
     back("map", key="m", domid=front.domid, refs=refs)
@@ -134,7 +134,7 @@ def test_freeing_memory_ends_its_grants(host: Host) -> None:
     assert (stats["grants"], stats["allocations"], stats["maps"]) == (0, 0, 0)
 
 
-def test_close_refuses_while_an_array_still_views_the_mapping(host: Host) -> None:
+def test_close_refuses_while_an_array_still_views_the_mapping(host: DomainLauncher) -> None:
     front, back = start_actors(host, 2)
     refs = front("share", key="buf", domid=back.domid, pages=1)
     back("map", key="m", domid=front.domid, refs=refs)
@@ -144,7 +144,7 @@ def test_close_refuses_while_an_array_still_views_the_mapping(host: Host) -> Non
     assert host.stats()["maps"] == 0
 
 
-def test_a_mapping_dropped_without_close_is_unmapped_at_the_next_call(host: Host) -> None:
+def test_a_mapping_dropped_without_close_is_unmapped_at_the_next_call(host: DomainLauncher) -> None:
     front, back = start_actors(host, 2)
     refs = front("share", key="buf", domid=back.domid, pages=1)
     back("map", key="m", domid=front.domid, refs=refs)
@@ -155,7 +155,7 @@ def test_a_mapping_dropped_without_close_is_unmapped_at_the_next_call(host: Host
 
 def test_limits_fail_cleanly_with_the_drivers_errnos() -> None:
     limits = Limits(memory_pages=16, granted_pages=8, mapped_pages=4, event_channels=2)
-    with Host(limits=limits) as host:
+    with DomainLauncher(limits=limits) as host:
         front, back = start_actors(host, 2)
         refs = front("share", key="buf", domid=back.domid, pages=8)
         with pytest.raises(HypervisorError) as failure:
@@ -184,7 +184,7 @@ def test_limits_fail_cleanly_with_the_drivers_errnos() -> None:
         )
 
 
-def test_a_domain_reaches_no_memory_that_was_not_granted_to_it(host: Host) -> None:
+def test_a_domain_reaches_no_memory_that_was_not_granted_to_it(host: DomainLauncher) -> None:
     owner, grantee, bystander = start_actors(host, 3)
     secret = b"secret-" + bytes(range(32))
     owner("alloc", key="private", pages=8)
@@ -205,7 +205,9 @@ def test_a_domain_reaches_no_memory_that_was_not_granted_to_it(host: Host) -> No
     assert owner("scan_memory", needle=secret) == [(2 * PAGE_SIZE, False), (8 * PAGE_SIZE, True)]
 
 
-def test_a_grant_covers_whole_memory_objects_so_no_ungranted_page_is_reached(host: Host) -> None:
+def test_a_grant_covers_whole_memory_objects_so_no_ungranted_page_is_reached(
+    host: DomainLauncher,
+) -> None:
     # The broker isolates memory objects, not pages: a grant of part of one would hand
     # the grantee a descriptor for the rest.
     owner, grantee = start_actors(host, 2)

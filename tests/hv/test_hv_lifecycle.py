@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pvdisplay.hv import PAGE_SIZE, HypervisorError
-from pvdisplay.hv.local.host import Host
+from pvdisplay.hv.local.launcher import DomainLauncher
 from pvdisplay.ipc import framing
 
 pytestmark = pytest.mark.processes
@@ -25,7 +25,7 @@ EMPTY_TABLES = {
 }
 
 
-def tables(host: Host) -> dict[str, int]:
+def tables(host: DomainLauncher) -> dict[str, int]:
     stats = host.stats()
     del stats["fds"]
     return stats
@@ -33,13 +33,13 @@ def tables(host: Host) -> dict[str, int]:
 
 def test_a_domain_killed_mid_mapping_leaves_nothing_behind() -> None:
     released: list[tuple[int, int]] = []
-    hosts: list[Host] = []
+    hosts: list[DomainLauncher] = []
 
     def on_released(domid: int) -> None:
         # The hook may call back into the host, and the broker is done with the domain.
         released.append((domid, hosts[0].stats()["domains"]))
 
-    with Host(on_domain_released=on_released) as host:
+    with DomainLauncher(on_domain_released=on_released) as host:
         hosts.append(host)
         idle_fds = host.stats()["fds"]
         front, back = start_actors(host, 2)
@@ -70,7 +70,7 @@ def test_a_domain_killed_mid_mapping_leaves_nothing_behind() -> None:
 
 
 def test_pages_mapped_from_a_dead_domain_stay_valid_until_unmapped() -> None:
-    with Host() as host:
+    with DomainLauncher() as host:
         front, back = start_actors(host, 2)
         refs = front("share", key="fb", domid=back.domid, pages=2)
         front("write", key="fb", offset=PAGE_SIZE, data=b"last words")
@@ -91,7 +91,7 @@ def test_pages_mapped_from_a_dead_domain_stay_valid_until_unmapped() -> None:
 
 
 def test_a_restarted_domain_0_grants_afresh_while_its_old_grants_are_mapped() -> None:
-    with Host() as host:
+    with DomainLauncher() as host:
         old = Actor(host.start_domain("hv_actor:actor", domid=0))
         (guest,) = start_actors(host, 1)
         old_refs = old("share", key="fb", domid=guest.domid, pages=2)
@@ -125,7 +125,7 @@ def test_a_restarted_domain_0_grants_afresh_while_its_old_grants_are_mapped() ->
 
 
 def test_a_thousand_map_and_export_cycles_grow_nothing() -> None:
-    with Host() as host:
+    with DomainLauncher() as host:
         front, back = start_actors(host, 2)
         refs = front("share", key="fb", domid=back.domid, pages=16)
         back("cycle_map", domid=front.domid, refs=refs, count=20)
@@ -145,7 +145,7 @@ def test_a_thousand_map_and_export_cycles_grow_nothing() -> None:
 
 
 def test_a_domain_that_breaks_the_framing_is_killed() -> None:
-    with Host() as host:
+    with DomainLauncher() as host:
         rogue, bystander = start_actors(host, 2)
         rogue("alloc", key="mem", pages=1)
         rogue.domain.control.send(("break_framing", {}))
@@ -185,7 +185,7 @@ requests = st.sampled_from(sorted(WELL_FORMED)).flatmap(
 
 
 def test_the_broker_answers_any_request_and_leaks_nothing() -> None:
-    with Host() as host:
+    with DomainLauncher() as host:
         idle_fds = host.stats()["fds"]
         fuzzer, bystander = start_actors(host, 2)
         bystander("share", key="buf", domid=fuzzer.domid, pages=2)
@@ -212,7 +212,7 @@ def test_the_broker_answers_any_request_and_leaks_nothing() -> None:
 
 
 def test_a_domain_that_exits_is_released() -> None:
-    with Host() as host:
+    with DomainLauncher() as host:
         (leaving,) = start_actors(host, 1)
         leaving.domain.control.send(("exit", {"code": 3}))
         assert leaving.domain.wait(30) == 3
@@ -221,7 +221,7 @@ def test_a_domain_that_exits_is_released() -> None:
 
 
 def test_a_domain_id_is_reused_only_after_its_domain_is_destroyed() -> None:
-    with Host() as host:
+    with DomainLauncher() as host:
         first = Actor(host.start_domain("hv_actor:actor", domid=7))
         with pytest.raises(HypervisorError) as refused:
             host.start_domain("hv_actor:actor", domid=7)

@@ -18,7 +18,7 @@ from pvdisplay.store.client import Client, Transaction, Watch, default_socket_pa
 from pvdisplay.store.permissions import Access, Permission
 from pvdisplay.store.protocol import WatchEvent, XenStoreError
 from pvdisplay.wire import xs_wire
-from pvdisplay.wire.xs_wire import Message, MessageType
+from pvdisplay.wire.xs_wire import MessageType, XsMessage
 
 pytestmark = pytest.mark.processes
 
@@ -507,7 +507,7 @@ class RecordingPeer:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.requests: list[Message] = []
+        self.requests: list[XsMessage] = []
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(str(path))
         self._listener.listen()
@@ -524,10 +524,10 @@ class RecordingPeer:
             with peer:
                 while data := peer.recv(65536):
                     for message in reader.feed(data):
-                        assert isinstance(message, Message)
+                        assert isinstance(message, XsMessage)
                         self.requests.append(message)
                         payload = CANNED_REPLIES.get(MessageType(message.type), b"OK\0")
-                        answer = Message(message.type, message.req_id, message.tx_id, payload)
+                        answer = XsMessage(message.type, message.req_id, message.tx_id, payload)
                         peer.sendall(answer.encode())
 
     def close(self) -> None:

@@ -11,15 +11,15 @@ from pvdisplay.store import protocol
 from pvdisplay.store.permissions import Access, Permission
 from pvdisplay.store.protocol import ClientProtocol, WatchEvent, XenStoreError
 from pvdisplay.wire import ProtocolError, xs_wire
-from pvdisplay.wire.xs_wire import Message, MessageType
+from pvdisplay.wire.xs_wire import MessageType, XsMessage
 
 
 def reply(req_id: int, payload: bytes, type_: MessageType = MessageType.READ) -> bytes:
-    return Message(type_, req_id, 0, payload).encode()
+    return XsMessage(type_, req_id, 0, payload).encode()
 
 
 def event(path: str, token: str) -> bytes:
-    return Message(MessageType.WATCH_EVENT, 0, 0, xs_wire.join_strings(path, token)).encode()
+    return XsMessage(MessageType.WATCH_EVENT, 0, 0, xs_wire.join_strings(path, token)).encode()
 
 
 def test_request_payloads_follow_the_xenstore_wire_format() -> None:
@@ -55,7 +55,7 @@ def test_requests_the_daemon_could_not_frame_are_refused_before_sending() -> Non
 def test_error_replies_raise_the_matching_oserror_subclass(name: str, number: int) -> None:
     request = protocol.read("/some/path")
     with pytest.raises(XenStoreError) as caught:
-        request.result(Message(MessageType.ERROR, 1, 0, xs_wire.error_payload(number)))
+        request.result(XsMessage(MessageType.ERROR, 1, 0, xs_wire.error_payload(number)))
     assert caught.value.errno == number
     assert caught.value.filename == "/some/path"
     builtin = type(OSError(number, "x"))
@@ -64,35 +64,37 @@ def test_error_replies_raise_the_matching_oserror_subclass(name: str, number: in
 
 def test_exists_turns_only_enoent_into_false() -> None:
     request = protocol.exists("/a")
-    assert request.result(Message(MessageType.READ, 1, 0, b"value")) is True
-    enoent = Message(MessageType.ERROR, 1, 0, xs_wire.error_payload(errno.ENOENT))
+    assert request.result(XsMessage(MessageType.READ, 1, 0, b"value")) is True
+    enoent = XsMessage(MessageType.ERROR, 1, 0, xs_wire.error_payload(errno.ENOENT))
     assert request.result(enoent) is False
     with pytest.raises(PermissionError):
-        request.result(Message(MessageType.ERROR, 1, 0, xs_wire.error_payload(errno.EACCES)))
+        request.result(XsMessage(MessageType.ERROR, 1, 0, xs_wire.error_payload(errno.EACCES)))
 
 
 def test_replies_are_decoded_and_checked() -> None:
-    assert protocol.ls("/a").result(Message(MessageType.DIRECTORY, 1, 0, b"x\0y\0")) == ["x", "y"]
-    assert protocol.ls("/a").result(Message(MessageType.DIRECTORY, 1, 0, b"")) == []
-    perms = protocol.get_permissions("/a").result(Message(MessageType.GET_PERMS, 1, 0, b"w3\0r0\0"))
+    assert protocol.ls("/a").result(XsMessage(MessageType.DIRECTORY, 1, 0, b"x\0y\0")) == ["x", "y"]
+    assert protocol.ls("/a").result(XsMessage(MessageType.DIRECTORY, 1, 0, b"")) == []
+    perms = protocol.get_permissions("/a").result(
+        XsMessage(MessageType.GET_PERMS, 1, 0, b"w3\0r0\0")
+    )
     assert perms == [Permission(3, Access.WRITE), Permission(0, Access.READ)]
     start = protocol.transaction_start()
-    assert start.result(Message(MessageType.TRANSACTION_START, 1, 0, b"42\0")) == 42
+    assert start.result(XsMessage(MessageType.TRANSACTION_START, 1, 0, b"42\0")) == 42
     introduced = protocol.is_domain_introduced(3)
-    assert introduced.result(Message(MessageType.IS_DOMAIN_INTRODUCED, 1, 0, b"F\0")) is False
+    assert introduced.result(XsMessage(MessageType.IS_DOMAIN_INTRODUCED, 1, 0, b"F\0")) is False
     domain_path = protocol.get_domain_path(3)
-    assert domain_path.result(Message(MessageType.GET_DOMAIN_PATH, 1, 0, b"/local/domain/3\0")) == (
-        "/local/domain/3"
-    )
-    bad: list[tuple[protocol.Request[Any], Message]] = [
-        (protocol.mkdir("/a"), Message(MessageType.MKDIR, 1, 0, b"NO\0")),
-        (protocol.mkdir("/a"), Message(MessageType.RM, 1, 0, b"OK\0")),
-        (start, Message(MessageType.TRANSACTION_START, 1, 0, b"0\0")),
-        (start, Message(MessageType.TRANSACTION_START, 1, 0, b"x\0")),
-        (introduced, Message(MessageType.IS_DOMAIN_INTRODUCED, 1, 0, b"yes\0")),
-        (protocol.get_permissions("/a"), Message(MessageType.GET_PERMS, 1, 0, b"q1\0")),
-        (protocol.get_permissions("/a"), Message(MessageType.GET_PERMS, 1, 0, b"r\0")),
-        (protocol.read("/a"), Message(MessageType.ERROR, 1, 0, b"EWHAT\0")),
+    assert domain_path.result(
+        XsMessage(MessageType.GET_DOMAIN_PATH, 1, 0, b"/local/domain/3\0")
+    ) == ("/local/domain/3")
+    bad: list[tuple[protocol.Request[Any], XsMessage]] = [
+        (protocol.mkdir("/a"), XsMessage(MessageType.MKDIR, 1, 0, b"NO\0")),
+        (protocol.mkdir("/a"), XsMessage(MessageType.RM, 1, 0, b"OK\0")),
+        (start, XsMessage(MessageType.TRANSACTION_START, 1, 0, b"0\0")),
+        (start, XsMessage(MessageType.TRANSACTION_START, 1, 0, b"x\0")),
+        (introduced, XsMessage(MessageType.IS_DOMAIN_INTRODUCED, 1, 0, b"yes\0")),
+        (protocol.get_permissions("/a"), XsMessage(MessageType.GET_PERMS, 1, 0, b"q1\0")),
+        (protocol.get_permissions("/a"), XsMessage(MessageType.GET_PERMS, 1, 0, b"r\0")),
+        (protocol.read("/a"), XsMessage(MessageType.ERROR, 1, 0, b"EWHAT\0")),
     ]
     for request, message in bad:
         with pytest.raises(ProtocolError):
@@ -235,4 +237,4 @@ def test_a_watch_token_is_unique_per_connection() -> None:
 def test_a_watch_event_without_a_token_is_a_protocol_error() -> None:
     core = ClientProtocol()
     with pytest.raises(ProtocolError):
-        core.receive(Message(MessageType.WATCH_EVENT, 0, 0, b"/a\0").encode())
+        core.receive(XsMessage(MessageType.WATCH_EVENT, 0, 0, b"/a\0").encode())

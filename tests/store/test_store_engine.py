@@ -16,9 +16,9 @@ from pvdisplay.store.engine import (
 from pvdisplay.store.tree import Quotas, StoreError
 from pvdisplay.wire.xs_wire import (
     Header,
-    Message,
     MessageType,
     Oversized,
+    XsMessage,
     errno_from_error_payload,
     join_strings,
 )
@@ -43,11 +43,11 @@ class Peer:
     def send(self, kind: int, payload: bytes, tx_id: int = 0) -> list[Output]:
         self.req_id += 1
         self.outputs = self.engine.handle(
-            self.connection, Message(kind, self.req_id, tx_id, payload)
+            self.connection, XsMessage(kind, self.req_id, tx_id, payload)
         )
         return self.outputs
 
-    def call(self, kind: int, payload: bytes, tx_id: int = 0) -> Message:
+    def call(self, kind: int, payload: bytes, tx_id: int = 0) -> XsMessage:
         outputs = self.send(kind, payload, tx_id)
         replies = [
             output.message
@@ -218,7 +218,7 @@ class TestMalformedRequests:
     def test_oversized_header_gets_e2big_with_its_ids(self, engine: Engine, dom0: Peer) -> None:
         (output,) = engine.handle(dom0.connection, Oversized(Header(T.WRITE, 9, 4, 5000)))
         assert isinstance(output, Send)
-        assert output.message == Message(T.ERROR, 9, 4, b"E2BIG\0")
+        assert output.message == XsMessage(T.ERROR, 9, 4, b"E2BIG\0")
 
     def test_errors_change_nothing_and_the_connection_goes_on(self, dom0: Peer) -> None:
         dom0.fails(T.WRITE, b"/bad//path\0x")
@@ -347,7 +347,7 @@ class TestDomains:
         assert outputs.index(DomainIntroduced(3)) < len(outputs) - 1, "socket before reply"
         assert dom0.ok(T.GET_PERMS, z("/local/domain/3")) == b"n3\0"
         assert introduce(dom0, 3) == [
-            Send(dom0.connection, Message(T.INTRODUCE, dom0.req_id, 0, b"OK\0"))
+            Send(dom0.connection, XsMessage(T.INTRODUCE, dom0.req_id, 0, b"OK\0"))
         ]
         with pytest.raises(StoreError):
             engine.connect(4)
@@ -377,7 +377,7 @@ class TestDomains:
         assert dom0.fails(T.READ, z("/shared/mine")) == errno.ENOENT
         assert dom0.fails(T.READ, z("/local/domain/5")) == errno.ENOENT
         assert dom0.ok(T.GET_PERMS, z("/shared")) == b"n0\0"
-        assert engine.handle(guest.connection, Message(T.READ, 1, 0, z("/shared"))) == []
+        assert engine.handle(guest.connection, XsMessage(T.READ, 1, 0, z("/shared"))) == []
         assert dom0.ok(T.IS_DOMAIN_INTRODUCED, z("5")) == b"F\0"
 
     def test_set_target_gives_the_controller_its_targets_rights(

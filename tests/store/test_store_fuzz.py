@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from pvdisplay.store import tree
 from pvdisplay.store.engine import Close, Connection, Engine, Send
 from pvdisplay.store.tree import Quotas
-from pvdisplay.wire.xs_wire import HEADER, Message, MessageReader, MessageType, Oversized
+from pvdisplay.wire.xs_wire import HEADER, MessageReader, MessageType, Oversized, XsMessage
 
 SECRET = b"\x01-top-secret-\xfe"
 QUOTAS = Quotas(nodes=8, watches=4, transactions=2, node_size=256, transaction_nodes=16)
@@ -101,7 +101,7 @@ requests = st.one_of(
     garbage_requests,
 )
 messages = st.builds(
-    lambda request, req_id, tx_id: Message(request[0], req_id, tx_id, request[1]).encode(),
+    lambda request, req_id, tx_id: XsMessage(request[0], req_id, tx_id, request[1]).encode(),
     requests,
     st.integers(0, 2**32 - 1),
     st.sampled_from([0, 0, 0, 1, 2, 3, 2**32 - 1]),
@@ -121,7 +121,7 @@ def setup(engine: Engine) -> dict[str, Connection]:
     def do(kind: MessageType, payload: bytes) -> None:
         (*_, reply) = [
             o
-            for o in engine.handle(dom0, Message(kind, 1, 0, payload))
+            for o in engine.handle(dom0, XsMessage(kind, 1, 0, payload))
             if isinstance(o, Send) and o.connection is dom0
         ]
         assert reply.message.type == kind, reply

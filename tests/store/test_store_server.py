@@ -11,7 +11,7 @@ import pytest
 
 from pvdisplay.store.server import XenStoreServer, parse_quotas
 from pvdisplay.store.tree import Quotas
-from pvdisplay.wire.xs_wire import Message, MessageReader, MessageType
+from pvdisplay.wire.xs_wire import MessageReader, MessageType, XsMessage
 
 T = MessageType
 
@@ -34,12 +34,12 @@ class Client:
     async def open(cls, path: Path) -> "Client":
         return cls(*await asyncio.open_unix_connection(path))
 
-    async def call(self, kind: int, payload: bytes) -> Message:
+    async def call(self, kind: int, payload: bytes) -> XsMessage:
         self.req_id += 1
-        self.writer.write(Message(kind, self.req_id, 0, payload).encode())
+        self.writer.write(XsMessage(kind, self.req_id, 0, payload).encode())
         while True:
             for message in self.framer.feed(await self.reader.read(65536)):
-                assert isinstance(message, Message)
+                assert isinstance(message, XsMessage)
                 if message.type == T.WATCH_EVENT:
                     self.events.append(message.payload)
                 else:
@@ -145,7 +145,7 @@ def test_a_client_that_never_reads_replies_is_throttled(tmp_path: Path, read_onl
             flooder.setblocking(False)
             path = server.readonly_socket_path if read_only else server.socket_path
             flooder.connect(str(path))
-            request = Message(T.READ, 0, 0, b"/tool/xenstored\0").encode()
+            request = XsMessage(T.READ, 0, 0, b"/tool/xenstored\0").encode()
             sent = 0
             idle_rounds = 0
             while idle_rounds < 20 and sent * len(request) < limit:
@@ -187,7 +187,7 @@ def test_events_for_a_watcher_that_never_reads_are_dropped(
             deaf = socket.socket(socket.AF_UNIX)
             deaf.setblocking(False)
             deaf.connect(str(server.socket_path))
-            deaf.send(Message(T.WATCH, 1, 0, b"/ev\0" + token + b"\0").encode())
+            deaf.send(XsMessage(T.WATCH, 1, 0, b"/ev\0" + token + b"\0").encode())
             writer = await Client.open(server.socket_path)
             for index in range(writes):
                 await writer.ok(T.WRITE, b"/ev\0" + str(index).encode())
@@ -201,7 +201,7 @@ def test_events_for_a_watcher_that_never_reads_are_dropped(
                 except BlockingIOError:
                     break
                 events += sum(
-                    isinstance(message, Message) and message.type == T.WATCH_EVENT
+                    isinstance(message, XsMessage) and message.type == T.WATCH_EVENT
                     for message in framer.feed(data)
                 )
             deaf.close()

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import pyxs
 
-from pvdisplay.wire.xs_wire import Message, MessageReader, MessageType, Oversized
+from pvdisplay.wire.xs_wire import MessageReader, MessageType, Oversized, XsMessage
 
 pytestmark = pytest.mark.processes
 
@@ -109,13 +109,13 @@ def dom0(daemon: Daemon) -> pyxs.Client:
     return client
 
 
-def raw_request(sock: socket.socket, reader: MessageReader, message: Message) -> Message:
+def raw_request(sock: socket.socket, reader: MessageReader, message: XsMessage) -> XsMessage:
     sock.sendall(message.encode())
     while True:
         data = sock.recv(65536)
         assert data, "daemon closed the connection"
         for reply in reader.feed(data):
-            assert isinstance(reply, Message)
+            assert isinstance(reply, XsMessage)
             if reply.type != T.WATCH_EVENT:
                 return reply
 
@@ -282,7 +282,7 @@ class TestGuestDomain:
             assert next(events) == (b"@releaseDomain", b"released")
             with socket.socket(socket.AF_UNIX) as guest:
                 guest.connect(str(daemon.domain_socket(9)))
-                reply = raw_request(guest, MessageReader(), Message(T.WRITE, 1, 0, b"mine\0v"))
+                reply = raw_request(guest, MessageReader(), XsMessage(T.WRITE, 1, 0, b"mine\0v"))
                 assert reply.payload == b"OK\0"
                 client.release_domain(9)
                 assert next(events) == (b"@releaseDomain", b"released")
@@ -317,16 +317,16 @@ class TestBadInput:
     @pytest.mark.parametrize(
         ("message", "error"),
         [
-            (Message(T.READ, 1, 0, b"/tool"), b"EINVAL\0"),
-            (Message(99, 2, 0, b"/tool\0"), b"ENOSYS\0"),
-            (Message(T.READ, 3, 1234, b"/tool\0"), b"ENOENT\0"),
-            (Message(T.WRITE, 4, 0, b"/caf\xc3\xa9\0x"), b"EINVAL\0"),
-            (Message(T.WRITE, 5, 0, b"/" + b"a" * 3100 + b"\0x"), b"EINVAL\0"),
-            (Message(T.TRANSACTION_END, 6, 0, b"maybe\0"), b"EINVAL\0"),
+            (XsMessage(T.READ, 1, 0, b"/tool"), b"EINVAL\0"),
+            (XsMessage(99, 2, 0, b"/tool\0"), b"ENOSYS\0"),
+            (XsMessage(T.READ, 3, 1234, b"/tool\0"), b"ENOENT\0"),
+            (XsMessage(T.WRITE, 4, 0, b"/caf\xc3\xa9\0x"), b"EINVAL\0"),
+            (XsMessage(T.WRITE, 5, 0, b"/" + b"a" * 3100 + b"\0x"), b"EINVAL\0"),
+            (XsMessage(T.TRANSACTION_END, 6, 0, b"maybe\0"), b"EINVAL\0"),
         ],
     )
     def test_error_replies_and_the_connection_survives(
-        self, daemon: Daemon, message: Message, error: bytes
+        self, daemon: Daemon, message: XsMessage, error: bytes
     ) -> None:
         with socket.socket(socket.AF_UNIX) as sock:
             sock.connect(str(daemon.socket))
@@ -338,7 +338,7 @@ class TestBadInput:
                 message.tx_id,
             )
             assert reply.payload == error
-            reply = raw_request(sock, reader, Message(T.READ, 7, 0, b"/tool/xenstored\0"))
+            reply = raw_request(sock, reader, XsMessage(T.READ, 7, 0, b"/tool/xenstored\0"))
             assert (reply.type, reply.payload) == (T.READ, b"")
 
     def test_oversized_payload_is_skipped_with_e2big(self, daemon: Daemon) -> None:
@@ -346,13 +346,13 @@ class TestBadInput:
             sock.connect(str(daemon.socket))
             reader = MessageReader()
             sock.sendall(struct.pack("=IIII", T.WRITE, 41, 0, 10_000) + b"\0" * 10_000)
-            sock.sendall(Message(T.READ, 42, 0, b"/tool\0").encode())
-            replies: list[Message | Oversized] = []
+            sock.sendall(XsMessage(T.READ, 42, 0, b"/tool\0").encode())
+            replies: list[XsMessage | Oversized] = []
             while len(replies) < 2:
                 replies += reader.feed(sock.recv(65536))
             assert replies == [
-                Message(T.ERROR, 41, 0, b"E2BIG\0"),
-                Message(T.READ, 42, 0, b""),
+                XsMessage(T.ERROR, 41, 0, b"E2BIG\0"),
+                XsMessage(T.READ, 42, 0, b""),
             ]
 
     def test_broken_clients_do_not_stop_the_others(self, daemon: Daemon) -> None:
@@ -365,7 +365,7 @@ class TestBadInput:
         with socket.socket(socket.AF_UNIX) as deaf:
             deaf.connect(str(daemon.socket))
             # A watcher that never reads: its events pile up, nobody waits for it.
-            deaf.sendall(Message(T.WATCH, 1, 0, b"/\0deaf\0").encode())
+            deaf.sendall(XsMessage(T.WATCH, 1, 0, b"/\0deaf\0").encode())
             with dom0(daemon) as client:
                 for index in range(300):
                     client.write(b"/noisy", b"x" * 1000 + str(index).encode())

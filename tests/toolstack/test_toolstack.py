@@ -116,7 +116,7 @@ connectors = [{ unique-id = "one", resolution = "64x32" }, "two:16x16"]
 
 def test_toml_config_with_xl_strings_a_single_string_and_tables() -> None:
     config = toolstack.parse_config(CONFIG)
-    assert config.backend == toolstack.BackendDomain("Domain-0", 0, copy=False)
+    assert config.backend == toolstack.BackendConfig("Domain-0", 0, copy=False)
     assert config.backend.page_budget == DEFAULT_PAGE_BUDGET
     alpha, beta, gamma = config.guests
     assert alpha.domid is None
@@ -180,7 +180,7 @@ def test_the_page_budget_reaches_the_backend_s_arguments() -> None:
 def test_a_config_may_set_the_backend_alone() -> None:
     config = toolstack.parse_config("[backend]\ncopy = true\npage_budget = 8192\n")
     assert config.guests == ()
-    assert config.backend == toolstack.BackendDomain("Domain-0", 0, copy=True, page_budget=8192)
+    assert config.backend == toolstack.BackendConfig("Domain-0", 0, copy=True, page_budget=8192)
 
 
 def test_the_largest_mode_a_connector_may_have_fits_one_display_buffer() -> None:
@@ -343,7 +343,7 @@ def test_frontend_library_reads_as_many_connectors_as_the_toolstack_allows(
         apply_plan(dom0, toolstack.domain_nodes(5, "guest5"))
         apply_plan(dom0, toolstack.vdispl_nodes(5, Vdispl(0, 0, False, connectors)))
 
-    async def read() -> front.DeviceConfig:
+    async def read() -> front.ToolstackConfig:
         async with await AsyncClient.connect(xenstored / "socket") as xs:
             return await front.read_config(xs, "/local/domain/5/device/vdispl/0")
 

@@ -123,15 +123,15 @@ class Guest:
 
 def message(
     request: int, payload: bytes = b"", fds: list[int] | None = None, flags: int = 0
-) -> vu.Message:
-    return vu.Message(request, vu.VERSION | flags, payload, fds or [])
+) -> vu.VhostUserMessage:
+    return vu.VhostUserMessage(request, vu.VERSION | flags, payload, fds or [])
 
 
 def u64(value: int) -> bytes:
     return struct.pack("<Q", value)
 
 
-def mem_table(guest: Guest) -> vu.Message:
+def mem_table(guest: Guest) -> vu.VhostUserMessage:
     fd = os.dup(guest.fd)
     region = struct.pack("<QQQQ", GUEST_BASE, MEMORY_SIZE, USER_BASE, 0)
     return message(vu.SET_MEM_TABLE, struct.pack("<II", 1, 0) + region, [fd])
@@ -313,7 +313,7 @@ def gpu_backend(registry: PlaneRegistry) -> vu.Backend:
     return backend
 
 
-def split_mem_table(guest: Guest, high: bool = True) -> vu.Message:
+def split_mem_table(guest: Guest, high: bool = True) -> vu.VhostUserMessage:
     """The same guest RAM as `mem_table`, now as a low region at the same QEMU address
     and, if `high`, the rest (the framebuffer) at another address and file offset."""
     regions = [struct.pack("<QQQQ", GUEST_BASE, LOW_SIZE, USER_BASE, 0)]
@@ -488,7 +488,7 @@ def test_arbitrary_requests_fail_cleanly(
     backend: vu.Backend, request: int, flags: int, payload: bytes
 ) -> None:
     with contextlib.suppress(vu.VhostUserError, VirtioError):
-        backend.handle(vu.Message(request, flags, payload, []))
+        backend.handle(vu.VhostUserMessage(request, flags, payload, []))
 
 
 def test_header_checks() -> None:
@@ -508,7 +508,9 @@ def test_messages_are_framed_piece_by_piece() -> None:
     assert reader.feed(data[5:12]) is None
     assert reader.wanted == 8  # the payload, never the next message's header
     assert reader.feed(data[12:15]) is None
-    assert reader.feed(data[15:]) == vu.Message(vu.SET_VRING_CALL, vu.VERSION, u64(1), [call])
+    assert reader.feed(data[15:]) == vu.VhostUserMessage(
+        vu.SET_VRING_CALL, vu.VERSION, u64(1), [call]
+    )
     os.close(call)
     assert reader.feed(message(vu.GET_FEATURES).encode()) == message(vu.GET_FEATURES)
 

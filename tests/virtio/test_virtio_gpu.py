@@ -20,7 +20,7 @@ from pvdisplay.hv import PAGE_SIZE
 from pvdisplay.planes.model import PlaneKey, PlaneRegistry
 from pvdisplay.virtio import gpu_wire as wire
 from pvdisplay.virtio.gpu import MAX_HOST_MEMORY, MAX_RESOURCES, GpuDevice
-from pvdisplay.virtio.gpu_resource import Rect
+from pvdisplay.virtio.gpu_resource import GpuRect
 from pvdisplay.virtio.gpu_wire import CtrlType, Format
 from pvdisplay.wire.edid import parse_edid, serial_string_for
 from pvdisplay.wire.layout import Layout
@@ -209,18 +209,18 @@ def test_flushes_report_their_damage_per_scanout() -> None:
     rig.ok(command(SET_SCANOUT, 10, 4, 16, 8, 0, 1))
     rig.ok(command(SET_SCANOUT, 0, 0, 64, 32, 1, 1))
     # A newly shown scanout is damaged whole, in its own coordinates.
-    assert rig.device.take_damage(0) == Rect(0, 0, 16, 8)
-    assert rig.device.take_damage(1) == Rect(0, 0, 64, 32)
+    assert rig.device.take_damage(0) == GpuRect(0, 0, 16, 8)
+    assert rig.device.take_damage(1) == GpuRect(0, 0, 64, 32)
     assert rig.device.take_damage(1) is None
     rig.ok(command(FLUSH, 20, 5, 3, 2, 1))
     # Scanout 0 shows (10, 4)-(26, 12) of the resource: the flush lands at (10, 1).
-    assert rig.device.take_damage(0) == Rect(10, 1, 3, 2)
-    assert rig.device.take_damage(1) == Rect(20, 5, 3, 2)
+    assert rig.device.take_damage(0) == GpuRect(10, 1, 3, 2)
+    assert rig.device.take_damage(1) == GpuRect(20, 5, 3, 2)
     # Flushes accumulate as their bounding box until taken; a part off-screen is clipped.
     rig.ok(command(FLUSH, 1, 1, 2, 2, 1))
     rig.ok(command(FLUSH, 24, 10, 8, 8, 1))
-    assert rig.device.take_damage(0) == Rect(14, 6, 2, 2)
-    assert rig.device.take_damage(1) == Rect(1, 1, 31, 17)
+    assert rig.device.take_damage(0) == GpuRect(14, 6, 2, 2)
+    assert rig.device.take_damage(1) == GpuRect(1, 1, 31, 17)
     rig.ok(command(FLUSH, 40, 20, 4, 4, 1))
     assert rig.device.take_damage(0) is None  # nothing of scanout 0 was flushed
     rig.ok(command(SET_SCANOUT, 0, 0, 0, 0, 1, 0))
@@ -444,7 +444,7 @@ def test_guest_mode_change_follows_the_scanout_rectangle() -> None:
     assert (info.mode_width, info.mode_height, info.width, info.height) == (32, 16, 32, 16)
     assert (info.fb_cookie, info.stride) == (2, 32 * 4)
     assert rig.shown() == small
-    assert rig.device.take_damage(0) == Rect(0, 0, 32, 16)
+    assert rig.device.take_damage(0) == GpuRect(0, 0, 32, 16)
     # GET_DISPLAY_INFO and the EDID still describe the connector as configured.
     assert wire.RESP_DISPLAY_INFO.unpack(rig.call(hdr(CtrlType.CMD_GET_DISPLAY_INFO)))[2:4] == (
         64,
@@ -463,7 +463,7 @@ def test_guest_mode_change_follows_the_scanout_rectangle() -> None:
     info = plane.info
     assert (info.mode_width, info.mode_height, info.width, info.height) == (64, 32, 64, 32)
     assert info.fb_cookie == 1 and rig.shown() == console
-    assert rig.device.take_damage(0) == Rect(0, 0, 64, 32)
+    assert rig.device.take_damage(0) == GpuRect(0, 0, 64, 32)
     assert rig.device.host_memory == 64 * 32 * 4
 
 

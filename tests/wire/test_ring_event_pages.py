@@ -28,7 +28,7 @@ import pytest
 
 from pvdisplay.display.front_core import ConnectorChannel
 from pvdisplay.hv import Hypervisor
-from pvdisplay.input.back import DeviceConfig, FrontendRequests, InputDevice
+from pvdisplay.input.backend import FrontendRequests, InputDevice, VkbdFeatures
 from pvdisplay.input.front import Keyboard
 from pvdisplay.store.aio import AsyncClient
 from pvdisplay.wire import displif, kbdif
@@ -99,7 +99,7 @@ def _trace_of(page: mmap.mmap, fields: dict[int, str]) -> list[dict[str, Any]]:
 
 def _kbdif_backend() -> list[dict[str, Any]]:
     page = mmap.mmap(-1, XEN_PAGE_SIZE)
-    device = InputDevice(DeviceConfig("traced", 100, 100), FrontendRequests(), page)
+    device = InputDevice(VkbdFeatures("traced", 100, 100), FrontendRequests(), page)
     device.push(KEYS[:2])
     device.push(KEYS[2:])
     device.release()

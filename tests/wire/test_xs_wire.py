@@ -59,7 +59,7 @@ def test_a_planted_offset_error_is_caught(compile_c: LayoutBuilder) -> None:
 
 
 messages = st.builds(
-    xs_wire.Message,
+    xs_wire.XsMessage,
     type=st.integers(0, 2**32 - 1),
     req_id=st.integers(0, 2**32 - 1),
     tx_id=st.integers(0, 2**32 - 1),
@@ -68,10 +68,12 @@ messages = st.builds(
 
 
 @given(st.lists(messages, max_size=8), st.lists(st.integers(1, 64), min_size=1))
-def test_framing_survives_any_chunking(sent: list[xs_wire.Message], chunk_sizes: list[int]) -> None:
+def test_framing_survives_any_chunking(
+    sent: list[xs_wire.XsMessage], chunk_sizes: list[int]
+) -> None:
     stream = b"".join(message.encode() for message in sent)
     reader = xs_wire.MessageReader()
-    received: list[xs_wire.Message | xs_wire.Oversized] = []
+    received: list[xs_wire.XsMessage | xs_wire.Oversized] = []
     position = 0
     for size in chunk_sizes * (len(stream) // min(chunk_sizes) + 1):
         if position >= len(stream):
@@ -84,7 +86,7 @@ def test_framing_survives_any_chunking(sent: list[xs_wire.Message], chunk_sizes:
 
 @given(st.integers(xs_wire.PAYLOAD_MAX + 1, 3 * xs_wire.PAYLOAD_MAX), st.binary(max_size=64))
 def test_oversized_payload_is_dropped_and_framing_recovers(length: int, after: bytes) -> None:
-    follow_up = xs_wire.Message(xs_wire.MessageType.READ, 7, 0, after)
+    follow_up = xs_wire.XsMessage(xs_wire.MessageType.READ, 7, 0, after)
     reader = xs_wire.MessageReader()
     header = xs_wire.Header(xs_wire.MessageType.WRITE, 1, 0, length)
     stream = header.encode() + bytes(length) + follow_up.encode()

@@ -60,7 +60,7 @@ class ConnectorConfig:
 
 
 @dataclass(frozen=True)
-class DeviceConfig:
+class FrontendConfig:
     """One vdispl device of one frontend, with the protocol version it chose."""
 
     frontend: int
@@ -142,7 +142,7 @@ class DisplayDevice:
     def __init__(
         self,
         hv: Hypervisor,
-        config: DeviceConfig,
+        config: FrontendConfig,
         planes: PlaneRegistry,
         copy_frames: bool = False,
         page_budget: int = DEFAULT_PAGE_BUDGET,

@@ -95,7 +95,7 @@ class DisplayLostError(DisplayError):
 
 
 @dataclass(frozen=True)
-class DeviceConfig:
+class ToolstackConfig:
     """What the toolstack wrote in the frontend directory."""
 
     backend_path: str
@@ -106,7 +106,7 @@ class DeviceConfig:
     older libxl wrote it; "" when neither is there) and `<i>/resolution`."""
 
 
-async def read_config(xs: AsyncClient, front: str) -> DeviceConfig:
+async def read_config(xs: AsyncClient, front: str) -> ToolstackConfig:
     """Read a vdispl frontend directory as xen-front does: connectors 0.. until one lacks a
     `resolution`."""
     backend_path = (await xs.read(f"{front}/{xenbus.FIELD_BACKEND}")).decode()
@@ -130,7 +130,7 @@ async def read_config(xs: AsyncClient, front: str) -> DeviceConfig:
         connectors.append((unique_id, width, height))
     if not connectors:
         raise DisplayError("config", _errno.ENODEV, f"{front} has no connector with a resolution")
-    return DeviceConfig(backend_path, backend_id, be_alloc, tuple(connectors))
+    return ToolstackConfig(backend_path, backend_id, be_alloc, tuple(connectors))
 
 
 @dataclass
@@ -450,7 +450,9 @@ class Display:
     is closed, moves to Initialising and connects again when the backend comes back.
     """
 
-    def __init__(self, hv: Hypervisor, xs: AsyncClient, devid: int, config: DeviceConfig) -> None:
+    def __init__(
+        self, hv: Hypervisor, xs: AsyncClient, devid: int, config: ToolstackConfig
+    ) -> None:
         self._hv = hv
         self._xs = xs
         self.devid = devid

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pvdisplay import logs
-from pvdisplay.display.backend import ConnectorConfig, DeviceConfig, DisplayDevice, Reply
+from pvdisplay.display.backend import ConnectorConfig, DisplayDevice, FrontendConfig, Reply
 from pvdisplay.display.limits import (
     DEFAULT_PAGE_BUDGET,
     LEGACY_UNIQUE_ID_FIELD,
@@ -205,7 +205,7 @@ class BackendService(BackendDevices[_Device]):
             self._events.notify(self._wake_ports[1])
         await self._set_state(device, XenbusState.CONNECTED)
 
-    async def _read_config(self, device: _Device) -> DeviceConfig:
+    async def _read_config(self, device: _Device) -> FrontendConfig:
         front = device.frontend_path
         version_text = await self._read(f"{front}/{displif.FIELD_FE_VERSION}")
         try:
@@ -239,7 +239,7 @@ class BackendService(BackendDevices[_Device]):
         if not connectors:
             raise TransportError(f"no connectors under {front}")
         be_alloc = await self._read(f"{front}/{displif.FIELD_BE_ALLOC}") == "1"
-        return DeviceConfig(device.frontend, device.devid, tuple(connectors), be_alloc, version)
+        return FrontendConfig(device.frontend, device.devid, tuple(connectors), be_alloc, version)
 
     async def _open_channel(self, device: _Device, index: int) -> _Channel:
         base = f"{device.frontend_path}/{index}"

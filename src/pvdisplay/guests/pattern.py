@@ -53,7 +53,7 @@ async def show_pattern(display: Display, fmt: PixelFormat, seed: int) -> list[Fr
     return framebuffers
 
 
-def run(  # noqa: PLR0917 (a domain entry takes its arguments as Host.start_domain passes them)
+def run(  # noqa: PLR0917 (a domain entry takes its arguments as DomainLauncher.start_domain passes them)
     hv: Hypervisor,
     control: Connection,
     xenstore_socket: str,

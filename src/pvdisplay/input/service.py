@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from pvdisplay import logs
 from pvdisplay.hv import Hypervisor, HypervisorError, Mapping, PortState
-from pvdisplay.input.back import DeviceConfig, FrontendRequests, InputDevice
+from pvdisplay.input.backend import FrontendRequests, InputDevice, VkbdFeatures
 from pvdisplay.input.limits import DEFAULT_RESOLUTION
 from pvdisplay.planes import input_events as ev
 from pvdisplay.planes.input_events import InputReceipt
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Vkbd(BackendDevice[InputDevice]):
-    config: DeviceConfig | None = None
+    config: VkbdFeatures | None = None
     mapping: Mapping | None = None
     page: memoryview | None = None
     port: int | None = None
@@ -140,7 +140,7 @@ class InputService(BackendDevices[_Vkbd]):
     async def _prepare(self, device: _Vkbd) -> None:
         device.config = await self._read_config(device)
 
-    async def _read_config(self, device: _Vkbd) -> DeviceConfig:
+    async def _read_config(self, device: _Vkbd) -> VkbdFeatures:
         """The toolstack's settings; writes `width`/`height` first if it did not."""
         back = device.backend_path
 
@@ -157,7 +157,7 @@ class InputService(BackendDevices[_Vkbd]):
             width, height = await self._connector_resolution(device.frontend, unique_id)
             await self._xs.write(f"{back}/{kbdif.FIELD_WIDTH}", str(width))
             await self._xs.write(f"{back}/{kbdif.FIELD_HEIGHT}", str(height))
-        return DeviceConfig(
+        return VkbdFeatures(
             unique_id,
             width,
             height,

@@ -114,7 +114,7 @@ class SharedBuffer:
         return cls.from_message(receive_message(sock))
 
     @classmethod
-    def from_message(cls, message: framing.Message) -> "SharedBuffer":
+    def from_message(cls, message: framing.FramedMessage) -> "SharedBuffer":
         """The handle a received `send()` message carries (for callers that receive
         messages themselves, e.g. from an event loop); its descriptors are closed when
         it is not one."""

@@ -45,7 +45,7 @@ JsonObject = dict[str, object]
 
 
 @dataclass
-class Message:
+class FramedMessage:
     body: JsonObject
     fds: list[int]
 
@@ -73,7 +73,7 @@ class Assembler:
     _body: bytearray = field(default_factory=bytearray)
     _expect: tuple[int, int] | None = None
 
-    def feed(self, record: bytes, fds: Sequence[int]) -> Message | None:
+    def feed(self, record: bytes, fds: Sequence[int]) -> FramedMessage | None:
         """Take one record; return the message it completes, if any.
 
         On ProtocolError the descriptors already received are left in `self.fds` for
@@ -100,7 +100,7 @@ class Assembler:
         self._body += chunk
         if len(self._body) < length or len(self.fds) < fd_count:
             return None
-        message = Message(decode_body(bytes(self._body)), self.fds)
+        message = FramedMessage(decode_body(bytes(self._body)), self.fds)
         self.fds = []
         self._body = bytearray()
         self._expect = None

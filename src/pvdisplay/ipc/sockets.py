@@ -6,7 +6,7 @@ import os
 import socket
 from collections.abc import Mapping, Sequence
 
-from pvdisplay.ipc.framing import FDS_PER_RECORD, RECV_BYTES, Assembler, Message, encode
+from pvdisplay.ipc.framing import FDS_PER_RECORD, RECV_BYTES, Assembler, FramedMessage, encode
 from pvdisplay.wire.errors import ProtocolError
 
 _ANCILLARY = socket.CMSG_SPACE(FDS_PER_RECORD * 4 + 16)
@@ -45,7 +45,7 @@ def recv_record(sock: socket.socket, flags: int = 0) -> tuple[bytes, list[int]]:
     return data, fds
 
 
-def receive_message(sock: socket.socket, assembler: Assembler | None = None) -> Message:
+def receive_message(sock: socket.socket, assembler: Assembler | None = None) -> FramedMessage:
     """Block until one whole message has arrived."""
     assembler = assembler if assembler is not None else Assembler()
     try:

@@ -99,7 +99,7 @@ class AsyncPlaneClient:
         close_all(reply.fds)
         return protocol.checked(reply.body)
 
-    async def _receive(self) -> framing.Message:
+    async def _receive(self) -> framing.FramedMessage:
         """The next whole message; EOFError once the server has gone."""
         while True:
             try:

@@ -22,7 +22,7 @@ from pvdisplay.store.protocol import (
     WatchEvent,
 )
 from pvdisplay.store.transport import MessageWriter, open_streams
-from pvdisplay.wire.xs_wire import Message
+from pvdisplay.wire.xs_wire import XsMessage
 
 T = TypeVar("T")
 
@@ -74,7 +74,7 @@ class AsyncClient(_AsyncOperations):
         self._reader = reader
         self._writer = writer
         self._protocol = ClientProtocol(max_pending_events)
-        self._pending: dict[int, asyncio.Future[Message]] = {}
+        self._pending: dict[int, asyncio.Future[XsMessage]] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         self._closed = False
         self._failure: BaseException | None = None
@@ -157,7 +157,7 @@ class AsyncClient(_AsyncOperations):
     async def _exchange(self, request: Request[T], tx_id: int) -> T:
         self._raise_if_unusable()
         req_id, data = self._protocol.send(request, tx_id)
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[XsMessage] = asyncio.get_running_loop().create_future()
         self._pending[req_id] = future
         try:
             self._writer.write(data)

@@ -2,7 +2,7 @@
 
 The I/O layer registers each accepted socket with `connect()`, naming the
 domain the socket belongs to (never anything the client says), feeds every
-framed `Message` or `Oversized` header to `handle()`, and carries out the
+framed `XsMessage` or `Oversized` header to `handle()`, and carries out the
 returned outputs in order: `Send` a message, `Close` a connection,
 open or remove a domain's socket after `DomainIntroduced` / `DomainReleased`.
 
@@ -22,7 +22,7 @@ from pvdisplay.store import tree
 from pvdisplay.store.permissions import DOMID_MAX, Caller, Permission, encode
 from pvdisplay.store.tree import Change, Quotas, Store, StoreError, Transaction, View
 from pvdisplay.wire.errors import ProtocolError
-from pvdisplay.wire.xs_wire import PAYLOAD_MAX, Message, MessageType, Oversized, error_payload
+from pvdisplay.wire.xs_wire import PAYLOAD_MAX, MessageType, Oversized, XsMessage, error_payload
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,8 @@ class Watch:
     # Characters cut from event paths, so a relative watch hears relative paths.
     strip: int
 
-    def event(self, path: str) -> Message:
-        return Message(
+    def event(self, path: str) -> XsMessage:
+        return XsMessage(
             MessageType.WATCH_EVENT, 0, 0, path[self.strip :].encode() + b"\0" + self.token + b"\0"
         )
 
@@ -95,7 +95,7 @@ class Connection:
 @dataclass(frozen=True, slots=True)
 class Send:
     connection: Connection
-    message: Message
+    message: XsMessage
 
     @property
     def is_event(self) -> bool:
@@ -130,7 +130,7 @@ class _Domain:
 class _Request:
     connection: Connection
     caller: Caller
-    message: Message
+    message: XsMessage
     transaction: Transaction | None
     view: View
     before: list[Output]
@@ -159,9 +159,9 @@ def _domid(raw: bytes) -> int:
     return _number(raw, DOMID_MAX, "domid")
 
 
-def _error(message: Message | Oversized, number: int) -> Message:
+def _error(message: XsMessage | Oversized, number: int) -> XsMessage:
     header = message.header if isinstance(message, Oversized) else message
-    return Message(MessageType.ERROR, header.req_id, header.tx_id, error_payload(number))
+    return XsMessage(MessageType.ERROR, header.req_id, header.tx_id, error_payload(number))
 
 
 class Engine:
@@ -244,7 +244,7 @@ class Engine:
 
     # -- requests ----------------------------------------------------------
 
-    def handle(self, connection: Connection, message: Message | Oversized) -> list[Output]:
+    def handle(self, connection: Connection, message: XsMessage | Oversized) -> list[Output]:
         if connection not in self._connections:
             return []
         if isinstance(message, Oversized):
@@ -268,7 +268,7 @@ class Engine:
             )
         return outputs
 
-    def _dispatch(self, connection: Connection, message: Message) -> list[Output]:
+    def _dispatch(self, connection: Connection, message: XsMessage) -> list[Output]:
         handler = self._handlers.get(message.type)
         if handler is None:
             raise StoreError(errno.ENOSYS, f"unknown message type {message.type}")
@@ -293,7 +293,7 @@ class Engine:
         payload = handler(request)
         if len(payload) > PAYLOAD_MAX:
             raise StoreError(errno.E2BIG, "reply over the payload maximum")
-        reply = Message(message.type, message.req_id, message.tx_id, payload)
+        reply = XsMessage(message.type, message.req_id, message.tx_id, payload)
         return [*request.before, Send(connection, reply), *request.after]
 
     def _path(self, request: _Request, raw: bytes, *, special: bool = False) -> str:

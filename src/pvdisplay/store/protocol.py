@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 from pvdisplay.store.permissions import Permission
 from pvdisplay.wire import xs_wire
 from pvdisplay.wire.errors import ProtocolError
-from pvdisplay.wire.xs_wire import Message, MessageType, Oversized
+from pvdisplay.wire.xs_wire import MessageType, Oversized, XsMessage
 
 T = TypeVar("T")
 
@@ -97,7 +97,7 @@ class Request(Generic[T]):
     # Errors that are an answer rather than a failure, e.g. ENOENT for `exists`.
     error_results: Mapping[int, T] = field(default_factory=dict)
 
-    def result(self, reply: Message) -> T:
+    def result(self, reply: XsMessage) -> T:
         """The decoded reply; raises XenStoreError for XS_ERROR, ProtocolError for garbage."""
         if reply.type == MessageType.ERROR:
             number = xs_wire.errno_from_error_payload(reply.payload)
@@ -308,14 +308,14 @@ class ClientProtocol:
         self._next_req_id = 1
         self._awaiting: set[int] = set()
         self._abandoned: set[int] = set()
-        self._replies: dict[int, Message] = {}
+        self._replies: dict[int, XsMessage] = {}
         self._watches: dict[str, _WatchQueue] = {}
         self._tokens = itertools.count()
 
     def send(self, request: Request[T], tx_id: int = 0) -> tuple[int, bytes]:
         """Number `request`; returns its req_id and the bytes to write."""
         req_id = self._allocate_req_id()
-        data = Message(request.type, req_id, tx_id, request.payload).encode()
+        data = XsMessage(request.type, req_id, tx_id, request.payload).encode()
         self._awaiting.add(req_id)
         return req_id, data
 
@@ -360,7 +360,7 @@ class ClientProtocol:
         queue.push(WatchEvent(path, token))
         return token
 
-    def take_reply(self, req_id: int) -> Message | None:
+    def take_reply(self, req_id: int) -> XsMessage | None:
         return self._replies.pop(req_id, None)
 
     def abandon(self, req_id: int) -> None:

@@ -39,7 +39,7 @@ from pvdisplay.store.engine import (
     Send,
 )
 from pvdisplay.store.tree import Quotas, StoreError
-from pvdisplay.wire.xs_wire import Message, MessageReader, Oversized
+from pvdisplay.wire.xs_wire import MessageReader, Oversized, XsMessage
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class _ClientProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._process(self._reader.feed(data))
 
-    def _process(self, messages: Iterable[Message | Oversized]) -> None:
+    def _process(self, messages: Iterable[XsMessage | Oversized]) -> None:
         for message in messages:
             if self.connection is None or self.transport is None or self.transport.is_closing():
                 return
@@ -160,7 +160,7 @@ class _ClientProtocol(asyncio.Protocol):
                 self._reading_stalled = True
                 return
 
-    def send(self, message: Message, is_event: bool) -> None:
+    def send(self, message: XsMessage, is_event: bool) -> None:
         assert self.transport is not None
         if is_event and self._queued_events >= self._server.engine.quotas.event_backlog:
             if not self._dropped_events:

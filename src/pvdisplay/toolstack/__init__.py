@@ -56,7 +56,7 @@ __all__ = [
     "MAX_CONNECTORS",
     "MAX_DIMENSION",
     "XL_FORM",
-    "BackendDomain",
+    "BackendConfig",
     "ConfigError",
     "Connector",
     "Guest",
@@ -92,7 +92,7 @@ class Guest:
 
 
 @dataclass(frozen=True)
-class BackendDomain:
+class BackendConfig:
     name: str
     domid: int
     copy: bool
@@ -102,7 +102,7 @@ class BackendDomain:
 
 @dataclass(frozen=True)
 class HostConfig:
-    backend: BackendDomain
+    backend: BackendConfig
     guests: tuple[Guest, ...]
 
 
@@ -163,7 +163,7 @@ def parse_config(text: str) -> HostConfig:
     _only_keys(document, ("backend", "guest"), "config")
     backend_table = _table(document.get("backend", {}), "backend")
     _only_keys(backend_table, ("name", "domid", "copy", "page_budget"), "backend")
-    backend = BackendDomain(
+    backend = BackendConfig(
         name=_name(backend_table.get("name", "Domain-0"), "backend.name"),
         domid=_domid(backend_table.get("domid", 0), "backend.domid"),
         copy=_bool(backend_table.get("copy", False), "backend.copy"),

@@ -30,7 +30,7 @@ from typing import Self
 
 from pvdisplay import backend_domain, logs, toolstack, xenbus
 from pvdisplay.hv import HypervisorError
-from pvdisplay.hv.local.host import DomainProcess, Host
+from pvdisplay.hv.local.launcher import DomainLauncher, DomainProcess
 from pvdisplay.outputs.web.server import BackgroundViewer
 from pvdisplay.store.client import Client, Transaction
 from pvdisplay.toolstack import vkb as input_config
@@ -69,7 +69,7 @@ vkb = ["backend=Domain-0,unique-id=main,feature-abs-pointer=1,feature-multi-touc
 """
 
 
-BACKEND_ONLY = toolstack.HostConfig(toolstack.BackendDomain("Domain-0", 0, copy=False), ())
+BACKEND_ONLY = toolstack.HostConfig(toolstack.BackendConfig("Domain-0", 0, copy=False), ())
 """`pvdisplay backend` without --config: the backend side alone, no guests."""
 
 
@@ -131,7 +131,7 @@ class EmulatedHost:
         self._backend_started = 0.0
         self._xenstored: subprocess.Popen[bytes] | None = None
         self._xs: Client | None = None
-        self._hv: Host | None = None
+        self._hv: DomainLauncher | None = None
         self._released: queue.Queue[int | None] = queue.Queue()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -152,7 +152,7 @@ class EmulatedHost:
         return self._xs
 
     @property
-    def hv(self) -> Host:
+    def hv(self) -> DomainLauncher:
         if self._hv is None:
             raise RuntimeError("host not started")
         return self._hv
@@ -170,7 +170,7 @@ class EmulatedHost:
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._start_xenstored()
-        self._hv = Host(on_domain_released=self._released.put, log_level=self.log_level)
+        self._hv = DomainLauncher(on_domain_released=self._released.put, log_level=self.log_level)
         backend = self.config.backend
         apply_plan(self.xs, toolstack.domain_nodes(backend.domid, backend.name))
         self.start_backend()

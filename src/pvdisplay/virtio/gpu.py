@@ -21,7 +21,7 @@ from pvdisplay import logs
 from pvdisplay.planes.model import PlaneInfo, PlaneKey, PlaneRegistry
 from pvdisplay.virtio import VirtioError
 from pvdisplay.virtio import gpu_wire as wire
-from pvdisplay.virtio.gpu_resource import Rect, Resource, ResourceError, host_bytes
+from pvdisplay.virtio.gpu_resource import GpuRect, Resource, ResourceError, host_bytes
 from pvdisplay.virtio.gpu_wire import CtrlType, Format
 from pvdisplay.virtio.memory import GuestMemoryMap
 from pvdisplay.virtio.virtqueue import (
@@ -97,9 +97,9 @@ class _Scanout:
     width: int
     height: int
     resource: Resource | None = None
-    rect: Rect = field(default_factory=lambda: Rect(0, 0, 0, 0))
+    rect: GpuRect = field(default_factory=lambda: GpuRect(0, 0, 0, 0))
     frame: int = 0
-    damage: Rect | None = None
+    damage: GpuRect | None = None
 
 
 class GpuDevice:
@@ -151,7 +151,7 @@ class GpuDevice:
         """Bytes the guest's resources hold on the host, whole pages each."""
         return sum(resource.host_bytes for resource in self._resources.values())
 
-    def take_damage(self, scanout_id: int) -> Rect | None:
+    def take_damage(self, scanout_id: int) -> GpuRect | None:
         """What changed on the scanout since the last call, in scanout coordinates: the
         bounding box of the RESOURCE_FLUSHes since (the whole picture after SET_SCANOUT);
         None when nothing did. Lets a display update send only the flushed pixels."""
@@ -376,13 +376,13 @@ class GpuDevice:
             self._publish(scanout_id)
             return b""
         resource = self._resource(resource_id)
-        rect = Rect(x, y, width, height)
+        rect = GpuRect(x, y, width, height)
         if not rect.inside(resource.width, resource.height):
             raise ResourceError(
                 CtrlType.RESP_ERR_INVALID_PARAMETER, f"scanout {rect} outside the resource"
             )
         scanout.resource, scanout.rect = resource, rect
-        scanout.damage = Rect(0, 0, rect.width, rect.height)
+        scanout.damage = GpuRect(0, 0, rect.width, rect.height)
         scanout.frame += 1
         self._publish(scanout_id)
         return b""
@@ -390,7 +390,7 @@ class GpuDevice:
     def _flush(self, fields: tuple[int, ...]) -> bytes:
         x, y, width, height, resource_id = fields
         resource = self._resource(resource_id)
-        flushed = Rect(x, y, width, height)
+        flushed = GpuRect(x, y, width, height)
         if not flushed.inside(resource.width, resource.height):
             raise ResourceError(CtrlType.RESP_ERR_INVALID_PARAMETER, "flush outside the resource")
         for scanout_id, scanout in enumerate(self._scanouts):
@@ -407,7 +407,7 @@ class GpuDevice:
 
     def _transfer(self, fields: tuple[int, ...]) -> bytes:
         x, y, width, height, offset, resource_id = fields
-        self._resource(resource_id).transfer(Rect(x, y, width, height), offset)
+        self._resource(resource_id).transfer(GpuRect(x, y, width, height), offset)
         return b""
 
     def _cursor_command(self, request: bytes) -> None:
@@ -437,7 +437,7 @@ class GpuDevice:
             side = wire.CURSOR_SIZE
             if (resource.width, resource.height) != (side, side):
                 raise ResourceError(CtrlType.RESP_ERR_INVALID_PARAMETER, "cursor is not 64x64")
-            image = resource.read(Rect(0, 0, side, side))
+            image = resource.read(GpuRect(0, 0, side, side))
             self._cursor = Cursor(scanout_id, x, y, hot_x, hot_y, resource.fourcc, image)
         else:
             raise ResourceError(CtrlType.RESP_ERR_UNSPEC, f"{_name(kind)} on the cursor queue")

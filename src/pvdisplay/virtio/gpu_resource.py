@@ -33,7 +33,7 @@ class ResourceError(VirtioError):
 
 
 @dataclass(frozen=True)
-class Rect:
+class GpuRect:
     """`struct virtio_gpu_rect`."""
 
     x: int
@@ -50,7 +50,7 @@ class Rect:
             and self.y + self.height <= height
         )
 
-    def clip(self, bounds: "Rect") -> "Rect | None":
+    def clip(self, bounds: "GpuRect") -> "GpuRect | None":
         """The part of this rectangle inside `bounds`, relative to `bounds`' origin;
         None when they do not overlap."""
         left, top = max(self.x, bounds.x), max(self.y, bounds.y)
@@ -58,14 +58,14 @@ class Rect:
         bottom = min(self.y + self.height, bounds.y + bounds.height)
         if right <= left or bottom <= top:
             return None
-        return Rect(left - bounds.x, top - bounds.y, right - left, bottom - top)
+        return GpuRect(left - bounds.x, top - bounds.y, right - left, bottom - top)
 
-    def union(self, other: "Rect") -> "Rect":
+    def union(self, other: "GpuRect") -> "GpuRect":
         """The smallest rectangle holding both."""
         left, top = min(self.x, other.x), min(self.y, other.y)
         right = max(self.x + self.width, other.x + other.width)
         bottom = max(self.y + self.height, other.y + other.height)
-        return Rect(left, top, right - left, bottom - top)
+        return GpuRect(left, top, right - left, bottom - top)
 
 
 def host_bytes(width: int, height: int) -> int:
@@ -142,7 +142,7 @@ class Resource:
             position += length
         self._sources, self._starts = sources, starts
 
-    def transfer(self, rect: Rect, offset: int) -> int:
+    def transfer(self, rect: GpuRect, offset: int) -> int:
         """TRANSFER_TO_HOST_2D: copy `rect` in from the backing, rows `stride` apart from
         byte `offset`; returns the bytes copied."""
         if self.backing is None:
@@ -170,7 +170,7 @@ class Resource:
         self.copied += copied
         return copied
 
-    def read(self, rect: Rect) -> bytes:
+    def read(self, rect: GpuRect) -> bytes:
         """A copy of `rect`'s pixels, rows packed (`width` * 4 bytes each)."""
         rows = self._pixels.reshape(self.height, self.stride)
         left = rect.x * BYTES_PER_PIXEL

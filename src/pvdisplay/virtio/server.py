@@ -34,7 +34,7 @@ from pvdisplay.ipc.interfaces import Mapping
 from pvdisplay.planes.model import PlaneInfo, PlaneKey, PlaneRegistry
 from pvdisplay.planes.server import PlaneServer
 from pvdisplay.virtio import gpu, vhost_user
-from pvdisplay.virtio.gpu_resource import Rect
+from pvdisplay.virtio.gpu_resource import GpuRect
 from pvdisplay.virtio.memory import GuestMemoryMap
 from pvdisplay.virtio.virtqueue import Virtqueue
 from pvdisplay.wire.errors import ProtocolError
@@ -175,7 +175,7 @@ class Connection:
             return
         self._watch_kicks()
 
-    def _receive(self) -> vhost_user.Message | None:
+    def _receive(self) -> vhost_user.VhostUserMessage | None:
         """The next whole request, or None until the rest of it has arrived; EOFError
         when the front-end closed the connection."""
         while True:
@@ -324,7 +324,7 @@ class Connection:
             info = plane.info
             damage = self._device.take_damage(connector) if self._device is not None else None
             if connector in whole:
-                damage = Rect(0, 0, info.width, info.height)
+                damage = GpuRect(0, 0, info.width, info.height)
             elif damage is None:
                 continue  # republished (a mode change), but no pixel changed
             try:
@@ -348,7 +348,7 @@ _XRGB_BYTES = {
 """Where each virtio-gpu format keeps the bytes x8r8g8b8 stores as B, G, R, X."""
 
 
-def xrgb_pixels(info: PlaneInfo, mapping: Mapping, rect: Rect) -> bytes:
+def xrgb_pixels(info: PlaneInfo, mapping: Mapping, rect: GpuRect) -> bytes:
     """`rect` of the plane's picture as packed x8r8g8b8 rows, the one format QEMU's
     UPDATE takes; KeyError for a format that is not a virtio-gpu one."""
     with mapping:

@@ -116,7 +116,7 @@ class VhostUserError(ProtocolError):
 
 
 @dataclass
-class Message:
+class VhostUserMessage:
     """One vhost-user message: header fields, payload and the descriptors that came with it."""
 
     request: int
@@ -141,7 +141,7 @@ def parse_header(data: bytes) -> tuple[int, int, int]:
 
 
 class MessageReader:
-    """Frames the front-end's byte stream into `Message`s, a piece at a time.
+    """Frames the front-end's byte stream into `VhostUserMessage`s, a piece at a time.
 
     The adapter reads at most `wanted` bytes per recvmsg, so a read never crosses into
     the next message, and hands each piece to `feed` with the descriptors that came with
@@ -149,7 +149,7 @@ class MessageReader:
     header), and belong to the message being read. A front-end that stops mid-message
     leaves the reader waiting for the rest, not the process.
 
-    The reader owns descriptors fed to it until `feed` returns them in a Message;
+    The reader owns descriptors fed to it until `feed` returns them in a VhostUserMessage;
     `close` (and a VhostUserError from `feed`) closes those it holds.
     """
 
@@ -165,7 +165,7 @@ class MessageReader:
             return HEADER.size - len(self._data)
         return self._header[2] - len(self._data)
 
-    def feed(self, data: bytes, fds: Sequence[int] = ()) -> Message | None:
+    def feed(self, data: bytes, fds: Sequence[int] = ()) -> VhostUserMessage | None:
         """Take `data` (at most `wanted` bytes) and its descriptors; returns the message
         they complete, if any. VhostUserError for a header this back-end refuses."""
         self._fds += fds
@@ -188,7 +188,7 @@ class MessageReader:
         request, flags, size = self._header
         if len(self._data) < size:
             return None
-        message = Message(request, flags, bytes(self._data), self._fds)
+        message = VhostUserMessage(request, flags, bytes(self._data), self._fds)
         self._data.clear()
         self._fds = []
         self._header = None
@@ -203,8 +203,8 @@ class MessageReader:
         self._header = None
 
 
-def reply(request: int, payload: bytes) -> Message:
-    return Message(request, VERSION | FLAG_REPLY, payload)
+def reply(request: int, payload: bytes) -> VhostUserMessage:
+    return VhostUserMessage(request, VERSION | FLAG_REPLY, payload)
 
 
 class Device(Protocol):
@@ -305,7 +305,7 @@ class Backend:
     def call_fd(self, index: int) -> int | None:
         return self.vrings[index].call_fd
 
-    def handle(self, message: Message) -> Message | None:
+    def handle(self, message: VhostUserMessage) -> VhostUserMessage | None:
         """Apply one request; returns the reply to send (None when there is none)."""
         fds = list(message.fds)
         message.fds = []
@@ -354,14 +354,14 @@ class Backend:
         self._reset()
         self.protocol_features = 0
 
-    def _acknowledging(self, message: Message) -> bool:
+    def _acknowledging(self, message: VhostUserMessage) -> bool:
         return bool(
             message.flags & FLAG_NEED_REPLY
             and self.protocol_features & 1 << PROTOCOL_F_REPLY_ACK
             and message.request not in _HAS_REPLY
         )
 
-    def _dispatch(self, message: Message, fds: list[int]) -> Message | None:
+    def _dispatch(self, message: VhostUserMessage, fds: list[int]) -> VhostUserMessage | None:
         request, payload = message.request, message.payload
         if request == GET_FEATURES:
             return reply(request, _U64.pack(self.offered_features))

@@ -101,7 +101,7 @@ class Header:
 
 
 @dataclass(frozen=True, slots=True)
-class Message:
+class XsMessage:
     """A framed message; `type` stays an int so unknown types survive framing."""
 
     type: int
@@ -166,7 +166,7 @@ class MessageReader:
         self._buffer = bytearray()
         self._discard = 0
 
-    def feed(self, data: bytes) -> Iterator[Message | Oversized]:
+    def feed(self, data: bytes) -> Iterator[XsMessage | Oversized]:
         self._buffer += data
         while True:
             if self._discard:
@@ -188,7 +188,7 @@ class MessageReader:
                 return
             payload = bytes(self._buffer[HEADER.size : end])
             del self._buffer[:end]
-            yield Message(header.type, header.req_id, header.tx_id, payload)
+            yield XsMessage(header.type, header.req_id, header.tx_id, payload)
 
     @property
     def pending(self) -> int:

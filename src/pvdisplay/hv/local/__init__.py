@@ -1,6 +1,6 @@
 """`pvdisplay.hv` emulated on one Linux host: domains are processes, memory is memfds.
 
-- `host.Host` starts the broker and domain processes.
+- `launcher.DomainLauncher` starts the broker and domain processes.
 - `broker` serves each domain's socket; `tables` is its sans-IO state.
 - `client.LocalHypervisor` is what a domain's code gets.
 

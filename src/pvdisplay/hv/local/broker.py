@@ -38,7 +38,7 @@ from pvdisplay.hv.local.tables import (
     PortUnbound,
 )
 from pvdisplay.ipc import framing
-from pvdisplay.ipc.framing import Assembler, JsonObject, Message, encode
+from pvdisplay.ipc.framing import Assembler, FramedMessage, JsonObject, encode
 from pvdisplay.ipc.memory import Segment, create_memfd, sealed_pages
 from pvdisplay.ipc.sockets import close_all, recv_record, rights
 from pvdisplay.wire.errors import ProtocolError
@@ -84,9 +84,9 @@ class _Link:
             close_all(fds)
         return True
 
-    def read(self) -> list[Message]:
+    def read(self) -> list[FramedMessage]:
         """Every whole message available now. EOFError / ProtocolError end the link."""
-        messages: list[Message] = []
+        messages: list[FramedMessage] = []
         while True:
             try:
                 record, fds = recv_record(self.sock, socket.MSG_DONTWAIT)
@@ -159,7 +159,7 @@ class Broker:
             self._control_request(message)
         self._flush(self._control, self._control.sock)
 
-    def _control_request(self, message: Message) -> None:
+    def _control_request(self, message: FramedMessage) -> None:
         body, fds = message.body, message.fds
         try:
             op = body.get("op")
@@ -216,7 +216,7 @@ class Broker:
             self._serve(domid, link, message)
         self._deliver(last=domid)
 
-    def _serve(self, domid: int, link: _Link, message: Message) -> None:
+    def _serve(self, domid: int, link: _Link, message: FramedMessage) -> None:
         fds = message.fds
         op = message.body.get("op")
         handler = self._handlers.get(op) if isinstance(op, str) else None

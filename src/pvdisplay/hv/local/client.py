@@ -28,7 +28,7 @@ from pvdisplay.hv import (
 )
 from pvdisplay.ipc import framing
 from pvdisplay.ipc.buffers import SharedBuffer
-from pvdisplay.ipc.framing import Assembler, JsonObject, Message
+from pvdisplay.ipc.framing import Assembler, FramedMessage, JsonObject
 from pvdisplay.ipc.memory import Segment, SharedMapping
 from pvdisplay.ipc.sockets import close_all, recv_record, send_message
 
@@ -71,7 +71,7 @@ class LocalHypervisor:
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def call(self, body: JsonObject, fds: Sequence[int] = ()) -> Message:
+    def call(self, body: JsonObject, fds: Sequence[int] = ()) -> FramedMessage:
         """One request and its reply; error replies raise HypervisorError."""
         with self._lock:
             while self._orphans:
@@ -106,7 +106,7 @@ class LocalHypervisor:
         self._buffers.close()
         self._sock.close()
 
-    def _exchange(self, body: JsonObject, fds: Sequence[int]) -> Message:
+    def _exchange(self, body: JsonObject, fds: Sequence[int]) -> FramedMessage:
         try:
             send_message(self._sock, body, fds)
         except OSError as exc:
@@ -125,7 +125,7 @@ class LocalHypervisor:
                 raise HypervisorError(code, str(message.body.get("message", "")))
             return message
 
-    def _receive(self, flags: int) -> Message | None:
+    def _receive(self, flags: int) -> FramedMessage | None:
         try:
             record, fds = recv_record(self._sock, flags)
         except (EOFError, ConnectionError):
@@ -240,7 +240,7 @@ class LocalEvents:
     def fileno(self) -> int:
         return self._epoll.fileno()
 
-    def on_event(self, message: Message) -> None:
+    def on_event(self, message: FramedMessage) -> None:
         body = message.body
         port = body.get("port")
         local = self._ports.get(port) if isinstance(port, int) else None
@@ -377,7 +377,7 @@ class LocalGrants:
         release.watch(mapping)
         return mapping
 
-    def _memory(self, reply: Message, pages: int) -> LocalGuestMemory:
+    def _memory(self, reply: FramedMessage, pages: int) -> LocalGuestMemory:
         try:
             return LocalGuestMemory(
                 self._hv, framing.get_int(reply.body, "alloc"), reply.fds[0], pages

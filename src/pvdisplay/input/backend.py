@@ -32,7 +32,7 @@ _U32 = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
-class DeviceConfig:
+class VkbdFeatures:
     """What the backend directory says the device offers (written by the toolstack).
 
     `width` x `height` is the absolute pointer's range, `mt_width` x `mt_height` the
@@ -84,7 +84,7 @@ class InputDevice:
 
     def __init__(
         self,
-        config: DeviceConfig,
+        config: VkbdFeatures,
         requests: FrontendRequests,
         page: WritableBuffer,
         backlog: int = BACKLOG,

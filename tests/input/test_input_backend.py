@@ -7,12 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pvdisplay.input.back import BACKLOG, DeviceConfig, FrontendRequests, InputDevice
+from pvdisplay.input.backend import BACKLOG, FrontendRequests, InputDevice, VkbdFeatures
 from pvdisplay.planes import input_events as ev
 from pvdisplay.wire import kbdif
 from pvdisplay.wire.errors import ProtocolError
 
-CONFIG = DeviceConfig(
+CONFIG = VkbdFeatures(
     "id0",
     1024,
     768,
@@ -83,7 +83,7 @@ def test_without_requests_the_pointer_is_relative_and_touch_is_ignored() -> None
 
 
 def test_raw_pointer_spans_0_to_7fff_only_when_offered_and_requested_with_absolute() -> None:
-    raw = DeviceConfig("x", 1024, 768, abs_pointer=True, raw_pointer=True)
+    raw = VkbdFeatures("x", 1024, 768, abs_pointer=True, raw_pointer=True)
     moves = [ev.PointerMove(319, 239), ev.PointerMove(0, 120)]
     device = InputDevice(raw, FrontendRequests(abs_pointer=True, raw_pointer=True), bytearray(4096))
     assert device.translate(moves, 320, 240) == [
@@ -105,7 +105,7 @@ def test_raw_pointer_spans_0_to_7fff_only_when_offered_and_requested_with_absolu
 
 
 def test_disabled_keyboard_and_pointer_drop_what_they_disable() -> None:
-    config = DeviceConfig("x", 10, 10, keyboard=False, pointer=False)
+    config = VkbdFeatures("x", 10, 10, keyboard=False, pointer=False)
     device = InputDevice(config, FrontendRequests(), bytearray(4096))
     assert (
         device.translate([ev.Key(30, True), ev.Key(0x110, True), ev.PointerMove(1, 1)], 10, 10)
@@ -219,7 +219,7 @@ class GuestState:
 
 
 KEYS = (30, 31, 0x110, 0x111)
-SAME_SCALE = DeviceConfig(
+SAME_SCALE = VkbdFeatures(
     "id0",
     1024,
     768,

@@ -1,6 +1,6 @@
 """The emulated host: starts the broker process and domain processes, tears them down.
 
-    with Host(on_domain_released=store.release) as host:
+    with DomainLauncher(on_domain_released=store.release) as host:
         backend = host.start_domain("pvdisplay.display.back:run", domid=0)
         guest = host.start_domain("pvdisplay.display.front:run")
 
@@ -30,7 +30,7 @@ from pvdisplay import logs
 from pvdisplay.hv import DOMID_FIRST_RESERVED, HypervisorError
 from pvdisplay.hv.local.broker import limits_argument
 from pvdisplay.hv.local.tables import Limits
-from pvdisplay.ipc.framing import JsonObject, Message
+from pvdisplay.ipc.framing import FramedMessage, JsonObject
 from pvdisplay.ipc.sockets import close_all, receive_message, send_message
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class DomainProcess:
         return self.process.wait(timeout)
 
 
-class Host:
+class DomainLauncher:
     """Owns the broker and every domain; `on_domain_released(domid)` is the @releaseDomain hook.
 
     The hook runs on a thread of its own, once per domain and in release order, after
@@ -79,7 +79,7 @@ class Host:
         self._log_level = log_level
         self._domains: dict[int, DomainProcess] = {}
         self._released: dict[int, threading.Event] = {}
-        self._replies: queue.Queue[Message] = queue.Queue()
+        self._replies: queue.Queue[FramedMessage] = queue.Queue()
         self._releases: queue.Queue[int | None] = queue.Queue()
         self._lock = threading.Lock()
         self._next_domid = 1
@@ -199,7 +199,7 @@ class Host:
     ) -> None:
         self.stop()
 
-    def _request(self, body: JsonObject, fds: list[int] | None = None) -> Message:
+    def _request(self, body: JsonObject, fds: list[int] | None = None) -> FramedMessage:
         with self._lock:
             send_message(self._control, body, fds or [])
             try:
