@@ -9,6 +9,7 @@ through `AsyncPlaneClient`, on one asyncio loop.
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import time
@@ -25,7 +26,7 @@ from pvdisplay.outputs.feed.buffers import ConnectorBuffers, MappedBuffer
 from pvdisplay.outputs.feed.mirror import M, Mirror, Snapshot
 from pvdisplay.outputs.feed.rates import PlaneRate
 from pvdisplay.planes.aio import AsyncPlaneClient
-from pvdisplay.planes.input_events import InputEvent
+from pvdisplay.planes.input_events import MAX_INPUT_EVENTS, InputEvent
 from pvdisplay.planes.model import PlaneInfo, PlaneKey
 from pvdisplay.planes.protocol import PlaneChange
 from pvdisplay.wire import fourcc
@@ -84,7 +85,8 @@ class PlaneFeed(Generic[M]):
 
     async def connect(self) -> None:
         """Connect to the backend now (OSError when it is not there), then follow it."""
-        watcher, changes = await self._open()
+        # The caller asked and will report: only a reconnection later is news.
+        watcher, changes = await self._open(logging.DEBUG)
         self._task = asyncio.get_running_loop().create_task(self._watch_forever((watcher, changes)))
 
     async def close(self) -> None:
@@ -128,18 +130,21 @@ class PlaneFeed(Generic[M]):
         return await asyncio.shield(task)
 
     async def send_input(self, key: PlaneKey, events: Sequence[InputEvent]) -> None:
-        """Forward events to the guest; lost (and logged) when nothing is bound to take them."""
-        if not events:
-            return
-        try:
-            if self._input is None:
-                self._input = await AsyncPlaneClient.connect(self.planes_socket)
-            await self._input.send_input(key, events)
-        except (ConnectionError, EOFError, ProtocolError) as error:
-            log.info("input connection lost", extra=logs.fields(plane=key, reason=error))
-            self._close_input()
-        except OSError as error:  # no vkb bound to this connector, or refused events
-            log.info("input not delivered", extra=logs.fields(plane=key, reason=error))
+        """Forward events to the guest (as many requests as the socket's limit takes);
+        lost, and logged, when nothing is bound to take them, as on hardware."""
+        for start in range(0, len(events), MAX_INPUT_EVENTS):
+            try:
+                if self._input is None:
+                    self._input = await AsyncPlaneClient.connect(self.planes_socket)
+                await self._input.send_input(key, events[start : start + MAX_INPUT_EVENTS])
+            except (ConnectionError, EOFError, ProtocolError) as error:
+                log.info("input connection lost", extra=logs.fields(plane=key, reason=error))
+                self._close_input()
+                return
+            except OSError as error:  # no vkbd bound to this connector, or refused events
+                level = logging.DEBUG if error.errno == errno.ENOENT else logging.INFO
+                log.log(level, "input not delivered", extra=logs.fields(plane=key, reason=error))
+                return
 
     # -- capture ---------------------------------------------------------------------
 
@@ -208,7 +213,7 @@ class PlaneFeed(Generic[M]):
     async def _watch_forever(self, opened: _Watch | None) -> None:
         while True:
             try:
-                watcher, changes = opened if opened is not None else await self._open()
+                watcher, changes = opened or await self._open(logging.INFO)
                 opened = None
                 try:
                     async for change in changes:
@@ -227,7 +232,7 @@ class PlaneFeed(Generic[M]):
             self._notify(None)
             await asyncio.sleep(RECONNECT_DELAY)
 
-    async def _open(self) -> _Watch:
+    async def _open(self, level: int) -> _Watch:
         """Watch, then take the planes as they are: no change is missed between the two."""
         watcher = await AsyncPlaneClient.connect(self.planes_socket)
         try:
@@ -240,7 +245,7 @@ class PlaneFeed(Generic[M]):
             self._close_query()
             raise
         self.connected = True
-        log.info("backend connected", extra=logs.fields(path=self.planes_socket))
+        log.log(level, "backend connected", extra=logs.fields(path=self.planes_socket))
         for info in current:
             self._update(info)
         self._notify(None)

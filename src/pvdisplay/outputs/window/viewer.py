@@ -1,45 +1,35 @@
 """The window: one connector's plane drawn with pygame (SDL 2), input sent back.
 
-A local client of the display backend's planes socket, in one thread: each `step`
-waits (up to a timeout) for the plane watch, takes every change that arrived, turns the
-window's SDL events into guest input (`translate`), sends it with
-`PlaneClient.send_input`, and redraws when the picture or the window changed. Display
-buffers are received once per `buffer_id` and stay mapped (zero copy) while the guest
-flips between them; each presented frame is converted to RGB straight out of the guest's
-pages with `wire.fourcc.to_rgb`.
+The planes come from the outputs' `PlaneFeed`, run on an event loop of the window's own
+in its one thread: each `step` runs the loop (up to a timeout, or until this connector
+changes), turns the window's SDL events into guest input (`translate`) and sends it
+through the feed, and redraws when the picture or the window changed. The feed maps
+each display buffer once (zero copy) and keeps the connector's picture in a
+`GuestMirror`; each presented frame is converted to RGB from it with `wire.fourcc.to_rgb`.
 """
 
-import errno
+import asyncio
+import contextlib
 import logging
 import os
-import select
-import socket
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, TypeVar
 
 import numpy as np
 import pygame
 
-from pvdisplay import logs
-from pvdisplay.ipc import framing
-from pvdisplay.ipc.buffers import SharedBuffer
-from pvdisplay.ipc.memory import SharedMapping
-from pvdisplay.ipc.sockets import close_all, receive_message, recv_record, send_message
+from pvdisplay.outputs.feed.mirror import GuestMirror
+from pvdisplay.outputs.feed.plane_feed import PlaneFeed
 from pvdisplay.outputs.window.translate import InputTranslator, Viewport
-from pvdisplay.planes.client import PlaneClient
-from pvdisplay.planes.input_events import MAX_INPUT_EVENTS, InputEvent
-from pvdisplay.planes.model import PlaneInfo
+from pvdisplay.planes.input_events import InputEvent
+from pvdisplay.planes.model import PlaneInfo, PlaneKey
 from pvdisplay.wire import fourcc
 from pvdisplay.wire.errors import ProtocolError
 
 log = logging.getLogger(__name__)
 
-RECONNECT_DELAY: Final = 0.5
 STEP_TIMEOUT: Final = 1 / 120  # longest a key press waits for the next step
-MAPPED_BUFFERS: Final = 3  # double or triple buffering reuses them; older ones go
 INVISIBLE_DRIVERS: Final = frozenset({"offscreen", "dummy"})
 _DIM: Final = (0, 0, 0, 160)
 _TEXT: Final = (255, 255, 255)
@@ -51,14 +41,7 @@ class ViewerError(Exception):
     """Why the window cannot show the connector, in one line."""
 
 
-@dataclass
-class _Mapped:
-    handle: SharedBuffer
-    mapping: SharedMapping
-
-    def close(self) -> None:
-        self.mapping.close()
-        self.handle.close()
+T = TypeVar("T")
 
 
 def find_plane(planes: Sequence[PlaneInfo], domid: int, devid: int, connector: str) -> PlaneInfo:
@@ -103,26 +86,26 @@ class Viewer:
     def __init__(self, planes_socket: str | Path, domid: int, connector: str, devid: int = 0):
         self.planes_socket = Path(planes_socket)
         self.shown_frame: int | None = None  # `frame` of the picture drawn last
-        self._mapped: dict[str, _Mapped] = {}
-        self._watch: socket.socket | None = None
-        self._assembler = framing.Assembler()
-        self._query: PlaneClient | None = None
-        self._retry_at = 0.0
+        self._loop = asyncio.new_event_loop()
+        self._feed: PlaneFeed[GuestMirror] = PlaneFeed(self.planes_socket, GuestMirror)
+        self._changed = False  # this connector or the backend connection changed
+        self._wake = asyncio.Event()
         self._dirty = True
         try:
-            self._watch = self._open_watch()
-            plane = find_plane(self._client().list(), domid, devid, connector)
+            self._run(self._feed.connect())
+            plane = find_plane(list(self._feed.planes.values()), domid, devid, connector)
         except (FileNotFoundError, ConnectionRefusedError) as error:
-            self._close_sockets()
+            self._close_feed()
             raise ViewerError(
                 f"no display backend at {self.planes_socket} ({error.strerror}); "
                 "start `pvdisplay demo` or pass --planes-socket"
             ) from None
         except (LookupError, OSError, EOFError, ProtocolError) as error:
-            self._close_sockets()
+            self._close_feed()
             raise ViewerError(str(error)) from None
         self.key = plane.key
         self.plane: PlaneInfo | None = plane
+        self._feed.subscribe(self._on_change)
         self._size = _picture_size(plane)
         try:
             pygame.display.init()
@@ -144,7 +127,7 @@ class Viewer:
 
     @property
     def state(self) -> State:
-        if self._watch is None:
+        if not self._feed.connected:
             return "backend gone"
         if self.plane is None:
             return "disconnected"
@@ -180,127 +163,47 @@ class Viewer:
         return True
 
     def close(self) -> None:
-        self._close_sockets()
-        for entry in self._mapped.values():
-            entry.close()
-        self._mapped.clear()
+        self._close_feed()
         pygame.display.quit()
 
     # -- planes ----------------------------------------------------------------------------
 
-    def _open_watch(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            sock.settimeout(5.0)
-            sock.connect(str(self.planes_socket))
-            send_message(sock, {"op": "watch"})
-            close_all(receive_message(sock).fds)  # {"watching": true}: changes from here on
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        self._assembler = framing.Assembler()
-        return sock
+    def _run(self, step: Coroutine[object, object, T]) -> T:
+        return self._loop.run_until_complete(step)
 
-    def _client(self) -> PlaneClient:
-        if self._query is None:
-            self._query = PlaneClient(self.planes_socket)
-        return self._query
+    def _close_feed(self) -> None:
+        if not self._loop.is_closed():
+            self._run(self._feed.close())
+            self._loop.close()
+
+    def _on_change(self, key: PlaneKey | None) -> None:
+        if key is None or key == self.key:
+            self._changed = True
+            self._wake.set()
 
     def _follow_planes(self, timeout: float) -> None:
-        if self._watch is None:
-            time.sleep(timeout)
-            if time.monotonic() >= self._retry_at:
-                self._reconnect()
-            return
-        try:
-            if select.select([self._watch], [], [], timeout)[0]:
-                self._drain_watch()
-        except (OSError, EOFError, ProtocolError) as error:
-            log.info("display backend gone", extra=logs.fields(reason=error))
-            self._backend_gone()
+        self._run(self._wait(timeout))
+        if self._changed:
+            self._changed = False
+            self._update(self._feed.planes.get(self.key))
 
-    def _drain_watch(self) -> None:
-        assert self._watch is not None
-        while True:
-            try:
-                record, fds = recv_record(self._watch, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return
-            message = self._assembler.feed(record, fds)
-            if message is None:
-                continue
-            close_all(message.fds)
-            info = PlaneInfo.from_json(message.body.get("plane"))
-            if info.key == self.key:
-                self._update(None if message.body.get("event") == "removed" else info)
-
-    def _reconnect(self) -> None:
-        self._retry_at = time.monotonic() + RECONNECT_DELAY
-        try:
-            self._watch = self._open_watch()
-            current = [p for p in self._client().list() if p.key == self.key]
-        except (OSError, EOFError, ProtocolError) as error:
-            log.debug("display backend unavailable", extra=logs.fields(reason=error))
-            self._backend_gone()
-            return
-        log.info("display backend connected", extra=logs.fields(path=self.planes_socket))
-        self._dirty = True
-        self._update(current[0] if current else None)
-
-    def _backend_gone(self) -> None:
-        self._close_sockets()
-        self._update(None)
-        self._retry_at = time.monotonic() + RECONNECT_DELAY
+    async def _wait(self, timeout: float) -> None:
+        """Let the feed run until this connector changes, `timeout` at most; at least one
+        turn of the loop, so changes already on the socket arrive even with no timeout."""
+        await asyncio.sleep(0)
+        if not self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+        self._wake.clear()
 
     def _update(self, plane: PlaneInfo | None) -> None:
-        if plane is None:
-            self._forget_buffers()
-        elif plane.fb_cookie and _picture_size(plane) != self._size:
+        if plane is not None and plane.fb_cookie and _picture_size(plane) != self._size:
             self._size = _picture_size(plane)
             self._open_window()
             self._picture = pygame.Surface(self._size)
         self.plane = plane
         self._translator.viewport = self._viewport()
         self._dirty = True
-
-    def _buffer(self, plane: PlaneInfo) -> SharedMapping | None:
-        """The mapped buffer `plane` shows, asking the backend for it the first time."""
-        entry = self._mapped.get(plane.buffer_id)
-        if entry is None:
-            try:
-                _, handle = self._client().get(plane.domid, plane.connector, plane.devid)
-            except (ConnectionError, EOFError, ProtocolError) as error:
-                log.info("planes query lost", extra=logs.fields(reason=error))
-                self._close_query()
-                return None
-            except OSError as error:  # ENOENT: removed meanwhile; its event is on the way
-                log.debug("plane get failed", extra=logs.fields(reason=error))
-                return None
-            if handle is None:
-                return None
-            entry = self._mapped[handle.id] = _Mapped(handle, handle.map())
-            while len(self._mapped) > MAPPED_BUFFERS:
-                self._mapped.pop(next(iter(self._mapped))).close()
-            if handle.id != plane.buffer_id:
-                return None  # the guest flipped meanwhile; that change is on the way
-        return entry.mapping
-
-    def _forget_buffers(self) -> None:
-        for entry in self._mapped.values():
-            entry.close()
-        self._mapped.clear()
-
-    def _close_query(self) -> None:
-        if self._query is not None:
-            self._query.close()
-            self._query = None
-
-    def _close_sockets(self) -> None:
-        if self._watch is not None:
-            self._watch.close()
-            self._watch = None
-        self._close_query()
 
     # -- input -----------------------------------------------------------------------------
 
@@ -327,17 +230,7 @@ class Viewer:
         return []
 
     def _send(self, events: list[InputEvent]) -> None:
-        for start in range(0, len(events), MAX_INPUT_EVENTS):
-            try:
-                self._client().send_input(self.key, events[start : start + MAX_INPUT_EVENTS])
-            except (ConnectionError, EOFError, ProtocolError) as error:
-                log.info("input connection lost", extra=logs.fields(reason=error))
-                self._close_query()
-                return
-            except OSError as error:  # no vkbd bound to this connector: lost, as on hardware
-                level = logging.DEBUG if error.errno == errno.ENOENT else logging.INFO
-                log.log(level, "input not delivered", extra=logs.fields(reason=error))
-                return
+        self._run(self._feed.send_input(self.key, events))
 
     # -- drawing ---------------------------------------------------------------------------
 
@@ -372,23 +265,16 @@ class Viewer:
 
     def _present(self, plane: PlaneInfo) -> bool:
         """Convert the plane's picture into `_picture`; False if its buffer is not here yet."""
-        mapping = self._buffer(plane)
-        if mapping is None:
+        capture = self._run(self._feed.capture(plane.key))
+        if capture is None:
             return False
-        try:
-            fmt = fourcc.by_fourcc(fourcc.fourcc_code(plane.fourcc))
-            pixels = np.frombuffer(mapping.view(), np.uint8)
-            frame = pixels[plane.offset : plane.offset + plane.frame_bytes]
-            rgb = np.ascontiguousarray(
-                fourcc.to_rgb(fmt, frame, plane.width, plane.height, plane.stride)
-            )
-            del pixels, frame  # no view may outlive this call: mappings close later
-        except (ProtocolError, ValueError) as error:
-            log.warning("plane not drawable", extra=logs.fields(plane=plane.key, reason=error))
-            return True
-        picture = pygame.image.frombuffer(rgb.data, (plane.width, plane.height), "RGB")
+        shown, mirror = capture.info, capture.snapshot.mirror
+        rgb = np.ascontiguousarray(
+            fourcc.to_rgb(mirror.fmt, mirror.data, mirror.width, mirror.height, mirror.stride)
+        )
+        picture = pygame.image.frombuffer(rgb.data, (mirror.width, mirror.height), "RGB")
         self._picture.blit(picture, (0, 0))
-        self.shown_frame = plane.frame
+        self.shown_frame = shown.frame
         return True
 
     def _overlay(self, window: pygame.Surface, state: State) -> None:
