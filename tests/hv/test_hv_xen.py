@@ -22,7 +22,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pvdisplay.hv import PAGE_SIZE, BufferHandle, ChannelStatus, HypervisorError, PortState
+from pvdisplay.hv import (
+    PAGE_SIZE,
+    BufferHandle,
+    Buffers,
+    ChannelStatus,
+    EventChannels,
+    GrantTable,
+    GuestMemory,
+    Hypervisor,
+    HypervisorError,
+    Mapping,
+    PortState,
+)
 from pvdisplay.hv.xen import abi, device, open_hypervisor
 from pvdisplay.hv.xen.buffers import XenBuffer, XenBuffers
 from pvdisplay.hv.xen.events import XenEventChannels
@@ -483,6 +495,28 @@ def test_a_failing_ioctl_carries_the_kernels_errno() -> None:
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_the_adapters_are_the_hv_protocols(xen: FakeXen) -> None:
+    """mypy checks these assignments; the calls check the pieces work together."""
+    ours, kernel = socket.socketpair()
+    hv: Hypervisor = XenHypervisor(
+        OWN,
+        XenEventChannels(ours.detach(), FakeEvtchn(kernel).call),
+        XenGrantTable(OWN, xen.open_gntdev(), xen.open_gntalloc, xen.call),
+    )
+    grants: GrantTable = hv.grants
+    events: EventChannels = hv.events
+    exports: Buffers = hv.buffers
+    memory: GuestMemory = grants.alloc(1)
+    handle: BufferHandle = exports.export_from_refs(OWN, grants.grant(OWN, memory, [0]))
+    mapping: Mapping = handle.map()
+    assert events.bind_unbound_port(PEER) > 0
+    mapping.close()
+    handle.close()
+    memory.close()
+    hv.close()
+    kernel.close()
 
 
 # -- on Xen ----------------------------------------------------------------------------
