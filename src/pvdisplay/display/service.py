@@ -14,7 +14,7 @@ rings' turns, so no guest can hold the thread. Ports that are not a ring's (the 
 devices') and XenBus state changes the rings cause are handed to the loop. A lock keeps
 the loop from connecting or tearing down a device while the thread serves it. A
 frontend that publishes an impossible ring index is disconnected (backend state
-Closing) and never read again. Each device may hold `Options.page_budget` pages of
+Closing) and never read again. Each device may hold `page_budget` pages of
 display buffers (`backend.DisplayDevice`), so one guest cannot use up what the backend
 domain may map or allocate for all of them (as long as the budgets together fit the
 domain's limits: docs/display-backend.md).

@@ -13,7 +13,7 @@ uses xl.cfg's own device syntax (or the same fields as a TOML table):
     vdispl = ["backend=0,be-alloc=1,connectors=id0:1920x1080;id1:800x600"]
     vkb = ["backend=0,unique-id=id0,feature-abs-pointer=1,feature-multi-touch=1"]
 
-`vkb` strings are parsed by `input.config` (xl.cfg's vkb syntax); each binds to the
+`vkb` strings are parsed by `toolstack.vkb` (xl.cfg's vkb syntax); each binds to the
 guest's connector with the same unique-id. `domain_nodes` and `vdispl_nodes` give the
 writes libxl makes for a domain and for one vdispl device (libxl_create.c
 `libxl__domain_make`, libxl_device.c `libxl__device_generic_add`, libxl_vdispl.c
@@ -36,7 +36,7 @@ from pvdisplay.display.limits import (
     mode_problem,
 )
 from pvdisplay.store.permissions import Access, Permission
-from pvdisplay.toolstack import vkb as input_config
+from pvdisplay.toolstack import vkb as vkb_config
 from pvdisplay.toolstack.xl_syntax import (
     ConfigError,
     Connector,
@@ -88,7 +88,7 @@ class Guest:
     name: str
     domid: int | None
     vdispls: tuple[Vdispl, ...]
-    vkbs: tuple[input_config.Vkb, ...] = ()
+    vkbs: tuple[vkb_config.Vkb, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -208,18 +208,18 @@ def _guest(table: dict[str, Any], key: str, domains: Mapping[str, int], backend:
 
 def _vkbs(
     raw: object, key: str, vdispls: Sequence[Vdispl], domains: Mapping[str, int], backend: int
-) -> tuple[input_config.Vkb, ...]:
+) -> tuple[vkb_config.Vkb, ...]:
     """The guest's `vkb` strings; a unique-id must name one of the guest's connectors."""
     items = [raw] if isinstance(raw, str) else raw
     if not isinstance(items, list):
-        raise ConfigError(f"{key}.vkb", f"expected a list of {input_config.XL_FORM} strings")
+        raise ConfigError(f"{key}.vkb", f"expected a list of {vkb_config.XL_FORM} strings")
     connectors = [c.unique_id for device in vdispls for c in device.connectors]
     vkbs = []
     for devid, item in enumerate(items):
         item_key = f"{key}.vkb[{devid}]"
         if not isinstance(item, str):
-            raise ConfigError(item_key, f"expected a string {input_config.XL_FORM}")
-        vkb = input_config.parse_xl_vkb(item, devid, item_key, domains, backend)
+            raise ConfigError(item_key, f"expected a string {vkb_config.XL_FORM}")
+        vkb = vkb_config.parse_xl_vkb(item, devid, item_key, domains, backend)
         if vkb.unique_id and vkb.unique_id not in connectors:
             raise ConfigError(
                 f"{item_key}.unique-id",
@@ -408,12 +408,12 @@ def vdispl_nodes(frontend_domid: int, device: Vdispl) -> NodePlan:
 
 
 def guest_teardown_paths(
-    frontend_domid: int, devices: Sequence[Vdispl], vkbs: Sequence[input_config.Vkb] = ()
+    frontend_domid: int, devices: Sequence[Vdispl], vkbs: Sequence[vkb_config.Vkb] = ()
 ) -> tuple[str, ...]:
     """What libxl removes once a guest is gone: its devices' directories and its home."""
     paths: list[str] = []
-    kinds: list[tuple[str, Vdispl | input_config.Vkb]] = [(KIND, d) for d in devices]
-    kinds += [(input_config.KIND, v) for v in vkbs]
+    kinds: list[tuple[str, Vdispl | vkb_config.Vkb]] = [(KIND, d) for d in devices]
+    kinds += [(vkb_config.KIND, v) for v in vkbs]
     for kind, device in kinds:
         dirs = DeviceDirs(kind, frontend_domid, device.backend_domid, device.devid)
         paths += [dirs.back, dirs.front]

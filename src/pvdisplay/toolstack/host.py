@@ -6,7 +6,7 @@
 2. writes dom0's nodes and starts the display backend as domain 0
    (`pvdisplay.backend_domain:run`);
 3. for each guest: INTRODUCEs the domain, writes its home, its vdispl devices and its
-   vkb devices as libxl does (`toolstack`, `input.config`), and starts its process;
+   vkb devices as libxl does (`toolstack`, `toolstack.vkb`), and starts its process;
 4. when a guest dies: RELEASEs it (so `@releaseDomain` fires), waits for the backend
    to let go of its devices, then removes its nodes as libxl's domain destroy does;
    when the backend dies, starts it again (frontends reconnect, guests keep running).
@@ -33,7 +33,7 @@ from pvdisplay.hv import HypervisorError
 from pvdisplay.hv.local.launcher import DomainLauncher, DomainProcess
 from pvdisplay.outputs.web.server import BackgroundViewer
 from pvdisplay.store.client import Client, Transaction
-from pvdisplay.toolstack import vkb as input_config
+from pvdisplay.toolstack import vkb as vkb_config
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class EmulatedHost:
             for device in guest.vdispls:
                 apply_plan(self.xs, toolstack.vdispl_nodes(domid, device))
             for vkb in guest.vkbs:
-                apply_plan(self.xs, input_config.vkb_nodes(domid, vkb, guest.vdispls))
+                apply_plan(self.xs, vkb_config.vkb_nodes(domid, vkb, guest.vdispls))
             process = self.hv.start_domain(
                 entry or self.guest_entry,
                 str(self.domain_socket(domid)),
@@ -362,7 +362,7 @@ class EmulatedHost:
         try:
             self.xs.release(domid)
             teardown.states = self._await_backend_release(domid, toolstack.KIND, running.devices)
-            self._await_backend_release(domid, input_config.KIND, running.guest.vkbs)
+            self._await_backend_release(domid, vkb_config.KIND, running.guest.vkbs)
             for path in toolstack.guest_teardown_paths(domid, running.devices, running.guest.vkbs):
                 self._remove_with_empty_parents(path)
         except (OSError, ConnectionError):
@@ -382,7 +382,7 @@ class EmulatedHost:
                 parent = parent.rsplit("/", 1)[0]
 
     def _await_backend_release(
-        self, domid: int, kind: str, devices: Sequence[toolstack.Vdispl | input_config.Vkb]
+        self, domid: int, kind: str, devices: Sequence[toolstack.Vdispl | vkb_config.Vkb]
     ) -> dict[int, xenbus.XenbusState | None]:
         """Wait (bounded) until the backend has let go of each `kind` device of a dead guest."""
         states: dict[int, xenbus.XenbusState | None] = {}
@@ -461,7 +461,7 @@ def describe(host: EmulatedHost) -> str:
     return "\n".join(lines)
 
 
-def _vkb_features(vkb: input_config.Vkb) -> str:
+def _vkb_features(vkb: vkb_config.Vkb) -> str:
     features = [
         name
         for name, enabled in (

@@ -1,6 +1,6 @@
-"""What the toolstack's device kinds share, below both `toolstack` and `input.config`.
+"""What the toolstack's device kinds share, below the vdispl config (`toolstack`) and `vkb`.
 
-`toolstack` reads the config file and owns vdispl; `input.config` owns vkb, whose
+`toolstack` reads the config file and owns vdispl; `toolstack.vkb` owns vkb, whose
 devices bind to vdispl connectors. Both speak this vocabulary: the config error, the
 display device model a vkb binds to, xl.cfg's `KEY=VALUE,...` device strings, the
 XenStore write plan the host applies in one transaction, and the directories every
