@@ -589,3 +589,29 @@ def test_xen_guest_memory_granted_and_exported(real: XenHypervisor) -> None:
     copy.close()
     handle.close()
     memory.close()
+
+
+@on_xen
+def test_xen_exports_and_maps_real_grants_through_gntdev(real: XenHypervisor) -> None:
+    """Our own real grants (gntalloc) exported as gntdev handles and received elsewhere."""
+    gntalloc = device.open_device("gntalloc")
+    try:
+        request = abi.alloc_gref_request(real.domid, 2, writable=True)
+        device.ioctl(gntalloc, abi.IOCTL_GNTALLOC_ALLOC_GREF, request)
+        index, refs = abi.alloc_gref_reply(request)
+        with mmap.mmap(gntalloc, 2 * PAGE_SIZE, offset=index) as own:
+            own[:4] = b"real"
+        assert max(refs) < LOOPBACK_REF_BASE
+        with real.grants.map(real.domid, refs, writable=False) as mapping, mapping.view() as view:
+            assert bytes(view[:4]) == b"real"
+        handle = real.buffers.export_from_refs(real.domid, refs, writable=False)
+        assert isinstance(handle, XenBuffer)
+        copies = [_passed_through_a_socket(handle) for _ in range(2)]
+        for copy in copies:
+            with copy.map() as mapping, mapping.view() as view:
+                assert bytes(view[:4]) == b"real"
+            copy.close()
+        handle.close()
+        real.buffers.wait_released(handle.id, 5)
+    finally:
+        os.close(gntalloc)

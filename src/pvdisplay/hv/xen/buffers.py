@@ -141,7 +141,7 @@ class XenBuffers:
         watch, lease = os.pipe2(os.O_CLOEXEC)
         try:
             handle: XenBuffer | SharedBuffer
-            if domid == self._domid:
+            if self._table.is_loopback(domid, refs):
                 handle = self._export_own(refs, writable, watch, lease)
             else:
                 handle = XenBuffer(

@@ -21,7 +21,8 @@ and a domain does not need the hypervisor to reach its own memory. Such a grant 
 recorded here under a *loopback ref* (from `LOOPBACK_REF_BASE`, far above any grant
 table Xen builds) that this process's `map`, `end_access` and `export_from_refs`
 resolve to the memory itself; no other domain can use it, as no other domain could
-use a real grant to us either.
+use a real grant to us either. Our own refs below that range are real grants and go
+to gntdev like anyone else's.
 
 Swapping copies the memory while other threads might write it; grants and their end
 are connection set-up and teardown, which the display and input code do on one thread.
@@ -295,7 +296,7 @@ class XenGrantTable:
         """`map()`, calling `then()` once the mapping is closed (or collected)."""
         if not refs:
             raise HypervisorError(errno.EINVAL, "no grant refs to map")
-        if domid == self._domid:
+        if self.is_loopback(domid, refs):
             fds, segments = self.loopback_layout(refs, writable)
             return SharedMapping(fds, segments, writable, on_close=then)
         if domid >= DOMID_FIRST_RESERVED:
@@ -310,6 +311,11 @@ class XenGrantTable:
             raise
         release.watch(mapping)
         return mapping
+
+    def is_loopback(self, domid: int, refs: Sequence[int]) -> bool:
+        """Whether `refs` name loopback grants; refs below the range are real grants, ours
+        included (gntalloc can grant to its own domain, and gntdev maps those)."""
+        return domid == self._domid and refs[0] >= LOOPBACK_REF_BASE
 
     def map_refs(self, gntdev: int, domid: int, refs: Sequence[int]) -> int:
         """MAP_GRANT_REF on `gntdev`: the mmap offset of the refs, not yet mapped anywhere."""
