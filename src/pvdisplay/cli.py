@@ -11,6 +11,7 @@ import click
 
 from pvdisplay import __version__, backend_domain, logs, toolstack
 from pvdisplay.hv import xen
+from pvdisplay.ipc.sockets import raise_descriptor_limit
 from pvdisplay.outputs import snapshot as snapshots
 from pvdisplay.outputs.vnc import des as vnc_des
 from pvdisplay.outputs.vnc import server as vnc_server
@@ -38,6 +39,8 @@ _Command = TypeVar("_Command", bound=Callable[..., None])
 def main(log_level: str) -> None:
     """Xen PV display and input on an emulated Xen host, and virtio-gpu for QEMU guests."""
     logs.configure(log_level)
+    # Every command but `snapshot` is a long-lived server; each counts its own budgets.
+    raise_descriptor_limit()
 
 
 @main.command()

@@ -175,6 +175,7 @@ def test_limits_fail_cleanly_with_the_drivers_errnos() -> None:
             "granted_pages": 8,
             "mapped_pages": 0,
             "event_channels": 0,
+            "descriptors": 1,
         }
 
         for _ in range(2):

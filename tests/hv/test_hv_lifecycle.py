@@ -22,6 +22,7 @@ EMPTY_TABLES = {
     "exports": 0,
     "imports": 0,
     "ports": 0,
+    "descriptors": 0,
 }
 
 
@@ -118,6 +119,7 @@ def test_a_restarted_domain_0_grants_afresh_while_its_old_grants_are_mapped() ->
             "granted_pages": 1,
             "mapped_pages": 0,
             "event_channels": 0,
+            "descriptors": 1,
         }
         assert new("end", refs=new_refs) == []
         new("close", key="fb")

@@ -176,6 +176,7 @@ def test_a_reused_domid_starts_a_grant_table_apart_from_its_lingering_one() -> N
         "granted_pages": 1,
         "mapped_pages": 0,
         "event_channels": 0,
+        "descriptors": 1,
     }
     new_map, layout = tables.map(BACK, FRONT, new_refs, writable=True)
     assert layout == Layout([new_alloc], [Segment(0, 0, 1)])
@@ -292,6 +293,7 @@ def test_any_history_accounts_exactly_and_leaves_nothing_once_everyone_is_gone(
             assert 0 <= usage["granted_pages"] <= 30
             assert 0 <= usage["mapped_pages"] <= 30
             assert 0 <= usage["memory_pages"] <= 40
+            assert 0 <= usage["descriptors"] <= 40
 
     for export_id in exports:
         tables.release_export(export_id)
@@ -300,6 +302,43 @@ def test_any_history_accounts_exactly_and_leaves_nothing_once_everyone_is_gone(
     freed |= {e.alloc for e in tables.take_effects() if isinstance(e, AllocationFreed)}
     assert tables.stats() == dict.fromkeys(tables.stats(), 0)
     assert freed == created
+
+
+def test_every_descriptor_a_domain_makes_the_broker_hold_is_counted_and_capped() -> None:
+    tables = make_tables(Limits(descriptors=6))
+    _, refs = tables.share(FRONT, BACK, 1, readonly=False)
+    alloc = tables.alloc(FRONT, 1)
+    tables.alloc_unbound(FRONT, BACK)
+    assert tables.usage(FRONT)["descriptors"] == 3
+    # A read-only map makes the broker reopen the object: charged to its owner.
+    map_id, _ = tables.map(BACK, FRONT, refs, writable=False)
+    assert tables.usage(FRONT)["descriptors"] == 4
+    assert tables.usage(BACK)["descriptors"] == 0
+    export_id, _ = tables.export(FRONT, FRONT, tables.grant(FRONT, FRONT, alloc, [0], False), True)
+    assert tables.usage(FRONT)["descriptors"] == 5
+    tables.alloc(FRONT, 1)
+    # Full: memory as gntalloc fails (ENOMEM), ports as get_free_port() (ENOSPC).
+    assert code_of(tables.share, FRONT, BACK, 1, False) == errno.ENOMEM
+    assert code_of(tables.alloc, FRONT, 1) == errno.ENOMEM
+    assert code_of(tables.alloc_unbound, FRONT, BACK) == errno.ENOSPC
+    assert code_of(tables.export, FRONT, FRONT, [2], True) == errno.ENOMEM
+    # Nobody else notices.
+    tables.share(OTHER, BACK, 1, readonly=False)
+    tables.alloc_unbound(BACK, FRONT)
+    tables.unmap(BACK, map_id)
+    tables.release_export(export_id)
+    tables.destroy_domain(FRONT)
+    assert tables.stats()["descriptors"] == 2
+
+
+def test_the_broker_s_capacity_binds_all_domains_together_with_enfile() -> None:
+    tables = HypervisorTables(Limits(descriptors=4), descriptor_capacity=5)
+    for domid in (FRONT, OTHER):
+        tables.add_domain(domid)
+    for _ in range(4):
+        tables.alloc(FRONT, 1)
+    tables.alloc(OTHER, 1)
+    assert code_of(tables.alloc, OTHER, 1) == errno.ENFILE
 
 
 # -- framing -------------------------------------------------------------------------

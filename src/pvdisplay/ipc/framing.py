@@ -70,6 +70,8 @@ class Assembler:
     """Reassemble records into messages; descriptors received so far stay in `fds`."""
 
     fds: list[int] = field(default_factory=list)
+    max_fds: int = MAX_FDS
+    """Descriptors one message may carry; a receiver holds them all until it is whole."""
     _body: bytearray = field(default_factory=bytearray)
     _expect: tuple[int, int] | None = None
 
@@ -84,7 +86,7 @@ class Assembler:
             if len(record) < _HEADER.size:
                 raise ProtocolError(errno.EPROTO, f"record of {len(record)} bytes has no header")
             length, fd_count = _HEADER.unpack_from(record)
-            if length > MAX_BODY or fd_count > MAX_FDS:
+            if length > MAX_BODY or fd_count > self.max_fds:
                 raise ProtocolError(errno.EMSGSIZE, f"message of {length} bytes, {fd_count} fds")
             self._expect = (length, fd_count)
             chunk = record[_HEADER.size :]

@@ -3,6 +3,7 @@
 import array
 import errno
 import os
+import resource
 import socket
 from collections.abc import Mapping, Sequence
 
@@ -36,9 +37,15 @@ def recv_record(sock: socket.socket, flags: int = 0) -> tuple[bytes, list[int]]:
             received = array.array("i")
             received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
             fds.extend(received)
-    if msg_flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+    if msg_flags & socket.MSG_TRUNC:
         close_all(fds)
-        raise ProtocolError(errno.EMSGSIZE, "record or its descriptors were truncated")
+        raise ProtocolError(errno.EMSGSIZE, "record was truncated")
+    if msg_flags & socket.MSG_CTRUNC:
+        # The ancillary buffer fits more than SCM_MAX_FD, so the kernel dropped
+        # descriptors because this process could not take them: our limit, not the
+        # peer's fault. The record itself is whole and consumed.
+        close_all(fds)
+        raise OSError(errno.EMFILE, "descriptors dropped: this process's table is full")
     if not data:
         close_all(fds)
         raise EOFError("peer closed the socket")
@@ -62,3 +69,16 @@ def receive_message(sock: socket.socket, assembler: Assembler | None = None) -> 
 def close_all(fds: Sequence[int]) -> None:
     for fd in fds:
         os.close(fd)
+
+
+def raise_descriptor_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; returns the limit now in force.
+
+    Every long-lived process calls this at start: a server that answers many peers should
+    meet its own budgets (which it counts) long before the kernel's table, whose EMFILE
+    would hit every peer at once.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

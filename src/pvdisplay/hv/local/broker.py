@@ -17,7 +17,6 @@ import fcntl
 import json
 import logging
 import os
-import resource
 import selectors
 import signal
 import socket
@@ -40,13 +39,21 @@ from pvdisplay.hv.local.tables import (
 from pvdisplay.ipc import framing
 from pvdisplay.ipc.framing import Assembler, FramedMessage, JsonObject, encode
 from pvdisplay.ipc.memory import Segment, create_memfd, sealed_pages
-from pvdisplay.ipc.sockets import close_all, recv_record, rights
+from pvdisplay.ipc.sockets import close_all, raise_descriptor_limit, recv_record, rights
 from pvdisplay.wire.errors import ProtocolError
 
 log = logging.getLogger("pvdisplay.hv.local.broker")
 
 MAX_QUEUED_RECORDS = 4096
 """A domain that lets this many records pile up unread is killed rather than buffered."""
+
+MAX_FDS_PER_REQUEST = 1024
+"""Descriptors one request may carry (an import passes one per memory object). The broker
+holds them until the message is whole, so a domain announcing more breaks the framing."""
+
+FD_RESERVE_SHARE = 2
+"""The tables may hand 1/FD_RESERVE_SHARE of RLIMIT_NOFILE to domains' objects and ports;
+the rest is kept for domain sockets, pidfds, requests in flight and replies queued."""
 
 _MAX_DOMID = DOMID_FIRST_RESERVED - 1
 
@@ -62,10 +69,10 @@ class _Link:
     and reused for something else.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, max_fds: int = framing.MAX_FDS) -> None:
         sock.setblocking(False)
         self.sock = sock
-        self.assembler = Assembler()
+        self.assembler = Assembler(max_fds=max_fds)
         self.outbound: deque[tuple[bytes, list[int]]] = deque()
 
     def queue(self, body: JsonObject, fds: Sequence[int] = ()) -> None:
@@ -84,17 +91,20 @@ class _Link:
             close_all(fds)
         return True
 
-    def read(self) -> list[FramedMessage]:
-        """Every whole message available now. EOFError / ProtocolError end the link."""
-        messages: list[FramedMessage] = []
+    def read(self) -> FramedMessage | None:
+        """The next whole message, or None if none is complete yet.
+
+        EOFError / ProtocolError end the link; OSError(EMFILE) means a record arrived
+        whose descriptors this process had no room for (the record is consumed).
+        """
         while True:
             try:
                 record, fds = recv_record(self.sock, socket.MSG_DONTWAIT)
             except BlockingIOError:
-                return messages
+                return None
             message = self.assembler.feed(record, fds)
             if message is not None:
-                messages.append(message)
+                return message
 
     def close(self) -> None:
         self.sock.close()
@@ -106,8 +116,10 @@ class _Link:
 
 
 class Broker:
-    def __init__(self, control: socket.socket, limits: Limits) -> None:
-        self._tables = HypervisorTables(limits)
+    def __init__(
+        self, control: socket.socket, limits: Limits, descriptor_capacity: int | None = None
+    ) -> None:
+        self._tables = HypervisorTables(limits, descriptor_capacity)
         self._selector = selectors.DefaultSelector()
         self._control = _Link(control)
         self._selector.register(control, selectors.EVENT_READ, self._on_control)
@@ -150,12 +162,18 @@ class Broker:
             self._flush(self._control, self._control.sock)
         if not mask & selectors.EVENT_READ:
             return
-        try:
-            messages = self._control.read()
-        except (EOFError, ConnectionError, ProtocolError):
-            self._running = False
-            return
-        for message in messages:
+        while True:
+            try:
+                message = self._control.read()
+            except (EOFError, ConnectionError, ProtocolError):
+                self._running = False
+                return
+            except OSError as exc:
+                # Out of descriptors: the host's request lost its own; answer it and go on.
+                self._control.queue({"error": exc.errno, "message": str(exc)})
+                continue
+            if message is None:
+                break
             self._control_request(message)
         self._flush(self._control, self._control.sock)
 
@@ -182,12 +200,16 @@ class Broker:
                 raise HypervisorError(errno.ENOSYS, f"unknown control request {op!r}")
         except (HypervisorError, ProtocolError) as exc:
             self._control.queue({"error": exc.errno, "message": exc.message})
+        except OSError as exc:
+            # EMFILE/ENFILE (listing /proc/self/fd, duplicating a reply's descriptors):
+            # an answer for the host, never the end of every domain's hypervisor.
+            self._control.queue({"error": exc.errno or errno.EIO, "message": str(exc)})
         finally:
             close_all(fds)
 
     def _add_domain(self, domid: int, sock_fd: int, pidfd: int) -> None:
         sock = socket.socket(fileno=sock_fd)
-        link = self._links[domid] = _Link(sock)
+        link = self._links[domid] = _Link(sock, MAX_FDS_PER_REQUEST)
         self._pidfds[domid] = pidfd
         self._selector.register(
             sock, selectors.EVENT_READ, lambda mask: self._on_domain(domid, mask)
@@ -201,20 +223,30 @@ class Broker:
         link = self._links[domid]
         if mask & selectors.EVENT_WRITE:
             self._flush(link, link.sock)
-        if not mask & selectors.EVENT_READ:
-            return
-        try:
-            messages = link.read()
-        except (EOFError, ConnectionError):
-            self._destroy(domid, kill=False)
-            return
-        except ProtocolError as exc:
-            log.warning("domain broke the framing", extra=logs.fields(domid=domid, error=exc))
-            self._destroy(domid, kill=True)
-            return
-        for message in messages:
+        # One request at a time, and none while replies wait: a domain that does not read
+        # what it is sent cannot make the broker hold more than one reply for it.
+        while mask & selectors.EVENT_READ and not link.outbound:
+            try:
+                message = link.read()
+            except (EOFError, ConnectionError):
+                self._destroy(domid, kill=False)
+                return
+            except ProtocolError as exc:
+                log.warning("domain broke the framing", extra=logs.fields(domid=domid, error=exc))
+                self._destroy(domid, kill=True)
+                return
+            except OSError as exc:
+                link.queue({"error": exc.errno, "message": "broker out of descriptors"})
+                self._deliver(last=domid)
+                if self._links.get(domid) is not link:
+                    return
+                continue
+            if message is None:
+                return
             self._serve(domid, link, message)
-        self._deliver(last=domid)
+            self._deliver(last=domid)
+            if self._links.get(domid) is not link:
+                return  # it stopped reading and was killed
 
     def _serve(self, domid: int, link: _Link, message: FramedMessage) -> None:
         fds = message.fds
@@ -228,6 +260,10 @@ class Broker:
             close_all(passed_on)
         except (HypervisorError, ProtocolError) as exc:
             link.queue({"error": exc.errno, "message": exc.message})
+        except OSError as exc:
+            # The process ran out of something (EMFILE, ENFILE, ENOMEM): this request
+            # fails, the broker serves on.
+            link.queue({"error": exc.errno or errno.EIO, "message": str(exc)})
         except Exception:
             # A bug here must cost one request, not every domain its hypervisor.
             log.exception("request failed", extra=logs.fields(domid=domid, op=op))
@@ -255,9 +291,15 @@ class Broker:
         try:
             done = link.flush()
         except OSError:
-            return  # the peer is gone; its socket's EOF will tear it down
+            # The peer is gone; drop what it will never read, so that reading resumes
+            # and its socket's EOF tears it down.
+            for _, fds in link.outbound:
+                close_all(fds)
+            link.outbound.clear()
+            done = True
         data = self._selector.get_key(sock).data
-        wanted = selectors.EVENT_READ | (0 if done else selectors.EVENT_WRITE)
+        # Requests are not read while replies wait (see _on_domain).
+        wanted = selectors.EVENT_READ if done else selectors.EVENT_WRITE
         self._selector.modify(sock, wanted, data)
 
     def _destroy(self, domid: int, kill: bool) -> None:
@@ -357,7 +399,11 @@ class Broker:
             framing.get_u32s(body, "refs", self._tables.limits.refs_per_call),
             writable,
         )
-        objects = [self._object_fd(alloc, writable) for alloc in layout.objects]
+        try:
+            objects = [self._object_fd(alloc, writable) for alloc in layout.objects]
+        except OSError:
+            self._tables.unmap(domid, map_id)  # no descriptor for a read-only reopen
+            raise
         return {"map": map_id, "segments": _triples(layout.segments)}, objects, []
 
     def _unmap(self, domid: int, body: JsonObject, fds: list[int]) -> _Reply:
@@ -375,10 +421,15 @@ class Broker:
         except BaseException:
             close_all([watch, lease, exporter_watch])
             raise
+        try:
+            objects = [self._object_fd(alloc, writable) for alloc in layout.objects]
+        except OSError:
+            self._tables.release_export(export_id)  # no descriptor for a read-only reopen
+            close_all([watch, lease, exporter_watch])
+            raise
         self._selector.register(
             watch, selectors.EVENT_READ, lambda _: self._on_released(export_id, watch)
         )
-        objects = [self._object_fd(alloc, writable) for alloc in layout.objects]
         reply: JsonObject = {"id": export_id, "segments": _triples(layout.segments)}
         return reply, [*objects, lease, exporter_watch], [lease, exporter_watch]
 
@@ -479,22 +530,22 @@ def _triples(segments: Sequence[Segment]) -> list[list[int]]:
     return [[s.object_index, s.first_page, s.pages] for s in segments]
 
 
-def _harden() -> None:
-    """No core dumps or same-uid /proc/<pid>/fd access to the memory we hold."""
+def _harden() -> int:
+    """No core dumps or same-uid /proc/<pid>/fd access to the memory we hold; returns the
+    descriptor limit, raised to the hard one."""
     pr_set_dumpable = 4
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return raise_descriptor_limit()
 
 
 def main(argv: Sequence[str]) -> int:
     control_fd, limits_json = argv
     logs.configure(os.environ.get("PVDISPLAY_HV_LOG_LEVEL", "warning"))
-    _harden()
+    descriptor_limit = _harden()
     control = socket.socket(fileno=int(control_fd))
     os.set_inheritable(control.fileno(), False)
-    Broker(control, Limits(**json.loads(limits_json))).run()
+    limits = Limits(**json.loads(limits_json))
+    Broker(control, limits, descriptor_limit // FD_RESERVE_SHARE).run()
     return 0
 
 

@@ -130,6 +130,12 @@ class LocalHypervisor:
             record, fds = recv_record(self._sock, flags)
         except (EOFError, ConnectionError):
             raise HypervisorError(errno.ESHUTDOWN, "the hypervisor broker is gone") from None
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            # Our own table is full and the reply's descriptors are lost: this call fails,
+            # and what it made stays charged to this domain until it frees or dies.
+            raise HypervisorError(exc.errno, "no room for the reply's descriptors") from None
         self.received_bytes += len(record)
         return self._assembler.feed(record, fds)
 

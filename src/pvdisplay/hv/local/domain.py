@@ -16,6 +16,7 @@ from multiprocessing.connection import Connection
 
 from pvdisplay import logs
 from pvdisplay.hv.local.client import LocalHypervisor
+from pvdisplay.ipc.sockets import raise_descriptor_limit
 
 EntryPoint = Callable[..., object]
 
@@ -35,6 +36,7 @@ def main(argv: Sequence[str]) -> int:
     logs.configure(env.get("PVDISPLAY_HV_LOG_LEVEL", "warning"))
     pr_set_dumpable = 4
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0)
+    raise_descriptor_limit()
     hv_fd = int(env["PVDISPLAY_HV_FD"])
     control_fd = int(env["PVDISPLAY_HV_CONTROL_FD"])
     for fd in (hv_fd, control_fd):

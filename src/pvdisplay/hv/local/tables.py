@@ -43,6 +43,16 @@ class Limits:
     """Ports per domain: the 2-level event channel ABI on 64-bit."""
     refs_per_call: int = 65_536
     """Refs in one map/export/grant call: gntdev's `limit` module parameter."""
+    descriptors: int = 1_024
+    """Descriptors the broker may hold for one domain: one per memory object it owns (two
+    once the object is also handed out read-only), one per port, one per live export.
+    Xen has no descriptors, but its heap is finite too; one-page objects would otherwise
+    fill the broker's table long before `memory_pages`."""
+    backend_descriptors: int = 16_384
+    """`descriptors` for the backend domain, which holds what it serves every guest (ports,
+    exports, backend-allocated buffers); each guest's share of that is bounded by the
+    backend's own per-device budgets."""
+    backend_domid: int = 0
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,8 @@ class _Allocation:
     held: bool
     adopted: bool = False
     """Came in through an import: lives as long as its grants, may be imported again."""
+    readonly_view: bool = False
+    """The broker holds a read-only reopen of the object too (charged to the owner)."""
     entries: dict[int, _Entry] = field(default_factory=dict)
 
 
@@ -140,6 +152,7 @@ class _Domain:
     memory_pages: int = 0
     granted_pages: int = 0
     mapped_pages: int = 0
+    descriptors: int = 0
     next_ref: int = 1
     free_refs: deque[int] = field(default_factory=deque)
     ports: dict[int, _Port] = field(default_factory=dict)
@@ -150,6 +163,8 @@ class _Domain:
 
 @dataclass(slots=True, eq=False)
 class _Export:
+    """A live export; the broker holds one descriptor for it (the lease's watch end)."""
+
     exporter: _Domain
     entries: list[_Entry]
 
@@ -175,8 +190,16 @@ def _partial(memory: int | NewObject, pages: int) -> HypervisorError:
 
 
 class HypervisorTables:
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, descriptor_capacity: int | None = None) -> None:
+        """`descriptor_capacity` caps the descriptors of all domains together (None: no cap).
+
+        The broker passes part of its RLIMIT_NOFILE, so that domains' budgets, which may
+        add up to more than the process can hold, fail with ENFILE instead of the broker
+        meeting EMFILE.
+        """
         self.limits = limits
+        self.descriptor_capacity = descriptor_capacity
+        self._descriptors = 0
         self._domains: dict[int, _Domain] = {}
         self._allocs: dict[int, _Allocation] = {}
         self._next_alloc = 1
@@ -219,6 +242,7 @@ class HypervisorTables:
         if pages < 1:
             raise HypervisorError(errno.EINVAL, "zero-page allocation")
         self._check_memory(dom, pages)
+        self._check_descriptors(dom, 1, errno.ENOMEM)
         return self._new_allocation(dom, pages, writable=True, held=True).id
 
     def free(self, caller: int, alloc_id: int) -> list[int]:
@@ -252,6 +276,8 @@ class HypervisorTables:
         self._check_batch(pages)
         self._check_memory(dom, pages)
         self._check_grantable(dom, grantee, True, readonly, pages)
+        # gntalloc answers ENOMEM when it cannot allocate what a new grant needs.
+        self._check_descriptors(dom, 1, errno.ENOMEM)
         alloc = self._new_allocation(dom, pages, writable=True, held=True)
         return alloc.id, [
             self._new_entry(dom, grantee, alloc, page, readonly).ref for page in range(pages)
@@ -275,6 +301,7 @@ class HypervisorTables:
         dom = self._domain(caller)
         entries, layout = self._resolve(caller, granter, refs, writable)
         self._check_mapped(dom, len(entries))
+        self._check_handout(dom, layout, writable)
         self._pin(dom, entries)
         map_id = dom.next_map
         dom.next_map += 1
@@ -297,7 +324,9 @@ class HypervisorTables:
         dom = self._domain(caller)
         entries, layout = self._resolve(caller, granter, refs, writable)
         self._check_mapped(dom, len(entries))
+        self._check_handout(dom, layout, writable, extra=1)
         self._pin(dom, entries)
+        self._charge(dom, 1)
         export_id = new_handle_id()
         self._exports[export_id] = _Export(dom, entries)
         return export_id, layout
@@ -308,6 +337,7 @@ class HypervisorTables:
         if export is None:
             return
         export.exporter.mapped_pages -= len(export.entries)
+        self._charge(export.exporter, -1)
         self._unpin(export.entries)
 
     def import_buffer(
@@ -354,6 +384,7 @@ class HypervisorTables:
         self._check_batch(total)
         self._check_memory(dom, sum(o.pages for o in objects if isinstance(o, NewObject)))
         self._check_grantable(dom, grantee, True, readonly, total)
+        self._check_descriptors(dom, sum(isinstance(o, NewObject) for o in objects), errno.ENOMEM)
         adopted = {}
         for index, obj in enumerate(objects):
             if isinstance(obj, NewObject):
@@ -390,6 +421,7 @@ class HypervisorTables:
             raise HypervisorError(errno.EINVAL, f"bad remote domain {remote_domid}")
         port = self._free_port(dom)
         dom.ports[port] = _Port(PortState.UNBOUND, remote_domid)
+        self._charge(dom, 1)
         return port
 
     def bind_interdomain(self, caller: int, remote_domid: int, remote_port: int) -> int:
@@ -404,6 +436,7 @@ class HypervisorTables:
             )
         port = self._free_port(dom)
         dom.ports[port] = _Port(PortState.INTERDOMAIN, remote_domid, remote_port)
+        self._charge(dom, 1)
         remote.state = PortState.INTERDOMAIN
         remote.remote_port = port
         self._effects.append(PortBound(remote_domid, remote_port, caller, port))
@@ -431,6 +464,7 @@ class HypervisorTables:
             "exports": len(self._exports),
             "imports": len(self._imports),
             "ports": sum(len(d.ports) for d in self._domains.values()),
+            "descriptors": self._descriptors,
         }
 
     def usage(self, domid: int) -> dict[str, int]:
@@ -440,6 +474,7 @@ class HypervisorTables:
             "granted_pages": dom.granted_pages,
             "mapped_pages": dom.mapped_pages,
             "event_channels": len(dom.ports),
+            "descriptors": dom.descriptors,
         }
 
     # -- internals -----------------------------------------------------------------
@@ -486,11 +521,50 @@ class HypervisorTables:
                 f" (limit {self.limits.mapped_pages})",
             )
 
+    def _check_descriptors(self, dom: _Domain, count: int, code: int) -> None:
+        """Room for `count` more descriptors held for `dom`; else `code` (ENFILE when the
+        broker as a whole is full, which no single domain's budget could prevent)."""
+        limits = self.limits
+        limit = (
+            limits.backend_descriptors if dom.domid == limits.backend_domid else limits.descriptors
+        )
+        if dom.descriptors + count > limit:
+            raise HypervisorError(
+                code,
+                f"domain {dom.domid} would make the broker hold {dom.descriptors + count}"
+                f" descriptors (limit {limit})",
+            )
+        capacity = self.descriptor_capacity
+        if capacity is not None and self._descriptors + count > capacity:
+            raise HypervisorError(
+                errno.ENFILE, f"the broker holds {self._descriptors} descriptors (capacity)"
+            )
+
+    def _check_handout(self, dom: _Domain, layout: Layout, writable: bool, extra: int = 0) -> None:
+        """A map or export passes one descriptor per object it spans (and `extra`);
+        the broker holds copies of them until the mapper reads its reply, so they must
+        fit the mapper's budget. Read-only reopens are charged to each object's owner."""
+        self._check_descriptors(dom, len(layout.objects) + extra, errno.ENOMEM)
+        if writable:
+            return
+        fresh = [self._allocs[a] for a in layout.objects if not self._allocs[a].readonly_view]
+        for owner in {id(a.owner): a.owner for a in fresh}.values():
+            count = sum(a.owner is owner for a in fresh)
+            self._check_descriptors(owner, count, errno.ENOMEM)
+        for alloc in fresh:
+            alloc.readonly_view = True
+            self._charge(alloc.owner, 1)
+
+    def _charge(self, dom: _Domain, count: int) -> None:
+        dom.descriptors += count
+        self._descriptors += count
+
     def _new_allocation(self, dom: _Domain, pages: int, writable: bool, held: bool) -> _Allocation:
         alloc = _Allocation(self._next_alloc, dom, pages, writable, held)
         self._next_alloc += 1
         self._allocs[alloc.id] = alloc
         dom.memory_pages += pages
+        self._charge(dom, 1)
         return alloc
 
     def _new_entry(
@@ -585,6 +659,7 @@ class HypervisorTables:
             return
         del self._allocs[alloc.id]
         alloc.owner.memory_pages -= alloc.pages
+        self._charge(alloc.owner, -1 - alloc.readonly_view)
         self._effects.append(AllocationFreed(alloc.id))
 
     def _free_port(self, dom: _Domain) -> int:
@@ -592,6 +667,8 @@ class HypervisorTables:
             raise HypervisorError(
                 errno.ENOSPC, f"domain {dom.domid} has {len(dom.ports)} ports (limit)"
             )
+        # Xen's get_free_port() answers ENOSPC when it cannot make a port.
+        self._check_descriptors(dom, 1, errno.ENOSPC)
         port = 1
         while port in dom.ports:
             port += 1
@@ -599,6 +676,7 @@ class HypervisorTables:
 
     def _close_port(self, dom: _Domain, port: int) -> None:
         closed = dom.ports.pop(port)
+        self._charge(dom, -1)
         self._effects.append(PortClosed(dom.domid, port))
         if closed.state is not PortState.INTERDOMAIN or closed.remote_port is None:
             return

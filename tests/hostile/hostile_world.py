@@ -1,0 +1,69 @@
+"""The emulated host the hostile tests attack: xenstored, broker, backend and one honest
+demo guest that flips at 60 Hz throughout, plus what the tests measure on it. A module,
+not a conftest, so that each test module (and the bench) starts a host of its own."""
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import rigs
+from pvdisplay import toolstack
+from pvdisplay.planes.client import PlaneClient
+from pvdisplay.toolstack.host import EmulatedHost, RunningGuest
+from rigs import wait_until
+
+DEMO_ENTRY = "pvdisplay.guests.demo:run"
+HONEST_FLIPS = 20
+"""Flips the honest guest must show while and after an attack (it makes 60 a second)."""
+
+
+def guest(name: str, spec: str = "connectors=c0:64x48") -> toolstack.Guest:
+    device = toolstack.parse_xl_vdispl(spec, 0, name, {}, default_backend=0)
+    return toolstack.Guest(name, None, (device,))
+
+
+@dataclass
+class Hostile:
+    host: EmulatedHost
+    honest: RunningGuest
+
+    def frames(self) -> int:
+        """Frames the honest guest's connector has shown (the plane's flip counter)."""
+        with PlaneClient(self.host.planes_socket) as client:
+            for plane in client.list():
+                if plane.domid == self.honest.domid:
+                    return plane.frame
+        return -1
+
+    def wait_flips(self, count: int = HONEST_FLIPS) -> None:
+        """The honest guest flips `count` more times (counted, never timed)."""
+        start = self.frames()
+        wait_until(lambda: self.frames() >= start + count, f"{count} honest flips")
+
+    def resources(self) -> dict[str, int]:
+        """What the broker and the backend hold: tables, descriptors, the backend's usage."""
+        stats = {f"broker {k}": v for k, v in self.host.hv.stats().items()}
+        assert self.host.backend is not None
+        backend = self.host.backend
+        usage = {f"backend {k}": v for k, v in self.host.hv.usage(backend.domid).items()}
+        fds = len(os.listdir(f"/proc/{backend.pid}/fd"))
+        return stats | usage | {"backend fds": fds}
+
+    def wait_resources(self, expected: dict[str, int]) -> None:
+        """Every count back to `expected`; on a timeout the assertion shows the difference."""
+        try:
+            wait_until(lambda: self.resources() == expected, "resources to return")
+        except TimeoutError:
+            assert self.resources() == expected
+
+
+@contextlib.contextmanager
+def world(run_dir: Path, backend: toolstack.BackendConfig | None = None) -> Iterator[Hostile]:
+    backend = backend or toolstack.BackendConfig("Domain-0", 0, copy=False)
+    with rigs.emulated_host(toolstack.HostConfig(backend, ()), run_dir) as host:
+        honest = host.start_guest(guest("honest"), DEMO_ENTRY)
+        world = Hostile(host, honest)
+        wait_until(lambda: world.frames() > 10, "the honest guest to flip")
+        yield world
