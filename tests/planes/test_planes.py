@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 import rigs
-from pvdisplay.planes.client import PlaneChange, PlaneClient
+from pvdisplay.planes.client import PlaneClient
 from pvdisplay.planes.model import Plane, PlaneInfo, PlaneKey, PlaneRegistry
+from pvdisplay.planes.protocol import PlaneChange
 from pvdisplay.planes.server import PlaneServer
 from pvdisplay.wire.errors import ProtocolError
 

@@ -188,8 +188,8 @@ class Viewer:
             self._update(self._feed.planes.get(self.key))
 
     async def _wait(self, timeout: float) -> None:
-        """Let the feed run until this connector changes, `timeout` at most; at least one
-        turn of the loop, so changes already on the socket arrive even with no timeout."""
+        """Let the feed run until this connector changes, `timeout` at most (with none, one
+        turn of the loop: enough to send input, not to wait for a change)."""
         await asyncio.sleep(0)
         if not self._changed:
             with contextlib.suppress(TimeoutError):
