@@ -6,7 +6,8 @@ APT_PACKAGES := gcc libc6-dev libatomic1 libxen-dev xenstore-utils edid-decode l
 	vncsnapshot tigervnc-viewer xvfb x11-apps imagemagick chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test lint typecheck pytest deps apt venv bench clean demo guest-files test-guest
+.PHONY: test lint typecheck pytest deps apt venv bench clean demo guest-files test-guest \
+	xen-tools test-xen demo-xen
 
 test: deps lint typecheck guest-files pytest
 
@@ -19,6 +20,21 @@ guest-files: apt
 
 test-guest: deps guest-files
 	$(VENV)/bin/pytest -q tests/virtio/test_vhost_user_guest.py
+
+# Real Xen under QEMU TCG (tools/xen/rig.py, docs/real-xen.md): Xen 4.17, a PV dom0 running
+# `pvdisplay backend --hv xen`, PV guests with Linux's xen-drm-front. tools/xen/fetch.sh
+# fetches with apt into .cache/xen once (about 500 MB, needs mmdebstrap and cpio here);
+# every run repacks the working tree in seconds and boots.
+xen-tools:
+	@command -v mmdebstrap >/dev/null && command -v cpio >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends mmdebstrap cpio; }
+
+test-xen: deps xen-tools
+	$(VENV)/bin/pytest -q -rA -m xen tests/xen
+
+demo-xen: deps xen-tools
+	python3 tools/xen/rig.py demo
 
 deps: apt venv
 

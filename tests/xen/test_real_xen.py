@@ -1,0 +1,230 @@
+"""pvdisplay as the display and input backend of real Xen, against Linux's own frontends.
+
+One boot (tools/xen/rig.py: Xen 4.17 and a PV dom0 under QEMU TCG) runs every scenario in
+turn: dom0 runs `pvdisplay backend --hv xen`, then `xl create`s PV guests running Debian's
+kernel, whose xen-drm-front (drm_xen_front.ko) and xen-kbdfront connect to it. The guests
+drive the display with libdrm's modetest; dom0 takes `pvdisplay snapshot`s and sends
+input through the planes socket; the host reads everything from the serial console log
+and here compares pixels with modetest's own patterns.
+
+Needs apt access to a Debian mirror the first time (tools/xen/fetch.sh, about 500 MB into
+.cache/xen); skipped, saying why, when the images cannot be fetched. `make test-xen`.
+"""
+
+import io
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "xen"))
+import rig
+
+pytestmark = [pytest.mark.xen, pytest.mark.timeout(2400)]
+
+BOOT_TIMEOUT = 1800.0  # hang protection only: the boot takes minutes, more on a busy machine
+KEY_A, EV_KEY, EV_ABS, ABS_X, ABS_Y = 30, 1, 3, 0, 1
+PLAIN = 0x77  # modetest's "plain" fill: this byte everywhere
+
+
+@dataclass
+class XenRun:
+    """What one boot left behind: its console lines, the files dom0 dumped, the web check."""
+
+    log: Path
+    lines: list[str]
+    files: dict[str, bytes]
+    web_error: str | None = None
+    web_checked: bool = False
+    seconds: float = 0.0
+    scenario: dict[str, list[str]] = field(default_factory=dict)
+
+    def of(self, name: str) -> list[str]:
+        if name not in self.scenario:
+            self.scenario[name] = rig.scenario_lines(self.lines, name)
+        lines = self.scenario[name]
+        assert lines, f"scenario {name} never started; see {self.log}"
+        assert re.search(r"scenario \S+ end rc=0", lines[-1]), (
+            f"scenario {name} did not end well: {lines[-1]}; see {self.log}"
+        )
+        return lines
+
+
+def tiles(width: int, height: int) -> npt.NDArray[np.uint8]:
+    """modetest's "tiles" pattern in XRGB8888 as RGB (libdrm tests/util/pattern.c,
+    fill_tiles_rgb32; Debian's modetest is built without cairo, so nothing is drawn over it)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.uint32)
+    quot, rem = (x + y) // width, (x + y) % width
+    rgb = (0x00130502 * (quot >> 6) + 0x000A1120 * (rem >> 6)) & 0xFFFFFF
+    return np.stack([(rgb >> 16) & 0xFF, (rgb >> 8) & 0xFF, rgb & 0xFF], axis=-1).astype(np.uint8)
+
+
+def picture(png: bytes) -> npt.NDArray[np.uint8]:
+    with Image.open(io.BytesIO(png)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def check_web(port: int, domid: int, out: Path) -> str | None:
+    """Chromium opens dom0's web viewer through the host forward and shows the guest live."""
+    from playwright import sync_api as playwright  # noqa: PLC0415 (only this scenario needs it)
+
+    import rigs  # noqa: PLC0415
+
+    try:
+        with playwright.sync_playwright() as driver:
+            browser = driver.chromium.launch(
+                executable_path=str(rigs.CHROMIUM), args=rigs.CHROMIUM_ARGS, headless=True
+            )
+            try:
+                page = browser.new_page(viewport={"width": 1000, "height": 700})
+                page.goto(f"http://127.0.0.1:{port}/", timeout=120_000)
+                page.wait_for_selector(f"a[href*='view/{domid}/0/0']", timeout=120_000)
+                page.screenshot(path=str(out / "web-index.png"))
+                page.goto(f"http://127.0.0.1:{port}/view/{domid}/0/0", timeout=120_000)
+                page.wait_for_function(
+                    "window.pvdisplay && pvdisplay.state === 'live' && pvdisplay.frames >= 2",
+                    timeout=120_000,
+                )
+                page.screenshot(path=str(out / "web-connector.png"))
+            finally:
+                browser.close()
+    except Exception as error:  # reported by the web test, not by every test of the module
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def run() -> Iterator[XenRun]:
+    started = time.monotonic()
+    try:
+        cache = rig.prepare()
+    except rig.RigUnavailableError as error:
+        pytest.skip(f"real-Xen images unavailable: {error}")
+    log = cache / "logs" / f"test-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    web_error: str | None = "the web scenario never said it was ready"
+    web_checked = False
+    with rig.Boot(cache, log, rig.ALL_SCENARIOS) as boot:
+        ready = boot.wait_for(
+            r"@@DOM0 (web ready domid=(\d+)|scenario web end|all-done)", BOOT_TIMEOUT
+        )
+        if ready[2]:
+            web_error = check_web(boot.web_port, int(ready[2]), cache)
+            web_checked = True
+            boot.send("web done")
+        boot.wait_for(r"@@DOM0 all-done", BOOT_TIMEOUT)
+        boot.wait_exit(30)
+    lines = rig.console_lines(log)
+    yield XenRun(
+        log, lines, rig.dumped_files(lines), web_error, web_checked, time.monotonic() - started
+    )
+
+
+def assert_flips(lines: list[str], guest: str) -> None:
+    """modetest set its mode and reported flip rates; the frontend never gave up on an event."""
+    text = "\n".join(line for line in lines if f"@@G {guest}|" in line)
+    assert "@@GUEST modetest -s" in text, text[-2000:]
+    rates = [float(r) for r in re.findall(r"modetest: freq: ([\d.]+)Hz", text)]
+    assert rates, f"modetest reported no flips:\n{text[-2000:]}"
+    assert "failed to set mode" not in text and "failed to page flip" not in text, text
+    # xen-drm-front completes a flip itself when the backend's event is late (a timeout).
+    assert "Flip event timed-out" not in text, text
+
+
+def assert_shows_modetest(
+    files: dict[str, bytes], labels: list[str], size: tuple[int, int]
+) -> None:
+    """Every snapshot is one of modetest's two framebuffers, pixel for pixel; tiles shows."""
+    width, height = size
+    expected_tiles = tiles(width, height)
+    seen = set()
+    for label in labels:
+        assert label in files, f"no snapshot {label} (or a corrupt one) in the log"
+        shot = picture(files[label])
+        assert shot.shape == (height, width, 3), (label, shot.shape)
+        if np.array_equal(shot, expected_tiles):
+            seen.add("tiles")
+        elif np.all(shot == PLAIN):
+            seen.add("plain")
+        else:
+            wrong = int(np.any(shot != expected_tiles, axis=2).sum())
+            pytest.fail(f"snapshot {label} is neither tiles ({wrong} pixels differ) nor plain")
+    assert seen, labels
+
+
+def test_fe_alloc_modetest_flips_and_snapshots_show_its_pattern(run: XenRun) -> None:
+    lines = run.of("fe-alloc")
+    assert_flips(lines, "fe-alloc")
+    assert_shows_modetest(run.files, [f"fe-alloc-{i}" for i in (1, 2, 3)], (800, 600))
+
+
+def test_be_alloc_modetest_flips_and_snapshots_show_its_pattern(run: XenRun) -> None:
+    lines = run.of("be-alloc")
+    assert_flips(lines, "be-alloc")
+    assert_shows_modetest(run.files, [f"be-alloc-{i}" for i in (1, 2, 3)], (800, 600))
+
+
+def test_two_connectors_flip_at_their_own_sizes(run: XenRun) -> None:
+    lines = run.of("two-connectors")
+    assert_flips(lines, "two-conn")
+    assert_shows_modetest(run.files, ["two-conn-0-1", "two-conn-0-2"], (800, 600))
+    assert_shows_modetest(run.files, ["two-conn-1-1", "two-conn-1-2"], (1024, 768))
+
+
+def test_input_reaches_the_guest_evdev_devices(run: XenRun) -> None:
+    lines = run.of("input")
+    events = [
+        tuple(int(v) for v in found.groups())
+        for line in lines
+        if (found := re.search(r"@@GUEST event \S+ type=(\d+) code=(\d+) value=(-?\d+)", line))
+    ]
+    assert (EV_KEY, KEY_A, 1) in events, lines
+    assert (EV_KEY, KEY_A, 0) in events, lines
+    assert (EV_ABS, ABS_X, 123) in events or _scaled(events), lines
+
+
+def _scaled(events: list[tuple[int, ...]]) -> bool:
+    """xen-kbdfront reports absolute positions as sent (ABS_X/ABS_Y); true if both came."""
+    codes = {code for kind, code, _ in events if kind == EV_ABS}
+    return {ABS_X, ABS_Y} <= codes
+
+
+def counts(lines: list[str], when: str) -> dict[str, int]:
+    for line in lines:
+        found = re.search(rf"@@DOM0 resources {when}: maps=(\d+) ports=(\d+)", line)
+        if found:
+            return {"maps": int(found[1]), "ports": int(found[2])}
+    pytest.fail(f"no resource count {when}")
+
+
+def test_destroy_mid_flip_frees_every_mapping_and_event_channel(run: XenRun) -> None:
+    lines = run.of("destroy")
+    before, flipping, after = (counts(lines, w) for w in ("before", "flipping", "after"))
+    assert flipping["maps"] > before["maps"], (before, flipping)
+    assert flipping["ports"] > before["ports"], (before, flipping)
+    assert after == before, (before, flipping, after)
+    domains = next(line for line in lines if "@@DOM0 domains after:" in line)
+    assert domains.split(":", 1)[1].split() == ["Domain-0/0"], domains
+    backends = next(line for line in lines if "@@DOM0 backend nodes after:" in line)
+    assert backends.split(":", 1)[1].strip() == "", backends
+
+
+def test_web_viewer_in_dom0_reached_from_the_host(run: XenRun) -> None:
+    run.of("web")
+    assert run.web_checked, "dom0 never said the web viewer was ready"
+    assert run.web_error is None, run.web_error
+
+
+def test_timing(run: XenRun) -> None:
+    """Not a check: the boot's figures for the report (pytest -rA shows them)."""
+    stamps = [line for line in run.lines if "@@DOM0" in line and "uptime=" in line]
+    print(f"boot and scenarios: {run.seconds:.0f} s; log {run.log}")
+    for line in stamps:
+        print(line)

@@ -1,0 +1,140 @@
+# Shell functions for dom0's /init and the scenario scripts (sourced by both).
+# Every line meant for the host starts with "@@": "@@DOM0" from dom0, "@@G <name>| " before
+# each line a guest writes to its console, "@@BE| " before each line of the backend's log.
+
+XT=/opt/xen-test
+BACKEND_LOG=/var/log/pvdisplay-backend.log
+PLANES_SOCKET=/tmp/pvdisplay-0/planes.sock
+
+say() { echo "@@DOM0 $*"; }
+up() { cut -d' ' -f1 /proc/uptime; }
+# param NAME: the value of xt.NAME= on the kernel command line (empty when absent).
+param() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^xt\.$1=//p" | tail -n 1; }
+
+# A backend must watch XenStore before `xl create`: libxl (4.17) waits for every vdispl
+# and vkbd backend to reach InitWait and fails the create after about 25 s otherwise.
+start_backend() {
+  if [ "$(param backend)" != fake ]; then
+    BACKEND_KIND=pvdisplay
+    level=$(param loglevel)
+    pvdisplay --log-level "${level:-info}" backend --hv xen \
+      --web 0.0.0.0:8080 > "$BACKEND_LOG" 2>&1 &
+    BACKEND_PID=$!
+    n=0
+    while [ $n -lt 120 ] && [ ! -S "$PLANES_SOCKET" ] && kill -0 $BACKEND_PID 2>/dev/null; do
+      sleep 0.5; n=$((n + 1))
+    done
+    kill -0 $BACKEND_PID 2>/dev/null || say "backend exited early: $(tail -n 5 "$BACKEND_LOG" | tr '\n' ' ')"
+  else
+    # The stand-in: moves XenBus states only, so that xl create succeeds and the frontends
+    # probe; it speaks no protocol (flips complete only by the frontend's own timeout).
+    BACKEND_KIND=fake
+    fake_backend > "$BACKEND_LOG" 2>&1 &
+    BACKEND_PID=$!
+  fi
+  tail -n +1 -f "$BACKEND_LOG" | sed -u 's/^/@@BE| /' &
+  BACKEND_TAIL=$!
+}
+
+stop_backend() {
+  [ -n "${BACKEND_PID:-}" ] && kill "$BACKEND_PID" 2>/dev/null
+  sleep 1
+  [ -n "${BACKEND_TAIL:-}" ] && kill "$BACKEND_TAIL" 2>/dev/null
+  BACKEND_PID=
+}
+
+fake_backend() {
+  while :; do
+    # xl's vkb with backend-type=linux puts its backend under "vinput", not "vkbd".
+    for kind in vdispl vinput vkbd; do
+      for dom in $(xenstore-list /local/domain/0/backend/$kind 2>/dev/null); do
+        for dev in $(xenstore-list /local/domain/0/backend/$kind/$dom 2>/dev/null); do
+          be=/local/domain/0/backend/$kind/$dom/$dev
+          fe=$(xenstore-read $be/frontend 2>/dev/null)
+          state=$(xenstore-read $be/state 2>/dev/null)
+          fe_state=$(xenstore-read "$fe/state" 2>/dev/null)
+          case "$state/$fe_state" in
+            1/*) xenstore-write $be/state 2; echo "fake: $be InitWait" ;;
+            2/3) xenstore-write $be/state 4; echo "fake: $be Connected" ;;
+            5/* | */5) xenstore-write $be/state 6; echo "fake: $be Closed" ;;
+          esac
+        done
+      done
+    done
+    sleep 0.5
+  done
+}
+
+# run_scenario NAME: /opt/xen-test/scenarios/NAME.sh in a subshell, between markers.
+run_scenario() {
+  script=$XT/scenarios/$1.sh
+  if [ ! -f "$script" ]; then say "scenario $1 MISSING"; return; fi
+  say "scenario $1 start uptime=$(up)"
+  ( set -u; . "$script" )
+  say "scenario $1 end rc=$? uptime=$(up)"
+}
+
+# create_guest NAME GUEST_SCRIPT [CONFIG_LINE...]: xl create a PV domU booting the rig's
+# kernel and domU image; GUEST_SCRIPT (from tools/xen/guest/scenarios) is what its /init
+# runs. Sets DOMID; the guest's console lines reach the host as "@@G NAME| ...".
+create_guest() {
+  name=$1 script=$2
+  shift 2
+  cfg=/etc/xen/$name.cfg
+  {
+    echo "name=\"$name\""
+    echo 'type="pv"'
+    echo 'kernel="/boot/vmlinuz"'
+    echo 'ramdisk="/boot/domu.cpio.gz"'
+    echo 'memory=192'
+    echo 'vcpus=1'
+    echo "extra=\"console=hvc0 loglevel=4 xt.guest=$script\""
+    for line in "$@"; do echo "$line"; done
+  } > "$cfg"
+  log=/var/log/xen/console/guest-$name.log
+  : > "$log"
+  tail -n +1 -f "$log" | sed -u "s/^/@@G $name| /" &
+  a=$(date +%s%N)
+  xl create "$cfg" 2>&1 | sed 's/^/@@DOM0 xl: /'
+  b=$(date +%s%N)
+  DOMID=$(xl domid "$name" 2>/dev/null)
+  say "created $name domid=${DOMID:-none} in $(( (b - a) / 1000000 )) ms"
+  [ -n "$DOMID" ]
+}
+
+# wait_guest NAME REGEX SECONDS: wait until guest NAME's console shows a line matching REGEX.
+wait_guest() {
+  n=0
+  while [ $n -lt $(($3 * 2)) ]; do
+    grep -qE "$2" "/var/log/xen/console/guest-$1.log" 2>/dev/null && return 0
+    xl domid "$1" >/dev/null 2>&1 || { say "guest $1 is gone"; return 1; }
+    sleep 0.5; n=$((n + 1))
+  done
+  say "timeout: guest $1 never printed /$2/ in $3 s"
+  return 1
+}
+
+destroy_guest() {
+  a=$(date +%s%N)
+  timeout 60 xl destroy "$1" 2>&1 | sed 's/^/@@DOM0 xl: /'
+  b=$(date +%s%N)
+  say "destroyed $1 in $(( (b - a) / 1000000 )) ms"
+  # The console tail ends with its log file's writer.
+  pkill -f "tail -n \+1 -f /var/log/xen/console/guest-$1.log"
+}
+
+# dump_file LABEL FILE: FILE base64-encoded between markers, with its sha256, for the host.
+dump_file() {
+  say "file-begin $1 $(sha256sum < "$2" | cut -d' ' -f1) $(wc -c < "$2")"
+  base64 -w 76 "$2"
+  say "file-end $1"
+}
+
+# snapshot LABEL DOMID CONNECTOR: `pvdisplay snapshot` of the connector, dumped for the host.
+snapshot() {
+  out=/tmp/snap-$1.png
+  rm -f "$out"
+  pvdisplay snapshot --planes-socket "$PLANES_SOCKET" "$2" "$3" -o "$out" > /tmp/snap.txt 2>&1
+  sed 's/^/@@DOM0 snapshot: /' /tmp/snap.txt
+  [ -s "$out" ] && dump_file "$1" "$out"
+}
