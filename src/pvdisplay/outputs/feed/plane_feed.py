@@ -47,8 +47,6 @@ class Capture(Generic[M]):
     snapshot: Snapshot[M]
 
 
-_Watch = tuple[AsyncPlaneClient, AsyncIterator[PlaneChange]]
-
 Listener = Callable[[PlaneKey | None], None]
 """Called with a connector after it changes, with None after the backend comes or goes."""
 
@@ -75,6 +73,7 @@ class PlaneFeed(Generic[M]):
         self._buffers: dict[PlaneKey, ConnectorBuffers] = {}
         self._captures: dict[PlaneKey, asyncio.Task[Capture[M] | None]] = {}
         self._mirrors: dict[PlaneKey, M] = {}
+        self._watcher: AsyncPlaneClient | None = None
         self._query: AsyncPlaneClient | None = None
         self._input: AsyncPlaneClient | None = None
         self._task: asyncio.Task[None] | None = None
@@ -86,8 +85,8 @@ class PlaneFeed(Generic[M]):
     async def connect(self) -> None:
         """Connect to the backend now (OSError when it is not there), then follow it."""
         # The caller asked and will report: only a reconnection later is news.
-        watcher, changes = await self._open(logging.DEBUG)
-        self._task = asyncio.get_running_loop().create_task(self._watch_forever((watcher, changes)))
+        changes = await self._open(logging.DEBUG)
+        self._task = asyncio.get_running_loop().create_task(self._watch_forever(changes))
 
     async def close(self) -> None:
         if self._task is not None:
@@ -210,21 +209,17 @@ class PlaneFeed(Generic[M]):
 
     # -- watching ----------------------------------------------------------------------
 
-    async def _watch_forever(self, opened: _Watch | None) -> None:
+    async def _watch_forever(self, changes: AsyncIterator[PlaneChange] | None) -> None:
         while True:
             try:
-                watcher, changes = opened or await self._open(logging.INFO)
-                opened = None
-                try:
-                    async for change in changes:
-                        if change.removed:
-                            self._remove(change.plane.key)
-                        else:
-                            self._update(change.plane)
-                finally:
-                    watcher.close()
+                async for change in changes or await self._open(logging.INFO):
+                    if change.removed:
+                        self._remove(change.plane.key)
+                    else:
+                        self._update(change.plane)
             except (OSError, EOFError, ProtocolError) as error:
                 log.debug("planes socket unavailable", extra=logs.fields(reason=error))
+            changes = None
             if self.connected:
                 log.info("backend gone", extra=logs.fields(path=self.planes_socket))
             self.connected = False
@@ -232,24 +227,23 @@ class PlaneFeed(Generic[M]):
             self._notify(None)
             await asyncio.sleep(RECONNECT_DELAY)
 
-    async def _open(self, level: int) -> _Watch:
+    async def _open(self, level: int) -> AsyncIterator[PlaneChange]:
         """Watch, then take the planes as they are: no change is missed between the two."""
-        watcher = await AsyncPlaneClient.connect(self.planes_socket)
+        self._watcher = await AsyncPlaneClient.connect(self.planes_socket)
         try:
-            changes = await watcher.watch()
+            changes = await self._watcher.watch()
             if self._query is None:
                 self._query = await AsyncPlaneClient.connect(self.planes_socket)
             current = await self._query.list()
         except BaseException:
-            watcher.close()
-            self._close_query()
+            self._close_clients()
             raise
         self.connected = True
         log.log(level, "backend connected", extra=logs.fields(path=self.planes_socket))
         for info in current:
             self._update(info)
         self._notify(None)
-        return watcher, changes
+        return changes
 
     def _update(self, info: PlaneInfo) -> None:
         known = self.planes.get(info.key)
@@ -275,6 +269,12 @@ class PlaneFeed(Generic[M]):
         for buffers in self._buffers.values():
             buffers.retire_all()
         self._buffers.clear()
+        self._close_clients()
+
+    def _close_clients(self) -> None:
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
         self._close_query()
         self._close_input()
 
