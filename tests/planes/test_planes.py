@@ -61,6 +61,12 @@ def test_plane_info_json_round_trip_and_rejection() -> None:
         PlaneInfo.from_json({**info.to_json(), "frame": True})
 
 
+def test_the_shown_size_is_the_picture_set_or_the_mode_while_blank() -> None:
+    assert BLANK.shown_size == (640, 480)
+    shown = dataclasses.replace(BLANK, fb_cookie=9, fourcc="RG16", width=200, height=150)
+    assert shown.shown_size == (200, 150)
+
+
 @pytest.fixture
 def served() -> Iterator[tuple[PlaneRegistry, Path, asyncio.AbstractEventLoop]]:
     registry = PlaneRegistry()

@@ -87,6 +87,14 @@ class PlaneInfo:
         return plane
 
     @property
+    def shown_size(self) -> tuple[int, int]:
+        """What a person sees of the connector: the picture the guest set (SET_CONFIG is
+        its mode change), or the connector's resolution while it shows nothing."""
+        if self.fb_cookie and self.width > 0 and self.height > 0:
+            return self.width, self.height
+        return self.mode_width, self.mode_height
+
+    @property
     def frame_bytes(self) -> int:
         """Bytes from `offset` to the end of the last row (0 when nothing is shown)."""
         return self.stride * self.height

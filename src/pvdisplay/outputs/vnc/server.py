@@ -68,13 +68,8 @@ async def current_picture(feed: Feed, key: PlaneKey) -> Picture:
 
 
 def desktop_size(plane: PlaneInfo | None) -> tuple[int, int]:
-    """What a client sees: the framebuffer the guest set (SET_CONFIG is its mode change);
-    the connector's resolution while it shows nothing."""
-    if plane is None:
-        return BLANK_SIZE
-    if plane.fb_cookie == 0:
-        return plane.mode_width, plane.mode_height
-    return plane.width, plane.height
+    """What a client sees: the connector's `shown_size`, or `BLANK_SIZE` once it is gone."""
+    return BLANK_SIZE if plane is None else plane.shown_size
 
 
 def _blank(plane: PlaneInfo | None) -> Picture:

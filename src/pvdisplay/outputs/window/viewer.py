@@ -68,14 +68,6 @@ def _refuse_invisible_window() -> None:
         )
 
 
-def _picture_size(plane: PlaneInfo) -> tuple[int, int]:
-    """The size the window is made: the picture the guest set (SET_CONFIG is its mode
-    change), or the connector's resolution while it shows nothing."""
-    if plane.fb_cookie and plane.width > 0 and plane.height > 0:
-        return plane.width, plane.height
-    return plane.mode_width, plane.mode_height
-
-
 class Viewer:
     """A window showing connector `connector` (index or unique-id) of `domid`'s vdispl `devid`.
 
@@ -106,7 +98,7 @@ class Viewer:
         self.key = plane.key
         self.plane: PlaneInfo | None = plane
         self._feed.subscribe(self._on_change)
-        self._size = _picture_size(plane)
+        self._size = plane.shown_size
         try:
             pygame.display.init()
             _refuse_invisible_window()
@@ -197,8 +189,8 @@ class Viewer:
         self._wake.clear()
 
     def _update(self, plane: PlaneInfo | None) -> None:
-        if plane is not None and plane.fb_cookie and _picture_size(plane) != self._size:
-            self._size = _picture_size(plane)
+        if plane is not None and plane.fb_cookie and plane.shown_size != self._size:
+            self._size = plane.shown_size
             self._open_window()
             self._picture = pygame.Surface(self._size)
         self.plane = plane
