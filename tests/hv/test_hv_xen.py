@@ -9,14 +9,17 @@ need /dev/xen are at the end and are skipped unless this is a Xen domain (the Xe
 test rig runs them).
 """
 
+import asyncio
 import errno
 import gc
 import mmap
 import os
 import socket
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -39,9 +42,11 @@ from pvdisplay.hv.xen import abi, device, open_hypervisor
 from pvdisplay.hv.xen.buffers import XenBuffer, XenBuffers
 from pvdisplay.hv.xen.events import XenEventChannels
 from pvdisplay.hv.xen.grants import LOOPBACK_REF_BASE, XenGrantTable
-from pvdisplay.hv.xen.hypervisor import XenHypervisor
+from pvdisplay.hv.xen.hypervisor import XenHypervisor, is_control_domain, own_domid
 from pvdisplay.ipc.buffers import SharedBuffer
 from pvdisplay.ipc.memory import Segment, create_memfd
+from pvdisplay.store.client import Client
+from pvdisplay.store.server import XenStoreServer
 
 OWN = 3
 PEER = 7
@@ -517,6 +522,37 @@ def test_the_adapters_are_the_hv_protocols(xen: FakeXen) -> None:
     memory.close()
     hv.close()
     kernel.close()
+
+
+def test_the_control_domain_is_told_by_its_capabilities(tmp_path: Path) -> None:
+    capabilities = tmp_path / "capabilities"
+    assert not is_control_domain(str(capabilities))
+    capabilities.write_text("control_d\n")
+    assert is_control_domain(str(capabilities))
+    capabilities.write_text("")
+    assert not is_control_domain(str(capabilities))
+
+
+def test_a_domu_reads_its_domid_from_xenstore(tmp_path: Path) -> None:
+    loop = asyncio.new_event_loop()
+    server = XenStoreServer(tmp_path)
+    loop.run_until_complete(server.start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        with Client(server.socket_path) as store:
+            store.write("domid", "0")  # relative: this connection's /local/domain/0
+        assert own_domid(str(server.socket_path), str(tmp_path / "none")) == 0
+        with Client(server.socket_path) as store:
+            store.write("domid", "DOMID_SELF")
+        with pytest.raises(HypervisorError) as odd:
+            own_domid(str(server.socket_path), str(tmp_path / "none"))
+        assert odd.value.errno == errno.EPROTO
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=30)
+        loop.close()
 
 
 # -- on Xen ----------------------------------------------------------------------------

@@ -58,13 +58,13 @@ def is_control_domain(capabilities: str = CAPABILITIES) -> bool:
         return False
 
 
-def own_domid(store_path: str | None = None) -> int:
+def own_domid(store_path: str | None = None, capabilities: str = CAPABILITIES) -> int:
     """This domain's id: 0 in the control domain, else the `domid` node XenStore keeps.
 
     A relative path in XenStore is relative to the caller's /local/domain/<id>, and the
     toolstack writes `domid` there for every domain it builds.
     """
-    if is_control_domain():
+    if is_control_domain(capabilities):
         return 0
     with Client(store_path or xenstore_path()) as store:
         text = store.read("domid").decode("ascii", "replace")
