@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Self
 
 from pvdisplay import logs
-from pvdisplay.display.limits import DEFAULT_PAGE_BUDGET
+from pvdisplay.display.limits import DEFAULT_DESCRIPTOR_BUDGET, DEFAULT_PAGE_BUDGET
 from pvdisplay.display.service import BackendService
 from pvdisplay.hv import Hypervisor
 from pvdisplay.input.service import InputService
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 COPY_FLAG = "--copy"
 PAGE_BUDGET_FLAG = "--page-budget="
+DESCRIPTOR_BUDGET_FLAG = "--descriptor-budget="
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class Options:
     copy_frames: bool = False
     page_budget: int = DEFAULT_PAGE_BUDGET
     """Pages each frontend device may make the backend hold (`DisplayDevice.page_budget`)."""
+    descriptor_budget: int = DEFAULT_DESCRIPTOR_BUDGET
+    """Descriptors each frontend device may make the backend hold
+    (`DisplayDevice.descriptor_budget`)."""
 
 
 class BackendDomain:
@@ -72,6 +76,7 @@ class BackendDomain:
             self._options.copy_frames,
             inputs.on_port,
             page_budget=self._options.page_budget,
+            descriptor_budget=self._options.descriptor_budget,
         )
         await self._display.start()
         await inputs.start()
@@ -125,7 +130,11 @@ def xenstore_socket(xenstore_dir: str, domid: int) -> str:
 
 
 def domain_args(
-    xenstore_dir: str, planes_socket: str, copy_frames: bool, page_budget: int
+    xenstore_dir: str,
+    planes_socket: str,
+    copy_frames: bool,
+    page_budget: int,
+    descriptor_budget: int = DEFAULT_DESCRIPTOR_BUDGET,
 ) -> list[str]:
     """The arguments `run` takes, for `DomainLauncher.start_domain`."""
     return [
@@ -133,23 +142,37 @@ def domain_args(
         planes_socket,
         *([COPY_FLAG] if copy_frames else []),
         f"{PAGE_BUDGET_FLAG}{page_budget}",
+        f"{DESCRIPTOR_BUDGET_FLAG}{descriptor_budget}",
     ]
 
 
 def options_from_args(domid: int, args: tuple[str, ...]) -> Options:
-    usage = f"XENSTORE_DIR PLANES_SOCKET [{COPY_FLAG}] [{PAGE_BUDGET_FLAG}PAGES]"
+    usage = (
+        f"XENSTORE_DIR PLANES_SOCKET [{COPY_FLAG}] [{PAGE_BUDGET_FLAG}PAGES]"
+        f" [{DESCRIPTOR_BUDGET_FLAG}DESCRIPTORS]"
+    )
     if len(args) < 2:
         raise ValueError(f"usage: {usage}")
-    page_budget = DEFAULT_PAGE_BUDGET
+    budgets = {
+        PAGE_BUDGET_FLAG: DEFAULT_PAGE_BUDGET,
+        DESCRIPTOR_BUDGET_FLAG: DEFAULT_DESCRIPTOR_BUDGET,
+    }
     for flag in args[2:]:
-        if flag.startswith(PAGE_BUDGET_FLAG):
-            value = flag.removeprefix(PAGE_BUDGET_FLAG)
+        name = next((name for name in budgets if flag.startswith(name)), None)
+        if name is not None:
+            value = flag.removeprefix(name)
             if not (value.isascii() and value.isdigit()) or int(value) < 1:
-                raise ValueError(f"{flag}: the page budget is a whole number, at least 1")
-            page_budget = int(value)
+                raise ValueError(f"{flag}: a budget is a whole number, at least 1")
+            budgets[name] = int(value)
         elif flag != COPY_FLAG:
             raise ValueError(f"unknown backend flag {flag!r}; usage: {usage}")
-    return Options(xenstore_socket(args[0], domid), args[1], COPY_FLAG in args[2:], page_budget)
+    return Options(
+        xenstore_socket(args[0], domid),
+        args[1],
+        COPY_FLAG in args[2:],
+        budgets[PAGE_BUDGET_FLAG],
+        budgets[DESCRIPTOR_BUDGET_FLAG],
+    )
 
 
 def run(hv: Hypervisor, control: Connection, *args: str) -> None:

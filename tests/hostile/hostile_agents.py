@@ -3,12 +3,17 @@ the test names over the control connection, answering ("ok", result) or ("error"
 message). This module holds no tests; the domain processes import it.
 """
 
+import asyncio
+import contextlib
 import errno
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from pvdisplay.display import front
+from pvdisplay.display.front import Display, DisplayError, Framebuffer
 from pvdisplay.hv import GuestMemory, Hypervisor, HypervisorError
+from pvdisplay.wire import fourcc
 
 REPLY_TIMEOUT = 60.0
 
@@ -57,6 +62,29 @@ def agent(hv: Hypervisor, control: Connection) -> None:
             control.send(("ok", method(*args), None))
         except OSError as exc:
             control.send(("error", str(exc), exc.errno or errno.EIO))
+
+
+def dbuf_flood(hv: Hypervisor, control: Connection, xenstore_socket: str, name: str) -> None:
+    """A guest that makes 1x1 framebuffers (a one-page DBUF_CREATE and an FB_ATTACH each)
+    until the backend refuses one, reports (made, errno), and holds them until killed."""
+
+    async def session(display: Display) -> None:
+        held: list[Framebuffer] = []
+        code: int | None = None
+        while code is None:
+            try:
+                held.append(await display.create_framebuffer(1, 1, fourcc.by_name("XRGB8888")))
+            except (DisplayError, HypervisorError) as exc:
+                code = exc.errno
+        control.send((len(held), code))
+        await asyncio.get_running_loop().run_in_executor(None, _wait_for_eof, control)
+
+    front.run(hv, xenstore_socket, session)
+
+
+def _wait_for_eof(control: Connection) -> None:
+    with contextlib.suppress(EOFError):
+        control.recv()
 
 
 class Remote:

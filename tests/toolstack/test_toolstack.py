@@ -164,12 +164,15 @@ def test_the_page_budget_reaches_the_backend_s_arguments() -> None:
     assert config.backend.page_budget == 4096
     args = backend_domain.domain_args("xs", "planes", False, config.backend.page_budget)
     assert backend_domain.options_from_args(0, tuple(args)).page_budget == 4096
+    args = backend_domain.domain_args("xs", "planes", False, 1, descriptor_budget=7)
+    assert backend_domain.options_from_args(0, tuple(args)).descriptor_budget == 7
     options = backend_domain.options_from_args(3, ("xs", "planes"))
     assert options.page_budget == DEFAULT_PAGE_BUDGET
     assert options.xenstore_socket == "xs/domain/3"
     for bad, message in (
-        ("--page-budget=0", "--page-budget=0: the page budget is a whole number, at least 1"),
-        ("--page-budget=x", "--page-budget=x: the page budget is a whole number"),
+        ("--page-budget=0", "--page-budget=0: a budget is a whole number, at least 1"),
+        ("--page-budget=x", "--page-budget=x: a budget is a whole number"),
+        ("--descriptor-budget=0", "--descriptor-budget=0: a budget is a whole number"),
         ("--budget=9", "unknown backend flag '--budget=9'"),
     ):
         with pytest.raises(ValueError) as raised:

@@ -33,10 +33,12 @@ import numpy as np
 
 from pvdisplay import logs
 from pvdisplay.display.limits import (
+    DEFAULT_DESCRIPTOR_BUDGET,
     DEFAULT_PAGE_BUDGET,
     MAX_BUFFER_SIZE,
 )
 from pvdisplay.hv import BufferHandle, GuestMemory, Hypervisor, HypervisorError, Mapping
+from pvdisplay.ipc.buffers import SharedBuffer
 from pvdisplay.planes.model import Plane, PlaneInfo, PlaneKey, PlaneRegistry
 from pvdisplay.wire import displif, edid, fourcc
 from pvdisplay.wire.errors import ProtocolError
@@ -91,6 +93,7 @@ class _DisplayBuffer:
     memory: GuestMemory | None = None  # be-alloc: our pages, granted to the frontend
     frontend_refs: list[int] = field(default_factory=list)
     mapping: Mapping | None = None  # a view for copy mode, made on first use
+    descriptors: int = 0  # what this buffer holds open here, counted in the budget
 
 
 @dataclass
@@ -116,6 +119,25 @@ class _Position:
 class _OwnBuffer:
     memory: GuestMemory
     handle: BufferHandle
+
+    @property
+    def descriptors(self) -> int:
+        return _held(self.handle, self.memory)
+
+
+_LEAST_HELD = 3
+"""What the cheapest buffer holds (one object, its lease, the release watch)."""
+
+
+def _held(handle: BufferHandle, memory: GuestMemory | None) -> int:
+    """Descriptors a buffer holds here: its handle's, the hypervisor's watch of the
+    handle's release, and our own memory's if we allocated the pages.
+
+    A local handle holds one descriptor per memory object it spans, which only the
+    handle knows; a Xen handle holds its gntdev mapping and lease.
+    """
+    own = handle.descriptors if isinstance(handle, SharedBuffer) else _LEAST_HELD - 1
+    return own + 1 + (memory is not None)
 
 
 @dataclass
@@ -145,13 +167,18 @@ class DisplayDevice:
         config: FrontendConfig,
         planes: PlaneRegistry,
         copy_frames: bool = False,
+        *,
         page_budget: int = DEFAULT_PAGE_BUDGET,
+        descriptor_budget: int = DEFAULT_DESCRIPTOR_BUDGET,
     ) -> None:
         self.config = config
         self.bytes_copied = 0
         """Pixel bytes copied since connecting: stays 0 unless `copy_frames`."""
         self.page_budget = page_budget
         """Most pages `pages` may reach; a request that would pass it gets -ENOMEM."""
+        self.descriptor_budget = descriptor_budget
+        """Most `descriptors` may reach; a request that would pass it gets -ENOMEM."""
+        self._descriptors = 0
         self._hv = hv
         self._planes = planes
         self._copy_frames = copy_frames
@@ -175,6 +202,11 @@ class DisplayDevice:
         """Pages held for this device: its display buffers' and, with `copy_frames`, the
         copies'. Rings, directory pages and GET_EDID buffers are mapped only per request."""
         return self._pages
+
+    @property
+    def descriptors(self) -> int:
+        """Descriptors held open in this process for this device's buffers and copies."""
+        return self._descriptors
 
     def handle(self, connector: int, slot: bytes) -> Reply:
         """Answer one request that arrived on `connector`'s ring."""
@@ -270,6 +302,7 @@ class DisplayDevice:
                 )
         num_grefs = displif.grefs_for_buffer(size)
         self._check_budget(num_grefs, f"display buffer {cookie:#x}")
+        self._check_descriptors(_LEAST_HELD, f"display buffer {cookie:#x}")
         if request.backend_allocates:
             if not self.config.be_alloc:
                 raise _invalid("backend allocation is not enabled (be-alloc)")
@@ -289,8 +322,16 @@ class DisplayDevice:
             grefs = self._walk_directory(request.gref_directory, num_grefs)
             handle = self._hv.buffers.export_from_refs(self.config.frontend, grefs, writable=False)
             dbuf = _DisplayBuffer(cookie, size, request.data_ofs, pitch, handle)
-        self._dbufs[cookie] = dbuf
+        # Only now known: a frontend's buffer may span one memory object per page.
+        dbuf.descriptors = _held(handle, dbuf.memory)
         self._pages += num_grefs
+        self._descriptors += dbuf.descriptors
+        try:
+            self._check_descriptors(0, f"display buffer {cookie:#x}")
+        except ProtocolError:
+            self._release_dbuf(dbuf)
+            raise
+        self._dbufs[cookie] = dbuf
         log.debug(
             "display buffer created",
             extra=logs.fields(
@@ -459,6 +500,9 @@ class DisplayDevice:
         if own is None or own.memory.pages < pages:
             held = 0 if own is None else own.memory.pages
             self._check_budget(pages - held, "the copy of this frame")
+            self._check_descriptors(
+                _LEAST_HELD + 1 - (own.descriptors if own else 0), "the copy of this frame"
+            )
             if own is not None:
                 self._planes.remove(connector.key)
                 self._release_own(own)
@@ -471,11 +515,14 @@ class DisplayDevice:
                 raise
             connector.copy = own
             self._pages += pages
+            self._descriptors += own.descriptors
         if dbuf.memory is not None:
             source = dbuf.memory.array()
         else:
             if dbuf.mapping is None:
                 dbuf.mapping = dbuf.handle.map()
+                dbuf.descriptors += 1  # the mapping's hold on the lease
+                self._descriptors += 1
             source = dbuf.mapping.array()
         target = own.memory.array()
         np.copyto(target[:length], source[dbuf.data_ofs : dbuf.data_ofs + length])
@@ -531,6 +578,14 @@ class DisplayDevice:
                 f" budget of {self.page_budget}",
             )
 
+    def _check_descriptors(self, count: int, what: str) -> None:
+        if self._descriptors + count > self.descriptor_budget:
+            raise ProtocolError(
+                errno.ENOMEM,
+                f"{what} needs descriptors; the device holds {self._descriptors} of its"
+                f" budget of {self.descriptor_budget}",
+            )
+
     def _export_own(self, memory: GuestMemory) -> BufferHandle:
         """A handle of our own pages, made by granting them to ourselves and exporting."""
         own = self._hv.domid
@@ -551,6 +606,7 @@ class DisplayDevice:
 
     def _release_dbuf(self, dbuf: _DisplayBuffer) -> None:
         self._pages -= displif.grefs_for_buffer(dbuf.size)
+        self._descriptors -= dbuf.descriptors
         try:
             if dbuf.mapping is not None:
                 dbuf.mapping.close()
@@ -572,6 +628,7 @@ class DisplayDevice:
 
     def _release_own(self, own: _OwnBuffer) -> None:
         self._pages -= own.memory.pages
+        self._descriptors -= own.descriptors
         try:
             with self._planes.handles_lock:
                 own.handle.close()

@@ -36,6 +36,18 @@ grant refs (Xen's default grant table) two be-alloc devices.
 """
 
 
+DEFAULT_DESCRIPTOR_BUDGET = 256
+"""Descriptors one frontend device may make the backend process hold at once.
+
+A display buffer holds its handle's (one per memory object it spans, and a lease), one
+for the hypervisor's watch of its release, and one more for backend-allocated pages or a
+copy-mode mapping: 3 or 4 for a buffer in one allocation, so 64 or more buffers, ten
+times what four double-buffered connectors need. Without it, one-page DBUF_CREATEs
+would fill the backend's descriptor table (332 of them at a 1024 limit) long before
+`DEFAULT_PAGE_BUDGET`, and every guest's next request would fail.
+"""
+
+
 def mode_problem(width: int, height: int) -> str | None:
     """Why a connector cannot have a `width`x`height` mode, or None if it can."""
     if not (1 <= width <= MAX_DIMENSION and 1 <= height <= MAX_DIMENSION):

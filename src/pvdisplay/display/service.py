@@ -15,9 +15,10 @@ devices') and XenBus state changes the rings cause are handed to the loop. A loc
 the loop from connecting or tearing down a device while the thread serves it. A
 frontend that publishes an impossible ring index is disconnected (backend state
 Closing) and never read again. Each device may hold `page_budget` pages of
-display buffers (`backend.DisplayDevice`), so one guest cannot use up what the backend
-domain may map or allocate for all of them (as long as the budgets together fit the
-domain's limits: docs/display-backend.md).
+display buffers and `descriptor_budget` descriptors for them (`backend.DisplayDevice`),
+so one guest cannot use up what the backend domain may map, allocate or hold open for
+all of them (as long as the budgets together fit the domain's limits:
+docs/display-backend.md, docs/security.md).
 
 XenBus states (backend side), per device, following `backend_devices.BackendDevices`:
 
@@ -42,6 +43,7 @@ from typing import Any
 from pvdisplay import logs
 from pvdisplay.display.backend import ConnectorConfig, DisplayDevice, FrontendConfig, Reply
 from pvdisplay.display.limits import (
+    DEFAULT_DESCRIPTOR_BUDGET,
     DEFAULT_PAGE_BUDGET,
     LEGACY_UNIQUE_ID_FIELD,
     MAX_CONNECTORS,
@@ -112,6 +114,7 @@ class BackendService(BackendDevices[_Device]):
         other_port: Callable[[int], None] = lambda port: None,
         *,
         page_budget: int = DEFAULT_PAGE_BUDGET,
+        descriptor_budget: int = DEFAULT_DESCRIPTOR_BUDGET,
     ) -> None:
         """`other_port` gets every fired port that is not a display ring's (the input devices')."""
         super().__init__(xs, hv.domid, displif.DRIVER_NAME)
@@ -121,6 +124,7 @@ class BackendService(BackendDevices[_Device]):
         self._planes = planes
         self._copy_frames = copy_frames
         self._page_budget = page_budget
+        self._descriptor_budget = descriptor_budget
         self._ports: dict[int, tuple[_Device, _Channel]] = {}
         # Rings that had more than a ring's worth waiting: served again before the thread
         # next sleeps, after every other fired ring.
@@ -163,6 +167,8 @@ class BackendService(BackendDevices[_Device]):
             "buffers": core.buffers if core else 0,
             "pages": core.pages if core else 0,
             "page_budget": self._page_budget,
+            "descriptors": core.descriptors if core else 0,
+            "descriptor_budget": self._descriptor_budget,
             "bytes_copied": core.bytes_copied if core else 0,
         }
 
@@ -192,7 +198,12 @@ class BackendService(BackendDevices[_Device]):
             await self._set_state(device, XenbusState.CLOSING)
             return
         core = DisplayDevice(
-            self._hv, config, self._planes, self._copy_frames, page_budget=self._page_budget
+            self._hv,
+            config,
+            self._planes,
+            self._copy_frames,
+            page_budget=self._page_budget,
+            descriptor_budget=self._descriptor_budget,
         )
         with self._ring_lock:
             device.core = core

@@ -65,6 +65,10 @@ class SharedBuffer:
         return sum(seg.pages for seg in self._segments)
 
     @property
+    def descriptors(self) -> int:
+        return len(self._fds) + (self._lease is not None)
+
+    @property
     def readonly(self) -> bool:
         return self._readonly
 

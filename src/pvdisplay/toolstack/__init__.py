@@ -7,6 +7,10 @@ uses xl.cfg's own device syntax (or the same fields as a TOML table):
     name = "Domain-0"
     domid = 0
     page_budget = 16384
+    descriptor_budget = 256
+
+    [hypervisor]             # per-domain limits of the emulated hypervisor (hv.local Limits)
+    descriptors = 1024
 
     [[guest]]
     name = "alpha"
@@ -24,10 +28,11 @@ one transaction.
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from pvdisplay.display.limits import (
+    DEFAULT_DESCRIPTOR_BUDGET,
     DEFAULT_PAGE_BUDGET,
     LEGACY_UNIQUE_ID_FIELD,
     MAX_CONNECTORS,
@@ -35,6 +40,7 @@ from pvdisplay.display.limits import (
     UNIQUE_ID,
     mode_problem,
 )
+from pvdisplay.hv.local.tables import Limits
 from pvdisplay.store.permissions import Access, Permission
 from pvdisplay.toolstack import vkb as vkb_config
 from pvdisplay.toolstack.xl_syntax import (
@@ -98,12 +104,20 @@ class BackendConfig:
     copy: bool
     page_budget: int = DEFAULT_PAGE_BUDGET
     """Pages each frontend device may make the backend hold (display buffers)."""
+    descriptor_budget: int = DEFAULT_DESCRIPTOR_BUDGET
+    """Descriptors each frontend device may make the backend hold (display buffers)."""
+
+
+HYPERVISOR_KEYS = tuple(f.name for f in fields(Limits) if f.name != "backend_domid")
+"""The `[hypervisor]` settings: every per-domain limit of the emulated hypervisor."""
 
 
 @dataclass(frozen=True)
 class HostConfig:
     backend: BackendConfig
     guests: tuple[Guest, ...]
+    limits: Limits = field(default_factory=Limits)
+    """The emulated hypervisor's per-domain limits; `backend_domid` is the backend's."""
 
 
 # -- parsing ----------------------------------------------------------------------------
@@ -160,16 +174,28 @@ def parse_config(text: str) -> HostConfig:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError("config", f"not valid TOML ({error})") from None
-    _only_keys(document, ("backend", "guest"), "config")
+    _only_keys(document, ("backend", "hypervisor", "guest"), "config")
     backend_table = _table(document.get("backend", {}), "backend")
-    _only_keys(backend_table, ("name", "domid", "copy", "page_budget"), "backend")
+    _only_keys(
+        backend_table, ("name", "domid", "copy", "page_budget", "descriptor_budget"), "backend"
+    )
     backend = BackendConfig(
         name=_name(backend_table.get("name", "Domain-0"), "backend.name"),
         domid=_domid(backend_table.get("domid", 0), "backend.domid"),
         copy=_bool(backend_table.get("copy", False), "backend.copy"),
-        page_budget=_page_budget(
+        page_budget=_count(
             backend_table.get("page_budget", DEFAULT_PAGE_BUDGET), "backend.page_budget"
         ),
+        descriptor_budget=_count(
+            backend_table.get("descriptor_budget", DEFAULT_DESCRIPTOR_BUDGET),
+            "backend.descriptor_budget",
+        ),
+    )
+    hypervisor_table = _table(document.get("hypervisor", {}), "hypervisor")
+    _only_keys(hypervisor_table, HYPERVISOR_KEYS, "hypervisor")
+    limits = replace(
+        Limits(backend_domid=backend.domid),
+        **{name: _count(value, f"hypervisor.{name}") for name, value in hypervisor_table.items()},
     )
     guest_list = document.get("guest", [])
     if not isinstance(guest_list, list):
@@ -184,7 +210,7 @@ def parse_config(text: str) -> HostConfig:
     _check_unique([str(d) for d in explicit], "guest", "domid")
     if backend.domid in explicit:
         raise ConfigError("guest", f"domid {backend.domid} is the backend's")
-    return HostConfig(backend, guests)
+    return HostConfig(backend, guests, limits)
 
 
 def _guest(table: dict[str, Any], key: str, domains: Mapping[str, int], backend: int) -> Guest:
@@ -313,9 +339,9 @@ def _domid(value: object, key: str) -> int:
     return value
 
 
-def _page_budget(value: object, key: str) -> int:
+def _count(value: object, key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(key, f"{value!r} is not a page count (an integer, at least 1)")
+        raise ConfigError(key, f"{value!r} is not a count (an integer, at least 1)")
     return value
 
 

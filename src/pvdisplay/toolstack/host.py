@@ -170,7 +170,11 @@ class EmulatedHost:
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._start_xenstored()
-        self._hv = DomainLauncher(on_domain_released=self._released.put, log_level=self.log_level)
+        self._hv = DomainLauncher(
+            limits=self.config.limits,
+            on_domain_released=self._released.put,
+            log_level=self.log_level,
+        )
         backend = self.config.backend
         apply_plan(self.xs, toolstack.domain_nodes(backend.domid, backend.name))
         self.start_backend()
@@ -183,7 +187,11 @@ class EmulatedHost:
     def start_backend(self) -> DomainProcess:
         backend = self.config.backend
         args = backend_domain.domain_args(
-            str(self.xenstore_dir), str(self.planes_socket), backend.copy, backend.page_budget
+            str(self.xenstore_dir),
+            str(self.planes_socket),
+            backend.copy,
+            backend.page_budget,
+            backend.descriptor_budget,
         )
         self._backend_started = time.monotonic()
         self.backend = self.hv.start_domain(BACKEND_ENTRY, *args, domid=backend.domid)

@@ -14,7 +14,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pvdisplay.hv import (
@@ -102,8 +102,8 @@ class LocalHypervisor:
 
     def close(self) -> None:
         """Leave the hypervisor: the broker treats this domain as gone."""
+        self._buffers.close()  # before the events, whose epoll watches its leases
         self._events.close()
-        self._buffers.close()
         self._sock.close()
 
     def _exchange(self, body: JsonObject, fds: Sequence[int]) -> FramedMessage:
@@ -165,6 +165,8 @@ class LocalEvents:
         self._ports: dict[int, _Port] = {}
         self._by_fd: dict[int, int] = {}
         self._changed: list[int] = []
+        # Descriptors whose hangup `pending()` acts on as it passes (export leases).
+        self._hangups: dict[int, Callable[[], None]] = {}
 
     def bind_unbound_port(self, remote_domid: int) -> int:
         with self._hv._lock:
@@ -231,6 +233,11 @@ class LocalEvents:
                 fired.append(port)
             elif fd == self._hv.fileno():
                 self._hv.drain_events()
+            else:
+                with self._hv._lock:  # the callback may have been dropped meanwhile
+                    callback = self._hangups.get(fd)
+                    if callback is not None:
+                        callback()
         if self._changed:
             with self._hv._lock:  # broker events append to it on any thread
                 changed, self._changed = self._changed, []
@@ -277,6 +284,18 @@ class LocalEvents:
             for port in list(self._ports):
                 self._drop(port)
         self._epoll.close()
+
+    def on_hangup(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call `callback` (under the lock) when `fd` hangs up, from the next `pending()`;
+        it must call `forget_hangup(fd)`."""
+        with self._hv._lock:
+            self._hangups[fd] = callback
+            self._epoll.register(fd, select.EPOLLIN)
+
+    def forget_hangup(self, fd: int) -> None:
+        with self._hv._lock:
+            if self._hangups.pop(fd, None) is not None:
+                self._epoll.unregister(fd)
 
     def _add(self, port: int, rx: int, tx: int | None, status: ChannelStatus) -> None:
         self._ports[port] = _Port(rx, tx, status)
@@ -402,25 +421,33 @@ class LocalBuffers:
     def export_from_refs(
         self, domid: int, refs: Sequence[int], writable: bool = True
     ) -> SharedBuffer:
-        self._forget_released()
         reply = self._hv.call(
             {"op": "export", "domid": domid, "refs": framing.pack_u32s(refs), "writable": writable}
         )
         *objects, lease, watch = reply.fds
         handle_id = framing.get_str(reply.body, "id")
-        self._leases[handle_id] = watch
+        with self._hv._lock:
+            self._leases[handle_id] = watch
+            # Closed as soon as the export is released, by whichever thread waits for
+            # events next: a guest's buffers must not stay counted until a later export.
+            self._hv.events.on_hangup(watch, lambda: self._forget(handle_id))
         return SharedBuffer(handle_id, objects, _segments(reply.body), not writable, lease)
 
     def wait_released(self, handle_id: str, timeout: float) -> None:
-        watch = self._leases.get(handle_id)
-        if watch is None:
-            return
-        poller = select.poll()
-        poller.register(watch, select.POLLIN)
-        if not poller.poll(max(0, int(timeout * 1000))):
-            raise HypervisorError(errno.ETIMEDOUT, f"buffer {handle_id} is still held")
-        del self._leases[handle_id]
-        os.close(watch)
+        with self._hv._lock:
+            watch = self._leases.get(handle_id)
+            if watch is None:
+                return
+            # A copy to wait on: the event thread may close the original meanwhile.
+            waiting = os.dup(watch)
+        try:
+            poller = select.poll()
+            poller.register(waiting, select.POLLIN)
+            if not poller.poll(max(0, int(timeout * 1000))):
+                raise HypervisorError(errno.ETIMEDOUT, f"buffer {handle_id} is still held")
+        finally:
+            os.close(waiting)
+        self._forget(handle_id)
 
     def import_to_refs(
         self, handle: BufferHandle, domid: int, readonly: bool = False
@@ -440,16 +467,15 @@ class LocalBuffers:
         return framing.get_u32s(reply.body, "deferred", framing.MAX_FDS)
 
     def close(self) -> None:
-        close_all(list(self._leases.values()))
-        self._leases.clear()
+        for handle_id in list(self._leases):
+            self._forget(handle_id)
 
-    def _forget_released(self) -> None:
-        """Drop watches of exports nobody waited for, once they are released."""
-        for handle_id, watch in list(self._leases.items()):
-            poller = select.poll()
-            poller.register(watch, select.POLLIN)
-            if poller.poll(0):
-                del self._leases[handle_id]
+    def _forget(self, handle_id: str) -> None:
+        """Drop the watch of a released (or abandoned) export."""
+        with self._hv._lock:
+            watch = self._leases.pop(handle_id, None)
+            if watch is not None:
+                self._hv.events.forget_hangup(watch)
                 os.close(watch)
 
 

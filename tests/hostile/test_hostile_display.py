@@ -1,0 +1,53 @@
+"""Attacks on the display backend from a guest: every descriptor a device makes the
+backend hold is counted against its budget, over it DBUF_CREATE answers -ENOMEM, and
+what a dead guest held is given back when its death is noticed."""
+
+import errno
+from collections.abc import Iterator
+
+import pytest
+from hostile_world import Hostile, guest, world
+
+from pvdisplay import toolstack
+from pvdisplay.display.limits import DEFAULT_DESCRIPTOR_BUDGET
+from rigs import PATIENCE
+
+pytestmark = pytest.mark.processes
+
+FLOOD = "hostile_agents:dbuf_flood"
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
+    with world(tmp_path_factory.mktemp("hostile")) as running:
+        yield running
+
+
+@pytest.mark.parametrize(("spec", "per_buffer"), [("", 3), ("be-alloc=1,", 4)])
+def test_one_page_buffers_in_a_loop_get_enomem_from_the_backend_and_nobody_else_notices(
+    hostile: Hostile, spec: str, per_buffer: int
+) -> None:
+    host = hostile.host
+    before = hostile.resources()
+    attacker = host.start_guest(guest("flood", f"{spec}connectors=c0:64x48"), FLOOD)
+    assert attacker.process.control.poll(PATIENCE)
+    made, code = attacker.process.control.recv()
+    # The backend's answer, after its budget: 3 descriptors a buffer (the handle's memfd
+    # and lease, the release watch), 4 with the backend's own pages.
+    assert (made, code) == (DEFAULT_DESCRIPTOR_BUDGET // per_buffer, errno.ENOMEM)
+    hostile.wait_flips()
+
+    attacker.process.kill()
+    host.wait_guest_destroyed(attacker.domid, PATIENCE)
+    hostile.wait_resources(before)
+    hostile.wait_flips()
+
+
+def test_the_host_config_sets_the_descriptor_budget() -> None:
+    config = toolstack.parse_config(
+        "[backend]\ndescriptor_budget = 12\n[hypervisor]\ndescriptors = 99\n"
+    )
+    assert config.backend.descriptor_budget == 12
+    assert config.limits.descriptors == 99
+    with pytest.raises(toolstack.ConfigError, match=r"hypervisor\.descriptors"):
+        toolstack.parse_config("[hypervisor]\ndescriptors = 0\n")
