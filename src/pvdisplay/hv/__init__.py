@@ -1,13 +1,14 @@
 """Hypervisor services as the display code sees them: grants, event channels, buffer handles.
 
-The calls mirror the Linux user-space devices a real Xen driver domain uses, so an
-adapter over `/dev/xen/{gntdev,gntalloc,evtchn}` fits behind the same protocols:
+The calls mirror the Linux user-space devices a real Xen driver domain uses:
 
 - `GrantTable.alloc/grant/share`: gntalloc IOCTL_GNTALLOC_ALLOC_GREF
-- `GrantTable.end_access`, `GuestMemory.close`: gntalloc DEALLOC_GREF
+- `GrantTable.end_access`: gntalloc DEALLOC_GREF
 - `GrantTable.map`, `Mapping.close`: gntdev MAP_GRANT_REF + mmap, munmap + UNMAP_GRANT_REF
 - `EventChannels`: evtchn BIND_UNBOUND_PORT, BIND_INTERDOMAIN, NOTIFY, UNBIND, read()
-- `Buffers`: gntdev DMABUF_EXP_FROM_REFS, EXP_WAIT_RELEASED, IMP_TO_REFS, IMP_RELEASE
+- `Buffers`: the roles of gntdev's DMABUF_EXP_FROM_REFS, EXP_WAIT_RELEASED, IMP_TO_REFS
+  and IMP_RELEASE. Kernels without CONFIG_XEN_GNTDEV_DMABUF (Debian's) have none of
+  them, so `hv.xen` sends gntdev descriptors instead (docs/hypervisor.md, "Real Xen").
 
 Every failure is a `HypervisorError` carrying the errno the Linux driver would return.
 `pvdisplay.hv.local` implements these protocols on one Linux host, `pvdisplay.hv.xen` over
