@@ -49,6 +49,17 @@ _libc_mmap.argtypes = [
 ]
 _MAP_FAILED = ctypes.c_void_p(-1).value
 _MAP_FIXED = 0x10
+
+
+def map_over(address: int, length: int, prot: int, fd: int, offset: int) -> None:
+    """Map `fd` from `offset` over [address, address + length) of a range this process
+    reserved, replacing what is there (MAP_FIXED | MAP_SHARED)."""
+    placed = _libc_mmap(address, length, prot, mmap.MAP_SHARED | _MAP_FIXED, fd, offset)
+    if placed == _MAP_FAILED:
+        code = ctypes.get_errno()
+        raise HypervisorError(code, f"mmap at offset {offset:#x} failed: {os.strerror(code)}")
+
+
 REQUIRED_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 """A memory object that could shrink would SIGBUS whoever maps it: size is frozen."""
 
@@ -97,18 +108,17 @@ class SharedMapping:
         offset = 0
         for seg in segments:
             length = seg.pages * PAGE_SIZE
-            placed = _libc_mmap(
-                self._address + offset,
-                length,
-                prot,
-                mmap.MAP_SHARED | _MAP_FIXED,
-                fds[seg.object_index],
-                seg.first_page * PAGE_SIZE,
-            )
-            if placed == _MAP_FAILED:
-                code = ctypes.get_errno()
+            try:
+                map_over(
+                    self._address + offset,
+                    length,
+                    prot,
+                    fds[seg.object_index],
+                    seg.first_page * PAGE_SIZE,
+                )
+            except HypervisorError:
                 self._region.close()
-                raise HypervisorError(code, f"mmap of {seg} failed: {os.strerror(code)}")
+                raise
             offset += length
         self._writable = writable
         self._on_close = on_close

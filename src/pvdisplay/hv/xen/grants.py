@@ -28,7 +28,6 @@ Swapping copies the memory while other threads might write it; grants and their 
 are connection set-up and teardown, which the display and input code do on one thread.
 """
 
-import ctypes
 import errno
 import functools
 import mmap
@@ -43,35 +42,16 @@ from typing import Concatenate, ParamSpec, TypeVar
 from pvdisplay.hv import DOMID_FIRST_RESERVED, PAGE_SIZE, GuestMemory, HypervisorError
 from pvdisplay.hv.xen import abi
 from pvdisplay.hv.xen.device import Ioctl, ioctl, open_device
-from pvdisplay.ipc.memory import Segment, SharedMapping, create_memfd
+from pvdisplay.ipc.memory import Segment, SharedMapping, create_memfd, map_over
 
 LOOPBACK_REF_BASE = 0xF000_0000
 """First loopback ref. Xen's grant tables hold at most max_grant_frames * 512 entries
 (a few hundred thousand); refs from here up are never real ones."""
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc_mmap = _libc.mmap
-_libc_mmap.restype = ctypes.c_void_p
-_libc_mmap.argtypes = [
-    ctypes.c_void_p,
-    ctypes.c_size_t,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_long,
-]
-_MAP_FAILED = ctypes.c_void_p(-1).value
-_MAP_FIXED = 0x10
-
 
 def _place(address: int, length: int, fd: int, offset: int) -> None:
     """Map `fd` at `offset` over [address, address + length), replacing what is there."""
-    placed = _libc_mmap(
-        address, length, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED | _MAP_FIXED, fd, offset
-    )
-    if placed == _MAP_FAILED:
-        code = ctypes.get_errno()
-        raise HypervisorError(code, f"mmap at offset {offset:#x} failed: {os.strerror(code)}")
+    map_over(address, length, mmap.PROT_READ | mmap.PROT_WRITE, fd, offset)
 
 
 P = ParamSpec("P")
