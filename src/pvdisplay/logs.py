@@ -2,6 +2,10 @@
 
 import logging
 import sys
+import threading
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Any
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -43,3 +47,70 @@ def configure(level: str) -> None:
 def fields(**values: object) -> dict[str, dict[str, object]]:
     """Wrap fields for `extra=`: `log.info("mapped", extra=logs.fields(refs=3))`."""
     return {"fields": values}
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+    dropped: int = 0
+
+
+class PeerLog:
+    """Log lines a peer (a guest, a client, a front-end) can make us write, limited per peer.
+
+    Each peer may write `burst` lines at once and `per_second` lines a second after that;
+    the rest are dropped, and the next line let through says how many (`suppressed=N`).
+    A guest that fails every flip then costs a few lines a second, not one a flip, and
+    one guest's flood never silences another's.
+    """
+
+    MAX_PEERS = 4096
+    """Peers tracked at once; past it, peers whose allowance is whole again are forgotten."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        burst: int = 10,
+        per_second: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._burst = burst
+        self._rate = per_second
+        self._clock = clock
+        self._buckets: dict[Hashable, _Bucket] = {}
+        # The display backend logs from its ring thread and its event loop.
+        self._lock = threading.Lock()
+
+    def log(self, level: int, peer: Hashable, message: str, **values: object) -> None:
+        if not self._logger.isEnabledFor(level):
+            return
+        with self._lock:
+            now = self._clock()
+            bucket = self._buckets.get(peer)
+            if bucket is None:
+                if len(self._buckets) >= self.MAX_PEERS:
+                    self._forget_idle(now)
+                bucket = self._buckets[peer] = _Bucket(self._burst, now)
+            bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.at) * self._rate)
+            bucket.at = now
+            if bucket.tokens < 1:
+                bucket.dropped += 1
+                return
+            bucket.tokens -= 1
+            dropped, bucket.dropped = bucket.dropped, 0
+        if dropped:
+            values["suppressed"] = dropped
+        self._logger.log(level, message, extra=fields(**values))
+
+    def info(self, peer: Hashable, message: str, **values: object) -> None:
+        self.log(logging.INFO, peer, message, **values)
+
+    def warning(self, peer: Hashable, message: str, **values: object) -> None:
+        self.log(logging.WARNING, peer, message, **values)
+
+    def _forget_idle(self, now: float) -> None:
+        for peer, bucket in list(self._buckets.items()):
+            if not bucket.dropped and bucket.tokens + (now - bucket.at) * self._rate >= self._burst:
+                del self._buckets[peer]

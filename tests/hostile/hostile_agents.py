@@ -8,12 +8,14 @@ import contextlib
 import errno
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
+from display_backend_agents import XenbusFrontend
 from pvdisplay.display import front
 from pvdisplay.display.front import Display, DisplayError, Framebuffer
 from pvdisplay.hv import GuestMemory, Hypervisor, HypervisorError
-from pvdisplay.wire import fourcc
+from pvdisplay.wire import displif, fourcc
 
 REPLY_TIMEOUT = 60.0
 
@@ -51,13 +53,44 @@ class Attacker:
 
 
 def agent(hv: Hypervisor, control: Connection) -> None:
-    attacker = Attacker(hv)
+    """A bare domain (no XenStore, no devices) attacking the hypervisor."""
+    _serve(control, Attacker(hv))
+
+
+class RawGuest(XenbusFrontend):
+    """A vdispl frontend built on the wire codecs, free to skip what an honest one does."""
+
+    def flips_unread(self, count: int) -> int:
+        """Show a 16x16 framebuffer and flip it `count` times without ever reading the
+        event page; the number of flips the backend accepted."""
+        refs = self.share("fb", 1)
+        directory = self.directory("fb-dir", refs)
+        xrgb = fourcc.by_name("XRGB8888").fourcc
+        for request in (
+            displif.DbufCreate(1, 1, 16, 16, 32, 4096, 0, directory, 0),
+            displif.FbAttach(2, 1, 2, 16, 16, xrgb),
+        ):
+            if displif.decode_response(self.call(0, request.encode())).status:
+                raise OSError(errno.EIO, f"{request.operation.name} refused")
+        accepted = 0
+        for number in range(count):
+            response = self.call(0, displif.PageFlip(100 + number, 2).encode())
+            accepted += displif.decode_response(response).status == 0
+        return accepted
+
+
+def raw_guest(hv: Hypervisor, control: Connection, xenstore_socket: str, name: str) -> None:
+    """A guest of the emulated host running `RawGuest` (its socket is DIR/domain/N)."""
+    _serve(control, RawGuest(hv, str(Path(xenstore_socket).parents[1]), 0))
+
+
+def _serve(control: Connection, target: object) -> None:
     while True:
         try:
             name, args = control.recv()
         except EOFError:
             return
-        method: Callable[..., Any] = getattr(attacker, name)
+        method: Callable[..., Any] = getattr(target, name)
         try:
             control.send(("ok", method(*args), None))
         except OSError as exc:

@@ -60,10 +60,32 @@ class Hostile:
 
 
 @contextlib.contextmanager
-def world(run_dir: Path, backend: toolstack.BackendConfig | None = None) -> Iterator[Hostile]:
+def world(
+    run_dir: Path, backend: toolstack.BackendConfig | None = None, log: Path | None = None
+) -> Iterator[Hostile]:
+    """A host with its honest guest flipping; with `log`, every process the host starts
+    now (xenstored, the broker, the backend) writes its log lines there."""
     backend = backend or toolstack.BackendConfig("Domain-0", 0, copy=False)
-    with rigs.emulated_host(toolstack.HostConfig(backend, ()), run_dir) as host:
+    with contextlib.ExitStack() as stack:
+        with _stderr_to(log) if log is not None else contextlib.nullcontext():
+            host = stack.enter_context(
+                rigs.emulated_host(toolstack.HostConfig(backend, ()), run_dir)
+            )
         honest = host.start_guest(guest("honest"), DEMO_ENTRY)
-        world = Hostile(host, honest)
-        wait_until(lambda: world.frames() > 10, "the honest guest to flip")
-        yield world
+        running = Hostile(host, honest)
+        wait_until(lambda: running.frames() > 10, "the honest guest to flip")
+        yield running
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path) -> Iterator[None]:
+    """Descriptor 2 is `path` for the processes started meanwhile (they inherit it)."""
+    saved = os.dup(2)
+    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.dup2(target, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(target)

@@ -44,6 +44,8 @@ from pvdisplay.wire import displif, edid, fourcc
 from pvdisplay.wire.errors import ProtocolError
 
 log = logging.getLogger(__name__)
+guest_log = logs.PeerLog(log)
+"""Lines a guest's requests make us write, limited per guest (domid)."""
 
 MAX_EDID_BUFFER_SIZE = 1 << 20
 """Largest GET_EDID buffer accepted; displif.h requires at least XENDISPL_EDID_MAX_SIZE."""
@@ -226,16 +228,15 @@ class DisplayDevice:
             status = -(exc.errno or errno.EIO)
             reason = str(exc)
         header = displif.decode_request_header(slot)
-        log.info(
+        guest_log.info(
+            self.config.frontend,
             "request refused",
-            extra=logs.fields(
-                domid=self.config.frontend,
-                connector=connector,
-                id=header.id,
-                operation=header.operation,
-                status=status,
-                reason=reason,
-            ),
+            domid=self.config.frontend,
+            connector=connector,
+            id=header.id,
+            operation=header.operation,
+            status=status,
+            reason=reason,
         )
         return Reply(displif.encode_response(header.id, header.operation, status))
 
@@ -621,9 +622,12 @@ class DisplayDevice:
                         extra=logs.fields(domid=self.config.frontend, refs=len(deferred)),
                     )
         except HypervisorError as exc:
-            log.warning(
+            guest_log.warning(
+                self.config.frontend,
                 "releasing a display buffer failed",
-                extra=logs.fields(domid=self.config.frontend, cookie=dbuf.cookie, reason=exc),
+                domid=self.config.frontend,
+                cookie=dbuf.cookie,
+                reason=exc,
             )
 
     def _release_own(self, own: _OwnBuffer) -> None:

@@ -62,6 +62,8 @@ from pvdisplay.xenbus import XenbusState
 from pvdisplay.xenbus.backend_devices import BackendDevice, BackendDevices
 
 log = logging.getLogger(__name__)
+guest_log = logs.PeerLog(log)
+"""Lines a guest's doing makes us write, limited per guest (domid)."""
 
 SUPPORTED_VERSIONS = (1, 2)
 
@@ -191,8 +193,8 @@ class BackendService(BackendDevices[_Device]):
             for connector in config.connectors:
                 device.channels.append(await self._open_channel(device, connector.index))
         except (TransportError, ProtocolError, HypervisorError) as exc:
-            log.warning(
-                "cannot connect frontend", extra=logs.fields(device=device.name, reason=exc)
+            guest_log.warning(
+                device.frontend, "cannot connect frontend", device=device.name, reason=exc
             )
             self._teardown(device)
             await self._set_state(device, XenbusState.CLOSING)
@@ -305,7 +307,7 @@ class BackendService(BackendDevices[_Device]):
         if device.core is not None:
             device.core.close()
             device.core = None
-            log.info("frontend disconnected", extra=logs.fields(device=device.name))
+            guest_log.info(device.frontend, "frontend disconnected", device=device.name)
 
     # -- rings ---------------------------------------------------------------------
 
@@ -338,7 +340,7 @@ class BackendService(BackendDevices[_Device]):
                     continue
                 device, channel = entry
                 if self._events.status(port).state == PortState.UNBOUND:
-                    log.info("frontend channel closed", extra=logs.fields(device=device.name))
+                    guest_log.info(device.frontend, "frontend channel closed", device=device.name)
                     self._release(device)
                     self._to_loop(self._spawn, self._set_state(device, XenbusState.INIT_WAIT))
                 elif port == channel.req_port:
@@ -395,9 +397,12 @@ class BackendService(BackendDevices[_Device]):
         if notify_events:
             self._events.notify(channel.evt_port)
         if failure is not None:
-            log.warning(
+            guest_log.warning(
+                device.frontend,
                 "frontend broke the ring protocol; disconnecting",
-                extra=logs.fields(device=device.name, connector=channel.index, reason=failure),
+                device=device.name,
+                connector=channel.index,
+                reason=failure,
             )
             self._release(device)
             self._to_loop(self._spawn, self._set_state(device, XenbusState.CLOSING))
@@ -420,13 +425,12 @@ class BackendService(BackendDevices[_Device]):
             # Acquire: the slot is not overwritten before the frontend is done reading it.
             channel.in_cons = indices.load(displif.IN_CONS_OFFSET)
             if (channel.in_prod - channel.in_cons) & 0xFFFFFFFF >= displif.IN_RING_LEN:
-                log.warning(
+                guest_log.warning(
+                    device.frontend,
                     "event ring full; event dropped",
-                    extra=logs.fields(
-                        device=device.name,
-                        connector=channel.index,
-                        id=displif.decode_event(event).id,
-                    ),
+                    device=device.name,
+                    connector=channel.index,
+                    id=displif.decode_event(event).id,
                 )
                 return False
         displif.write_event(page, channel.in_prod, event)

@@ -40,6 +40,8 @@ from pvdisplay.xenbus import XenbusState
 from pvdisplay.xenbus.backend_devices import BackendDevice, BackendDevices
 
 log = logging.getLogger(__name__)
+guest_log = logs.PeerLog(log)
+"""Lines a guest's doing makes us write, limited per guest (domid)."""
 
 
 @dataclass
@@ -86,9 +88,11 @@ class InputService(BackendDevices[_Vkbd]):
             self._misbehaved(device, exc)
             raise ProtocolError(errno.ENOENT, f"{device.name} was disconnected") from exc
         if core.dropped > dropped_before:
-            log.warning(
+            guest_log.warning(
+                device.frontend,
                 "input ring full; events dropped",
-                extra=logs.fields(device=device.name, dropped=core.dropped),
+                device=device.name,
+                dropped=core.dropped,
             )
         return InputReceipt(len(translated), core.dropped)
 
@@ -110,7 +114,7 @@ class InputService(BackendDevices[_Vkbd]):
         if device is None or device.core is None:
             return
         if self._hv.events.status(port).state == PortState.UNBOUND:
-            log.info("frontend channel closed", extra=logs.fields(device=device.name))
+            guest_log.info(device.frontend, "frontend channel closed", device=device.name)
             self._teardown(device)
             self._spawn(self._set_state(device, XenbusState.INIT_WAIT))
             return
@@ -125,9 +129,11 @@ class InputService(BackendDevices[_Vkbd]):
             self._hv.events.notify(device.port)
 
     def _misbehaved(self, device: _Vkbd, exc: ProtocolError) -> None:
-        log.warning(
+        guest_log.warning(
+            device.frontend,
             "frontend broke the input ring protocol; disconnecting",
-            extra=logs.fields(device=device.name, reason=exc),
+            device=device.name,
+            reason=exc,
         )
         self._teardown(device)
         self._spawn(self._set_state(device, XenbusState.CLOSING))
@@ -207,22 +213,21 @@ class InputService(BackendDevices[_Vkbd]):
             device.core = InputDevice(device.config, requests, device.page)
             device.core.check_out_ring()
         except (ProtocolError, HypervisorError) as exc:
-            log.warning(
-                "cannot connect frontend", extra=logs.fields(device=device.name, reason=exc)
+            guest_log.warning(
+                device.frontend, "cannot connect frontend", device=device.name, reason=exc
             )
             self._teardown(device)
             await self._set_state(device, XenbusState.CLOSING)
             return
         self._ports[device.port] = device
         await self._set_state(device, XenbusState.CONNECTED)
-        log.info(
+        guest_log.info(
+            device.frontend,
             "input connected",
-            extra=logs.fields(
-                device=device.name,
-                absolute=device.core.absolute,
-                raw=device.core.raw,
-                touch=device.core.touch,
-            ),
+            device=device.name,
+            absolute=device.core.absolute,
+            raw=device.core.raw,
+            touch=device.core.touch,
         )
 
     def _teardown(self, device: _Vkbd) -> None:

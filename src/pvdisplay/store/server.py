@@ -42,6 +42,8 @@ from pvdisplay.store.tree import Quotas, StoreError
 from pvdisplay.wire.xs_wire import MessageReader, Oversized, XsMessage
 
 log = logging.getLogger(__name__)
+domain_log = logs.PeerLog(log)
+"""Lines a domain's connections make us write, limited per domain."""
 
 _LISTEN_BACKLOG = 64
 # Linux's sun_path is 108 bytes, one of them the terminating NUL.
@@ -131,19 +133,20 @@ class _ClientProtocol(asyncio.Protocol):
         try:
             self.connection = self._server.engine.connect(self._domid, read_only=self._read_only)
         except StoreError as error:
-            log.warning(
-                "connection refused", extra=logs.fields(domid=self._domid, reason=str(error))
+            domain_log.warning(
+                self._domid, "connection refused", domid=self._domid, reason=str(error)
             )
             transport.abort()
             return
         # Flow control per message: any bytes the kernel will not take pause writing.
         transport.set_write_buffer_limits(high=0)
         self._server.protocols[self.connection] = self
-        log.info(
+        domain_log.info(
+            self._domid,
             "connected",
-            extra=logs.fields(
-                conn=self.connection.serial, domid=self._domid, read_only=self._read_only
-            ),
+            conn=self.connection.serial,
+            domid=self._domid,
+            read_only=self._read_only,
         )
 
     def data_received(self, data: bytes) -> None:
@@ -200,7 +203,7 @@ class _ClientProtocol(asyncio.Protocol):
             return
         self._server.engine.disconnect(self.connection)
         self._server.protocols.pop(self.connection, None)
-        log.info("disconnected", extra=self._fields())
+        domain_log.info(self._domid, "disconnected", **self._fields()["fields"])
 
     def _fields(self) -> dict[str, dict[str, object]]:
         serial = self.connection.serial if self.connection else None

@@ -33,6 +33,8 @@ from pvdisplay.wire.errors import ProtocolError
 from pvdisplay.xenbus import XenbusState
 
 log = logging.getLogger(__name__)
+guest_log = logs.PeerLog(log)
+"""Lines a guest's state changes make us write, limited per guest (domid)."""
 
 # Frontend states after which the backend gives everything back and waits in InitWait:
 # gone, or starting over.
@@ -148,12 +150,12 @@ class BackendDevices(abc.ABC, Generic[DeviceT]):
                 if device.watcher is not None:
                     device.watcher.cancel()
                 self._teardown(device)
-                log.info("device removed", extra=logs.fields(device=device.name))
+                guest_log.info(device.frontend, "device removed", device=device.name)
 
     async def _check_frontends(self) -> None:
         for device in list(self._devices.values()):
             if device.core is not None and not await self._xs.is_domain_introduced(device.frontend):
-                log.info("frontend domain gone", extra=logs.fields(device=device.name))
+                guest_log.info(device.frontend, "frontend domain gone", device=device.name)
                 self._teardown(device)
                 await self._set_state(device, XenbusState.INIT_WAIT)
 
@@ -218,7 +220,7 @@ class BackendDevices(abc.ABC, Generic[DeviceT]):
             await self._xs.write(f"{device.backend_path}/{xenbus.FIELD_STATE}", state.encode())
         except FileNotFoundError:
             return
-        log.info("backend state", extra=logs.fields(device=device.name, state=state.name))
+        guest_log.info(device.frontend, "backend state", device=device.name, state=state.name)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)
