@@ -34,6 +34,8 @@ from pvdisplay.wire import edid
 from pvdisplay.wire.layout import Layout
 
 log = logging.getLogger(__name__)
+guest_log = logs.PeerLog(log)
+"""Lines the guest (one front-end at a time) can make us write, limited."""
 
 DEVICE_FEATURES = (
     (1 << wire.VIRTIO_GPU_F_EDID)
@@ -170,7 +172,7 @@ class GpuDevice:
         event ever raised it has nothing to clear."""
         clear = wire.CONFIG.fields["events_clear"]
         if offset != clear.offset or len(data) != clear.size:
-            log.warning("config write ignored", extra=logs.fields(offset=offset, size=len(data)))
+            guest_log.warning("guest", "config write ignored", offset=offset, size=len(data))
 
     def handle_control(self, queue: Virtqueue) -> bool:
         """Answer every request on the control queue; returns whether to interrupt.
@@ -182,7 +184,7 @@ class GpuDevice:
             answer = self._control(chain.read(MAX_REQUEST))
             written = chain.write(answer)
             if written < len(answer):
-                log.warning("answer cut short", extra=logs.fields(room=written, size=len(answer)))
+                guest_log.warning("guest", "answer cut short", room=written, size=len(answer))
             queue.push(chain, written)
         if broken is not None:
             raise broken
@@ -198,7 +200,7 @@ class GpuDevice:
             try:
                 self._cursor_command(chain.read(wire.UPDATE_CURSOR.struct.size))
             except ResourceError as exc:
-                log.warning("cursor command failed", extra=logs.fields(reason=exc))
+                guest_log.warning("guest", "cursor command failed", reason=exc)
             queue.push(chain, 0)
         if broken is not None:
             raise broken
@@ -229,9 +231,11 @@ class GpuDevice:
                 resource.resolve(memory)
             except VirtioError as exc:
                 resource.detach()
-                log.warning(
+                guest_log.warning(
+                    "guest",
                     "backing left guest memory, detached",
-                    extra=logs.fields(resource=resource.resource_id, reason=exc.message),
+                    resource=resource.resource_id,
+                    reason=exc.message,
                 )
 
     def close(self) -> None:
@@ -254,16 +258,19 @@ class GpuDevice:
 
     def _control(self, request: bytes) -> bytes:
         if len(request) < _HDR_SIZE:
-            log.warning("request shorter than its header", extra=logs.fields(size=len(request)))
+            guest_log.warning("guest", "request shorter than its header", size=len(request))
             return wire.CTRL_HDR.pack(CtrlType.RESP_ERR_UNSPEC, 0, 0, 0, 0)
         kind, flags, fence_id, ctx_id, ring_idx = wire.CTRL_HDR.unpack(request)
         try:
             body = self._run(kind, request)
             answer = CtrlType.RESP_OK_NODATA if not body else int.from_bytes(body[:4], "little")
         except ResourceError as exc:
-            log.warning(
+            guest_log.warning(
+                "guest",
                 "command failed",
-                extra=logs.fields(command=_name(kind), answer=exc.code.name, reason=exc.message),
+                command=_name(kind),
+                answer=exc.code.name,
+                reason=exc.message,
             )
             body, answer = b"", exc.code
         echoed = flags & _ECHOED_FLAGS if flags & wire.VIRTIO_GPU_FLAG_FENCE else 0

@@ -220,6 +220,11 @@ class Connection:
             interrupt = self._backend.process(index)
             if interrupt and (call := self._backend.call_fd(index)) is not None:
                 os.eventfd_write(call, 1)
+        except vhost_user.VhostUserError as exc:
+            # The front-end broke what it promised (its memory shrank): drop it alone.
+            log.warning("front-end dropped", extra=logs.fields(queue=index, reason=str(exc)))
+            self.close()
+            return
         except Exception:
             log.exception("virtqueue service failed", extra=logs.fields(queue=index))
             self.close()

@@ -19,6 +19,7 @@ it does not keep, including on error.
 import collections
 import contextlib
 import errno
+import fcntl
 import logging
 import mmap
 import os
@@ -292,6 +293,9 @@ class Backend:
         self.memory: GuestMemoryMap | None = None
         self.device: Device | None = None
         self._mappings: list[mmap.mmap] = []
+        # Regions whose file we could not seal against shrinking, with the size each
+        # needs: checked before every use, since reading past a file's end is SIGBUS.
+        self._unsealed: list[tuple[mmap.mmap, int]] = []
 
     @property
     def kick_fds(self) -> dict[int, int]:
@@ -309,6 +313,12 @@ class Backend:
         """Apply one request; returns the reply to send (None when there is none)."""
         fds = list(message.fds)
         message.fds = []
+        try:
+            self.check_memory()
+        except VhostUserError:
+            for fd in fds:
+                os.close(fd)
+            raise
         log.debug(
             "vhost-user request",
             extra=logs.fields(request=message.request, size=len(message.payload), fds=len(fds)),
@@ -339,6 +349,7 @@ class Backend:
         queue = vring.queue
         if queue is None or self.device is None or not vring.enabled:
             return False
+        self.check_memory()
         try:
             return self.device.handle_queue(index, queue)
         except VirtioError as exc:
@@ -348,6 +359,19 @@ class Backend:
                 os.eventfd_write(vring.err_fd, 1)
             # Requests answered before the ring broke still deserve their interrupt.
             return queue.should_notify()
+
+    def check_memory(self) -> None:
+        """Raise VhostUserError (EFAULT) if the front-end shrank a region's file since
+        SET_MEM_TABLE. Sealed regions cannot shrink; the others are checked here, before
+        each request and each kick, so that a shrunk file costs this front-end its
+        connection instead of costing the process a SIGBUS."""
+        for mapping, needed in self._unsealed:
+            if mapping.size() < needed:
+                raise VhostUserError(
+                    errno.EFAULT,
+                    f"guest memory file shrank to {mapping.size()} bytes under a region"
+                    f" that needs {needed}",
+                )
 
     def close(self) -> None:
         """Drop everything: the front-end went away."""
@@ -506,13 +530,20 @@ class Backend:
             raise VhostUserError(errno.EINVAL, f"{count} regions, {len(fds)} fds")
         mappings: list[mmap.mmap] = []
         regions: list[Region] = []
+        unsealed: list[tuple[mmap.mmap, int]] = []
         try:
             for i, fd in enumerate(fds):
                 guest_addr, size, user_addr, offset = _MEMORY_REGION.unpack_from(
                     payload, _MEMORY_HEADER.size + i * _MEMORY_REGION.size
                 )
+                # mmap maps past a file's end without complaint; touching it is SIGBUS.
+                file_size = os.fstat(fd).st_size
+                if file_size < offset + size:
+                    raise ValueError(f"region {offset}+{size} beyond its {file_size}-byte file")
                 mapping = mmap.mmap(fd, size + offset, mmap.MAP_SHARED)
                 mappings.append(mapping)
+                if not _sealed_against_shrinking(fd):
+                    unsealed.append((mapping, offset + size))
                 view = memoryview(mapping)[offset : offset + size]
                 regions.append(Region(guest_addr, size, user_addr, view))
             memory = GuestMemoryMap(regions)
@@ -522,7 +553,7 @@ class Backend:
             raise VhostUserError(errno.EINVAL, f"memory table: {exc}") from None
         self._stop_rings()
         old_memory, old_mappings = self.memory, self._mappings
-        self.memory, self._mappings = memory, mappings
+        self.memory, self._mappings, self._unsealed = memory, mappings, unsealed
         if self.device is None:
             self.device = self._device_factory(memory)
         else:
@@ -562,6 +593,7 @@ class Backend:
         _release(self.memory, self._mappings)
         self.memory = None
         self._mappings = []
+        self._unsealed = []
 
     def _reset(self) -> None:
         self._drop_memory()
@@ -582,6 +614,19 @@ def _u64(payload: bytes) -> int:
         raise VhostUserError(errno.EINVAL, f"u64 payload of {len(payload)} bytes")
     value: int = _U64.unpack(payload)[0]
     return value
+
+
+def _sealed_against_shrinking(fd: int) -> bool:
+    """Seal a memfd against shrinking (QEMU's memfd backend is sealed already); False
+    when the file cannot be sealed (not a memfd, or created without MFD_ALLOW_SEALING)."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+    except OSError:
+        try:
+            return bool(fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK)
+        except OSError:
+            return False
+    return True
 
 
 def _release(memory: GuestMemoryMap | None, mappings: Sequence[mmap.mmap]) -> None:

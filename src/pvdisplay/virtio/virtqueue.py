@@ -33,6 +33,8 @@ from pvdisplay.wire.atomics import AtomicIndices
 from pvdisplay.wire.layout import Layout
 
 log = logging.getLogger(__name__)
+guest_log = logs.PeerLog(log)
+"""Lines the guest (one front-end at a time) can make us write, limited."""
 
 VRING_DESC_F_NEXT = 1
 VRING_DESC_F_WRITE = 2
@@ -230,12 +232,12 @@ class Virtqueue:
                 self._break(f"head descriptor {head} outside a queue of {self._size}")
                 continue
             if head in self._in_flight:
-                log.warning("guest offered a chain already in use", extra=logs.fields(head=head))
+                guest_log.warning("guest", "guest offered a chain already in use", head=head)
                 continue
             try:
                 chain = self._walk(head)
             except VirtioError as exc:
-                log.warning("bad descriptor chain", extra=logs.fields(head=head, reason=exc))
+                guest_log.warning("guest", "bad descriptor chain", head=head, reason=exc)
                 self._complete(head, 0)
                 continue
             self._in_flight.add(head)
