@@ -6,6 +6,8 @@ message). This module holds no tests; the domain processes import it.
 import asyncio
 import contextlib
 import errno
+import os
+import socket
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -15,6 +17,8 @@ from display_backend_agents import XenbusFrontend
 from pvdisplay.display import front
 from pvdisplay.display.front import Display, DisplayError, Framebuffer
 from pvdisplay.hv import GuestMemory, Hypervisor, HypervisorError
+from pvdisplay.hv.local.client import LocalHypervisor
+from pvdisplay.ipc.sockets import close_all, rights
 from pvdisplay.wire import displif, fourcc
 
 REPLY_TIMEOUT = 60.0
@@ -44,6 +48,19 @@ class Attacker:
             except HypervisorError as exc:
                 return count, exc.errno
         return most, None
+
+    def send_records(self, records: list[tuple[bytes, int]]) -> None:
+        """Write raw records on the broker socket, each with that many descriptors."""
+        with socket.socket(fileno=os.dup(self.hv.fileno())) as sock:
+            for data, count in records:
+                fds = [os.eventfd(0) for _ in range(count)]
+                sock.sendmsg([data], rights(fds))
+                close_all(fds)
+
+    def request(self, body: dict[str, object]) -> object:
+        """One request, whatever it says; the broker's reply body (errors raise)."""
+        assert isinstance(self.hv, LocalHypervisor)
+        return self.hv.call(body).body
 
     def share_one(self, grantee: int) -> int:
         """One honest share, kept: the ref."""

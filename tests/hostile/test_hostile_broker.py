@@ -2,6 +2,8 @@
 broker hold is counted against its budget, and exhaustion is an errno, never a crash."""
 
 import errno
+import signal
+import struct
 from collections.abc import Iterator
 
 import pytest
@@ -9,6 +11,7 @@ from hostile_agents import Remote
 from hostile_world import Hostile, world
 
 from pvdisplay.hv.local.tables import Limits
+from rigs import PATIENCE
 
 pytestmark = pytest.mark.processes
 
@@ -49,3 +52,72 @@ def test_a_guest_sharing_in_a_loop_gets_enomem_and_nobody_else_notices(hostile: 
         assert host.hv.wait_released(domain.domid, 10.0)
     hostile.wait_resources(before)
     hostile.wait_flips()
+
+
+HEADER = struct.Struct("<II")
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        pytest.param([(b"\x00\x01", 0)], id="no-header"),
+        pytest.param([(HEADER.pack(5, 0) + b"hello", 0)], id="not-json"),
+        pytest.param([(HEADER.pack(2, 0) + b"[]", 0)], id="not-an-object"),
+        pytest.param([(HEADER.pack(1 << 30, 0) + b"{", 0)], id="huge-length"),
+        pytest.param([(HEADER.pack(2, 100_000) + b"{}", 0)], id="huge-fd-count"),
+        pytest.param([(HEADER.pack(2, 500) + b"{}", 250), (b"+", 250)], id="500-fds"),
+        pytest.param([(HEADER.pack(2, 250) + b"{", 250), (b"x", 0)], id="bad-continuation"),
+    ],
+)
+def test_a_guest_that_breaks_the_framing_is_killed_and_leaves_nothing(
+    hostile: Hostile, records: list[tuple[bytes, int]]
+) -> None:
+    host = hostile.host
+    before = hostile.resources()
+    domain = host.hv.start_domain(ATTACKER)
+    # No answer to wait for: the broker may kill it before it could give one.
+    domain.control.send(("send_records", (records,)))
+    assert domain.wait(PATIENCE) == -signal.SIGKILL  # as a backend closes a frontend
+    assert host.hv.wait_released(domain.domid, PATIENCE)
+    hostile.wait_resources(before)
+    hostile.wait_flips()
+
+
+def test_a_guest_that_half_sends_a_request_holds_at_most_one_record_of_descriptors(
+    hostile: Hostile,
+) -> None:
+    host = hostile.host
+    before = hostile.resources()
+    domain = host.hv.start_domain(ATTACKER)
+    attacker = Remote(domain.control)
+    attacker("send_records", [(HEADER.pack(3, 250) + b"{", 250)])  # the rest never comes
+    # Its socket and pidfd, and the one record's descriptors at most.
+    assert host.hv.stats()["fds"] <= before["broker fds"] + 2 + 250
+    hostile.wait_flips()
+    domain.kill()
+    domain.wait()
+    assert host.hv.wait_released(domain.domid, PATIENCE)
+    hostile.wait_resources(before)
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"op": "no-such-op"}, errno.ENOSYS),
+        ({"op": 7}, errno.ENOSYS),
+        ({"op": "share", "domid": 0, "pages": -1, "readonly": False}, errno.EINVAL),
+        ({"op": "map", "domid": 0, "refs": "!!!", "writable": True}, errno.EINVAL),
+        ({"op": "import", "domid": 0, "readonly": False, "segments": [[0, 0, 1]]}, errno.EINVAL),
+    ],
+)
+def test_requests_with_bad_fields_get_their_errno(
+    hostile: Hostile, body: dict[str, object], code: int
+) -> None:
+    domain = hostile.host.hv.start_domain(ATTACKER)
+    attacker = Remote(domain.control)
+    with pytest.raises(OSError) as failure:
+        attacker("request", body)
+    assert failure.value.errno == code
+    assert attacker("share_one", 0) == 1  # and it is served on
+    domain.kill()
+    domain.wait()

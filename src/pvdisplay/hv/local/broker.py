@@ -47,9 +47,10 @@ log = logging.getLogger("pvdisplay.hv.local.broker")
 MAX_QUEUED_RECORDS = 4096
 """A domain that lets this many records pile up unread is killed rather than buffered."""
 
-MAX_FDS_PER_REQUEST = 1024
-"""Descriptors one request may carry (an import passes one per memory object). The broker
-holds them until the message is whole, so a domain announcing more breaks the framing."""
+MAX_FDS_PER_REQUEST = framing.FDS_PER_RECORD
+"""Descriptors one request may carry (an import passes one per memory object): one
+record's worth. The broker holds them until the message is whole, outside any budget, so
+a domain announcing more breaks the framing."""
 
 FD_RESERVE_SHARE = 2
 """The tables may hand 1/FD_RESERVE_SHARE of RLIMIT_NOFILE to domains' objects and ports;
