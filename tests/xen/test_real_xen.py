@@ -162,7 +162,9 @@ def assert_shows_modetest(
 def test_fe_alloc_modetest_flips_and_snapshots_show_its_pattern(run: XenRun) -> None:
     lines = run.of("fe-alloc")
     assert_flips(lines, "fe-alloc")
-    assert_shows_modetest(run.files, [f"fe-alloc-{i}" for i in (1, 2, 3)], (800, 600))
+    assert_shows_modetest(
+        run.files, [*(f"fe-alloc-{i}" for i in (1, 2, 3)), "fe-alloc-cli"], (800, 600)
+    )
 
 
 def test_be_alloc_modetest_flips_and_snapshots_show_its_pattern(run: XenRun) -> None:

@@ -6,6 +6,8 @@
 # with the source (the rig's scripts, pvdisplay's source, the domU image) goes into a small
 # second archive appended to it. The kernel unpacks concatenated newc archives in order,
 # later files replacing earlier ones.
+# XEN_RIG_SRC=DIR packs DIR/pvdisplay instead of this tree's src/pvdisplay (to try a change
+# on real Xen without touching the tree).
 # Usage: pack.sh CACHE_DIR. Runs beside another pack.sh of the same cache (each stages in
 # directories of its own and renames its results into place); rig.py serialises fetch.sh.
 set -eu
@@ -81,7 +83,7 @@ newc "$DOMU" | gzip -1 > "$OVERLAY/boot/domu.cpio.gz"
 cp "$HERE/dom0/init" "$OVERLAY/init"
 cp -r "$HERE/dom0" "$OVERLAY/opt/xen-test/lib"
 cp -r "$HERE/scenarios" "$OVERLAY/opt/xen-test/scenarios"
-(cd "$REPO/src" && find pvdisplay -name __pycache__ -prune -o -print | cpio -pdm --quiet "$OVERLAY/opt/pvdisplay/src")
+(cd "${XEN_RIG_SRC:-$REPO/src}" && find pvdisplay -name __pycache__ -prune -o -print | cpio -pdm --quiet "$OVERLAY/opt/pvdisplay/src")
 # simplejpeg has no Debian package, and pvdisplay's CLI imports it (through the web viewer)
 # at load time: the one dependency taken from the project's venv (a CPython 3.11 manylinux
 # wheel, as dom0's python3 is 3.11), when there is one.

@@ -88,7 +88,7 @@ create_guest() {
     echo 'ramdisk="/boot/domu.cpio.gz"'
     echo 'memory=192'
     echo 'vcpus=1'
-    echo "extra=\"console=hvc0 loglevel=4 xt.guest=$script\""
+    echo "extra=\"console=hvc0 loglevel=4 xt.guest=$script ${GUEST_EXTRA:-}\""
     for line in "$@"; do echo "$line"; done
   } > "$cfg"
   log=/var/log/xen/console/guest-$name.log
@@ -128,6 +128,20 @@ dump_file() {
   say "file-begin $1 $(sha256sum < "$2" | cut -d' ' -f1) $(wc -c < "$2")"
   base64 -w 76 "$2"
   say "file-end $1"
+}
+
+# snapshots DOMID COUNT LABEL:CONNECTOR...: COUNT rounds of snapshots of each connector in
+# one python3 process (tools/xen/dom0/snapshots.py), each dumped as LABEL-ROUND.
+snapshots() {
+  domid=$1 count=$2
+  shift 2
+  PYTHONPATH=/opt/pvdisplay/src:/opt/pvdisplay/vendor python3 "$XT/lib/snapshots.py" \
+    "$PLANES_SOCKET" "$domid" "$count" "$@" 2>&1 | sed 's/^/@@DOM0 snapshot: /'
+  for target in "$@"; do
+    for f in /tmp/snap-"${target%%:*}"-*.png; do
+      [ -s "$f" ] && { f=${f#/tmp/snap-}; dump_file "${f%.png}" "/tmp/snap-$f"; }
+    done
+  done
 }
 
 # snapshot LABEL DOMID CONNECTOR: `pvdisplay snapshot` of the connector, dumped for the host.

@@ -3,7 +3,6 @@
 create_guest be-alloc flip "vdispl=['backend=0,be-alloc=1,connectors=id0:800x600']" \
   "vkb=['backend=0,backend-type=linux']" || return 1
 wait_guest be-alloc '@@GUEST modetest -s' 300 || return 1
-sleep 5
-for i in 1 2 3; do snapshot "be-alloc-$i" "$DOMID" 0; sleep 1; done
+snapshots "$DOMID" 3 be-alloc:0
 wait_guest be-alloc '@@GUEST script flip done' 120
 destroy_guest be-alloc
