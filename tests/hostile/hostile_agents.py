@@ -19,6 +19,7 @@ from pvdisplay.display.front import Display, DisplayError, Framebuffer
 from pvdisplay.hv import GuestMemory, Hypervisor, HypervisorError
 from pvdisplay.hv.local.client import LocalHypervisor
 from pvdisplay.ipc.sockets import close_all, rights
+from pvdisplay.store.client import Client, Watch
 from pvdisplay.wire import displif, fourcc
 
 REPLY_TIMEOUT = 60.0
@@ -130,6 +131,23 @@ def dbuf_flood(hv: Hypervisor, control: Connection, xenstore_socket: str, name: 
         await asyncio.get_running_loop().run_in_executor(None, _wait_for_eof, control)
 
     front.run(hv, xenstore_socket, session)
+
+
+def watch_flood(hv: Hypervisor, control: Connection, xenstore_socket: str, name: str) -> None:
+    """A guest that sets watches on every XenStore connection it may open until refused;
+    reports (watches set, errno), then holds them until killed."""
+    clients: list[Client] = []
+    watches: list[Watch] = []
+    code: int | None = None
+    while code is None and len(watches) < 10_000:
+        try:
+            if len(watches) % 100 == 0:
+                clients.append(Client(xenstore_socket))
+            watches.append(clients[-1].watch(f"/local/domain/{hv.domid}", f"t{len(watches)}"))
+        except OSError as exc:
+            code = exc.errno
+    control.send((len(watches), code))
+    _wait_for_eof(control)
 
 
 def _wait_for_eof(control: Connection) -> None:

@@ -10,6 +10,7 @@ from hostile_world import Hostile, guest, world
 
 from pvdisplay import toolstack
 from pvdisplay.display.limits import DEFAULT_DESCRIPTOR_BUDGET
+from pvdisplay.store.tree import Quotas
 from rigs import PATIENCE
 
 pytestmark = pytest.mark.processes
@@ -51,3 +52,17 @@ def test_the_host_config_sets_the_descriptor_budget() -> None:
     assert config.limits.descriptors == 99
     with pytest.raises(toolstack.ConfigError, match=r"hypervisor\.descriptors"):
         toolstack.parse_config("[hypervisor]\ndescriptors = 0\n")
+
+
+def test_ten_thousand_xenstore_watches_stop_at_the_quota(hostile: Hostile) -> None:
+    host = hostile.host
+    before = hostile.resources()
+    attacker = host.start_guest(guest("watcher"), "hostile_agents:watch_flood")
+    assert attacker.process.control.poll(PATIENCE)
+    made, code = attacker.process.control.recv()
+    # xenstored's watch quota, over all of the guest's connections: E2BIG as in C xenstored.
+    assert (made, code) == (Quotas().watches, errno.E2BIG)
+    hostile.wait_flips()
+    attacker.process.kill()
+    host.wait_guest_destroyed(attacker.domid, PATIENCE)
+    hostile.wait_resources(before)
