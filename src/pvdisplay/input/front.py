@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import enum
 import errno
-from types import TracebackType
 from typing import Self
 
 from pvdisplay import xenbus
@@ -231,12 +230,7 @@ class Keyboard:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
     # -- following the backend ----------------------------------------------------------

@@ -10,7 +10,6 @@ import os
 import socket
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from pvdisplay.ipc import framing
@@ -83,12 +82,7 @@ class AsyncPlaneClient:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self.close()
 
     async def _call(self, body: framing.JsonObject) -> framing.JsonObject:

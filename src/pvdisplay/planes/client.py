@@ -4,7 +4,6 @@ import errno
 import os
 import socket
 from collections.abc import Iterator, Sequence
-from types import TracebackType
 from typing import Self
 
 import numpy as np
@@ -88,12 +87,7 @@ class PlaneClient:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def _call(self, body: framing.JsonObject) -> framing.JsonObject:

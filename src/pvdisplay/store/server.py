@@ -25,7 +25,6 @@ from collections import deque
 from collections.abc import Coroutine, Iterable
 from dataclasses import fields
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 from pvdisplay import logs
@@ -297,12 +296,7 @@ class XenStoreServer:
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
     def carry_out(self, outputs: list[Output]) -> None:

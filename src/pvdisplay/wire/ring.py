@@ -41,7 +41,6 @@ failed: every later read of the peer's index raises the same error.
 import errno
 import mmap
 import struct
-from types import TracebackType
 from typing import Final, Self, TypeAlias
 
 from pvdisplay.wire.atomics import AtomicIndices
@@ -159,12 +158,7 @@ class _RingEnd:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.release()
 
 
