@@ -3,6 +3,7 @@ backend hold is counted against its budget, over it DBUF_CREATE answers -ENOMEM,
 what a dead guest held is given back when its death is noticed."""
 
 import errno
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -10,8 +11,9 @@ from hostile_world import Hostile, guest, world
 
 from pvdisplay import toolstack
 from pvdisplay.display.limits import DEFAULT_DESCRIPTOR_BUDGET
+from pvdisplay.planes.server import MAX_CLIENTS
 from pvdisplay.store.tree import Quotas
-from rigs import PATIENCE
+from rigs import PATIENCE, wait_until
 
 pytestmark = pytest.mark.processes
 
@@ -66,3 +68,40 @@ def test_ten_thousand_xenstore_watches_stop_at_the_quota(hostile: Hostile) -> No
     attacker.process.kill()
     host.wait_guest_destroyed(attacker.domid, PATIENCE)
     hostile.wait_resources(before)
+
+
+def test_a_local_client_opening_hundreds_of_planes_connections_is_turned_away(
+    hostile: Hostile,
+) -> None:
+    before = hostile.resources()
+    flood = []
+    for _ in range(3 * MAX_CLIENTS):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sock.connect(str(hostile.host.planes_socket))
+        sock.settimeout(PATIENCE)
+        flood.append(sock)
+    turned_away: set[socket.socket] = set()
+
+    def all_turned_away() -> bool:
+        turned_away.update(sock for sock in flood if refused(sock))
+        return len(turned_away) >= len(flood) - MAX_CLIENTS
+
+    wait_until(all_turned_away, "the server to turn the flood away")
+    assert len(turned_away) == len(flood) - MAX_CLIENTS
+    # The backend holds a descriptor for MAX_CLIENTS of them, no more.
+    assert hostile.resources()["backend fds"] == before["backend fds"] + MAX_CLIENTS
+    for sock in flood:
+        sock.close()
+    hostile.wait_flips()
+    hostile.wait_resources(before)
+
+
+def refused(sock: socket.socket) -> bool:
+    """Closed by the server (a client it serves just sees no answer yet)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(16) == b""
+    except ConnectionResetError:
+        return True
+    except BlockingIOError:
+        return False

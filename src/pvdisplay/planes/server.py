@@ -10,7 +10,8 @@ SCM_RIGHTS and map them without copying.
 The messages are in `pvdisplay.planes.protocol`.
 
 A client that does not read its replies or events is disconnected rather than allowed
-to hold up the backend.
+to hold up the backend, and at most `max_clients` are served at once: the socket lives in
+the backend's process, whose descriptors its guests need.
 """
 
 import asyncio
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from pvdisplay import logs
 from pvdisplay.ipc import framing
+from pvdisplay.ipc.framing import Assembler
 from pvdisplay.ipc.sockets import close_all, receive_message, send_message
 from pvdisplay.planes import input_events, protocol
 from pvdisplay.planes.input_events import InputReceipt
@@ -31,6 +33,14 @@ from pvdisplay.planes.model import PlaneInfo, PlaneKey, PlaneRegistry
 from pvdisplay.wire.errors import ProtocolError
 
 log = logging.getLogger(__name__)
+client_log = logs.PeerLog(log)
+"""Lines local clients can make us write, limited (clients have no identity: one key)."""
+
+MAX_CLIENTS = 64
+"""Clients served at once by default; each output takes one or two."""
+
+ACCEPT_RETRY = 0.1
+"""Seconds before accepting again when the process has no descriptor for a client."""
 
 InputHandler = Callable[[PlaneKey, Sequence[input_events.InputEvent]], InputReceipt]
 """Routes events to the connector's input device; raises ProtocolError (ENOENT) if none."""
@@ -47,8 +57,10 @@ class PlaneServer:
         registry: PlaneRegistry,
         path: str | os.PathLike[str],
         input_handler: InputHandler | None = None,
+        max_clients: int = MAX_CLIENTS,
     ) -> None:
         self._registry = registry
+        self._max_clients = max_clients
         self._input_handler = input_handler
         self._path = Path(path)
         self._listener: socket.socket | None = None
@@ -96,17 +108,33 @@ class PlaneServer:
             client, _ = self._listener.accept()
         except BlockingIOError:
             return
+        except OSError as exc:
+            # EMFILE/ENFILE: the connection stays queued and the listener readable, so
+            # step back instead of spinning, and try again shortly.
+            client_log.warning("local", "cannot accept a planes client", reason=exc)
+            self._loop.remove_reader(self._listener.fileno())
+            self._loop.call_later(ACCEPT_RETRY, self._accept_again)
+            return
+        if len(self._clients) >= self._max_clients:
+            client_log.warning("local", "planes client refused", clients=len(self._clients))
+            client.close()
+            return
         client.setblocking(False)
         fd = client.fileno()
         self._clients[fd] = client
         self._loop.add_reader(fd, self._serve, fd)
+
+    def _accept_again(self) -> None:
+        if self._listener is not None and self._loop is not None:
+            self._loop.add_reader(self._listener.fileno(), self._accept)
 
     def _serve(self, fd: int) -> None:
         client = self._clients.get(fd)
         if client is None:
             return
         try:
-            request = receive_message(client)
+            # Requests carry no descriptors: none are held for a client while it sends.
+            request = receive_message(client, Assembler(max_fds=0))
             close_all(request.fds)
             self._answer(client, request.body)
             if request.body.get("op") == "watch":
