@@ -24,7 +24,7 @@ from pvdisplay.display.service import BackendService
 from pvdisplay.hv import Hypervisor
 from pvdisplay.input.service import InputService
 from pvdisplay.planes.model import PlaneRegistry
-from pvdisplay.planes.server import PlaneServer
+from pvdisplay.planes.server import MAX_CLIENTS, PlaneServer
 from pvdisplay.store.aio import AsyncClient
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 COPY_FLAG = "--copy"
 PAGE_BUDGET_FLAG = "--page-budget="
 DESCRIPTOR_BUDGET_FLAG = "--descriptor-budget="
+PLANES_CLIENTS_FLAG = "--planes-clients="
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class Options:
     descriptor_budget: int = DEFAULT_DESCRIPTOR_BUDGET
     """Descriptors each frontend device may make the backend hold
     (`DisplayDevice.descriptor_budget`)."""
+    planes_clients: int = MAX_CLIENTS
+    """Local clients the planes socket serves at once (`PlaneServer`)."""
 
 
 class BackendDomain:
@@ -66,7 +69,12 @@ class BackendDomain:
         """Connect to XenStore, listen on the planes socket and serve every device found."""
         xs = self._xs = await AsyncClient.connect(self._options.xenstore_socket)
         inputs = self._inputs = InputService(self._hv, xs, self._planes)
-        self._server = PlaneServer(self._planes, self._options.planes_socket, inputs.deliver)
+        self._server = PlaneServer(
+            self._planes,
+            self._options.planes_socket,
+            inputs.deliver,
+            max_clients=self._options.planes_clients,
+        )
         self._server.start()
         self._display = BackendService(
             self._hv,
@@ -128,7 +136,9 @@ def domain_args(
     planes_socket: str,
     copy_frames: bool,
     page_budget: int,
+    *,
     descriptor_budget: int = DEFAULT_DESCRIPTOR_BUDGET,
+    planes_clients: int = MAX_CLIENTS,
 ) -> list[str]:
     """The arguments `run` takes, for `DomainLauncher.start_domain`."""
     return [
@@ -137,19 +147,21 @@ def domain_args(
         *([COPY_FLAG] if copy_frames else []),
         f"{PAGE_BUDGET_FLAG}{page_budget}",
         f"{DESCRIPTOR_BUDGET_FLAG}{descriptor_budget}",
+        f"{PLANES_CLIENTS_FLAG}{planes_clients}",
     ]
 
 
 def options_from_args(domid: int, args: tuple[str, ...]) -> Options:
     usage = (
         f"XENSTORE_DIR PLANES_SOCKET [{COPY_FLAG}] [{PAGE_BUDGET_FLAG}PAGES]"
-        f" [{DESCRIPTOR_BUDGET_FLAG}DESCRIPTORS]"
+        f" [{DESCRIPTOR_BUDGET_FLAG}DESCRIPTORS] [{PLANES_CLIENTS_FLAG}CLIENTS]"
     )
     if len(args) < 2:
         raise ValueError(f"usage: {usage}")
     budgets = {
         PAGE_BUDGET_FLAG: DEFAULT_PAGE_BUDGET,
         DESCRIPTOR_BUDGET_FLAG: DEFAULT_DESCRIPTOR_BUDGET,
+        PLANES_CLIENTS_FLAG: MAX_CLIENTS,
     }
     for flag in args[2:]:
         name = next((name for name in budgets if flag.startswith(name)), None)
@@ -166,6 +178,7 @@ def options_from_args(domid: int, args: tuple[str, ...]) -> Options:
         COPY_FLAG in args[2:],
         budgets[PAGE_BUDGET_FLAG],
         budgets[DESCRIPTOR_BUDGET_FLAG],
+        budgets[PLANES_CLIENTS_FLAG],
     )
 
 

@@ -48,9 +48,10 @@ def test_one_page_buffers_in_a_loop_get_enomem_from_the_backend_and_nobody_else_
 
 def test_the_host_config_sets_the_descriptor_budget() -> None:
     config = toolstack.parse_config(
-        "[backend]\ndescriptor_budget = 12\n[hypervisor]\ndescriptors = 99\n"
+        "[backend]\ndescriptor_budget = 12\nplanes_clients = 3\n[hypervisor]\ndescriptors = 99\n"
     )
     assert config.backend.descriptor_budget == 12
+    assert config.backend.planes_clients == 3
     assert config.limits.descriptors == 99
     with pytest.raises(toolstack.ConfigError, match=r"hypervisor\.descriptors"):
         toolstack.parse_config("[hypervisor]\ndescriptors = 0\n")

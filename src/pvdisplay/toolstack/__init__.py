@@ -8,6 +8,7 @@ uses xl.cfg's own device syntax (or the same fields as a TOML table):
     domid = 0
     page_budget = 16384
     descriptor_budget = 256
+    planes_clients = 64
 
     [hypervisor]             # per-domain limits of the emulated hypervisor (hv.local Limits)
     descriptors = 1024
@@ -41,6 +42,7 @@ from pvdisplay.display.limits import (
     mode_problem,
 )
 from pvdisplay.hv.local.tables import Limits
+from pvdisplay.planes.server import MAX_CLIENTS
 from pvdisplay.store.permissions import Access, Permission
 from pvdisplay.toolstack import vkb as vkb_config
 from pvdisplay.toolstack.xl_syntax import (
@@ -106,6 +108,8 @@ class BackendConfig:
     """Pages each frontend device may make the backend hold (display buffers)."""
     descriptor_budget: int = DEFAULT_DESCRIPTOR_BUDGET
     """Descriptors each frontend device may make the backend hold (display buffers)."""
+    planes_clients: int = MAX_CLIENTS
+    """Local clients (outputs) the backend's planes socket serves at once."""
 
 
 HYPERVISOR_KEYS = tuple(f.name for f in fields(Limits) if f.name != "backend_domid")
@@ -177,7 +181,9 @@ def parse_config(text: str) -> HostConfig:
     _only_keys(document, ("backend", "hypervisor", "guest"), "config")
     backend_table = _table(document.get("backend", {}), "backend")
     _only_keys(
-        backend_table, ("name", "domid", "copy", "page_budget", "descriptor_budget"), "backend"
+        backend_table,
+        ("name", "domid", "copy", "page_budget", "descriptor_budget", "planes_clients"),
+        "backend",
     )
     backend = BackendConfig(
         name=_name(backend_table.get("name", "Domain-0"), "backend.name"),
@@ -189,6 +195,9 @@ def parse_config(text: str) -> HostConfig:
         descriptor_budget=_count(
             backend_table.get("descriptor_budget", DEFAULT_DESCRIPTOR_BUDGET),
             "backend.descriptor_budget",
+        ),
+        planes_clients=_count(
+            backend_table.get("planes_clients", MAX_CLIENTS), "backend.planes_clients"
         ),
     )
     hypervisor_table = _table(document.get("hypervisor", {}), "hypervisor")

@@ -191,7 +191,8 @@ class EmulatedHost:
             str(self.planes_socket),
             backend.copy,
             backend.page_budget,
-            backend.descriptor_budget,
+            descriptor_budget=backend.descriptor_budget,
+            planes_clients=backend.planes_clients,
         )
         self._backend_started = time.monotonic()
         self.backend = self.hv.start_domain(BACKEND_ENTRY, *args, domid=backend.domid)
