@@ -6,10 +6,10 @@ APT_PACKAGES := gcc libc6-dev libatomic1 libxen-dev xenstore-utils edid-decode l
 	vncsnapshot tigervnc-viewer xvfb x11-apps imagemagick chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test lint typecheck pytest deps apt venv bench clean demo guest-files test-guest \
-	xen-tools test-xen demo-xen
+.PHONY: test lint typecheck pytest deps apt venv bench bench-hostile clean demo guest-files \
+	test-guest xen-tools test-xen demo-xen
 
-test: deps lint typecheck guest-files pytest
+test: deps lint typecheck guest-files pytest bench-hostile
 
 # The arm64 guest of tests/virtio/test_vhost_user_guest.py: QEMU 10, kernel, busybox and modetest fetched
 # with apt into a private cache (about 200 MB, once); pytest skips that test without it.
@@ -70,6 +70,11 @@ pytest: deps
 
 bench: deps
 	$(PY) -m bench
+
+# Every attack of tests/hostile with its figures (crashes, hangs, leaks, honest flip rate),
+# about a minute; part of `make test`.
+bench-hostile: deps
+	$(PY) -m bench hostile
 
 demo: deps
 	$(VENV)/bin/pvdisplay demo

@@ -1,0 +1,286 @@
+"""Hostile guests and clients against the emulated host: one line per attack.
+
+Each attack of tests/hostile runs against a host whose honest demo guest flips at 60 Hz.
+For each: whether the broker or the backend died (crashes), whether the attacker or the
+host stopped answering (hangs), what the broker and the backend still held once the
+attacker was gone (leaks: descriptors, tables, the backend's usage), and the honest
+guest's flips during the attack as a share of its flips in a quiet window of the same
+length measured just before (the same-run baseline).
+"""
+
+import errno
+import functools
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "hostile"))
+
+from hostile_agents import Remote
+from hostile_world import Hostile, guest, world
+from vhost_user_front import front_end
+
+from guest_vm import wait_for_socket
+from pvdisplay.hv.local.launcher import DomainProcess
+from pvdisplay.planes.client import PlaneClient
+from pvdisplay.planes.server import MAX_CLIENTS
+from pvdisplay.toolstack.host import RunningGuest
+from pvdisplay.wire import displif
+from rigs import PATIENCE, wait_until
+
+WINDOW = 2.0
+"""Seconds of honest flips counted under each attack, and in the quiet window before it."""
+KILLED_GUESTS = 20
+ATTACKER = "hostile_agents:agent"
+HEADER = struct.Struct("<II")
+GARBAGE = [
+    [(b"\x00\x01", 0)],
+    [(HEADER.pack(5, 0) + b"hello", 0)],
+    [(HEADER.pack(2, 0) + b"[]", 0)],
+    [(HEADER.pack(1 << 30, 0) + b"{", 0)],
+    [(HEADER.pack(2, 100_000) + b"{}", 0)],
+    [(HEADER.pack(2, 500) + b"{}", 250), (b"+", 250)],
+    [(HEADER.pack(2, 250) + b"{", 250), (b"x", 0)],
+]
+
+Stop = Callable[[], None]
+Attack = Callable[[Hostile, Path], tuple[str, Stop]]
+
+
+@dataclass
+class Outcome:
+    crashes: int
+    hangs: int
+    leaks: dict[str, int]
+    share: float
+    """Honest flips a second under the attack over those in the quiet window before it."""
+    detail: str
+
+
+def _code(number: int | None) -> str:
+    return errno.errorcode.get(number or 0, str(number))
+
+
+def _kill_domain(hostile: Hostile, domain: DomainProcess) -> Stop:
+    def stop() -> None:
+        domain.kill()
+        domain.wait(PATIENCE)
+        hostile.host.hv.wait_released(domain.domid, PATIENCE)
+
+    return stop
+
+
+def _kill_guest(hostile: Hostile, running: RunningGuest) -> Stop:
+    def stop() -> None:
+        running.process.kill()
+        hostile.host.wait_guest_destroyed(running.domid, PATIENCE)
+
+    return stop
+
+
+def share_loop(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
+    domain = hostile.host.hv.start_domain(ATTACKER)
+    made, code = Remote(domain.control)("share_until_refused", 0, 50_000)
+    return f"{made} one-page shares, then {_code(code)}", _kill_domain(hostile, domain)
+
+
+def port_loop(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
+    domain = hostile.host.hv.start_domain(ATTACKER)
+    made, code = Remote(domain.control)("bind_until_refused", 0, 50_000)
+    return f"{made} ports, then {_code(code)}", _kill_domain(hostile, domain)
+
+
+def _flood(spec: str) -> Attack:
+    def attack(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
+        running = hostile.host.start_guest(
+            guest(f"flood{time.monotonic_ns()}", f"{spec}connectors=c0:64x48"),
+            "hostile_agents:dbuf_flood",
+        )
+        if not running.process.control.poll(PATIENCE):
+            raise TimeoutError("the flooding guest did not report")
+        made, code = running.process.control.recv()
+        return f"{made} one-page DBUF_CREATEs, then {_code(code)}", _kill_guest(hostile, running)
+
+    return attack
+
+
+def deaf_guest(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
+    log = scratch / "host.log"
+    lines_before = _log_lines(log)
+    running = hostile.host.start_guest(
+        guest(f"deaf{time.monotonic_ns()}"), "hostile_agents:raw_guest"
+    )
+    raw = Remote(running.process.control)
+    raw("connect", 1)
+    flips = 4 * displif.IN_RING_LEN
+    raw("flips_unread", flips)
+    lines = _log_lines(log) - lines_before
+    detail = f"{flips - displif.IN_RING_LEN} events dropped, {lines} log lines"
+    return detail, _kill_guest(hostile, running)
+
+
+def _log_lines(log: Path) -> int:
+    return sum("event ring full" in line for line in log.read_text().splitlines())
+
+
+def watch_flood(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
+    running = hostile.host.start_guest(
+        guest(f"watch{time.monotonic_ns()}"), "hostile_agents:watch_flood"
+    )
+    if not running.process.control.poll(PATIENCE):
+        raise TimeoutError("the watching guest did not report")
+    made, code = running.process.control.recv()
+    return f"{made} XenStore watches, then {_code(code)}", _kill_guest(hostile, running)
+
+
+def broken_framing(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
+    killed = 0
+    for records in GARBAGE:
+        domain = hostile.host.hv.start_domain(ATTACKER)
+        domain.control.send(("send_records", (records,)))
+        killed += domain.wait(PATIENCE) == -signal.SIGKILL
+        hostile.host.hv.wait_released(domain.domid, PATIENCE)
+    return f"{killed}/{len(GARBAGE)} framing breakers killed", lambda: None
+
+
+def planes_flood(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
+    flood = []
+    for _ in range(3 * MAX_CLIENTS):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sock.connect(str(hostile.host.planes_socket))
+        flood.append(sock)
+
+    def stop() -> None:
+        for sock in flood:
+            sock.close()
+
+    return f"{len(flood)} local planes connections for {MAX_CLIENTS} places", stop
+
+
+def killed_mid_flip(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
+    for number in range(KILLED_GUESTS):
+        running = hostile.host.start_guest(guest(f"victim{number}"), "pvdisplay.guests.demo:run")
+        wait_until(functools.partial(_flipped, hostile, running.domid), "the victim to flip")
+        running.process.kill()
+        hostile.host.wait_guest_destroyed(running.domid, PATIENCE)
+    return f"{KILLED_GUESTS} guests SIGKILLed mid-flip", lambda: None
+
+
+def _flipped(hostile: Hostile, domid: int) -> bool:
+    with PlaneClient(hostile.host.planes_socket) as client:
+        return any(plane.domid == domid and plane.frame > 2 for plane in client.list())
+
+
+ATTACKS: list[tuple[str, Attack]] = [
+    ("broker: share(0, 1) in a loop", share_loop),
+    ("broker: bind_unbound_port in a loop", port_loop),
+    ("broker: broken framing (7 kinds)", broken_framing),
+    ("display: 1-page DBUF_CREATE flood", _flood("")),
+    ("display: 1-page DBUF_CREATE flood, be-alloc", _flood("be-alloc=1,")),
+    ("display: event page never read", deaf_guest),
+    ("xenstored: 10,000 watches", watch_flood),
+    ("planes socket: 3x its clients", planes_flood),
+    (f"guests killed mid-flip ({KILLED_GUESTS})", killed_mid_flip),
+]
+
+
+def _run(hostile: Hostile, scratch: Path, attack: Attack) -> Outcome:
+    host = hostile.host
+    backend, broker = host.backend, host.hv.broker_pid
+    quiet = _flips_in(hostile, WINDOW)
+    before = hostile.resources()
+    hangs = 0
+    detail = ""
+    # Counted from the attack's first step, while it floods and then while it holds
+    # what it took, for WINDOW seconds at least.
+    first, started = hostile.frames(), time.monotonic()
+    try:
+        detail, stop = attack(hostile, scratch)
+        time.sleep(max(0.0, WINDOW - (time.monotonic() - started)))
+        under = (hostile.frames() - first) * WINDOW / (time.monotonic() - started)
+        stop()
+    except TimeoutError as exc:
+        hangs, under, detail = 1, 0, str(exc)
+    crashes = int(host.backend is not backend or backend is None or backend.returncode is not None)
+    crashes += int(not _alive(broker))
+    leaks: dict[str, int] = {}
+    try:
+        wait_until(lambda: hostile.resources() == before, "resources to return")
+    except TimeoutError:
+        after = hostile.resources()
+        leaks = {k: after[k] - before[k] for k in before if after.get(k) != before[k]}
+    return Outcome(crashes, hangs, leaks, under / quiet if quiet else 0.0, detail)
+
+
+def _flips_in(hostile: Hostile, seconds: float) -> int:
+    start = hostile.frames()
+    time.sleep(seconds)
+    return hostile.frames() - start
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _print(name: str, outcome: Outcome) -> None:
+    leaks = ", ".join(f"{k} {v:+d}" for k, v in outcome.leaks.items()) or "none"
+    print(
+        f"{name:46} crashes {outcome.crashes}  hangs {outcome.hangs}  leaks {leaks}"
+        f"  honest flips {outcome.share:6.1%} of quiet  ({outcome.detail})",
+        flush=True,
+    )
+
+
+def vhost_user_shrink(scratch: Path) -> None:
+    listen, planes = scratch / "gpu.sock", scratch / "gpu-planes.sock"
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "pvdisplay"), "--log-level", "error",
+         "vhost-user-gpu", "--socket-path", str(listen), "--planes-socket", str(planes)],
+    )  # fmt: skip
+    try:
+        wait_for_socket(planes, process)
+        wait_for_socket(listen, process)
+        dropped = 0
+        for _ in range(10):
+            sock, ram, kick = front_end(listen, sealing=False)
+            os.ftruncate(ram, 0)
+            os.eventfd_write(kick, 1)
+            dropped += sock.recv(64) == b""
+            for fd in (ram, kick):
+                os.close(fd)
+            sock.close()
+        crashes = int(process.poll() is not None)
+        print(
+            f"{'vhost-user: guest memory shrunk (10 times)':46} crashes {crashes}  hangs 0"
+            f"  leaks none  ({dropped}/10 front-ends dropped, process alive)",
+            flush=True,
+        )
+    finally:
+        process.terminate()
+        process.wait(PATIENCE)
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-hostile-") as scratch_name:
+        scratch = Path(scratch_name)
+        with world(scratch / "host", log=scratch / "host.log") as hostile:
+            for name, attack in ATTACKS:
+                _print(name, _run(hostile, scratch, attack))
+        vhost_user_shrink(scratch)
+
+
+if __name__ == "__main__":
+    main()
