@@ -19,7 +19,7 @@ from test_virtio_virtqueue import Driver
 from pvdisplay.hv import PAGE_SIZE
 from pvdisplay.planes.model import PlaneKey, PlaneRegistry
 from pvdisplay.virtio import gpu_wire as wire
-from pvdisplay.virtio.gpu import MAX_HOST_MEMORY, MAX_RESOURCES, GpuDevice
+from pvdisplay.virtio.gpu import MAX_BACKING_ENTRIES, MAX_HOST_MEMORY, MAX_RESOURCES, GpuDevice
 from pvdisplay.virtio.gpu_resource import GpuRect
 from pvdisplay.virtio.gpu_wire import CtrlType, Format
 from pvdisplay.wire.edid import parse_edid, serial_string_for
@@ -270,6 +270,15 @@ def test_bad_commands_get_error_answers(request_bytes: bytes, expected: CtrlType
     rig = Rig()
     rig.ok(command(CREATE, 1, Format.B8G8R8X8_UNORM, 64, 32))
     assert answer_type(rig.call(request_bytes)) == expected
+    rig.ok(command(SET_SCANOUT, 0, 0, 64, 32, 0, 1))  # the device still works
+
+
+@pytest.mark.parametrize("count", [MAX_BACKING_ENTRIES + 1, 0xFFFF_FFFF])
+def test_huge_backing_entry_counts_are_refused_before_any_entry_is_read(count: int) -> None:
+    rig = Rig()
+    rig.ok(command(CREATE, 1, Format.B8G8R8X8_UNORM, 64, 32))
+    request = hdr(CtrlType.CMD_RESOURCE_ATTACH_BACKING) + struct.pack("<II", 1, count)
+    assert answer_type(rig.call(request)) == CtrlType.RESP_ERR_UNSPEC
     rig.ok(command(SET_SCANOUT, 0, 0, 64, 32, 0, 1))  # the device still works
 
 
