@@ -8,6 +8,7 @@ import contextlib
 import errno
 import os
 import socket
+import struct
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -18,9 +19,10 @@ from pvdisplay.display import front
 from pvdisplay.display.front import Display, DisplayError, Framebuffer
 from pvdisplay.hv import GuestMemory, Hypervisor, HypervisorError
 from pvdisplay.hv.local.client import LocalHypervisor
+from pvdisplay.input.front import Keyboard
 from pvdisplay.ipc.sockets import close_all, rights
 from pvdisplay.store.client import Client, Watch
-from pvdisplay.wire import displif, fourcc
+from pvdisplay.wire import displif, fourcc, kbdif
 
 REPLY_TIMEOUT = 60.0
 
@@ -52,6 +54,7 @@ class Attacker:
 
     def send_records(self, records: list[tuple[bytes, int]]) -> None:
         """Write raw records on the broker socket, each with that many descriptors."""
+        assert isinstance(self.hv, LocalHypervisor)
         with socket.socket(fileno=os.dup(self.hv.fileno())) as sock:
             for data, count in records:
                 fds = [os.eventfd(0) for _ in range(count)]
@@ -131,6 +134,23 @@ def dbuf_flood(hv: Hypervisor, control: Connection, xenstore_socket: str, name: 
         await asyncio.get_running_loop().run_in_executor(None, _wait_for_eof, control)
 
     front.run(hv, xenstore_socket, session)
+
+
+def kbd_garbage(hv: Hypervisor, control: Connection, xenstore_socket: str, name: str) -> None:
+    """A guest that connects its keyboard, then publishes an out event kbdif does not have
+    and impossible ring indices, and notifies 10,000 times; holds on until killed."""
+
+    async def main() -> None:
+        keyboard = await Keyboard.open(hv, xenstore_socket)
+        assert keyboard.port is not None
+        struct.pack_into("<I", keyboard.page, kbdif.OUT_PROD_OFFSET, 123)
+        struct.pack_into("<I", keyboard.page, kbdif.IN_CONS_OFFSET, 0xDEAD_BEEF)
+        for _ in range(10_000):
+            hv.events.notify(keyboard.port)
+        control.send("sent")
+        await asyncio.get_running_loop().run_in_executor(None, _wait_for_eof, control)
+
+    asyncio.run(main())
 
 
 def watch_flood(hv: Hypervisor, control: Connection, xenstore_socket: str, name: str) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import rigs
 from pvdisplay import toolstack
 from pvdisplay.planes.client import PlaneClient
+from pvdisplay.toolstack import vkb as vkb_config
 from pvdisplay.toolstack.host import EmulatedHost, RunningGuest
 from rigs import wait_until
 
@@ -19,9 +20,11 @@ HONEST_FLIPS = 20
 """Flips the honest guest must show while and after an attack (it makes 60 a second)."""
 
 
-def guest(name: str, spec: str = "connectors=c0:64x48") -> toolstack.Guest:
+def guest(name: str, spec: str = "connectors=c0:64x48", vkb: bool = False) -> toolstack.Guest:
+    """A guest with one vdispl (connector c0) and, with `vkb`, a keyboard bound to it."""
     device = toolstack.parse_xl_vdispl(spec, 0, name, {}, default_backend=0)
-    return toolstack.Guest(name, None, (device,))
+    keyboards = (vkb_config.parse_xl_vkb("unique-id=c0", 0, name, {}, 0),) if vkb else ()
+    return toolstack.Guest(name, None, (device,), keyboards)
 
 
 @dataclass

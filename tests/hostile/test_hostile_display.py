@@ -9,10 +9,11 @@ from collections.abc import Iterator
 import pytest
 from hostile_world import Hostile, guest, world
 
-from pvdisplay import toolstack
+from pvdisplay import toolstack, xenbus
 from pvdisplay.display.limits import DEFAULT_DESCRIPTOR_BUDGET
 from pvdisplay.planes.server import MAX_CLIENTS
 from pvdisplay.store.tree import Quotas
+from pvdisplay.toolstack import vkb as vkb_config
 from rigs import PATIENCE, wait_until
 
 pytestmark = pytest.mark.processes
@@ -108,3 +109,22 @@ def refused(sock: socket.socket) -> bool:
         return True
     except BlockingIOError:
         return False
+
+
+def test_garbage_on_the_kbdif_page_and_a_notify_storm_close_that_keyboard_alone(
+    hostile: Hostile,
+) -> None:
+    host = hostile.host
+    before = hostile.resources()
+    attacker = host.start_guest(guest("kbd", vkb=True), "hostile_agents:kbd_garbage")
+    assert attacker.process.control.poll(PATIENCE)
+    assert attacker.process.control.recv() == "sent"
+    state = f"{xenbus.backend_path(0, vkb_config.KIND, attacker.domid, 0)}/{xenbus.FIELD_STATE}"
+    wait_until(
+        lambda: int(host.xs.read(state)) == xenbus.XenbusState.CLOSING,
+        "the backend to close the keyboard",
+    )
+    hostile.wait_flips()
+    attacker.process.kill()
+    host.wait_guest_destroyed(attacker.domid, PATIENCE)
+    hostile.wait_resources(before)
