@@ -185,6 +185,24 @@ class Boot:
             return self.process.wait(timeout)
         return None
 
+    def forward_fifo(self, path: Path) -> None:
+        """Whatever is written to the FIFO at `path` goes to the serial console, as typed
+        (for debugging: three Ctrl-A switch the console to Xen, whose debug keys then
+        answer, e.g. `printf '\\1\\1\\1q' > boot.log.in` dumps every domain)."""
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        os.mkfifo(path)
+
+        def forward() -> None:
+            assert self.process.stdin is not None
+            while self.process.poll() is None:
+                with path.open("rb") as fifo:
+                    for chunk in iter(lambda: fifo.read1(4096), b""):
+                        self.process.stdin.write(chunk)
+                        self.process.stdin.flush()
+
+        threading.Thread(target=forward, daemon=True).start()
+
     def send(self, text: str) -> None:
         """Type `text` and a newline on the serial console (dom0 reads it on hvc0)."""
         assert self.process.stdin is not None
@@ -217,6 +235,7 @@ class Boot:
 # Reading a finished log.
 
 _STAMP = re.compile(r"^\[\s*[\d.]+\] ")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+=*")
 
 
 def console_lines(log: Path) -> list[str]:
@@ -242,8 +261,8 @@ def dumped_files(lines: list[str]) -> dict[str, bytes]:
             if len(data) == size and hashlib.sha256(data).hexdigest() == digest:
                 files[label] = data
             label = None
-        else:
-            chunks.append(line.strip())
+        elif _BASE64.fullmatch(line.strip()):
+            chunks.append(line.strip())  # other lines (a guest's console) may come between
     return files
 
 
@@ -284,6 +303,7 @@ def main() -> None:
     scenarios = ("demo",) if demo else tuple(s for s in args.scenarios.split(":") if s)
     with Boot(cache, args.log, scenarios, web_port=args.port or None, stay=args.stay or demo,
               extra=args.extra) as boot:  # fmt: skip
+        boot.forward_fifo(args.log.with_name(args.log.name + ".in"))
         try:
             if demo:
                 boot.wait_for(r"@@DOM0 demo ready", args.timeout)

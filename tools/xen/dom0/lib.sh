@@ -88,7 +88,7 @@ create_guest() {
     echo 'ramdisk="/boot/domu.cpio.gz"'
     echo 'memory=192'
     echo 'vcpus=1'
-    echo "extra=\"console=hvc0 loglevel=4 xt.guest=$script ${GUEST_EXTRA:-}\""
+    echo "extra=\"console=hvc0 loglevel=${GUEST_LOGLEVEL:-5} xt.guest=$script ${GUEST_EXTRA:-}\""
     for line in "$@"; do echo "$line"; done
   } > "$cfg"
   log=/var/log/xen/console/guest-$name.log
@@ -135,7 +135,7 @@ dump_file() {
 snapshots() {
   domid=$1 count=$2
   shift 2
-  PYTHONPATH=/opt/pvdisplay/src:/opt/pvdisplay/vendor python3 "$XT/lib/snapshots.py" \
+  PYTHONPATH=/opt/pvdisplay/src:/opt/pvdisplay/vendor python3 -X faulthandler "$XT/lib/snapshots.py" \
     "$PLANES_SOCKET" "$domid" "$count" "$@" 2>&1 | sed 's/^/@@DOM0 snapshot: /'
   for target in "$@"; do
     for f in /tmp/snap-"${target%%:*}"-*.png; do
