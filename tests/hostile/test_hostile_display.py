@@ -3,7 +3,9 @@ backend hold is counted against its budget, over it DBUF_CREATE answers -ENOMEM,
 what a dead guest held is given back when its death is noticed."""
 
 import errno
+import os
 import socket
+import struct
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +13,7 @@ from hostile_world import Hostile, guest, world
 
 from pvdisplay import toolstack, xenbus
 from pvdisplay.display.limits import DEFAULT_DESCRIPTOR_BUDGET
+from pvdisplay.ipc.sockets import close_all, rights
 from pvdisplay.planes.server import MAX_CLIENTS
 from pvdisplay.store.tree import Quotas
 from pvdisplay.toolstack import vkb as vkb_config
@@ -19,6 +22,7 @@ from rigs import PATIENCE, wait_until
 pytestmark = pytest.mark.processes
 
 FLOOD = "hostile_agents:dbuf_flood"
+HEADER = struct.Struct("<II")
 
 
 @pytest.fixture(scope="module")
@@ -127,4 +131,31 @@ def test_garbage_on_the_kbdif_page_and_a_notify_storm_close_that_keyboard_alone(
     hostile.wait_flips()
     attacker.process.kill()
     host.wait_guest_destroyed(attacker.domid, PATIENCE)
+    hostile.wait_resources(before)
+
+
+@pytest.mark.parametrize(
+    ("record", "fds"),
+    [
+        pytest.param(b"\x00", 0, id="no-header"),
+        pytest.param(HEADER.pack(1 << 30, 0) + b"{", 0, id="huge-length"),
+        pytest.param(HEADER.pack(4, 0) + b"nope", 0, id="not-json"),
+        pytest.param(HEADER.pack(2, 100) + b"{}", 100, id="descriptors"),
+        pytest.param(HEADER.pack(13, 0) + b'{"op":"x"}   ', 0, id="unknown-op"),
+    ],
+)
+def test_a_local_client_sending_garbage_on_the_planes_socket_costs_only_itself(
+    hostile: Hostile, record: bytes, fds: int
+) -> None:
+    before = hostile.resources()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        sock.connect(str(hostile.host.planes_socket))
+        sock.settimeout(PATIENCE)
+        passed = [os.eventfd(0) for _ in range(fds)]
+        sock.sendmsg([record], rights(passed))
+        close_all(passed)
+        answer = sock.recv(1 << 16)
+        # An error answer to what can be framed, the door to the rest.
+        assert answer == b"" or b'"error"' in answer
+    hostile.wait_flips()
     hostile.wait_resources(before)
