@@ -30,9 +30,11 @@ from hostile_world import Hostile, guest, world
 from vhost_user_front import front_end
 
 from guest_vm import wait_for_socket
+from pvdisplay import xenbus
 from pvdisplay.hv.local.launcher import DomainProcess
 from pvdisplay.planes.client import PlaneClient
 from pvdisplay.planes.server import MAX_CLIENTS
+from pvdisplay.toolstack import vkb as vkb_config
 from pvdisplay.toolstack.host import RunningGuest
 from pvdisplay.wire import displif
 from rigs import PATIENCE, wait_until
@@ -132,6 +134,20 @@ def _log_lines(log: Path) -> int:
     return sum("event ring full" in line for line in log.read_text().splitlines())
 
 
+def kbd_garbage(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
+    running = hostile.host.start_guest(
+        guest(f"kbd{time.monotonic_ns()}", vkb=True), "hostile_agents:kbd_garbage"
+    )
+    if not running.process.control.poll(PATIENCE) or running.process.control.recv() != "sent":
+        raise TimeoutError("the keyboard guest did not report")
+    state = f"{xenbus.backend_path(0, vkb_config.KIND, running.domid, 0)}/{xenbus.FIELD_STATE}"
+    wait_until(
+        lambda: int(hostile.host.xs.read(state)) == xenbus.XenbusState.CLOSING,
+        "the backend to close the keyboard",
+    )
+    return "out event, bad in_cons, 10,000 notifies: keyboard closed", _kill_guest(hostile, running)
+
+
 def watch_flood(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
     running = hostile.host.start_guest(
         guest(f"watch{time.monotonic_ns()}"), "hostile_agents:watch_flood"
@@ -187,6 +203,7 @@ ATTACKS: list[tuple[str, Attack]] = [
     ("display: 1-page DBUF_CREATE flood", _flood("")),
     ("display: 1-page DBUF_CREATE flood, be-alloc", _flood("be-alloc=1,")),
     ("display: event page never read", deaf_guest),
+    ("input: garbage on the kbdif page", kbd_garbage),
     ("xenstored: 10,000 watches", watch_flood),
     ("planes socket: 3x its clients", planes_flood),
     (f"guests killed mid-flip ({KILLED_GUESTS})", killed_mid_flip),
