@@ -2,6 +2,7 @@
 broker hold is counted against its budget, and exhaustion is an errno, never a crash."""
 
 import errno
+import resource
 import signal
 import struct
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ import pytest
 from hostile_agents import Remote
 from hostile_world import Hostile, world
 
+from pvdisplay.hv import HypervisorError
 from pvdisplay.hv.local.tables import Limits
 from rigs import PATIENCE
 
@@ -121,3 +123,31 @@ def test_requests_with_bad_fields_get_their_errno(
     assert attacker("share_one", 0) == 1  # and it is served on
     domain.kill()
     domain.wait()
+
+
+def test_a_broker_out_of_descriptors_answers_emfile_and_serves_on(hostile: Hostile) -> None:
+    """The process limit met anyway (here: lowered under the broker's feet, as a host
+    with many domains at full budget would meet it): every request that needs a
+    descriptor is answered EMFILE, the host's too, and the broker lives."""
+    host = hostile.host
+    before = hostile.resources()
+    domain = host.hv.start_domain(ATTACKER)
+    attacker = Remote(domain.control)
+    broker = host.hv.broker_pid
+    limit = resource.prlimit(broker, resource.RLIMIT_NOFILE)
+    resource.prlimit(broker, resource.RLIMIT_NOFILE, (before["broker fds"] + 4, limit[1]))
+    try:
+        shared, code = attacker("share_until_refused", 0, MOST)
+        assert shared < 4
+        assert code == errno.EMFILE
+        with pytest.raises(HypervisorError) as failure:
+            host.hv.stats()  # lists /proc/self/fd: one more descriptor
+        assert failure.value.errno == errno.EMFILE
+    finally:
+        resource.prlimit(broker, resource.RLIMIT_NOFILE, limit)
+    assert attacker("share_one", 0) > 0  # served on
+    hostile.wait_flips()
+    domain.kill()
+    domain.wait()
+    assert host.hv.wait_released(domain.domid, PATIENCE)
+    hostile.wait_resources(before)

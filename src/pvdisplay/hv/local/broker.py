@@ -151,7 +151,13 @@ class Broker:
     def run(self) -> None:
         while self._running:
             for key, mask in self._selector.select():
-                key.data(mask)
+                try:
+                    key.data(mask)
+                except Exception:
+                    # Whatever one event met (a bug, a descriptor table full while telling
+                    # a peer its port is bound) costs that event, not every domain its
+                    # hypervisor.
+                    log.exception("event failed")
         for domid in list(self._links):
             self._destroy(domid, kill=True)
         self._control.close()
