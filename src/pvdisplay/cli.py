@@ -1,8 +1,9 @@
 """The `pvdisplay` command."""
 
 import asyncio
+import contextlib
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +20,7 @@ from pvdisplay.outputs.web import server as web_server
 from pvdisplay.outputs.web import tiles as web_tiles
 from pvdisplay.outputs.window import viewer as window_viewer
 from pvdisplay.planes.client import PlaneClient
+from pvdisplay.run_dir import RunDirBusyError, RunDirLock
 from pvdisplay.store import server as xenstore_server
 from pvdisplay.store.transport import xenstore_path
 from pvdisplay.toolstack import host
@@ -236,24 +238,45 @@ def _run_on_xen(run_dir: str | None, web_listen: str, no_web: bool, copy_frames:
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--web") from None
     directory = Path(run_dir) if run_dir else host.default_run_dir()
+    with _run_dir_held(directory):
+        try:
+            hypervisor = xen.open_hypervisor()
+        except OSError as error:
+            raise click.ClickException(
+                f"cannot open Xen's devices: {error} (run as root in dom0, with the "
+                "xen-evtchn, xen-gntdev and xen-gntalloc modules loaded)"
+            ) from None
+        options = backend_domain.Options(
+            xenstore_path(), str(directory / "planes.sock"), copy_frames
+        )
+        try:
+            asyncio.run(_serve_on_xen(hypervisor, options, web))
+        except (OSError, ConnectionError) as error:
+            raise click.ClickException(
+                f"cannot serve as Xen's display backend: {error} (is xenstored running?)"
+            ) from None
+        finally:
+            hypervisor.close()
+
+
+@contextlib.contextmanager
+def _run_dir_held(directory: Path) -> Iterator[None]:
+    lock = RunDirLock(directory)
     try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        hypervisor = xen.open_hypervisor()
+        lock.acquire()
+    except RunDirBusyError:
+        raise click.ClickException(
+            f"{directory} is in use by another running pvdisplay backend; stop it or pass "
+            "another --run-dir"
+        ) from None
     except OSError as error:
         raise click.ClickException(
-            f"cannot open Xen's devices: {error} (run as root in dom0, with the xen-evtchn, "
-            "xen-gntdev and xen-gntalloc modules loaded)"
+            f"cannot use {directory} as the run directory: {error.strerror}; pass another --run-dir"
         ) from None
-    options = backend_domain.Options(xenstore_path(), str(directory / "planes.sock"), copy_frames)
     try:
-        asyncio.run(_serve_on_xen(hypervisor, options, web))
-    except (OSError, ConnectionError) as error:
-        raise click.ClickException(
-            f"cannot serve as Xen's display backend: {error} (is xenstored running, and is "
-            "another `pvdisplay backend` using the run directory? pass --run-dir)"
-        ) from None
+        yield
     finally:
-        hypervisor.close()
+        lock.release()
 
 
 async def _serve_on_xen(

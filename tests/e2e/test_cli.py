@@ -26,7 +26,8 @@ import pytest
 from click.testing import CliRunner
 
 from pvdisplay.cli import main
-from rigs import PATIENCE
+from pvdisplay.planes.client import PlaneClient
+from rigs import PATIENCE, wait_until
 
 pytestmark = pytest.mark.processes
 
@@ -115,6 +116,58 @@ def test_backend_serves_the_configs_guest_on_the_web_index_and_stops_on_ctrl_c(
     # Everything it started is gone: the backend's planes socket and xenstored's sockets.
     assert not (run_dir / "planes.sock").exists()
     assert not (run_dir / "xenstore" / "socket").exists()
+    assert "Traceback" not in (run_dir / "stderr").read_text()
+
+
+def test_a_second_instance_on_a_run_dir_refuses_in_one_line_and_touches_nothing(
+    run_dir: Path,
+) -> None:
+    config = run_dir / "host.toml"
+    config.write_text(CONFIG)
+    first_command = ["backend", "--config", str(config), "--run-dir", str(run_dir), "--no-web"]
+    with (run_dir / "stderr").open("w") as errors:
+        first = subprocess.Popen(
+            [sys.executable, "-c", "from pvdisplay.cli import main; main()", *first_command],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            start_new_session=True,
+        )
+    try:
+        assert first.stdout is not None
+        output = lines_of(first.stdout)
+        while not output.get(timeout=PATIENCE).startswith("stop with Ctrl-C"):
+            pass
+        sockets = [run_dir / "planes.sock", run_dir / "xenstore" / "socket"]
+        wait_until(lambda: all(path.exists() for path in sockets), "the first's sockets")
+        before = [path.stat().st_ino for path in sockets]
+        for command in ("demo", "backend"):
+            main_then = [sys.executable, "-c", "from pvdisplay.cli import main; main()", command]
+            second = subprocess.run(
+                [*main_then, "--run-dir", str(run_dir), "--web", "127.0.0.1:0"],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=PATIENCE,
+            )
+            assert (second.returncode, second.stdout) == (1, "")
+            assert second.stderr == (
+                f"Error: {run_dir} is in use by another running pvdisplay demo or backend; "
+                "stop it or pass another --run-dir\n"
+            )
+        # The first instance's sockets are the same files, and it still serves its guest.
+        assert [path.stat().st_ino for path in sockets] == before
+        with PlaneClient(run_dir / "planes.sock") as client:
+            deadline = time.monotonic() + PATIENCE
+            while not any(plane.fb_cookie for plane in client.list()):
+                assert time.monotonic() < deadline, "the first instance's guest never flipped"
+                time.sleep(0.1)
+        os.killpg(first.pid, signal.SIGINT)
+        assert first.wait(PATIENCE) == 0
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
     assert "Traceback" not in (run_dir / "stderr").read_text()
 
 

@@ -32,6 +32,7 @@ from pvdisplay import backend_domain, logs, toolstack, xenbus
 from pvdisplay.hv import HypervisorError
 from pvdisplay.hv.local.launcher import DomainLauncher, DomainProcess
 from pvdisplay.outputs.web.server import BackgroundViewer
+from pvdisplay.run_dir import RunDirBusyError, RunDirLock
 from pvdisplay.store.client import Client, Transaction
 from pvdisplay.toolstack import vkb as vkb_config
 
@@ -136,6 +137,7 @@ class EmulatedHost:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
+        self._run_dir_lock = RunDirLock(run_dir)
 
     @property
     def xenstore_dir(self) -> Path:
@@ -168,7 +170,9 @@ class EmulatedHost:
         Call it from a thread that outlives the host: xenstored ends when that thread does
         (Linux's parent-death signal follows the thread that started the process).
         """
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # Before anything in the run directory is touched: a second instance must leave
+        # the first's sockets and xenstored alone.
+        self._run_dir_lock.acquire()
         self._start_xenstored()
         self._hv = DomainLauncher(
             limits=self.config.limits,
@@ -251,6 +255,8 @@ class EmulatedHost:
 
     def stop(self) -> None:
         """Stop the guests, the backend, the broker and xenstored, in that order."""
+        if not self._run_dir_lock.held:
+            return  # never started, or refused the run directory: nothing here is ours
         self._stopping.set()
         self._released.put(None)
         if self._supervisor is not None:
@@ -273,6 +279,7 @@ class EmulatedHost:
             self._xenstored = None
         with contextlib.suppress(FileNotFoundError):
             self.planes_socket.unlink()
+        self._run_dir_lock.release()
 
     def __enter__(self) -> Self:
         try:
@@ -540,12 +547,14 @@ def run(
         host = EmulatedHost(config, run_dir, log_level)
         try:
             host.start()
+        except RunDirBusyError:
+            raise HostError(
+                f"{run_dir} is in use by another running pvdisplay demo or backend; stop it "
+                "or pass another --run-dir"
+            ) from None
         except (OSError, TimeoutError, HypervisorError, ConnectionError) as error:
             host.stop()
-            raise HostError(
-                f"cannot start the emulated host in {run_dir}: {error} "
-                "(is another `pvdisplay demo` or `pvdisplay backend` using it? pass --run-dir)"
-            ) from None
+            raise HostError(f"cannot start the emulated host in {run_dir}: {error}") from None
         viewer = None
         try:
             if web is not None:
