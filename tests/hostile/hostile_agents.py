@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import resource
 import socket
 import struct
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import Any
 from display_backend_agents import XenbusFrontend
 from pvdisplay.display import front
 from pvdisplay.display.front import Display, DisplayError, Framebuffer
-from pvdisplay.hv import GuestMemory, Hypervisor, HypervisorError
+from pvdisplay.hv import GuestMemory, Hypervisor, HypervisorError, Mapping
 from pvdisplay.hv.local.client import LocalHypervisor
 from pvdisplay.input.front import Keyboard
 from pvdisplay.ipc.sockets import close_all, rights
@@ -34,6 +35,8 @@ class Attacker:
         self.hv = hv
         self.memory: list[GuestMemory] = []
         self.ports: list[int] = []
+        self.mappings: list[Mapping] = []
+        self.hard_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
     def share_until_refused(self, grantee: int, most: int) -> tuple[int, int | None]:
         """share(grantee, 1) in a loop: how many succeeded, and the errno that stopped it."""
@@ -65,6 +68,18 @@ class Attacker:
         """One request, whatever it says; the broker's reply body (errors raise)."""
         assert isinstance(self.hv, LocalHypervisor)
         return self.hv.call(body).body
+
+    def limit_descriptors(self, room: int) -> None:
+        """Leave this process room for `room` more descriptors (its soft limit)."""
+        opened = len(os.listdir("/proc/self/fd")) - 1
+        resource.setrlimit(resource.RLIMIT_NOFILE, (opened + room, self.hard_limit))
+
+    def unlimit_descriptors(self) -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.hard_limit, self.hard_limit))
+
+    def map_refs(self, granter: int, refs: list[int]) -> int:
+        self.mappings.append(self.hv.grants.map(granter, refs))
+        return len(self.mappings)
 
     def share_one(self, grantee: int) -> int:
         """One honest share, kept: the ref."""

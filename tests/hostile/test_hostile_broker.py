@@ -151,3 +151,29 @@ def test_a_broker_out_of_descriptors_answers_emfile_and_serves_on(hostile: Hosti
     domain.wait()
     assert host.hv.wait_released(domain.domid, PATIENCE)
     hostile.wait_resources(before)
+
+
+def test_a_reply_whose_descriptors_the_domain_had_no_room_for_is_undone(
+    hostile: Hostile,
+) -> None:
+    """A domain out of descriptors loses a map reply's memfds (MSG_CTRUNC): the call fails
+    with EMFILE and the mapping the broker made for it is given back with the next call,
+    instead of staying charged to the domain for the rest of its life."""
+    host = hostile.host
+    before = hostile.resources()
+    domain = host.hv.start_domain(ATTACKER)
+    attacker = Remote(domain.control)
+    refs = [attacker("share_one", domain.domid) for _ in range(5)]
+    maps = host.hv.stats()["maps"]
+    attacker("limit_descriptors", 2)
+    with pytest.raises(OSError) as failure:
+        attacker("map_refs", domain.domid, refs)
+    assert failure.value.errno == errno.EMFILE
+    attacker("unlimit_descriptors")
+    attacker("share_one", 0)  # the next call carries the unmap
+    assert host.hv.stats()["maps"] == maps
+    assert host.hv.usage(domain.domid)["mapped_pages"] == 0
+    domain.kill()
+    domain.wait()
+    assert host.hv.wait_released(domain.domid, PATIENCE)
+    hostile.wait_resources(before)

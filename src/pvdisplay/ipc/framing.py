@@ -109,6 +109,19 @@ class Assembler:
         return message
 
 
+def whole_body(record: bytes) -> JsonObject | None:
+    """The body of `record` if it is a whole message by itself, else None."""
+    if len(record) < _HEADER.size:
+        return None
+    length, _ = _HEADER.unpack_from(record)
+    if len(record) - _HEADER.size != length:
+        return None
+    try:
+        return decode_body(record[_HEADER.size :])
+    except ProtocolError:
+        return None
+
+
 def decode_body(data: bytes) -> JsonObject:
     try:
         body = json.loads(data)

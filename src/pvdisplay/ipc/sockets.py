@@ -13,6 +13,16 @@ from pvdisplay.wire.errors import ProtocolError
 _ANCILLARY = socket.CMSG_SPACE(FDS_PER_RECORD * 4 + 16)
 
 
+class DescriptorsLostError(OSError):
+    """A record arrived whose descriptors this process had no room for (EMFILE); the
+    record itself is whole and consumed, in `record`, for the receiver to undo what it
+    stood for."""
+
+    def __init__(self, record: bytes) -> None:
+        super().__init__(errno.EMFILE, "descriptors dropped: this process's table is full")
+        self.record = record
+
+
 def rights(fds: Sequence[int]) -> list[tuple[int, int, bytes]]:
     """Ancillary data passing `fds` (SCM_RIGHTS), or nothing."""
     if not fds:
@@ -45,7 +55,7 @@ def recv_record(sock: socket.socket, flags: int = 0) -> tuple[bytes, list[int]]:
         # descriptors because this process could not take them: our limit, not the
         # peer's fault. The record itself is whole and consumed.
         close_all(fds)
-        raise OSError(errno.EMFILE, "descriptors dropped: this process's table is full")
+        raise DescriptorsLostError(data)
     if not data:
         close_all(fds)
         raise EOFError("peer closed the socket")

@@ -30,7 +30,7 @@ from pvdisplay.ipc import framing
 from pvdisplay.ipc.buffers import SharedBuffer
 from pvdisplay.ipc.framing import Assembler, FramedMessage, JsonObject
 from pvdisplay.ipc.memory import Segment, SharedMapping
-from pvdisplay.ipc.sockets import close_all, recv_record, send_message
+from pvdisplay.ipc.sockets import DescriptorsLostError, close_all, recv_record, send_message
 
 _ONE = (1).to_bytes(8, "little")
 
@@ -82,6 +82,17 @@ class LocalHypervisor:
                         raise
             return self._exchange(body, fds)
 
+    def _abandon(self, record: bytes) -> None:
+        """Undo what a reply we could not take stood for: a mapping, memory, a port."""
+        body = framing.whole_body(record)
+        if body is None or "event" in body or "error" in body:
+            return
+        for field, op in (("map", "unmap"), ("alloc", "free"), ("port", "evtchn_unbind")):
+            value = body.get(field)
+            if type(value) is int:
+                self.release_later({"op": op, field: value})
+                return
+
     def release_later(self, body: JsonObject) -> None:
         """Queue a release for an object garbage-collected unclosed; sent with the next call."""
         self._orphans.append(body)
@@ -130,12 +141,11 @@ class LocalHypervisor:
             record, fds = recv_record(self._sock, flags)
         except (EOFError, ConnectionError):
             raise HypervisorError(errno.ESHUTDOWN, "the hypervisor broker is gone") from None
-        except OSError as exc:
-            if exc.errno not in (errno.EMFILE, errno.ENFILE):
-                raise
+        except DescriptorsLostError as exc:
             # Our own table is full and the reply's descriptors are lost: this call fails,
-            # and what it made stays charged to this domain until it frees or dies.
-            raise HypervisorError(exc.errno, "no room for the reply's descriptors") from None
+            # and what the broker made for it is given back with the next call.
+            self._abandon(exc.record)
+            raise HypervisorError(errno.EMFILE, "no room for the reply's descriptors") from None
         self.received_bytes += len(record)
         return self._assembler.feed(record, fds)
 
