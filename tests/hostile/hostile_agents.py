@@ -133,11 +133,17 @@ def _serve(control: Connection, target: object) -> None:
             control.send(("error", str(exc), exc.errno or errno.EIO))
 
 
-def dbuf_flood(hv: Hypervisor, control: Connection, xenstore_socket: str, name: str) -> None:
+def dbuf_flood(
+    hv: Hypervisor, control: Connection, xenstore_socket: str, name: str, cue: str = ""
+) -> None:
     """A guest that makes 1x1 framebuffers (a one-page DBUF_CREATE and an FB_ATTACH each)
-    until the backend refuses one, reports (made, errno), and holds them until killed."""
+    until the backend refuses one, reports (made, errno), and holds them until killed.
+    With `cue`, it says "connected" and waits for a word before it starts."""
 
     async def session(display: Display) -> None:
+        if cue:
+            control.send("connected")
+            await asyncio.get_running_loop().run_in_executor(None, control.recv)
         held: list[Framebuffer] = []
         code: int | None = None
         while code is None:

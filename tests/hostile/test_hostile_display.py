@@ -4,6 +4,7 @@ what a dead guest held is given back when its death is noticed."""
 
 import errno
 import os
+import resource
 import socket
 import struct
 from collections.abc import Iterator
@@ -159,3 +160,33 @@ def test_a_local_client_sending_garbage_on_the_planes_socket_costs_only_itself(
         assert answer == b"" or b'"error"' in answer
     hostile.wait_flips()
     hostile.wait_resources(before)
+
+
+def test_a_backend_out_of_descriptors_answers_the_guest_and_serves_on(hostile: Hostile) -> None:
+    """The backend's own limit met anyway (lowered under its feet, as a host with many
+    guests at full budget would meet it): DBUF_CREATE answers an errno, the honest guest
+    flips on, and once there is room again nothing is left of the refused requests."""
+    host = hostile.host
+    assert host.backend is not None
+    backend = host.backend.pid
+    before = hostile.resources()
+    attacker = host.start_guest(guest("squeeze"), FLOOD, ("cue",))
+    assert attacker.process.control.poll(PATIENCE)
+    assert attacker.process.control.recv() == "connected"
+    limit = resource.prlimit(backend, resource.RLIMIT_NOFILE)
+    # Room for a few buffers more than the backend holds now.
+    opened = len(os.listdir(f"/proc/{backend}/fd"))
+    resource.prlimit(backend, resource.RLIMIT_NOFILE, (opened + 8, limit[1]))
+    try:
+        attacker.process.control.send("go")
+        assert attacker.process.control.poll(PATIENCE)
+        made, code = attacker.process.control.recv()
+        assert made < DEFAULT_DESCRIPTOR_BUDGET // 3
+        assert code in (errno.EMFILE, errno.ENOMEM)
+        hostile.wait_flips()
+    finally:
+        resource.prlimit(backend, resource.RLIMIT_NOFILE, limit)
+    attacker.process.kill()
+    host.wait_guest_destroyed(attacker.domid, PATIENCE)
+    hostile.wait_resources(before)
+    hostile.wait_flips()
