@@ -263,7 +263,8 @@ class XenbusFrontend(FrontendAgent):
         self.set_state(xenbus.XenbusState.INITIALISING)
         assert self.wait_backend_state(xenbus.XenbusState.INIT_WAIT) == 2
         assert self.xs.read(f"{self.back}/versions") == b"1,2"
-        self.xs.write(f"{self.front}/version", version)
+        if version:  # "": as Linux's xen-drm-front, which writes no version
+            self.xs.write(f"{self.front}/version", version)
         for index in range(connectors):
             ring_memory, (ring_ref,) = self.hv.grants.share(self.backend, 1)
             with ring_memory.view() as view:

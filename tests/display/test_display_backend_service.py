@@ -145,6 +145,26 @@ def test_connect_serve_and_publish_planes(world: World) -> None:
     assert world.backend_status()[0]["bytes_copied"] == 0
 
 
+def test_a_frontend_that_writes_no_version_is_served_at_version_2(world: World) -> None:
+    # Linux's xen-drm-front writes no `version` and asks for GET_EDID (a version 2 request).
+    guest = world.add_guest(["320x200"])
+    assert guest("connect", 1, "") == State.CONNECTED
+    refs = guest("share", "edid", 8)
+    directory = guest("directory", "edid-dir", refs)
+    response = request(guest, 0, displif.GetEdid(1, displif.EDID_MAX_SIZE, directory))
+    assert response.status == 0
+    info = edid.parse_edid(guest("read", "edid", 0, response.edid_sz))
+    assert (info.width, info.height) == (320, 200)
+    show_buffer(guest, 320, 200, seed=3)
+    assert request(guest, 0, displif.SetConfig(2, 2, 0, 0, 320, 200, 32)).status == 0
+    assert flip(guest, 0, 3) == displif.PageFlipEvent(0, 2)
+
+
+def test_a_frontend_version_the_backend_does_not_offer_is_refused(world: World) -> None:
+    guest = world.add_guest(["320x200"])
+    assert guest("connect", 1, "3", State.CLOSING) == State.CLOSING
+
+
 def test_frontend_death_mid_flip_frees_everything(world: World) -> None:
     guest = world.add_guest(["640x480"], be_alloc=True)
     assert guest("connect", 1) == State.CONNECTED

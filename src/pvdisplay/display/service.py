@@ -221,10 +221,16 @@ class BackendService(BackendDevices[_Device]):
     async def _read_config(self, device: _Device) -> FrontendConfig:
         front = device.frontend_path
         version_text = await self._read(f"{front}/{displif.FIELD_FE_VERSION}")
-        try:
-            version = int(version_text or "")
-        except ValueError:
-            raise TransportError(f"frontend version {version_text!r}") from None
+        if version_text is None:
+            # Linux's xen-drm-front never writes `version` (nor reads `versions`), and it
+            # asks for GET_EDID: a frontend that did not choose gets the newest version,
+            # a superset of the older ones, as displ_be serves it without asking.
+            version = max(SUPPORTED_VERSIONS)
+        else:
+            try:
+                version = int(version_text)
+            except ValueError:
+                raise TransportError(f"frontend version {version_text!r}") from None
         if version not in SUPPORTED_VERSIONS:
             raise TransportError(f"frontend chose unsupported version {version}")
         connectors: list[ConnectorConfig] = []
