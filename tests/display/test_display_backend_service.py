@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from display_backend_agents import Remote, start
 
 import rigs
+from display_backend_agents import Remote, start
 from pvdisplay import xenbus
 from pvdisplay.display.limits import DEFAULT_PAGE_BUDGET
 from pvdisplay.hv import PAGE_SIZE

@@ -39,7 +39,8 @@ vkb = ["unique-id=screen,feature-abs-pointer=1,feature-multi-touch=1"]
 [[guest]]
 name = "typist"
 vdispl = ["connectors=desk:200x100"]
-vkb = ["unique-id=desk,feature-abs-pointer=1,feature-multi-touch=1"]
+# As xl.cfg needs it for a backend in dom0: libxl puts it under backend/vinput.
+vkb = ["backend-type=linux,unique-id=desk,feature-abs-pointer=1,feature-multi-touch=1"]
 
 [[guest]]
 name = "twin"

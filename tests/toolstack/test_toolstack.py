@@ -258,7 +258,7 @@ GUEST = "[[guest]]\nname='a'\nvdispl=['connectors=left:8x8;right:8x8']\n"
 @pytest.mark.parametrize(
     ("vkb", "message"),
     [
-        ("3", "guest[0].vkb: expected a list of 'backend=DOMAIN,unique-id=ID,"),
+        ("3", "guest[0].vkb: expected a list of 'backend=DOMAIN,backend-type=qemu|linux,"),
         ("[3]", "guest[0].vkb[0]: expected a string 'backend=DOMAIN,"),
         ("['colour=red']", "guest[0].vkb[0].colour: unknown vkb setting; expected 'backend="),
         ("['', 'width']", "guest[0].vkb[1]: 'width' is not KEY=VALUE; expected 'backend="),

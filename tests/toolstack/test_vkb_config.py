@@ -41,6 +41,21 @@ def test_multi_touch_device_binds_to_its_connector_and_writes_sizes_with_the_dev
     assert nodes["/local/domain/3/device/vkbd/0/state"] == "1"
 
 
+def test_a_linux_backend_type_puts_the_backend_under_vinput_as_libxl_does() -> None:
+    device = parse_xl_vkb("backend=0,backend-type=linux,unique-id=id0", 1, "vkb", {}, 0)
+    nodes = values(vkb_nodes(3, device, [SCREEN]))
+    back = "/local/domain/0/backend/vinput/3/1"
+    assert nodes["/local/domain/3/device/vkbd/1/backend"] == back
+    assert nodes[f"{back}/frontend"] == "/local/domain/3/device/vkbd/1"
+    assert not any("/backend/vkbd/" in path for path in nodes)
+    qemu = parse_xl_vkb("backend=0,backend-type=qemu,unique-id=id0", 1, "vkb", {}, 0)
+    assert "/local/domain/0/backend/vkbd/3/1/state" in values(vkb_nodes(3, qemu, [SCREEN]))
+    assert toolstack.guest_teardown_paths(3, [], [device])[:2] == (
+        back,
+        "/local/domain/3/device/vkbd/1",
+    )
+
+
 def test_explicit_sizes_win_and_backend_may_be_named() -> None:
     device = parse_xl_vkb(
         "backend=dd,unique-id=id0,width=800,height=600,feature-multi-touch=1,"
@@ -72,6 +87,7 @@ def test_explicit_sizes_win_and_backend_may_be_named() -> None:
         ("backend", "vkb"),
         ("width=1,width=2", "vkb.width"),
         ("feature-raw-pointer=1", "vkb.feature-raw-pointer"),
+        ("backend-type=ioemu", "vkb.backend-type"),
     ],
 )
 def test_mistakes_name_the_setting(text: str, where: str) -> None:

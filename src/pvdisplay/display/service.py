@@ -119,7 +119,7 @@ class BackendService(BackendDevices[_Device]):
         descriptor_budget: int = DEFAULT_DESCRIPTOR_BUDGET,
     ) -> None:
         """`other_port` gets every fired port that is not a display ring's (the input devices')."""
-        super().__init__(xs, hv.domid, displif.DRIVER_NAME)
+        super().__init__(xs, hv.domid, displif.DRIVER_NAME, (displif.DRIVER_NAME,))
         self._hv = hv
         self._events = hv.events
         self._other_port = other_port

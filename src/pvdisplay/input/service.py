@@ -1,11 +1,12 @@
 """The kbdif backend as a service: XenStore, XenBus states, the shared page, its event channel.
 
-Runs inside the display backend's domain process, on its loop (`display.service` starts
-it and hands it the event-channel ports that are not the display's). It watches
-`/local/domain/<own domid>/backend/vkbd` and serves every device with a
-`back.InputDevice`. `deliver` is the planes socket's "input" op: it routes an output's
-events for a connector to the connected vkbd of the same domain whose `unique-id` is
-the connector's (or, failing that, the domain's vkbd without a `unique-id`).
+Runs inside the backend domain's process, on its loop (`backend_domain` starts it, and
+the display service hands it the event-channel ports that are not the display's). It
+watches `/local/domain/<own domid>/backend/vkbd` and `.../backend/vinput` (libxl's place
+for `backend-type=linux`) and serves every device with an `input.backend.InputDevice`.
+`deliver` is the planes socket's "input" op: it routes an output's events for a
+connector to the connected vkbd of the same domain whose `unique-id` is the connector's
+(or, failing that, the domain's vkbd without a `unique-id`).
 
 XenBus states (backend side), per device, as the display backend's
 (`backend_devices.BackendDevices`):
@@ -26,7 +27,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pvdisplay import logs
+from pvdisplay import logs, xenbus
 from pvdisplay.hv import Hypervisor, HypervisorError, Mapping, PortState
 from pvdisplay.input.backend import FrontendRequests, InputDevice, VkbdFeatures
 from pvdisplay.input.limits import DEFAULT_RESOLUTION
@@ -40,6 +41,7 @@ from pvdisplay.xenbus import XenbusState
 from pvdisplay.xenbus.backend_devices import BackendDevice, BackendDevices
 
 log = logging.getLogger(__name__)
+
 guest_log = logs.PeerLog(log)
 """Lines a guest's doing makes us write, limited per guest (domid)."""
 
@@ -60,7 +62,7 @@ class InputService(BackendDevices[_Vkbd]):
     """All vkbd devices this backend domain serves."""
 
     def __init__(self, hv: Hypervisor, xs: AsyncClient, planes: PlaneRegistry) -> None:
-        super().__init__(xs, hv.domid, kbdif.DRIVER_NAME)
+        super().__init__(xs, hv.domid, kbdif.DRIVER_NAME, (kbdif.DRIVER_NAME, xenbus.VINPUT))
         self._hv = hv
         self._planes = planes
         self._ports: dict[int, _Vkbd] = {}

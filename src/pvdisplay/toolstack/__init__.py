@@ -450,7 +450,9 @@ def guest_teardown_paths(
     kinds: list[tuple[str, Vdispl | vkb_config.Vkb]] = [(KIND, d) for d in devices]
     kinds += [(vkb_config.KIND, v) for v in vkbs]
     for kind, device in kinds:
-        dirs = DeviceDirs(kind, frontend_domid, device.backend_domid, device.devid)
+        dirs = DeviceDirs(
+            kind, frontend_domid, device.backend_domid, device.devid, device.backend_kind
+        )
         paths += [dirs.back, dirs.front]
     paths += [f"/libxl/{frontend_domid}", domain_path(frontend_domid)]
     return tuple(paths)

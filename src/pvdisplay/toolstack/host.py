@@ -372,8 +372,8 @@ class EmulatedHost:
         teardown = self.teardowns[domid]
         try:
             self.xs.release(domid)
-            teardown.states = self._await_backend_release(domid, toolstack.KIND, running.devices)
-            self._await_backend_release(domid, vkb_config.KIND, running.guest.vkbs)
+            teardown.states = self._await_backend_release(domid, running.devices)
+            self._await_backend_release(domid, running.guest.vkbs)
             for path in toolstack.guest_teardown_paths(domid, running.devices, running.guest.vkbs):
                 self._remove_with_empty_parents(path)
         except (OSError, ConnectionError):
@@ -393,12 +393,13 @@ class EmulatedHost:
                 parent = parent.rsplit("/", 1)[0]
 
     def _await_backend_release(
-        self, domid: int, kind: str, devices: Sequence[toolstack.Vdispl | vkb_config.Vkb]
+        self, domid: int, devices: Sequence[toolstack.Vdispl | vkb_config.Vkb]
     ) -> dict[int, xenbus.XenbusState | None]:
-        """Wait (bounded) until the backend has let go of each `kind` device of a dead guest."""
+        """Wait (bounded) until the backend has let go of each device of a dead guest."""
         states: dict[int, xenbus.XenbusState | None] = {}
         deadline = time.monotonic() + BACKEND_RELEASE_TIMEOUT
         for device in devices:
+            kind = device.backend_kind
             path = xenbus.backend_path(device.backend_domid, kind, domid, device.devid)
             with self.xs.watch(f"{path}/{xenbus.FIELD_STATE}") as watch:
                 while True:

@@ -17,6 +17,7 @@ only on the vocabulary the two share (`pvdisplay.toolstack.xl_syntax`).
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from pvdisplay import xenbus
 from pvdisplay.display.limits import MAX_DIMENSION, UNIQUE_ID, UNIQUE_ID_FORM
 from pvdisplay.input.limits import DEFAULT_CONTACTS, DEFAULT_RESOLUTION, MAX_CONTACTS
 from pvdisplay.toolstack.xl_syntax import (
@@ -30,7 +31,8 @@ from pvdisplay.wire import kbdif
 
 KIND = kbdif.DRIVER_NAME
 XL_FORM = (
-    "'backend=DOMAIN,unique-id=ID,feature-abs-pointer=0|1,feature-multi-touch=0|1,"
+    "'backend=DOMAIN,backend-type=qemu|linux,unique-id=ID,feature-abs-pointer=0|1,"
+    "feature-multi-touch=0|1,"
     "multi-touch-width=W,multi-touch-height=H,multi-touch-num-contacts=N,width=W,height=H'"
 )
 
@@ -67,6 +69,12 @@ class Vkb:
     mt_width: int = 0
     mt_height: int = 0
     mt_contacts: int = 0
+    linux_backend: bool = False
+    """`backend-type=linux`: served by a backend in a Linux domain, under libxl's vinput."""
+
+    @property
+    def backend_kind(self) -> str:
+        return xenbus.VINPUT if self.linux_backend else KIND
 
 
 def parse_xl_vkb(
@@ -75,7 +83,7 @@ def parse_xl_vkb(
     """One xl.cfg `vkb` string; `backend=` takes a domid or a name from `domains`."""
     values: dict[str, str] = {}
     for name, value in split_settings(text, key, XL_FORM):
-        if name not in ("backend", "unique-id", *_FLAGS, *_NUMBERS):
+        if name not in ("backend", "backend-type", "unique-id", *_FLAGS, *_NUMBERS):
             raise ConfigError(f"{key}.{name}", f"unknown vkb setting; expected {XL_FORM}")
         if name in values:
             raise ConfigError(f"{key}.{name}", "given twice")
@@ -89,6 +97,9 @@ def parse_xl_vkb(
             backend = domains[text_backend]
         else:
             raise ConfigError(f"{key}.backend", f"{text_backend!r} is not a domid or domain name")
+    backend_type = values.get("backend-type", "qemu")
+    if backend_type not in ("qemu", "linux"):
+        raise ConfigError(f"{key}.backend-type", f"{backend_type!r} is not qemu or linux")
     unique_id = values.get("unique-id", "")
     if unique_id and not UNIQUE_ID.fullmatch(unique_id):
         raise ConfigError(f"{key}.unique-id", f"{unique_id!r} is not {UNIQUE_ID_FORM}")
@@ -115,6 +126,7 @@ def parse_xl_vkb(
         numbers["multi-touch-width"],
         numbers["multi-touch-height"],
         numbers["multi-touch-num-contacts"],
+        backend_type == "linux",
     )
 
 
@@ -183,5 +195,5 @@ def vkb_nodes(frontend_domid: int, device: Vkb, vdispls: Sequence[Vdispl] = ()) 
     connector. The directories are laid out as `DeviceDirs` says; the settings go
     in the backend directory.
     """
-    dirs = DeviceDirs(KIND, frontend_domid, device.backend_domid, device.devid)
+    dirs = DeviceDirs(KIND, frontend_domid, device.backend_domid, device.devid, device.backend_kind)
     return dirs.plan(back_settings=backend_entries(device, vdispls))

@@ -43,6 +43,10 @@ class Vdispl:
     be_alloc: bool
     connectors: tuple[Connector, ...]
 
+    @property
+    def backend_kind(self) -> str:
+        return displif.DRIVER_NAME
+
     def xl(self) -> str:
         """The device in xl.cfg syntax (what `toolstack.parse_xl_vdispl` reads back)."""
         connectors = ";".join(connector.xl() for connector in self.connectors)
@@ -97,6 +101,8 @@ class DeviceDirs:
     frontend_domid: int
     backend_domid: int
     devid: int
+    backend_kind: str = ""
+    """Where the backend directory goes, when not under `kind` (libxl's vinput)."""
 
     @property
     def front(self) -> str:
@@ -104,7 +110,8 @@ class DeviceDirs:
 
     @property
     def back(self) -> str:
-        return xenbus.backend_path(self.backend_domid, self.kind, self.frontend_domid, self.devid)
+        kind = self.backend_kind or self.kind
+        return xenbus.backend_path(self.backend_domid, kind, self.frontend_domid, self.devid)
 
     @property
     def libxl(self) -> str:

@@ -18,6 +18,10 @@ FIELD_FRONTEND = "frontend"
 FIELD_FRONTEND_ID = "frontend-id"
 FIELD_ONLINE = "online"
 
+VINPUT = "vinput"
+"""libxl's backend kind for a vkb with `backend-type=linux` (a backend in a Linux domain,
+not QEMU): its backend is `backend/vinput/...`, its frontend still `device/vkbd/...`."""
+
 
 class XenbusState(enum.IntEnum):
     UNKNOWN = 0

@@ -73,11 +73,17 @@ DeviceT = TypeVar("DeviceT", bound=BackendDevice[Any])
 class BackendDevices(abc.ABC, Generic[DeviceT]):
     """All devices of one `kind` (vdispl, vkbd) the backend domain `domid` serves."""
 
-    def __init__(self, xs: AsyncClient, domid: int, kind: str) -> None:
+    def __init__(
+        self, xs: AsyncClient, domid: int, kind: str, backend_kinds: tuple[str, ...]
+    ) -> None:
+        """`kind` is the frontend's device kind; the toolstack puts its backends under
+        any of `backend_kinds` (libxl: vkbd, or vinput for `backend-type=linux`)."""
         self._xs = xs
         self._kind = kind
-        self._root = f"/local/domain/{domid}/backend/{kind}"
-        self._devices: dict[tuple[int, int], DeviceT] = {}
+        self._roots = tuple(f"/local/domain/{domid}/backend/{each}" for each in backend_kinds)
+        # By (frontend, devid, backend directory): the same numbers may appear under two
+        # backend kinds, and each is a device of its own.
+        self._devices: dict[tuple[int, int, str], DeviceT] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()
 
@@ -109,12 +115,11 @@ class BackendDevices(abc.ABC, Generic[DeviceT]):
         ]
 
     async def start(self) -> None:
-        root_watch = await self._xs.watch(self._root)
+        for root in self._roots:
+            root_watch = await self._xs.watch(root)
+            self._tasks.append(asyncio.create_task(self._follow(root_watch, self._rescan)))
         release_watch = await self._xs.watch("@releaseDomain")
-        self._tasks += [
-            asyncio.create_task(self._follow(root_watch, self._rescan)),
-            asyncio.create_task(self._follow(release_watch, self._check_frontends)),
-        ]
+        self._tasks.append(asyncio.create_task(self._follow(release_watch, self._check_frontends)))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -136,13 +141,15 @@ class BackendDevices(abc.ABC, Generic[DeviceT]):
 
     async def _rescan(self) -> None:
         async with self._lock:
-            found: set[tuple[int, int]] = set()
-            for fe_name in await self._ls(self._root):
-                for dev_name in await self._ls(f"{self._root}/{fe_name}"):
-                    if fe_name.isdigit() and dev_name.isdigit():
-                        found.add((int(fe_name), int(dev_name)))
+            found: set[tuple[int, int, str]] = set()
+            for root in self._roots:
+                for fe_name in await self._ls(root):
+                    for dev_name in await self._ls(f"{root}/{fe_name}"):
+                        if fe_name.isdigit() and dev_name.isdigit():
+                            found.add((int(fe_name), int(dev_name), root))
             for key in sorted(found - self._devices.keys()):
-                device = self._new_device(*key, f"{self._root}/{key[0]}/{key[1]}")
+                frontend, devid, root = key
+                device = self._new_device(frontend, devid, f"{root}/{frontend}/{devid}")
                 self._devices[key] = device
                 device.watcher = asyncio.create_task(self._watch_device(device))
             for key in self._devices.keys() - found:
