@@ -42,6 +42,8 @@ from rigs import PATIENCE, wait_until
 WINDOW = 2.0
 """Seconds of honest flips counted under each attack, and in the quiet window before it."""
 KILLED_GUESTS = 20
+FUZZED = 100_000
+"""Random displif requests one guest sends (nine in ten with a real operation code)."""
 ATTACKER = "hostile_agents:agent"
 HEADER = struct.Struct("<II")
 GARBAGE = [
@@ -134,6 +136,25 @@ def _log_lines(log: Path) -> int:
     return sum("event ring full" in line for line in log.read_text().splitlines())
 
 
+def fuzzed_requests(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
+    running = hostile.host.start_guest(
+        guest(f"fuzz{time.monotonic_ns()}"), "hostile_agents:raw_guest"
+    )
+    raw = Remote(running.process.control)
+    raw("connect", 1)
+    started = time.monotonic()
+    statuses: dict[int, int] = raw("fuzz", FUZZED, 1)
+    rate = FUZZED / (time.monotonic() - started)
+    answered = sum(statuses.values())
+    common = ", ".join(f"{_status(status)} {count}" for status, count in sorted(statuses.items()))
+    detail = f"{answered}/{FUZZED} answered at {rate:,.0f}/s: {common}"
+    return detail, _kill_guest(hostile, running)
+
+
+def _status(status: int) -> str:
+    return "0" if status == 0 else f"-{_code(-status)}"
+
+
 def kbd_garbage(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
     running = hostile.host.start_guest(
         guest(f"kbd{time.monotonic_ns()}", vkb=True), "hostile_agents:kbd_garbage"
@@ -203,6 +224,7 @@ ATTACKS: list[tuple[str, Attack]] = [
     ("display: 1-page DBUF_CREATE flood", _flood("")),
     ("display: 1-page DBUF_CREATE flood, be-alloc", _flood("be-alloc=1,")),
     ("display: event page never read", deaf_guest),
+    (f"display: {FUZZED:,} fuzzed requests", fuzzed_requests),
     ("input: garbage on the kbdif page", kbd_garbage),
     ("xenstored: 10,000 watches", watch_flood),
     ("planes socket: 3x its clients", planes_flood),

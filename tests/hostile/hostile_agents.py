@@ -4,9 +4,11 @@ message). This module holds no tests; the domain processes import it.
 """
 
 import asyncio
+import collections
 import contextlib
 import errno
 import os
+import random
 import resource
 import socket
 import struct
@@ -113,6 +115,32 @@ class RawGuest(XenbusFrontend):
             response = self.call(0, displif.PageFlip(100 + number, 2).encode())
             accepted += displif.decode_response(response).status == 0
         return accepted
+
+    def fuzz(self, count: int, seed: int) -> dict[int, int]:
+        """`count` random requests, nine in ten with a real operation code, a ring's worth
+        at a time; how many responses came back with each status."""
+        rng = random.Random(seed)
+        operations = [int(op) for op in displif.Operation]
+        ring = self.transports[0].ring
+        statuses: collections.Counter[int] = collections.Counter()
+        sent = 0
+        while sent < count:
+            batch = 0
+            while ring.free_requests and sent + batch < count:
+                slot = bytearray(rng.randbytes(displif.REQUEST_SIZE))
+                if rng.random() < 0.9:
+                    slot[_OPERATION] = rng.choice(operations)
+                ring.new_request()[:] = slot
+                batch += 1
+            if ring.push_requests():
+                self.hv.events.notify(self.transports[0].req_port)
+            for _ in range(batch):
+                statuses[displif.decode_response(self.response(0)).status] += 1
+            sent += batch
+        return dict(statuses)
+
+
+_OPERATION = displif.PageFlip.LAYOUT.fields["operation"].offset
 
 
 def raw_guest(hv: Hypervisor, control: Connection, xenstore_socket: str, name: str) -> None:

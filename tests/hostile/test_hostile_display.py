@@ -10,6 +10,7 @@ import struct
 from collections.abc import Iterator
 
 import pytest
+from hostile_agents import Remote
 from hostile_world import Hostile, guest, world
 
 from pvdisplay import toolstack, xenbus
@@ -190,3 +191,20 @@ def test_a_backend_out_of_descriptors_answers_the_guest_and_serves_on(hostile: H
     host.wait_guest_destroyed(attacker.domid, PATIENCE)
     hostile.wait_resources(before)
     hostile.wait_flips()
+
+
+def test_fuzzed_displif_requests_are_each_answered_and_cost_nobody_else(
+    hostile: Hostile,
+) -> None:
+    host = hostile.host
+    before = hostile.resources()
+    attacker = host.start_guest(guest("fuzz"), "hostile_agents:raw_guest")
+    raw = Remote(attacker.process.control)
+    assert raw("connect", 1) == xenbus.XenbusState.CONNECTED
+    statuses = raw("fuzz", 3000, 16)
+    assert sum(statuses.values()) == 3000  # every request answered
+    assert set(statuses) - {0} <= {-errno.EINVAL, -errno.ENOENT, -errno.EEXIST, -errno.ENOMEM}
+    hostile.wait_flips()
+    attacker.process.kill()
+    host.wait_guest_destroyed(attacker.domid, PATIENCE)
+    hostile.wait_resources(before)
