@@ -49,6 +49,9 @@ DOM0_ARGS = "console=hvc0 earlyprintk=xen rdinit=/init rootfstype=ramfs quiet"
 # Lines after which nothing useful follows: stop waiting at once.
 FATAL = re.compile(r"Kernel panic|Dom0 crashed|\(XEN\) Panic on CPU|Initramfs unpacking failed")
 WEB_PORT = 8080  # where dom0's web viewer listens
+CPU = os.environ.get("XEN_RIG_CPU", "max")
+ACCEL = os.environ.get("XEN_RIG_ACCEL", "tcg")
+XEN_EXTRA = os.environ.get("XEN_RIG_XEN_ARGS", "")
 
 
 class RigUnavailableError(RuntimeError):
@@ -118,14 +121,16 @@ class Boot:
         command = [
             str(qemu / "usr/bin/qemu-system-x86_64"),
             "-L", str(qemu / "usr/share/qemu"), "-L", str(qemu / "usr/share/seabios"),
-            "-machine", "pc", "-accel", "tcg", "-cpu", "max", "-m", "3G", "-smp", "2",
+            "-machine", "pc", "-accel", ACCEL, "-cpu", CPU, "-m", "3G", "-smp", "2",
             "-display", "none", "-vga", "none", "-monitor", "none", "-serial", "stdio",
             "-no-reboot",
             "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.web_port}-10.0.2.15:{WEB_PORT}",
             "-device", "e1000,netdev=n0,romfile=",
-            "-kernel", str(cache / "xen"), "-append", XEN_ARGS,
+            "-kernel", str(cache / "xen"), "-append", f"{XEN_ARGS} {XEN_EXTRA}",
             "-initrd", f"{cache / 'vmlinuz'} {dom0_args},{cache / 'out/dom0.cpio'}",
         ]  # fmt: skip
+        if shutil.which("setpriv"):  # QEMU dies with us: a killed test run leaves none behind
+            command[:0] = ["setpriv", "--pdeathsig", "TERM", "--"]
         libs = [qemu / "usr/lib/x86_64-linux-gnu", qemu / "lib/x86_64-linux-gnu"]
         env = {
             **os.environ,

@@ -17,8 +17,12 @@ start_backend() {
   if [ "$(param backend)" != fake ]; then
     BACKEND_KIND=pvdisplay
     level=$(param loglevel)
-    pvdisplay --log-level "${level:-info}" backend --hv xen \
-      --web 0.0.0.0:8080 > "$BACKEND_LOG" 2>&1 &
+    web="--web 0.0.0.0:8080"
+    [ "$(param web)" = off ] && web=--no-web
+    # PYTHONFAULTHANDLER: a crash leaves its Python stack in the log.
+    # shellcheck disable=SC2086
+    PYTHONFAULTHANDLER=1 pvdisplay --log-level "${level:-info}" backend --hv xen $web \
+      > "$BACKEND_LOG" 2>&1 &
     BACKEND_PID=$!
     n=0
     while [ $n -lt 120 ] && [ ! -S "$PLANES_SOCKET" ] && kill -0 $BACKEND_PID 2>/dev/null; do
@@ -37,6 +41,10 @@ start_backend() {
 }
 
 stop_backend() {
+  if [ -n "${BACKEND_PID:-}" ] && ! kill -0 "$BACKEND_PID" 2>/dev/null; then
+    wait "$BACKEND_PID"
+    say "backend had exited, status $?"
+  fi
   [ -n "${BACKEND_PID:-}" ] && kill "$BACKEND_PID" 2>/dev/null
   sleep 1
   [ -n "${BACKEND_TAIL:-}" ] && kill "$BACKEND_TAIL" 2>/dev/null

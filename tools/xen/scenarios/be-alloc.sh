@@ -1,6 +1,6 @@
 # Scenario 2: backend-allocated buffers (be-alloc=1): the backend grants the pages and the
 # frontend maps them. Same modetest run and snapshots as fe-alloc.
-create_guest be-alloc flip "vdispl=['backend=0,be-alloc=1,connectors=id0:800x600']" \
+GUEST_EXTRA="xt.seconds=20" create_guest be-alloc flip "vdispl=['backend=0,be-alloc=1,connectors=id0:800x600']" \
   "vkb=['backend=0,backend-type=linux']" || return 1
 wait_guest be-alloc '@@GUEST modetest -s' 300 || return 1
 snapshots "$DOMID" 3 be-alloc:0

@@ -1,7 +1,7 @@
 # Scenario 1: frontend-allocated buffers (be-alloc=0), one 800x600 connector. The guest's
 # modetest sets the mode and page-flips between its "tiles" and "plain" framebuffers; dom0
 # snapshots the connector while it flips (the host compares the pixels).
-create_guest fe-alloc flip "vdispl=['backend=0,be-alloc=0,connectors=id0:800x600']" \
+GUEST_EXTRA="xt.seconds=35" create_guest fe-alloc flip "vdispl=['backend=0,be-alloc=0,connectors=id0:800x600']" \
   "vkb=['backend=0,backend-type=linux']" || return 1
 wait_guest fe-alloc '@@GUEST modetest -s' 300 || return 1
 # `pvdisplay snapshot` once, beside the quicker snapshots.py (the CLI's imports take long
