@@ -42,7 +42,7 @@ from rigs import PATIENCE, wait_until
 WINDOW = 2.0
 """Seconds of honest flips counted under each attack, and in the quiet window before it."""
 KILLED_GUESTS = 20
-FUZZED = 100_000
+FUZZED = 1_000_000
 """Random displif requests one guest sends (nine in ten with a real operation code)."""
 ATTACKER = "hostile_agents:agent"
 HEADER = struct.Struct("<II")
