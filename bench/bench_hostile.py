@@ -11,6 +11,7 @@ length measured just before (the same-run baseline).
 import errno
 import functools
 import os
+import random
 import signal
 import socket
 import struct
@@ -36,13 +37,15 @@ from pvdisplay.planes.client import PlaneClient
 from pvdisplay.planes.server import MAX_CLIENTS
 from pvdisplay.toolstack import vkb as vkb_config
 from pvdisplay.toolstack.host import RunningGuest
-from pvdisplay.wire import displif
+from pvdisplay.wire import displif, xs_wire
 from rigs import PATIENCE, wait_until
 
 WINDOW = 2.0
 """Seconds of honest flips counted under each attack, and in the quiet window before it."""
 KILLED_GUESTS = 20
 FUZZED = 1_000_000
+XS_FUZZED = 100_000
+"""Malformed XenStore messages one guest sends on its own socket."""
 """Random displif requests one guest sends (nine in ten with a real operation code)."""
 ATTACKER = "hostile_agents:agent"
 HEADER = struct.Struct("<II")
@@ -155,6 +158,60 @@ def _status(status: int) -> str:
     return "0" if status == 0 else f"-{_code(-status)}"
 
 
+def xenstore_garbage(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
+    """Malformed XenStore messages on a guest's own socket: random types (known or not),
+    random payloads, now and then a length past the maximum; each answered or the
+    connection closed, then the next on a fresh connection."""
+    running = hostile.host.start_guest(guest(f"xs{time.monotonic_ns()}"), "hostile_agents:idle")
+    path = str(hostile.host.domain_socket(running.domid))
+    rng = random.Random(3)
+    answered = closed = 0
+    sock = _xs_connect(path)
+    for number in range(1, XS_FUZZED + 1):
+        kind = rng.randrange(32)
+        payload = rng.randbytes(rng.randrange(64))
+        length = len(payload) if rng.random() < 0.99 else rng.randrange(1 << 32)
+        try:
+            sock.sendall(xs_wire.HEADER.pack(kind, number, 0, length) + payload)
+            answered += _xs_answer(sock, number)
+        except (ConnectionError, EOFError):
+            closed += 1
+        else:
+            if length == len(payload):
+                continue
+            # Answered E2BIG; the stream is then the oversized payload's until its end.
+        sock.close()
+        sock = _xs_connect(path)
+    sock.close()
+    return f"{answered} answered, {closed} connections closed", _kill_guest(hostile, running)
+
+
+def _xs_connect(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(PATIENCE)
+    sock.connect(path)
+    return sock
+
+
+def _xs_answer(sock: socket.socket, number: int) -> bool:
+    """Read messages until the answer to request `number` (watch events come between)."""
+    while True:
+        kind, req_id, _, length = xs_wire.HEADER.unpack(_xs_read(sock, xs_wire.HEADER.size))
+        _xs_read(sock, length)
+        if req_id == number and kind != xs_wire.MessageType.WATCH_EVENT:
+            return True
+
+
+def _xs_read(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise EOFError("xenstored closed the connection")
+        data += chunk
+    return data
+
+
 def kbd_garbage(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
     running = hostile.host.start_guest(
         guest(f"kbd{time.monotonic_ns()}", vkb=True), "hostile_agents:kbd_garbage"
@@ -227,6 +284,7 @@ ATTACKS: list[tuple[str, Attack]] = [
     (f"display: {FUZZED:,} fuzzed requests", fuzzed_requests),
     ("input: garbage on the kbdif page", kbd_garbage),
     ("xenstored: 10,000 watches", watch_flood),
+    (f"xenstored: {XS_FUZZED:,} malformed messages", xenstore_garbage),
     ("planes socket: 3x its clients", planes_flood),
     (f"guests killed mid-flip ({KILLED_GUESTS})", killed_mid_flip),
 ]

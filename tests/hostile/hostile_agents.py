@@ -219,6 +219,11 @@ def watch_flood(hv: Hypervisor, control: Connection, xenstore_socket: str, name:
     _wait_for_eof(control)
 
 
+def idle(hv: Hypervisor, control: Connection, xenstore_socket: str, name: str) -> None:
+    """A guest that does nothing until killed (its XenStore socket is the attacker's)."""
+    _wait_for_eof(control)
+
+
 def _wait_for_eof(control: Connection) -> None:
     with contextlib.suppress(EOFError):
         control.recv()
