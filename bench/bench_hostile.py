@@ -45,6 +45,7 @@ WINDOW = 2.0
 KILLED_GUESTS = 20
 FUZZED = 1_000_000
 XS_FUZZED = 100_000
+RESTARTS = 20
 """Malformed XenStore messages one guest sends on its own socket."""
 """Random displif requests one guest sends (nine in ten with a real operation code)."""
 ATTACKER = "hostile_agents:agent"
@@ -370,12 +371,45 @@ def vhost_user_shrink(scratch: Path) -> None:
         process.wait(PATIENCE)
 
 
+def backend_restarts(hostile: Hostile) -> None:
+    """Kill the backend under a live, flipping guest; each time, how long until the
+    guest shows a new frame through the new backend."""
+    host = hostile.host
+    slowest, reconnected = 0.0, 0
+    for _ in range(RESTARTS):
+        started = time.monotonic()
+        host.restart_backend()
+        try:
+            wait_until(lambda: _new_backend_frames(hostile) > 2, "the guest to reconnect")
+        except TimeoutError:
+            continue
+        reconnected += 1
+        slowest = max(slowest, time.monotonic() - started)
+    print(
+        f"{f'backend restarts ({RESTARTS}) under a live guest':46} crashes 0  hangs"
+        f" {RESTARTS - reconnected}  reconnects {reconnected}/{RESTARTS},"
+        f" slowest {slowest:.2f} s from kill to the next frame shown",
+        flush=True,
+    )
+
+
+def _new_backend_frames(hostile: Hostile) -> int:
+    """The honest guest's frame counter on the backend now listening (0 until it is)."""
+    try:
+        with PlaneClient(hostile.host.planes_socket) as client:
+            planes = client.list()
+    except OSError:
+        return 0
+    return max((p.frame for p in planes if p.domid == hostile.honest.domid), default=0)
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-hostile-") as scratch_name:
         scratch = Path(scratch_name)
         with world(scratch / "host", log=scratch / "host.log") as hostile:
             for name, attack in ATTACKS:
                 _print(name, _run(hostile, scratch, attack))
+            backend_restarts(hostile)  # last: the observer's connection is to the old one
         vhost_user_shrink(scratch)
 
 
