@@ -4,8 +4,9 @@ Each attack of tests/hostile runs against a host whose honest demo guest flips a
 For each: whether the broker or the backend died (crashes), whether the attacker or the
 host stopped answering (hangs), what the broker and the backend still held once the
 attacker was gone (leaks: descriptors, tables, the backend's usage), and the honest
-guest's flips during the attack as a share of its flips in a quiet window of the same
-length measured just before (the same-run baseline).
+guest's flips a second while the attack runs and holds what it took (from its first
+request, once its processes are up, for 2 s at least) as a share of its flips a second
+in a quiet window measured just before (the same-run baseline).
 """
 
 import errno
@@ -61,7 +62,27 @@ GARBAGE = [
 ]
 
 Stop = Callable[[], None]
-Attack = Callable[[Hostile, Path], tuple[str, Stop]]
+Attack = Callable[[Hostile, "Bout"], tuple[str, Stop]]
+
+
+class Bout:
+    """One attack's measurement: honest flips are counted from `begin()`, which an attack
+    calls once its processes are up (starting a Python process is not the attack), or
+    from its first step."""
+
+    def __init__(self, hostile: Hostile, scratch: Path) -> None:
+        self.hostile = hostile
+        self.scratch = scratch
+        self.begin()
+
+    def begin(self) -> None:
+        self.first, self.started = self.hostile.frames(), time.monotonic()
+
+    def flips_per_window(self) -> float:
+        """Honest flips since `begin()`, held for WINDOW at least, scaled to WINDOW."""
+        time.sleep(max(0.0, WINDOW - (time.monotonic() - self.started)))
+        elapsed = time.monotonic() - self.started
+        return (self.hostile.frames() - self.first) * WINDOW / elapsed
 
 
 @dataclass
@@ -95,24 +116,30 @@ def _kill_guest(hostile: Hostile, running: RunningGuest) -> Stop:
     return stop
 
 
-def share_loop(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
+def share_loop(hostile: Hostile, bout: Bout) -> tuple[str, Stop]:
     domain = hostile.host.hv.start_domain(ATTACKER)
     made, code = Remote(domain.control)("share_until_refused", 0, 50_000)
     return f"{made} one-page shares, then {_code(code)}", _kill_domain(hostile, domain)
 
 
-def port_loop(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
+def port_loop(hostile: Hostile, bout: Bout) -> tuple[str, Stop]:
     domain = hostile.host.hv.start_domain(ATTACKER)
     made, code = Remote(domain.control)("bind_until_refused", 0, 50_000)
     return f"{made} ports, then {_code(code)}", _kill_domain(hostile, domain)
 
 
 def _flood(spec: str) -> Attack:
-    def attack(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
+    def attack(hostile: Hostile, bout: Bout) -> tuple[str, Stop]:
         running = hostile.host.start_guest(
             guest(f"flood{time.monotonic_ns()}", f"{spec}connectors=c0:64x48"),
             "hostile_agents:dbuf_flood",
+            ("cue",),
         )
+        control = running.process.control
+        if not control.poll(PATIENCE) or control.recv() != "connected":
+            raise TimeoutError("the flooding guest did not connect")
+        bout.begin()
+        control.send("go")
         if not running.process.control.poll(PATIENCE):
             raise TimeoutError("the flooding guest did not report")
         made, code = running.process.control.recv()
@@ -121,14 +148,15 @@ def _flood(spec: str) -> Attack:
     return attack
 
 
-def deaf_guest(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
-    log = scratch / "host.log"
+def deaf_guest(hostile: Hostile, bout: Bout) -> tuple[str, Stop]:
+    log = bout.scratch / "host.log"
     lines_before = _log_lines(log)
     running = hostile.host.start_guest(
         guest(f"deaf{time.monotonic_ns()}"), "hostile_agents:raw_guest"
     )
     raw = Remote(running.process.control)
     raw("connect", 1)
+    bout.begin()
     flips = 4 * displif.IN_RING_LEN
     raw("flips_unread", flips)
     lines = _log_lines(log) - lines_before
@@ -140,12 +168,13 @@ def _log_lines(log: Path) -> int:
     return sum("event ring full" in line for line in log.read_text().splitlines())
 
 
-def fuzzed_requests(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
+def fuzzed_requests(hostile: Hostile, bout: Bout) -> tuple[str, Stop]:
     running = hostile.host.start_guest(
         guest(f"fuzz{time.monotonic_ns()}"), "hostile_agents:raw_guest"
     )
     raw = Remote(running.process.control)
     raw("connect", 1)
+    bout.begin()
     started = time.monotonic()
     statuses: dict[int, int] = raw("fuzz", FUZZED, 1)
     rate = FUZZED / (time.monotonic() - started)
@@ -159,7 +188,7 @@ def _status(status: int) -> str:
     return "0" if status == 0 else f"-{_code(-status)}"
 
 
-def xenstore_garbage(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
+def xenstore_garbage(hostile: Hostile, bout: Bout) -> tuple[str, Stop]:
     """Malformed XenStore messages on a guest's own socket: random types (known or not),
     random payloads, now and then a length past the maximum; each answered or the
     connection closed, then the next on a fresh connection."""
@@ -168,6 +197,7 @@ def xenstore_garbage(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
     rng = random.Random(3)
     answered = closed = 0
     sock = _xs_connect(path)
+    bout.begin()
     for number in range(1, XS_FUZZED + 1):
         kind = rng.randrange(32)
         payload = rng.randbytes(rng.randrange(64))
@@ -213,7 +243,7 @@ def _xs_read(sock: socket.socket, size: int) -> bytes:
     return data
 
 
-def kbd_garbage(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
+def kbd_garbage(hostile: Hostile, bout: Bout) -> tuple[str, Stop]:
     running = hostile.host.start_guest(
         guest(f"kbd{time.monotonic_ns()}", vkb=True), "hostile_agents:kbd_garbage"
     )
@@ -227,7 +257,7 @@ def kbd_garbage(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
     return "out event, bad in_cons, 10,000 notifies: keyboard closed", _kill_guest(hostile, running)
 
 
-def watch_flood(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
+def watch_flood(hostile: Hostile, bout: Bout) -> tuple[str, Stop]:
     running = hostile.host.start_guest(
         guest(f"watch{time.monotonic_ns()}"), "hostile_agents:watch_flood"
     )
@@ -237,7 +267,7 @@ def watch_flood(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
     return f"{made} XenStore watches, then {_code(code)}", _kill_guest(hostile, running)
 
 
-def broken_framing(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
+def broken_framing(hostile: Hostile, bout: Bout) -> tuple[str, Stop]:
     killed = 0
     for records in GARBAGE:
         domain = hostile.host.hv.start_domain(ATTACKER)
@@ -247,7 +277,7 @@ def broken_framing(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
     return f"{killed}/{len(GARBAGE)} framing breakers killed", lambda: None
 
 
-def planes_flood(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
+def planes_flood(hostile: Hostile, bout: Bout) -> tuple[str, Stop]:
     flood = []
     for _ in range(3 * MAX_CLIENTS):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -261,7 +291,7 @@ def planes_flood(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
     return f"{len(flood)} local planes connections for {MAX_CLIENTS} places", stop
 
 
-def killed_mid_flip(hostile: Hostile, scratch: Path) -> tuple[str, Stop]:
+def killed_mid_flip(hostile: Hostile, bout: Bout) -> tuple[str, Stop]:
     for number in range(KILLED_GUESTS):
         running = hostile.host.start_guest(guest(f"victim{number}"), "pvdisplay.guests.demo:run")
         wait_until(functools.partial(_flipped, hostile, running.domid), "the victim to flip")
@@ -298,13 +328,10 @@ def _run(hostile: Hostile, scratch: Path, attack: Attack) -> Outcome:
     before = hostile.resources()
     hangs = 0
     detail = ""
-    # Counted from the attack's first step, while it floods and then while it holds
-    # what it took, for WINDOW seconds at least.
-    first, started = hostile.frames(), time.monotonic()
+    bout = Bout(hostile, scratch)
     try:
-        detail, stop = attack(hostile, scratch)
-        time.sleep(max(0.0, WINDOW - (time.monotonic() - started)))
-        under = (hostile.frames() - first) * WINDOW / (time.monotonic() - started)
+        detail, stop = attack(hostile, bout)
+        under = bout.flips_per_window()
         stop()
     except TimeoutError as exc:
         hangs, under, detail = 1, 0, str(exc)
