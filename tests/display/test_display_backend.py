@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from display_backend_agents import Remote, start
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from display_backend_agents import Remote, start
 from pvdisplay.hv.local.launcher import DomainLauncher
 from pvdisplay.wire import displif, edid
 from pvdisplay.wire.fourcc import XRGB8888, YUYV, fourcc_code
