@@ -58,7 +58,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 lint: venv
-	$(VENV)/bin/ruff check src tests bench tools
+	$(VENV)/bin/ruff check --no-cache src tests bench tools
 	$(VENV)/bin/ruff format --check src tests bench tools
 	$(VENV)/bin/lint-imports
 
