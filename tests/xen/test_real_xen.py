@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.xen, pytest.mark.timeout(2400)]
 
 BOOT_TIMEOUT = 1800.0  # hang protection only: the boot takes minutes, more on a busy machine
 KEY_A, EV_KEY, EV_ABS, ABS_X, ABS_Y = 30, 1, 3, 0, 1
+PLAIN = 0x77  # the fill of modetest's second framebuffer: this byte everywhere
 
 
 @dataclass
@@ -103,6 +104,11 @@ def check_web(port: int, domid: int, out: Path) -> str | None:
 @pytest.fixture(scope="module")
 def run() -> Iterator[XenRun]:
     started = time.monotonic()
+    reread = os.environ.get("XEN_TEST_LOG")
+    if reread:  # check the log of an earlier boot again, without booting (web check aside)
+        lines = rig.console_lines(Path(reread))
+        yield XenRun(Path(reread), lines, rig.dumped_files(lines))
+        return
     try:
         cache = rig.prepare()
     except rig.RigUnavailableError as error:
@@ -140,18 +146,23 @@ def assert_flips(lines: list[str], guest: str) -> None:
 def assert_shows_modetest(
     files: dict[str, bytes], labels: list[str], size: tuple[int, int]
 ) -> None:
-    """Every snapshot is modetest's "tiles" picture, pixel for pixel (both framebuffers of
-    its flip test are filled with it: -F tiles)."""
+    """Every snapshot is one of modetest's two framebuffers, pixel for pixel: the one it
+    sets the mode with ("tiles", -F tiles) or the one its flip test adds (plain 0x77)."""
     width, height = size
     expected = tiles(width, height)
     for label in labels:
         assert label in files, f"no snapshot {label} (or a corrupt one) in the log"
         shot = picture(files[label])
         assert shot.shape == (height, width, 3), (label, shot.shape)
+        if np.all(shot == PLAIN):
+            continue
         wrong = np.any(shot != expected, axis=2)
         if wrong.any():
             rows = sorted({int(y) for y in np.nonzero(wrong)[0]})
-            pytest.fail(f"snapshot {label}: {int(wrong.sum())} pixels differ, rows {rows[:20]}")
+            pytest.fail(
+                f"snapshot {label} is not plain, and {int(wrong.sum())} pixels differ from "
+                f"tiles (rows {rows[:20]})"
+            )
 
 
 def test_fe_alloc_modetest_flips_and_snapshots_show_its_pattern(run: XenRun) -> None:
@@ -222,6 +233,8 @@ def test_destroy_mid_flip_frees_every_mapping_and_event_channel(run: XenRun) -> 
 
 def test_web_viewer_in_dom0_reached_from_the_host(run: XenRun) -> None:
     run.of("web")
+    if os.environ.get("XEN_TEST_LOG"):
+        pytest.skip("the browser check needs a live boot, not a log")
     assert run.web_checked, "dom0 never said the web viewer was ready"
     assert run.web_error is None, run.web_error
 
