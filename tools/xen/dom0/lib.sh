@@ -138,14 +138,24 @@ dump_file() {
   say "file-end $1"
 }
 
-# snapshots DOMID COUNT LABEL:CONNECTOR...: COUNT rounds of snapshots of each connector in
-# one python3 process (tools/xen/dom0/snapshots.py), each dumped as LABEL-ROUND.
-snapshots() {
+# snapshots_start DOMID COUNT LABEL:CONNECTOR...: COUNT rounds of snapshots of each
+# connector in one python3 process (tools/xen/dom0/snapshots.py), in the background: it
+# waits for each connector's first frame, so start it before the guest draws (a python3
+# start takes longer under TCG than a short flip test lasts). snapshots_finish waits for
+# it and dumps every PNG as LABEL-ROUND.
+snapshots_start() {
   domid=$1 count=$2
   shift 2
-  PYTHONPATH=/opt/pvdisplay/src:/opt/pvdisplay/vendor python3 -X faulthandler "$XT/lib/snapshots.py" \
-    "$PLANES_SOCKET" "$domid" "$count" "$@" 2>&1 | sed 's/^/@@DOM0 snapshot: /'
-  for target in "$@"; do
+  SNAP_TARGETS="$*"
+  PYTHONPATH=/opt/pvdisplay/src:/opt/pvdisplay/vendor python3 -X faulthandler \
+    "$XT/lib/snapshots.py" "$PLANES_SOCKET" "$domid" "$count" "$@" > /tmp/snapshots.out 2>&1 &
+  SNAP_PID=$!
+}
+
+snapshots_finish() {
+  wait "$SNAP_PID"
+  sed 's/^/@@DOM0 snapshot: /' /tmp/snapshots.out
+  for target in $SNAP_TARGETS; do
     for f in /tmp/snap-"${target%%:*}"-*.png; do
       [ -s "$f" ] && { f=${f#/tmp/snap-}; dump_file "${f%.png}" "/tmp/snap-$f"; }
     done

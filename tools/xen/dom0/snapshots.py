@@ -3,7 +3,8 @@
 Under TCG a python3 start with pvdisplay's CLI imports takes many seconds, longer than a
 guest's flip test may last; this imports only what a snapshot needs and takes them all.
 Usage: snapshots.py PLANES_SOCKET DOMID COUNT LABEL:CONNECTOR... (PNG per label and round
-in /tmp/snap-LABEL-ROUND.png, the first as soon as the connector shows a frame).
+in /tmp/snap-LABEL-ROUND.png: COUNT of each connector in turn, the first as soon as it
+shows a frame).
 """
 
 import sys
@@ -13,31 +14,39 @@ from pathlib import Path
 from pvdisplay.outputs import snapshot
 from pvdisplay.planes.client import PlaneClient
 
-PATIENCE = 45.0
+PATIENCE = 240.0
+"""How long to wait for a connector's first frame: the guest may still be booting."""
+
+
+def take(socket_path: str, domid: int, connector: int, patience: float) -> snapshot.Snapshot:
+    """A snapshot as soon as the connector shows a frame (OSError after `patience` s)."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            with PlaneClient(socket_path) as client:
+                return snapshot.take(client, domid, connector)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def main() -> None:
     socket_path, domid_text, count_text, *targets = sys.argv[1:]
     domid, count = int(domid_text), int(count_text)
-    deadline = time.monotonic() + PATIENCE
-    for round_ in range(1, count + 1):
-        for target in targets:
-            label, connector = target.split(":")
-            while True:
-                try:
-                    with PlaneClient(socket_path) as client:
-                        shot = snapshot.take(client, domid, int(connector))
-                    break
-                except OSError as error:
-                    if time.monotonic() > deadline:
-                        print(f"{label}: no snapshot: {error}")
-                        return
-                    time.sleep(0.2)
+    for target in targets:  # connector by connector: a guest may drive one at a time
+        label, connector = target.split(":")
+        for round_ in range(1, count + 1):
+            try:
+                shot = take(socket_path, domid, int(connector), PATIENCE if round_ == 1 else 5.0)
+            except OSError as error:
+                print(f"{label}: no snapshot: {error}")
+                break
             out = Path(f"/tmp/snap-{label}-{round_}.png")
             snapshot.save_png(shot, out)
             plane = shot.plane
             print(f"{out}: {plane.width}x{plane.height} {plane.fourcc} frame {plane.frame}")
-        time.sleep(0.5)
+            time.sleep(0.5)
 
 
 if __name__ == "__main__":

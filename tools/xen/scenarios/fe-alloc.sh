@@ -3,14 +3,11 @@
 # snapshots the connector while it flips (the host compares the pixels).
 GUEST_EXTRA="xt.seconds=35" create_guest fe-alloc flip "vdispl=['backend=0,be-alloc=0,connectors=id0:800x600']" \
   "vkb=['backend=0,backend-type=linux']" || return 1
-wait_guest fe-alloc '@@GUEST modetest -s' 300 || return 1
-# `pvdisplay snapshot` once, beside the quicker snapshots.py (the CLI's imports take long
-# under TCG: it runs in the background while the guest still flips).
-snapshot fe-alloc-cli "$DOMID" 0 > /tmp/cli-snapshot.out 2>&1 &
-cli=$!
-snapshots "$DOMID" 4 fe-alloc:0
-wait $cli
-cat /tmp/cli-snapshot.out
+snapshots_start "$DOMID" 4 fe-alloc:0
+wait_guest fe-alloc 'modetest: freq:' 300 || return 1
+# `pvdisplay snapshot` once too, while the guest still flips.
+snapshot fe-alloc-cli "$DOMID" 0
+snapshots_finish
 say "frontend nodes:"; xenstore-ls -f "/local/domain/$DOMID/device/vdispl" | sed 's/^/@@DOM0 xs: /'
 wait_guest fe-alloc '@@GUEST script flip done' 120
 destroy_guest fe-alloc
