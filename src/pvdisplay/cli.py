@@ -330,7 +330,20 @@ async def _serve_on_xen(
     help="xenstored socket the index reads domain names from.  "
     "[default: xenstore/socket_ro beside the planes socket, as the emulated host has it]",
 )
-def web(planes_socket: str | None, listen: str, quality: str, xenstore_socket: str | None) -> None:
+@click.option(
+    "--max-clients",
+    type=click.IntRange(1),
+    default=web_server.DEFAULT_MAX_CLIENTS,
+    show_default=True,
+    help="Viewers and index pages served at once; more are answered 503.",
+)
+def web(
+    planes_socket: str | None,
+    listen: str,
+    quality: str,
+    xenstore_socket: str | None,
+    max_clients: int,
+) -> None:
     """Serve every guest display to web browsers, with keyboard, mouse and touch."""
     socket_path = Path(planes_socket) if planes_socket else host.default_run_dir() / "planes.sock"
     names_socket = xenstore_socket or socket_path.parent / "xenstore" / "socket_ro"
@@ -344,7 +357,11 @@ def web(planes_socket: str | None, listen: str, quality: str, xenstore_socket: s
         raise click.BadParameter(str(error), param_hint="--quality") from None
     click.echo(f"web viewer on http://{listen}/ for {socket_path} (Ctrl-C stops it)")
     try:
-        asyncio.run(web_server.serve(socket_path, address, port, level, names_socket))
+        asyncio.run(
+            web_server.serve(
+                socket_path, address, port, level, names_socket, max_clients=max_clients
+            )
+        )
     except OSError as error:
         raise click.ClickException(
             f"cannot serve on {listen} from {socket_path}: {error}; "
@@ -373,12 +390,25 @@ def web(planes_socket: str | None, listen: str, quality: str, xenstore_socket: s
     type=click.Path(exists=True, dir_okay=False),
     help="Offer VNC authentication with the password in this file (else no security).",
 )
-def vnc(planes_socket: str | None, address: str, port: int, password_file: str | None) -> None:
+@click.option(
+    "--max-clients",
+    type=click.IntRange(1),
+    default=vnc_server.DEFAULT_MAX_CLIENTS,
+    show_default=True,
+    help="Clients served at once over all connectors; more are closed at once.",
+)
+def vnc(
+    planes_socket: str | None,
+    address: str,
+    port: int,
+    password_file: str | None,
+    max_clients: int,
+) -> None:
     """Serve every guest connector over VNC (RFB 3.3/3.7/3.8), one port per connector."""
     socket_path = planes_socket or str(host.default_run_dir() / "planes.sock")
     password = _read_password(password_file) if password_file else None
     try:
-        asyncio.run(vnc_server.serve(socket_path, address, port, password))
+        asyncio.run(vnc_server.serve(socket_path, address, port, password, max_clients))
     except OSError as error:
         raise click.ClickException(
             f"cannot serve VNC on {address}:{port} from {socket_path}: {error}; "

@@ -9,7 +9,10 @@ and shared by all clients of the connector, kept current tile by tile in a
 `CanonicalMirror`), encodes off the event loop, and sends input back through the feed.
 
 A client gets at most one update per request it sent, built from the newest frame
-when it is ready for it: a slow client skips frames, it never queues them.
+when it is ready for it: a slow client skips frames, it never queues them, and the next
+update is not built before the last one has gone to the kernel, so the server holds one
+pending frame per client at most. At most `max_clients` are served at once; more are
+closed at accept.
 """
 
 import asyncio
@@ -32,10 +35,14 @@ from pvdisplay.planes.input_events import InputEvent, Key, PointerMove
 from pvdisplay.planes.model import PlaneInfo, PlaneKey
 
 log = logging.getLogger(__name__)
+client_log = logs.PeerLog(log)
+"""Lines network clients can make us write, limited per client address."""
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 5900
 READ_SIZE: Final = 1 << 16
+DEFAULT_MAX_CLIENTS: Final = 16
+"""Clients served at once over all connectors: each costs an encoder's state and a frame."""
 BLANK_SIZE: Final = (640, 480)
 
 
@@ -109,6 +116,7 @@ class _Session:
         self.key = key
         self.reader = reader
         self.writer = writer
+        self.address = _address(writer)
         self.connection = rfb.ServerConnection(password, os.urandom(rfb.CHALLENGE_SIZE))
         self.translator = InputTranslator()
         self.held: set[int] = set()
@@ -120,6 +128,10 @@ class _Session:
 
     async def run(self) -> None:
         updates: asyncio.Task[None] | None = None
+        # drain() then waits until an update is wholly in the kernel: one frame pending.
+        transport = self.writer.transport
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.set_write_buffer_limits(high=0)
         try:
             self.writer.write(self.connection.data_to_send())
             while data := await self.reader.read(READ_SIZE):
@@ -128,7 +140,7 @@ class _Session:
                         self._server_init()
                         updates = asyncio.create_task(self._send_updates())
                     elif isinstance(event, rfb.Closed):
-                        log.info("vnc client closed", extra=logs.fields(reason=event.reason))
+                        client_log.info(self.address, "vnc client closed", reason=event.reason)
                     else:
                         await self._handle(event)
                 self.writer.write(self.connection.data_to_send())
@@ -149,14 +161,13 @@ class _Session:
         plane = self.feed.planes.get(self.key)
         width, height = desktop_size(plane)
         self.connection.server_init(width, height, desktop_name(self.key, plane))
-        log.info(
+        client_log.info(
+            self.address,
             "vnc client connected",
-            extra=logs.fields(
-                plane=self.key,
-                version=f"3.{self.connection.minor_version}",
-                security=self.connection.security_type,
-                size=f"{width}x{height}",
-            ),
+            plane=self.key,
+            version=f"3.{self.connection.minor_version}",
+            security=self.connection.security_type,
+            size=f"{width}x{height}",
         )
         self.encoder = UpdateEncoder(width, height)
 
@@ -166,14 +177,13 @@ class _Session:
             self.encoder.pixel_format = event.pixel_format
         elif isinstance(event, rfb.SetEncodings):
             self.encoder.encodings = event.encodings
-            log.info(
+            client_log.info(
+                self.address,
                 "vnc client encodings",
-                extra=logs.fields(
-                    plane=self.key,
-                    encoding=rfb.ENCODING_NAMES[self.encoder.encoding],
-                    copyrect=rfb.ENCODING_COPYRECT in event.encodings,
-                    desktop_size=rfb.ENCODING_DESKTOP_SIZE in event.encodings,
-                ),
+                plane=self.key,
+                encoding=rfb.ENCODING_NAMES[self.encoder.encoding],
+                copyrect=rfb.ENCODING_COPYRECT in event.encodings,
+                desktop_size=rfb.ENCODING_DESKTOP_SIZE in event.encodings,
             )
         elif isinstance(event, rfb.UpdateRequest):
             self.request = _merged(self.request, event)
@@ -220,6 +230,12 @@ class _Session:
             await self.writer.drain()
 
 
+def _address(writer: asyncio.StreamWriter) -> str:
+    """The client's address (its host: one allowance for all its connections)."""
+    peer = writer.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+
 def _merged(pending: rfb.UpdateRequest | None, new: rfb.UpdateRequest) -> rfb.UpdateRequest:
     """Requests not yet answered become one: the union of areas, full if any was."""
     if pending is None:
@@ -246,8 +262,10 @@ class VncServer:
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
         password: str | None = None,
+        max_clients: int = DEFAULT_MAX_CLIENTS,
     ) -> None:
         self.feed: Feed = PlaneFeed(planes_socket, CanonicalMirror)
+        self.max_clients = max_clients
         self.host = host
         self.port = port
         self.password = password
@@ -286,6 +304,15 @@ class VncServer:
         for server in self._servers:
             await server.wait_closed()
         await self.feed.close()
+
+    @property
+    def clients(self) -> int:
+        """Clients being served now."""
+        return len(self._sessions)
+
+    def write_backlog(self) -> list[int]:
+        """Bytes each client's connection holds that the kernel has not taken yet."""
+        return [writer.transport.get_write_buffer_size() for writer in self._sessions.values()]
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -330,13 +357,19 @@ class VncServer:
     async def _accept(
         self, key: PlaneKey, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        if len(self._sessions) >= self.max_clients:
+            client_log.warning(
+                _address(writer), "vnc client refused", plane=key, clients=self.clients
+            )
+            writer.close()
+            return
         session = asyncio.current_task()
         assert session is not None
         self._sessions[session] = writer
         try:
             await _Session(self.feed, key, self.password, reader, writer).run()
         except (ConnectionError, asyncio.IncompleteReadError) as error:
-            log.info("vnc client lost", extra=logs.fields(plane=key, reason=error))
+            client_log.info(_address(writer), "vnc client lost", plane=key, reason=error)
         finally:
             self._sessions.pop(session, None)
 
@@ -346,7 +379,8 @@ async def serve(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     password: str | None = None,
+    max_clients: int = DEFAULT_MAX_CLIENTS,
 ) -> None:
     """Serve every connector of the backend at `planes_socket` until cancelled."""
-    async with VncServer(planes_socket, host, port, password):
+    async with VncServer(planes_socket, host, port, password, max_clients):
         await asyncio.Event().wait()

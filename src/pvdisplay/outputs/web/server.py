@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
@@ -42,6 +42,8 @@ from pvdisplay.planes.model import PlaneInfo, PlaneKey
 from pvdisplay.wire.errors import ProtocolError
 
 log = logging.getLogger(__name__)
+client_log = logs.PeerLog(log)
+"""Lines network clients can make us write, limited per client address."""
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
 DEFAULT_HOST: Final = "127.0.0.1"
@@ -49,6 +51,9 @@ DEFAULT_PORT: Final = 8080
 INDEX_PERIOD: Final = 0.5
 MAX_CLIENT_MESSAGE: Final = 64 * 1024
 START_TIMEOUT: Final = 30.0
+DEFAULT_MAX_CLIENTS: Final = 32
+"""WebSockets (viewers and index pages) served at once; more are answered 503. Each
+viewer holds at most `session.WINDOW` unacknowledged frames."""
 # Changes this small are encoded in the loop (well under a millisecond): handing them to
 # the encoder threads would cost more than encoding them.
 INLINE_PIXELS: Final = 8 * 64 * 64
@@ -67,8 +72,13 @@ class WebViewer:
         port: int = DEFAULT_PORT,
         quality: Quality = DEFAULT_QUALITY,
         xenstore_socket: str | os.PathLike[str] | None = None,
+        *,
+        max_clients: int = DEFAULT_MAX_CLIENTS,
     ) -> None:
         self.host = host
+        self.max_clients = max_clients
+        self.clients = 0
+        """WebSockets open now."""
         self.port = port
         self.quality = quality
         self.feed = PlaneFeed(planes_socket, GuestMirror)
@@ -153,9 +163,25 @@ class WebViewer:
     async def _planes(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(await self._listing())
 
+    @contextlib.asynccontextmanager
+    async def _counted(self, request: web.Request) -> AsyncIterator[web.WebSocketResponse]:
+        """A WebSocket within `max_clients`, else 503 before the handshake."""
+        if self.clients >= self.max_clients:
+            client_log.warning(request.remote, "web client refused", clients=self.clients)
+            raise web.HTTPServiceUnavailable(text="too many viewers")
+        self.clients += 1
+        try:
+            ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_CLIENT_MESSAGE)
+            await ws.prepare(request)
+            yield ws
+        finally:
+            self.clients -= 1
+
     async def _index_socket(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_CLIENT_MESSAGE)
-        await ws.prepare(request)
+        async with self._counted(request) as ws:
+            return await self._serve_index(ws)
+
+    async def _serve_index(self, ws: web.WebSocketResponse) -> web.StreamResponse:
         reader = asyncio.create_task(_drain(ws))
         try:
             last = None
@@ -179,9 +205,13 @@ class WebViewer:
             int(request.match_info["devid"]),
             int(request.match_info["connector"]),
         )
-        ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_CLIENT_MESSAGE)
-        await ws.prepare(request)
-        viewer = _Viewer(self, key, ws)
+        async with self._counted(request) as ws:
+            return await self._serve_view(key, ws, str(request.remote))
+
+    async def _serve_view(
+        self, key: PlaneKey, ws: web.WebSocketResponse, remote: str
+    ) -> web.StreamResponse:
+        viewer = _Viewer(self, key, ws, remote)
         unsubscribe = self.feed.subscribe(viewer.on_change)
         reader = asyncio.create_task(viewer.read())
         try:
@@ -203,10 +233,14 @@ class WebViewer:
 class _Viewer:
     """Sends one page the frames of one connector as fast as it acks them; takes its input."""
 
-    def __init__(self, server: WebViewer, key: PlaneKey, ws: web.WebSocketResponse) -> None:
+    def __init__(
+        self, server: WebViewer, key: PlaneKey, ws: web.WebSocketResponse, remote: str
+    ) -> None:
         self.server = server
         self.key = key
         self.ws = ws
+        self.remote = remote
+        """The page's address: its log lines are limited per address."""
         self.session = ViewerSession(server.quality)
         self.input = BrowserInput(1, 1)
         self.wake = asyncio.Event()
@@ -298,7 +332,7 @@ class _Viewer:
                     if events and (live or all(map(_lets_go, events))):
                         await self.server.feed.send_input(self.key, events)
             except (ValueError, ProtocolError) as error:
-                log.info("bad message from page", extra=logs.fields(plane=self.key, reason=error))
+                client_log.info(self.remote, "bad message from page", plane=self.key, reason=error)
 
 
 def _lets_go(event: InputEvent) -> bool:
@@ -341,9 +375,11 @@ async def serve(
     port: int = DEFAULT_PORT,
     quality: Quality = DEFAULT_QUALITY,
     xenstore_socket: str | os.PathLike[str] | None = None,
+    *,
+    max_clients: int = DEFAULT_MAX_CLIENTS,
 ) -> None:
     """Run the web viewer until cancelled."""
-    viewer = WebViewer(planes_socket, host, port, quality, xenstore_socket)
+    viewer = WebViewer(planes_socket, host, port, quality, xenstore_socket, max_clients=max_clients)
     await viewer.start()
     try:
         await asyncio.Event().wait()
