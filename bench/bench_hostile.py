@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "hosti
 from hostile_agents import Remote
 from hostile_world import Hostile, guest, world
 from vhost_user_front import front_end
+from vnc_client import Watcher, update_request
 
 from guest_vm import wait_for_socket
 from pvdisplay import xenbus
@@ -47,6 +48,7 @@ KILLED_GUESTS = 20
 FUZZED = 1_000_000
 XS_FUZZED = 100_000
 RESTARTS = 20
+GREEDY = 400
 """Malformed XenStore messages one guest sends on its own socket."""
 """Random displif requests one guest sends (nine in ten with a real operation code)."""
 ATTACKER = "hostile_agents:agent"
@@ -430,12 +432,90 @@ def _new_backend_frames(hostile: Hostile) -> int:
     return max((p.frame for p in planes if p.domid == hostile.honest.domid), default=0)
 
 
+def vnc_greedy_clients(hostile: Hostile, scratch: Path) -> None:
+    """GREEDY clients that each ask a 1080p connector for a full update and never read,
+    against `pvdisplay vnc` with its default limit: its memory before, under and after,
+    and an honest viewer's updates a second as a share of its quiet rate."""
+    big = hostile.host.start_guest(
+        guest("big", "connectors=big:1920x1080"), "pvdisplay.guests.demo:run"
+    )
+    wait_until(functools.partial(_flipped, hostile, big.domid), "the 1080p guest to flip")
+    port = _free_port()
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "pvdisplay"), "--log-level", "error", "vnc",
+         "--planes-socket", str(hostile.host.planes_socket), "--port", str(port)],
+    )  # fmt: skip
+    greedy: list[socket.socket] = []
+    try:
+        # Connectors get ports in order of appearance: the honest guest's, then big's.
+        wait_until(lambda: _listening(port + 1), "the VNC server")
+        watcher = Watcher(port + 1)
+        quiet = _updates_in(watcher, WINDOW)
+        rss_quiet = _rss(process.pid)
+        for _ in range(GREEDY):
+            sock = socket.create_connection(("127.0.0.1", port + 1), timeout=PATIENCE)
+            sock.sendall(b"RFB 003.008\n\x01\x01" + update_request(False, 1920, 1080))
+            greedy.append(sock)
+        under = _updates_in(watcher, WINDOW)
+        rss_under = _rss(process.pid)
+        for sock in greedy:
+            sock.close()
+        time.sleep(WINDOW)
+        rss_after = _rss(process.pid)
+        watcher.close()
+        crashes = int(process.poll() is not None)
+    finally:
+        for sock in greedy:
+            sock.close()
+        process.terminate()
+        process.wait(PATIENCE)
+        big.process.kill()
+        hostile.host.wait_guest_destroyed(big.domid, PATIENCE)
+    share = under / quiet if quiet else 0.0
+    print(
+        f"{f'vnc: {GREEDY} greedy clients of a 1080p connector':46} crashes {crashes}  hangs 0"
+        f"  honest updates {share:6.1%} of quiet  (resident {rss_quiet} MiB quiet,"
+        f" {rss_under} MiB under, {rss_after} MiB after)",
+        flush=True,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def _updates_in(watcher: Watcher, seconds: float) -> int:
+    start = watcher.updates
+    time.sleep(seconds)
+    return watcher.updates - start
+
+
+def _rss(pid: int) -> int:
+    """Resident memory of `pid` in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) // 1024
+    return 0
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-hostile-") as scratch_name:
         scratch = Path(scratch_name)
         with world(scratch / "host", log=scratch / "host.log") as hostile:
             for name, attack in ATTACKS:
                 _print(name, _run(hostile, scratch, attack))
+            vnc_greedy_clients(hostile, scratch)
             backend_restarts(hostile)  # last: the observer's connection is to the old one
         vhost_user_shrink(scratch)
 
