@@ -226,6 +226,21 @@ def test_frontend_close_and_reconnect_starts_afresh(world: World) -> None:
     assert flip(guest, 0, 12).id == 0  # event ids count from 0 per connection
 
 
+def test_a_device_the_toolstack_takes_offline_ends_closed_as_libxl_waits_for(
+    world: World,
+) -> None:
+    guest = world.add_guest(["640x480"])
+    assert guest("connect", 1) == State.CONNECTED
+    back = xenbus.backend_path(BACKEND, "vdispl", guest.domid, 0)
+    # What libxl does to remove a device: online = 0, then it waits for Closed.
+    world.xs.write(f"{back}/online", "0")
+    guest("set_state", State.CLOSING)
+    assert guest("wait_backend_state", State.CLOSING) == State.CLOSING
+    guest("set_state", State.CLOSED)
+    assert guest("wait_backend_state", State.CLOSED) == State.CLOSED
+    assert world.host.usage(BACKEND)["mapped_pages"] == 0
+
+
 def test_a_frontend_that_stops_reading_events_loses_only_those_without_room(
     world: World,
 ) -> None:

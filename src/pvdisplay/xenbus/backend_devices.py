@@ -12,8 +12,10 @@ XenBus states (backend side), per device:
 - found: read the `frontend` node (else the default path), `_prepare`, InitWait;
 - frontend Initialised while InitWait (and not connected): `_connect`;
 - frontend Closing: tear down, Closing;
-- frontend Closed, gone, Unknown, Initialising or Reconfiguring: tear down, InitWait;
-- frontend domain released (@releaseDomain) while connected: tear down, InitWait.
+- frontend Closed, gone, Unknown, Initialising or Reconfiguring: tear down, InitWait (or
+  Closed once the toolstack has written `online` = 0: libxl waits for it to remove the
+  device);
+- frontend domain released (@releaseDomain) while connected: tear down, as above.
 
 A frontend `state` that is not a XenbusState counts as Unknown. Every XenStore path
 that vanishes under the service (the toolstack removing a device) is quietly skipped.
@@ -164,7 +166,7 @@ class BackendDevices(abc.ABC, Generic[DeviceT]):
             if device.core is not None and not await self._xs.is_domain_introduced(device.frontend):
                 guest_log.info(device.frontend, "frontend domain gone", device=device.name)
                 self._teardown(device)
-                await self._set_state(device, XenbusState.INIT_WAIT)
+                await self._set_state(device, await self._idle_state(device))
 
     async def _watch_device(self, device: DeviceT) -> None:
         try:
@@ -196,12 +198,19 @@ class BackendDevices(abc.ABC, Generic[DeviceT]):
         if fe_state == XenbusState.CLOSING:
             target = XenbusState.CLOSING
         elif fe_state in _STARTING_OVER:
-            target = XenbusState.INIT_WAIT
+            target = await self._idle_state(device)
         else:
             return
         if device.state != target:
             self._teardown(device)
             await self._set_state(device, target)
+
+    async def _idle_state(self, device: DeviceT) -> XenbusState:
+        """Where a device goes once its frontend is gone or closed: InitWait for the next
+        frontend, or Closed when the toolstack has taken it offline (`online` = 0), which
+        is what libxl waits for before it removes the device (`xl destroy`, detach)."""
+        online = await self._read(f"{device.backend_path}/{xenbus.FIELD_ONLINE}")
+        return XenbusState.CLOSED if online == "0" else XenbusState.INIT_WAIT
 
     async def _ls(self, path: str) -> list[str]:
         try:
