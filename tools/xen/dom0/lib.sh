@@ -162,11 +162,28 @@ snapshots_finish() {
   done
 }
 
-# snapshot LABEL DOMID CONNECTOR: `pvdisplay snapshot` of the connector, dumped for the host.
-snapshot() {
+# snapshot_start LABEL DOMID CONNECTOR: `pvdisplay snapshot` of the connector in the
+# background, tried until the connector shows a frame (the guest may still be booting), for
+# at most two minutes. Started beside the guest: on a loaded host the CLI's start in dom0
+# can outlast a short flip test, so it must not wait for the guest to flip first.
+snapshot_start() {
   out=/tmp/snap-$1.png
-  rm -f "$out"
-  pvdisplay snapshot --planes-socket "$PLANES_SOCKET" "$2" "$3" -o "$out" > /tmp/snap.txt 2>&1
+  rm -f "$out" /tmp/snap.txt
+  (
+    deadline=$(( $(date +%s) + 120 ))
+    until pvdisplay snapshot --planes-socket "$PLANES_SOCKET" "$2" "$3" -o "$out" > /tmp/snap.txt 2>&1 \
+      || [ "$(date +%s)" -ge "$deadline" ]; do
+      sleep 1
+    done
+  ) &
+  CLI_SNAP_PID=$!
+  CLI_SNAP_LABEL=$1
+}
+
+# snapshot_finish: wait for `snapshot_start`'s snapshot and dump it for the host.
+snapshot_finish() {
+  wait "$CLI_SNAP_PID"
   sed 's/^/@@DOM0 snapshot: /' /tmp/snap.txt
-  [ -s "$out" ] && dump_file "$1" "$out"
+  out=/tmp/snap-$CLI_SNAP_LABEL.png
+  [ -s "$out" ] && dump_file "$CLI_SNAP_LABEL" "$out"
 }

@@ -4,9 +4,10 @@
 GUEST_EXTRA="xt.seconds=35" create_guest fe-alloc flip "vdispl=['backend=0,be-alloc=0,connectors=id0:800x600']" \
   "vkb=['backend=0,backend-type=linux']" || return 1
 snapshots_start "$DOMID" 4 fe-alloc:0
+# `pvdisplay snapshot` once too, the first time the connector shows a frame.
+snapshot_start fe-alloc-cli "$DOMID" 0
 wait_guest fe-alloc 'modetest: freq:' 300 || return 1
-# `pvdisplay snapshot` once too, while the guest still flips.
-snapshot fe-alloc-cli "$DOMID" 0
+snapshot_finish
 snapshots_finish
 say "frontend nodes:"; xenstore-ls -f "/local/domain/$DOMID/device/vdispl" | sed 's/^/@@DOM0 xs: /'
 wait_guest fe-alloc '@@GUEST script flip done' 120
