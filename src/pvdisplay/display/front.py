@@ -223,10 +223,14 @@ class Connector:
         return done
 
     def _flip_replied(self, request_id: int, reply: "asyncio.Future[Reply]") -> None:
-        waiter = self._flips.get(request_id)
-        if waiter is None or reply.cancelled():
+        if reply.cancelled():
             return
+        # Read before anything else: when the connection is lost, `_fail_all` has already
+        # failed the flip's waiter, and an error nobody reads is logged as never retrieved.
         error = reply.exception()
+        waiter = self._flips.get(request_id)
+        if waiter is None:
+            return
         if error is None:
             status = reply.result().status
             if status != 0:
