@@ -7,6 +7,9 @@ snapshots_start "$DOMID" 4 fe-alloc:0
 # `pvdisplay snapshot` once too, the first time the connector shows a frame.
 snapshot_start fe-alloc-cli "$DOMID" 0
 wait_guest fe-alloc 'modetest: freq:' 300 || return 1
+# The backend's CPU per flip while modetest flips (a figure for the log, not a check).
+PYTHONPATH=/opt/pvdisplay/src:/opt/pvdisplay/vendor python3 "$XT/lib/flip_cost.py" \
+  "$PLANES_SOCKET" "$BACKEND_PID" "$DOMID" 10 2>&1 | sed 's/^/@@DOM0 flip cost: /'
 snapshot_finish
 snapshots_finish
 say "frontend nodes:"; xenstore-ls -f "/local/domain/$DOMID/device/vdispl" | sed 's/^/@@DOM0 xs: /'
