@@ -212,7 +212,7 @@ def backend(hv: str | None, **options: Any) -> None:
     with the planes socket in --run-dir. Locally: the emulated host without demo guests
     (xenstored, the hypervisor broker, the backends as domain 0, guests from --config).
     """
-    chosen = hv or ("xen" if xen_control_domain() else "local")
+    chosen = hv or ("xen" if xen.is_control_domain() else "local")
     if chosen == "local":
         _run_host(host.BACKEND_ONLY, **options)
         return
@@ -221,15 +221,6 @@ def backend(hv: str | None, **options: Any) -> None:
             "--config describes emulated guests; on Xen, xl creates guests (docs/real-xen.md)"
         )
     _run_on_xen(**{k: v for k, v in options.items() if k != "config_path"})
-
-
-def xen_control_domain() -> bool:
-    """Whether this is a Xen control domain (dom0), as xencommons decides it."""
-    try:
-        capabilities = Path("/proc/xen/capabilities").read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError):
-        return False
-    return "control_d" in capabilities
 
 
 def _run_on_xen(run_dir: str | None, web_listen: str, no_web: bool, copy_frames: bool) -> None:

@@ -12,6 +12,11 @@
 docs/hypervisor.md ("Real Xen") says what differs from the emulation.
 """
 
-from pvdisplay.hv.xen.hypervisor import XenHypervisor, open_hypervisor, own_domid
+from pvdisplay.hv.xen.hypervisor import (
+    XenHypervisor,
+    is_control_domain,
+    open_hypervisor,
+    own_domid,
+)
 
-__all__ = ["XenHypervisor", "open_hypervisor", "own_domid"]
+__all__ = ["XenHypervisor", "is_control_domain", "open_hypervisor", "own_domid"]

@@ -51,10 +51,11 @@ class XenHypervisor:
 
 
 def is_control_domain(capabilities: str = CAPABILITIES) -> bool:
+    """Whether this is a Xen control domain (dom0), as xencommons decides it."""
     try:
-        with open(capabilities) as lines:
+        with open(capabilities, encoding="ascii") as lines:
             return "control_d" in lines.read().split()
-    except FileNotFoundError:
+    except (OSError, UnicodeDecodeError):
         return False
 
 
