@@ -1,7 +1,8 @@
 # Scenario 1: frontend-allocated buffers (be-alloc=0), one 800x600 connector. The guest's
 # modetest sets the mode and page-flips between its "tiles" and "plain" framebuffers; dom0
-# snapshots the connector while it flips (the host compares the pixels).
-GUEST_EXTRA="xt.seconds=35" create_guest fe-alloc flip "vdispl=['backend=0,be-alloc=0,connectors=id0:800x600']" \
+# snapshots the connector while it flips (the host compares the pixels). It flips for 90 s:
+# on a loaded host, `pvdisplay snapshot` in dom0 takes tens of seconds to start each try.
+GUEST_EXTRA="xt.seconds=90" create_guest fe-alloc flip "vdispl=['backend=0,be-alloc=0,connectors=id0:800x600']" \
   "vkb=['backend=0,backend-type=linux']" || return 1
 snapshots_start "$DOMID" 4 fe-alloc:0
 # `pvdisplay snapshot` once too, the first time the connector shows a frame.
