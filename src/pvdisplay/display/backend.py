@@ -456,6 +456,12 @@ class DisplayDevice:
     # -- presenting ----------------------------------------------------------------
 
     def _present(self, connector: _Connector, fb: _Framebuffer) -> None:
+        # Under the lock, up to the plane's change: a planes client copying the frame on
+        # screen holds it, so the guest's flip completes only once that copy is done.
+        with self._planes.frames_lock:
+            self._present_locked(connector, fb)
+
+    def _present_locked(self, connector: _Connector, fb: _Framebuffer) -> None:
         mode = connector.config
         position = connector.position or _Position(
             0, 0, min(fb.width, mode.width), min(fb.height, mode.height)

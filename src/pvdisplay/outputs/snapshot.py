@@ -1,8 +1,8 @@
 """`pvdisplay snapshot`: the plane a connector shows now, saved as a PNG.
 
-Reads only the planes socket: the buffer arrives as descriptors (SCM_RIGHTS) and is
-mapped, copied once out of shared memory (so a guest drawing meanwhile cannot change
-what is converted), and converted from any of the nine displif formats to RGB.
+Reads only the planes socket: the backend copies one frame of the picture while the
+guest cannot complete a flip (so it cannot tear), the copy arrives as descriptors
+(SCM_RIGHTS), and is converted from any of the nine displif formats to RGB.
 """
 
 from dataclasses import dataclass

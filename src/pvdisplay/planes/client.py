@@ -1,6 +1,5 @@
 """Blocking client of the planes socket (`pvdisplay.planes.server`), one request at a time."""
 
-import errno
 import os
 import socket
 from collections.abc import Iterator, Sequence
@@ -44,19 +43,20 @@ class PlaneClient:
     def snapshot(
         self, domid: int, connector: int, devid: int = 0
     ) -> tuple[PlaneInfo, npt.NDArray[np.uint8]]:
-        """A copy of the picture on screen: `frame_bytes` bytes from the plane's offset.
+        """A copy of one frame on screen: `frame_bytes` bytes from the plane's offset.
 
+        The server copies it while the guest cannot complete a flip (docs/planes.md), so
+        a guest drawing its next frame meanwhile cannot tear it.
         Convert with `pvdisplay.wire.fourcc.to_rgb(fmt, pixels, width, height, stride)`.
         ENOENT when the connector shows nothing.
         """
-        info, handle = self.get(domid, connector, devid)
-        if handle is None:
-            raise FileNotFoundError(errno.ENOENT, f"connector {domid}/{devid}/{connector} is blank")
+        reply = self._call(protocol.copy_request(PlaneKey(domid, devid, connector)))
+        info, _ = protocol.plane_of(reply)
+        handle = SharedBuffer.receive(self._sock)
         try:
             with handle.map() as mapping:
                 view = mapping.array()
-                end = min(info.offset + info.frame_bytes, view.size)
-                pixels = np.array(view[info.offset : end], dtype=np.uint8)
+                pixels = np.array(view[: info.frame_bytes], dtype=np.uint8)
                 del view
         finally:
             handle.close()

@@ -146,6 +146,11 @@ class PlaneRegistry:
         """Held while a handle from the registry is used on another thread than its
         publisher's: a publisher closes a handle only while holding it, a reader holds it
         from `get` until it is done with the handle."""
+        self.frames_lock = threading.Lock()
+        """Held by a publisher while it changes the picture a connector shows, and by a
+        reader while it copies one frame out. A guest learns that its flip is done, and
+        may redraw the buffer it flipped away from, only after the publisher lets go:
+        what a reader copies under the lock is one frame. Take it before `handles_lock`."""
 
     def publish(self, info: PlaneInfo, handle: BufferHandle | None) -> None:
         """Make `info` the connector's plane; `handle` must stay open until replaced."""

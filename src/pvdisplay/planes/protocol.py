@@ -6,6 +6,10 @@ Socket protocol (SOCK_SEQPACKET, each message a JSON object framed by `pvdisplay
 - `{"op": "list"}` -> `{"planes": [PLANE, ...]}`
 - `{"op": "get", "domid": D, "devid": V, "connector": C}` -> `{"plane": PLANE, "buffer": B}`;
   when `B` is true, the buffer handle follows as the next message (`SharedBuffer.send`).
+- `{"op": "copy", "domid": D, "devid": V, "connector": C}` -> `{"plane": PLANE, "buffer": true}`
+  and a handle of a buffer of the server's own holding the picture (PLANE's `frame_bytes`
+  from its start), copied while the connector showed that one frame. ENOENT when the
+  connector shows nothing.
 - `{"op": "watch"}` -> `{"watching": true}`, then `{"event": "changed", "plane": PLANE}` or
   `{"event": "removed", "plane": PLANE}` for every change, in order.
 - `{"op": "input", "domid": D, "devid": V, "connector": C, "events": [EVENT, ...]}` ->
@@ -42,6 +46,10 @@ class PlaneChange:
 
 def get_request(key: PlaneKey) -> framing.JsonObject:
     return {"op": "get", "domid": key.domid, "devid": key.devid, "connector": key.connector}
+
+
+def copy_request(key: PlaneKey) -> framing.JsonObject:
+    return {"op": "copy", "domid": key.domid, "devid": key.devid, "connector": key.connector}
 
 
 def input_request(key: PlaneKey, events: Sequence[input_events.InputEvent]) -> framing.JsonObject:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import mmap
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from pvdisplay import logs
 from pvdisplay.ipc import framing
+from pvdisplay.ipc.buffers import SharedBuffer
 from pvdisplay.ipc.framing import Assembler
 from pvdisplay.ipc.sockets import close_all, receive_message, send_message
 from pvdisplay.planes import input_events, protocol
@@ -169,6 +171,13 @@ class PlaneServer:
                 )
                 if plane.handle is not None:
                     plane.handle.send(client)
+        elif op == "copy":
+            try:
+                key = protocol.key_of(body)
+            except ProtocolError as exc:
+                send_message(client, protocol.error_reply(exc.errno, exc.message))
+                return
+            self._send_copy(client, key)
         elif op == "input":
             try:
                 receipt = self._input(body)
@@ -178,6 +187,38 @@ class PlaneServer:
             send_message(client, {"queued": receipt.queued, "dropped": receipt.dropped})
         else:
             send_message(client, protocol.error_reply(errno.EINVAL, f"unknown op {op!r}"))
+
+    def _send_copy(self, client: socket.socket, key: PlaneKey) -> None:
+        copied = self._copy_frame(key)
+        if copied is None:
+            where = f"connector {key.domid}/{key.devid}/{key.connector}"
+            send_message(client, protocol.error_reply(errno.ENOENT, f"{where} shows nothing"))
+            return
+        info, copy = copied
+        try:
+            send_message(client, {"plane": info.to_json(), "buffer": True})
+            copy.send(client)
+        finally:
+            copy.close()
+
+    def _copy_frame(self, key: PlaneKey) -> tuple[PlaneInfo, SharedBuffer] | None:
+        # Under `frames_lock`, the guest's next flip waits for as long as one copy of a
+        # frame takes, never for as long as a client takes to read.
+        with self._registry.frames_lock, self._registry.handles_lock:
+            plane = self._registry.get(key)
+            if plane is None or plane.handle is None:
+                return None
+            info = plane.info
+            copy = SharedBuffer.allocate(max(1, -(-info.frame_bytes // mmap.PAGESIZE)))
+            try:
+                with plane.handle.map() as source, copy.map(writable=True) as target:
+                    picture = source.array()[info.offset : info.offset + info.frame_bytes]
+                    target.array()[: picture.size] = picture
+                    del picture
+            except BaseException:
+                copy.close()
+                raise
+        return info, copy
 
     def _input(self, body: framing.JsonObject) -> InputReceipt:
         key = protocol.key_of(body)

@@ -1,0 +1,55 @@
+"""A snapshot is one frame, even of a guest flipping as fast as it can.
+
+The guest (tests/flipping_guest.py) redraws each of its two buffers with the other of
+two full-frame patterns every time it flips back to it, so a copy taken while it draws
+is a mix of the two. Before the planes server copied frames under the registry's frames
+lock, about one snapshot in five of this guest was such a mix.
+"""
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+import flipping_guest
+import rigs
+from pvdisplay.outputs import snapshot as snapshots
+from pvdisplay.planes.client import PlaneClient
+
+pytestmark = [pytest.mark.processes, pytest.mark.timeout(180)]
+
+SNAPSHOTS = 1000
+# Large enough that copying a frame takes longer than the guest takes to flip twice.
+WIDTH, HEIGHT = 1024, 768
+
+
+@pytest.fixture
+def world() -> Iterator[rigs.Rig]:
+    with rigs.backend_world(rigs.Rig) as rig:
+        yield rig
+
+
+def test_every_snapshot_of_a_flipping_guest_is_one_of_its_two_frames(world: rigs.Rig) -> None:
+    guest = world.start_guest(flipping_guest.ENTRY, vkb="backend=0", resolution=f"{WIDTH}x{HEIGHT}")
+    pictures = flipping_guest.expected_pictures(WIDTH, HEIGHT)
+    mixed, seen, frames = 0, [0, 0], set()
+    with PlaneClient(world.planes_socket) as client:
+        rigs.wait_until(
+            lambda: any(p.domid == guest.domid and p.fb_cookie for p in client.list()),
+            "the guest's first frame",
+        )
+        guest("flip")
+        for _ in range(SNAPSHOTS):
+            shot = snapshots.take(client, guest.domid, 0)
+            frames.add(shot.plane.frame)
+            matches = [np.array_equal(shot.rgb, picture) for picture in pictures]
+            if any(matches):
+                seen[matches.index(True)] += 1
+            else:
+                mixed += 1
+    flipped = guest("stop")
+    assert mixed == 0, f"{mixed} of {SNAPSHOTS} snapshots mixed two frames"
+    # The guest really flipped under the snapshots: they caught many frames, of both pictures.
+    assert flipped > SNAPSHOTS
+    assert len(frames) > SNAPSHOTS // 2
+    assert min(seen) > 0
