@@ -18,7 +18,7 @@ from PIL import Image
 from pvdisplay.outputs.feed.mirror import TILE, GuestMirror, Snapshot, TileMask
 from pvdisplay.outputs.feed.rates import PlaneRate
 from pvdisplay.outputs.feed.rect import Rect
-from pvdisplay.outputs.web import keys, tiles
+from pvdisplay.outputs.web import keys, thumbnails, tiles
 from pvdisplay.outputs.web.browser_input import MAX_CONTACTS, BrowserInput
 from pvdisplay.outputs.web.names import DomainNames
 from pvdisplay.outputs.web.server import WebViewer, parse_listen
@@ -585,3 +585,23 @@ def test_listen_addresses() -> None:
     for bad in ("host:", ":80", "host:port", "1.2.3.4:70000"):
         with pytest.raises(ValueError, match="HOST:PORT"):
             parse_listen(bad)
+
+
+def test_a_thumbnail_is_the_picture_box_filtered_to_fit_and_small_pictures_stay_whole() -> None:
+    checkers = np.indices((1080, 1920)).sum(axis=0) % 2 * 255  # one-pixel black and white
+    rgb = np.repeat(checkers.astype(np.uint8)[..., None], 3, axis=2)
+    with Image.open(io.BytesIO(thumbnails.make_thumbnail(picture(rgb)))) as image:
+        shown = np.asarray(image.convert("RGB"), dtype=float)
+    assert shown.shape == (180, 320, 3)  # 1920x1080 / 6
+    assert abs(shown.mean() - 127.5) < 3 and shown.std() < 3  # averaged, not sampled
+    small = np.zeros((50, 100, 3), np.uint8)
+    with Image.open(io.BytesIO(thumbnails.make_thumbnail(picture(small, fourcc.RGB565)))) as image:
+        assert image.size == (100, 50)
+
+
+def test_thumbnail_passes_keep_to_their_period_and_cpu_share() -> None:
+    assert thumbnails.pause_after(0.01) == pytest.approx(thumbnails.PERIOD - 0.01)
+    for spent in (0.2, 0.5, 3.0):
+        pause = thumbnails.pause_after(spent)
+        assert spent / (spent + pause) <= thumbnails.SHARE + 1e-9
+        assert spent + pause >= thumbnails.PERIOD

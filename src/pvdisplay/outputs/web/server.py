@@ -36,6 +36,7 @@ from pvdisplay.outputs.feed.plane_feed import PlaneFeed
 from pvdisplay.outputs.web.browser_input import BrowserInput
 from pvdisplay.outputs.web.names import DomainNames
 from pvdisplay.outputs.web.session import ViewerSession
+from pvdisplay.outputs.web.thumbnails import Thumbnails
 from pvdisplay.outputs.web.tiles import DEFAULT_QUALITY, Quality
 from pvdisplay.planes.input_events import InputEvent, Key, TouchUp
 from pvdisplay.planes.model import PlaneInfo, PlaneKey
@@ -84,6 +85,7 @@ class WebViewer:
         self.feed = PlaneFeed(planes_socket, GuestMirror)
         self.names = DomainNames(xenstore_socket)
         self.encoders = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="web-encode")
+        self.thumbnails = Thumbnails(self.feed, self.encoders)
         self._runner: web.AppRunner | None = None
 
     @property
@@ -97,10 +99,12 @@ class WebViewer:
         app.add_routes(
             [
                 web.get("/", self._page("index.html")),
+                web.get("/wall", self._page("wall.html")),
                 web.get(
                     "/view/{domid:\\d+}/{devid:\\d+}/{connector:\\d+}", self._page("view.html")
                 ),
                 web.get("/api/planes", self._planes),
+                web.get("/thumb/{domid:\\d+}/{devid:\\d+}/{connector:\\d+}", self._thumbnail),
                 web.get("/ws/index", self._index_socket),
                 web.get("/ws/view/{domid:\\d+}/{devid:\\d+}/{connector:\\d+}", self._view_socket),
                 web.static("/static", STATIC_DIR),
@@ -117,6 +121,7 @@ class WebViewer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await self.thumbnails.close()
         await self.feed.close()
         await self.names.close()
         self.encoders.shutdown(wait=True)
@@ -156,12 +161,23 @@ class WebViewer:
                     "name": names.get(key.domid, ""),
                     "fps": round(rate.fps(now), 1) if rate else 0.0,
                     "latency_ms": round(rate.latency * 1000, 2) if rate else 0.0,
+                    "thumb": self.thumbnails.version(key),
                 }
             )
         return {"backend": self.feed.connected, "planes": rows}
 
     async def _planes(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(await self._listing())
+
+    async def _thumbnail(self, request: web.Request) -> web.StreamResponse:
+        """The connector's latest thumbnail, whatever version the page asks for (the
+        version in its URL only makes the browser fetch again)."""
+        jpeg = self.thumbnails.jpeg(_key_of(request))
+        if jpeg is None:
+            raise web.HTTPNotFound(text="no thumbnail for this connector")
+        return web.Response(
+            body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "max-age=3600"}
+        )
 
     @contextlib.asynccontextmanager
     async def _counted(self, request: web.Request) -> AsyncIterator[web.WebSocketResponse]:
@@ -178,7 +194,7 @@ class WebViewer:
             self.clients -= 1
 
     async def _index_socket(self, request: web.Request) -> web.StreamResponse:
-        async with self._counted(request) as ws:
+        async with self._counted(request) as ws, self.thumbnails.watched():
             return await self._serve_index(ws)
 
     async def _serve_index(self, ws: web.WebSocketResponse) -> web.StreamResponse:
@@ -200,13 +216,8 @@ class WebViewer:
     # -- one viewer of one connector --------------------------------------------------------
 
     async def _view_socket(self, request: web.Request) -> web.StreamResponse:
-        key = PlaneKey(
-            int(request.match_info["domid"]),
-            int(request.match_info["devid"]),
-            int(request.match_info["connector"]),
-        )
         async with self._counted(request) as ws:
-            return await self._serve_view(key, ws, str(request.remote))
+            return await self._serve_view(_key_of(request), ws, str(request.remote))
 
     async def _serve_view(
         self, key: PlaneKey, ws: web.WebSocketResponse, remote: str
@@ -312,6 +323,7 @@ class _Viewer:
                 "state": state,
                 "backend": self.server.feed.connected,
                 "plane": None if info is None else info.to_json(),
+                "name": await self.server.names.name_of(self.key.domid),
             }
         )
 
@@ -363,6 +375,11 @@ def _is_loopback(host: str | None) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _key_of(request: web.Request) -> PlaneKey:
+    match = request.match_info
+    return PlaneKey(int(match["domid"]), int(match["devid"]), int(match["connector"]))
 
 
 def _sort_key(key: PlaneKey) -> tuple[int, int, int]:

@@ -1,55 +1,87 @@
-"use strict";
-// The live list of every guest connector, pushed by the server over /ws/index.
+// Every guest connector as a card, pushed by the server over /ws/index: a thumbnail
+// (refreshed about once a second, fetched only when the server made a new one), then what
+// the connector shows and how fast.
 
-const body = document.getElementById("planes");
+import { watchPlanes } from "/static/planes.js";
+
+const cards = document.getElementById("planes");
 const backend = document.getElementById("backend");
 
-function cell(text, className) {
-  const td = document.createElement("td");
-  td.textContent = text;
-  if (className) td.className = className;
-  return td;
+function field(name, label, className = "") {
+  const item = document.createElement("div");
+  const term = document.createElement("dt");
+  const value = document.createElement("dd");
+  term.textContent = label;
+  value.dataset.field = name;
+  value.className = className;
+  item.append(term, value);
+  return item;
+}
+
+function newCard(key) {
+  const card = document.createElement("article");
+  card.className = "card";
+  card.dataset.key = key;
+  const link = document.createElement("a");
+  link.href = `/view/${key}`;
+  link.className = "thumb";
+  const image = document.createElement("img");
+  image.alt = `connector ${key}`;
+  link.append(image);
+  const heading = document.createElement("h2");
+  const details = document.createElement("dl");
+  details.append(
+    field("domid", "Domain"), field("devid", "Device"), field("connector", "Connector"),
+    field("unique_id", "Unique-id"), field("resolution", "Resolution"), field("fourcc", "Format"),
+    field("fps", "Frames/s", "number"), field("latency", "Flip latency", "number"),
+    field("state", "State"));
+  card.append(link, heading, details);
+  return card;
+}
+
+function fill(card, p) {
+  const shown = p.fb_cookie !== 0;
+  const set = (name, text) => { card.querySelector(`[data-field=${name}]`).textContent = text; };
+  card.querySelector("h2").textContent = `${p.name || "–"} · ${p.unique_id}`;
+  set("domid", p.domid);
+  set("devid", p.devid);
+  set("connector", p.connector);
+  set("unique_id", p.unique_id);
+  set("resolution", `${p.mode_width}×${p.mode_height}`);
+  set("fourcc", shown ? p.fourcc : "–");
+  set("fps", p.fps.toFixed(1));
+  set("latency", `${p.latency_ms.toFixed(2)} ms`);
+  set("state", shown ? "live" : "blank");
+  card.querySelector("[data-field=state]").className = "state " + (shown ? "live" : "blank");
+  const image = card.querySelector("img");
+  image.style.aspectRatio = `${p.mode_width} / ${p.mode_height}`;
+  if (p.thumb && image.dataset.version !== String(p.thumb)) {
+    image.dataset.version = p.thumb;
+    image.src = `/thumb/${card.dataset.key}?v=${p.thumb}`;
+  }
 }
 
 function render(listing) {
   backend.textContent = listing.backend ? "backend connected" : "waiting for the display backend";
   backend.className = "state " + (listing.backend ? "live" : "disconnected");
-  body.replaceChildren();
-  if (listing.planes.length === 0) {
-    const row = document.createElement("tr");
-    row.append(cell("no guest display yet"));
-    row.firstChild.colSpan = 11;
-    body.append(row);
-    return;
-  }
+  const known = new Map([...cards.querySelectorAll(".card")].map((c) => [c.dataset.key, c]));
+  const shown = [];
   for (const p of listing.planes) {
-    const row = document.createElement("tr");
-    const shown = p.fb_cookie !== 0;
-    const link = document.createElement("a");
-    link.href = `/view/${p.domid}/${p.devid}/${p.connector}`;
-    link.textContent = "view";
-    const action = document.createElement("td");
-    action.append(link);
-    row.dataset.key = `${p.domid}/${p.devid}/${p.connector}`;
-    row.append(
-      cell(p.domid), cell(p.name || "–"), cell(p.devid), cell(p.connector), cell(p.unique_id),
-      cell(`${p.mode_width}×${p.mode_height}`), cell(shown ? p.fourcc : "–"),
-      cell(p.fps.toFixed(1), "number"), cell(`${p.latency_ms.toFixed(2)} ms`, "number"),
-      cell(shown ? "live" : "blank", "state " + (shown ? "live" : "blank")), action);
-    body.append(row);
+    const key = `${p.domid}/${p.devid}/${p.connector}`;
+    const card = known.get(key) || newCard(key);
+    fill(card, p);
+    shown.push(card);
   }
+  if (shown.length === 0) {
+    const empty = document.createElement("p");
+    empty.className = "empty";
+    empty.textContent = "no guest display yet";
+    shown.push(empty);
+  }
+  cards.replaceChildren(...shown);
 }
 
-let retry = 250;
-function connect() {
-  const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws/index`);
-  ws.onopen = () => { retry = 250; };
-  ws.onmessage = (message) => render(JSON.parse(message.data));
-  ws.onclose = () => {
-    backend.textContent = "viewer server unreachable; retrying";
-    backend.className = "state disconnected";
-    setTimeout(connect, retry);
-    retry = Math.min(retry * 2, 4000);
-  };
-}
-connect();
+watchPlanes(render, () => {
+  backend.textContent = "viewer server unreachable; retrying";
+  backend.className = "state disconnected";
+});

@@ -1,124 +1,108 @@
-"use strict";
-// One connector live: frames arrive as changed tiles (JPEG or PNG) over a WebSocket and
-// are acknowledged once drawn; keyboard, mouse, wheel and touch go back in the guest's
-// pixel coordinates, whatever the canvas's on-page scale.
+// One connector live, with its input: keyboard, mouse, wheel and touch go back in the
+// guest's pixel coordinates, whatever the canvas's on-page scale. The toolbar scales the
+// canvas, goes full screen and sends keys a browser keeps for itself (Ctrl-Alt-Del, Esc).
+
+import { Screen } from "/static/screen.js";
+import { keysFor } from "/static/typing.js";
 
 const [, , domid, devid, connector] = location.pathname.split("/");
 const canvas = document.getElementById("screen");
-const context = canvas.getContext("2d");
+const area = document.getElementById("area");
 const overlay = document.getElementById("overlay");
 const stateLabel = document.getElementById("state");
 const infoLabel = document.getElementById("info");
-document.getElementById("title").textContent = `domain ${domid} device ${devid} connector ${connector}`;
+const rateLabel = document.getElementById("rate");
+const focusLabel = document.getElementById("focus");
+const title = document.getElementById("title");
+const typing = document.getElementById("typing");
 
-// Read by tests and benchmarks: what the page has drawn.
-const stats = window.pvdisplay = {
-  state: "connecting", frames: 0, seq: 0, guestFrame: -1, plane: null, bytes: 0,
-  latencies: [],  // seconds from the backend presenting a frame to the page drawing it
-  decoding: [],   // seconds of those spent here, from the message arriving to drawn
+const screen = new Screen(canvas, `${domid}/${devid}/${connector}`, onStatus);
+window.pvdisplay = screen.stats;  // read by tests and benchmarks
+
+const MESSAGES = {
+  blank: "the guest shows nothing on this connector yet",
+  guestGone: "guest disconnected: waiting for it to come back",
+  backendGone: "display backend gone: waiting for it to come back",
+  unreachable: "viewer server unreachable: reconnecting",
 };
 
-let socket = null;
-let drawing = Promise.resolve();
-let retry = 250;
-
-function setState(state, message) {
-  stats.state = state;
+function onStatus(status) {
+  const where = `domain ${domid} device ${devid} connector ${connector}`;
+  title.textContent = status.name ? `${status.name}: ${where}` : where;
+  document.title = `pvdisplay: ${status.name || `domain ${domid}`} connector ${connector}`;
+  let message = "";
+  if (status.state === "live") {
+    const plane = status.plane;
+    infoLabel.textContent = `${plane.unique_id}: ${plane.mode_width}×${plane.mode_height} ${plane.fourcc}`;
+    layout();
+  } else if (status.state === "blank") {
+    message = MESSAGES.blank;
+  } else if (status.state === "unreachable") {
+    message = MESSAGES.unreachable;
+  } else {
+    message = status.backend ? MESSAGES.guestGone : MESSAGES.backendGone;
+  }
+  const state = screen.stats.state;
   stateLabel.textContent = state;
   stateLabel.className = "state " + state;
   overlay.textContent = message;
   overlay.hidden = state === "live";
 }
 
-function onStatus(status) {
-  const plane = status.plane;
-  stats.plane = plane;
-  if (status.state === "live") {
-    if (canvas.width !== plane.mode_width || canvas.height !== plane.mode_height) {
-      canvas.width = plane.mode_width;
-      canvas.height = plane.mode_height;
-    }
-    infoLabel.textContent = `${plane.unique_id}: ${plane.mode_width}×${plane.mode_height} ${plane.fourcc}`;
-    setState("live", "");
-  } else if (status.state === "blank") {
-    setState("blank", "the guest shows nothing on this connector yet");
+setInterval(() => {
+  const { fps, latencyMs } = screen.rate();
+  rateLabel.textContent = Number.isNaN(latencyMs)
+    ? `${fps.toFixed(0)} fps` : `${fps.toFixed(0)} fps · ${latencyMs.toFixed(0)} ms`;
+}, 500);
+
+// -- scaling and full screen ---------------------------------------------------------------
+
+let scale = localStorage.getItem("pvdisplay.scale") || "fit";
+
+// The canvas's CSS size for the chosen scaling, in the area left below the toolbar (or
+// the whole screen, in full screen).
+function layout() {
+  const width = canvas.width, height = canvas.height;
+  const room = { width: area.clientWidth, height: area.clientHeight };
+  let shown = { width, height };
+  if (scale === "fit") {
+    const factor = Math.min(room.width / width, room.height / height);
+    shown = { width: width * factor, height: height * factor };
+  } else if (scale === "fill") {
+    shown = room;
+  }
+  canvas.style.width = `${Math.floor(shown.width)}px`;
+  canvas.style.height = `${Math.floor(shown.height)}px`;
+  for (const button of document.querySelectorAll("[data-scale]")) {
+    button.setAttribute("aria-pressed", String(button.dataset.scale === scale));
+  }
+}
+for (const button of document.querySelectorAll("[data-scale]")) {
+  button.addEventListener("click", () => {
+    scale = button.dataset.scale;
+    localStorage.setItem("pvdisplay.scale", scale);
+    layout();
+  });
+}
+new ResizeObserver(layout).observe(area);
+
+const fullscreenButton = document.getElementById("fullscreen");
+fullscreenButton.addEventListener("click", () => {
+  if (document.fullscreenElement) {
+    document.exitFullscreen();
   } else {
-    setState("disconnected", status.backend
-      ? "guest disconnected: waiting for it to come back"
-      : "display backend gone: waiting for it to come back");
+    area.requestFullscreen().then(() => canvas.focus({ preventScroll: true }));
   }
-}
+});
+document.addEventListener("fullscreenchange", () => {
+  fullscreenButton.textContent = document.fullscreenElement ? "leave full screen" : "full screen";
+  layout();
+});
 
-// Starts decoding at once (off the main thread, frames overlapping); `drawFrame` then waits.
-function decodeFrame(buffer) {
-  const view = new DataView(buffer);
-  const headerLength = view.getUint32(0, true);
-  const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 4, headerLength)));
-  let offset = 4 + headerLength;
-  // Default options: the images carry no colour profile, so nothing is converted, and
-  // opaque pixels need no (un)premultiplying; asking for "none" costs a slower decode.
-  const bitmaps = header.tiles.map(([, , , , kind, length]) => {
-    const blob = new Blob([new Uint8Array(buffer, offset, length)], { type: `image/${kind}` });
-    offset += length;
-    return createImageBitmap(blob);
-  });
-  return { header, bitmaps: Promise.all(bitmaps), bytes: buffer.byteLength };
-}
-
-async function drawFrame(frame, received) {
-  const header = frame.header;
-  const bitmaps = await frame.bitmaps;
-  header.tiles.forEach(([x, y], index) => {
-    context.drawImage(bitmaps[index], header.x + x, header.y + y);
-    bitmaps[index].close();
-  });
-  stats.frames += 1;
-  stats.seq = header.seq;
-  stats.guestFrame = header.frame;
-  stats.bytes += frame.bytes;
-  const now = Date.now() / 1000;
-  stats.latencies.push(now - header.presented);
-  stats.decoding.push(now - received);
-  if (stats.latencies.length > 2000) {
-    stats.latencies.splice(0, 1000);
-    stats.decoding.splice(0, 1000);
-  }
-  if (socket && socket.readyState === WebSocket.OPEN) {
-    socket.send(JSON.stringify({ type: "ack", seq: header.seq }));
-  }
-}
-
-function connect() {
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${scheme}://${location.host}/ws/view/${domid}/${devid}/${connector}`);
-  ws.binaryType = "arraybuffer";
-  socket = ws;
-  ws.onopen = () => { retry = 250; };
-  ws.onmessage = (message) => {
-    if (typeof message.data === "string") {
-      const status = JSON.parse(message.data);
-      drawing = drawing.then(() => onStatus(status));
-    } else {
-      const received = Date.now() / 1000;
-      const frame = decodeFrame(message.data);
-      drawing = drawing.then(() => drawFrame(frame, received))
-        .catch((error) => console.error(error));
-    }
-  };
-  ws.onclose = () => {
-    socket = null;
-    setState("disconnected", "viewer server unreachable: reconnecting");
-    setTimeout(connect, retry);
-    retry = Math.min(retry * 2, 4000);
-  };
-}
-
-// -- input -------------------------------------------------------------------------------
+// -- input -----------------------------------------------------------------------------------
 
 function send(events) {
-  if (socket && socket.readyState === WebSocket.OPEN && stats.state === "live") {
-    socket.send(JSON.stringify({ type: "input", events }));
-  }
+  if (screen.stats.state === "live") screen.send({ type: "input", events });
 }
 
 function guestPosition(event) {
@@ -139,19 +123,74 @@ function button(number, down, at) {
   send([{ t: "button", button: number, down, ...at }]);
 }
 
+// Modifiers the toolbar holds down until the next other key goes up (or they are
+// clicked again): how Ctrl-C is typed on a phone.
+const MODIFIERS = new Set(["ControlLeft", "ControlRight", "AltLeft", "AltRight", "ShiftLeft",
+  "ShiftRight", "MetaLeft", "MetaRight"]);
+const stickyButtons = [...document.querySelectorAll("[data-sticky]")];
+
+function stickyUps() {
+  const ups = [];
+  for (const sticky of stickyButtons) {
+    if (sticky.getAttribute("aria-pressed") === "true") {
+      sticky.setAttribute("aria-pressed", "false");
+      ups.push({ t: "key", code: sticky.dataset.sticky, down: false });
+    }
+  }
+  return ups;
+}
+
+function keys(events) {
+  if (events.some((e) => !e.down && !MODIFIERS.has(e.code))) events = events.concat(stickyUps());
+  send(events);
+}
+
+function tap(code) {
+  keys([{ t: "key", code, down: true }, { t: "key", code, down: false }]);
+}
+
 // The page cannot see keys lifted while it has no focus, so it lets go of everything
 // when it loses focus; the server lifts whatever is still held when the page goes away.
 function releaseAll() {
   buttonsDown.clear();
-  if (socket && socket.readyState === WebSocket.OPEN) {
-    socket.send(JSON.stringify({ type: "input", events: [{ t: "release" }] }));
-  }
+  stickyUps();
+  screen.send({ type: "input", events: [{ t: "release" }] });
 }
 window.addEventListener("blur", releaseAll);
-canvas.addEventListener("blur", releaseAll);
 document.addEventListener("visibilitychange", () => {
   if (document.hidden) releaseAll();
 });
+
+// -- focus: keys go to the guest only while the canvas (or the typing field) has focus --
+
+function showFocus() {
+  const active = document.activeElement;
+  if (active === canvas) {
+    focusLabel.textContent = "controlling · Esc releases";
+  } else if (active === typing) {
+    focusLabel.textContent = "typing · Esc releases";
+  } else {
+    focusLabel.textContent = "click to control";
+  }
+  focusLabel.className = "focus " + (active === canvas || active === typing ? "active" : "idle");
+}
+for (const element of [canvas, typing]) {
+  element.addEventListener("focus", showFocus);
+  element.addEventListener("blur", () => { releaseAll(); showFocus(); });
+}
+
+function key(event) {
+  if (event.code === "Escape") {  // the way out; the toolbar's Esc reaches the guest
+    if (event.type === "keydown") event.target.blur();
+    event.preventDefault();
+    return;
+  }
+  if (event.repeat) return;  // the guest repeats held keys itself
+  keys([{ t: "key", code: event.code, down: event.type === "keydown" }]);
+  event.preventDefault();
+}
+canvas.addEventListener("keydown", key);
+canvas.addEventListener("keyup", key);
 
 canvas.addEventListener("pointerdown", (event) => {
   const at = guestPosition(event);
@@ -204,12 +243,62 @@ canvas.addEventListener("wheel", (event) => {
   event.preventDefault();
 }, { passive: false });
 
-function key(event) {
-  if (event.repeat) return;  // the guest repeats held keys itself
-  send([{ t: "key", code: event.code, down: event.type === "keydown" }]);
-  event.preventDefault();
-}
-canvas.addEventListener("keydown", key);
-canvas.addEventListener("keyup", key);
+// -- the toolbar's keys ------------------------------------------------------------------------
 
-connect();
+// Toolbar buttons never take focus: pressing one must not release what the canvas holds.
+for (const element of document.querySelectorAll("#toolbar button")) {
+  element.addEventListener("pointerdown", (event) => event.preventDefault());
+}
+document.getElementById("ctrl-alt-del").addEventListener("click", () => {
+  const combo = ["ControlLeft", "AltLeft", "Delete"];
+  keys([...combo.map((code) => ({ t: "key", code, down: true })),
+    ...combo.reverse().map((code) => ({ t: "key", code, down: false }))]);
+});
+for (const element of document.querySelectorAll("[data-key]")) {
+  element.addEventListener("click", () => tap(element.dataset.key));
+}
+for (const sticky of stickyButtons) {
+  sticky.addEventListener("click", () => {
+    const down = sticky.getAttribute("aria-pressed") !== "true";
+    sticky.setAttribute("aria-pressed", String(down));
+    send([{ t: "key", code: sticky.dataset.sticky, down }]);
+  });
+}
+
+// -- typing on a phone: a hidden field takes the on-screen keyboard's text -------------------
+
+document.getElementById("type").addEventListener("click", () => {
+  if (document.activeElement === typing) typing.blur(); else typing.focus();
+});
+typing.addEventListener("keydown", (event) => {
+  // Phones' keyboards say "Unidentified" (or compose): their text comes as input events.
+  if (event.isComposing || event.key === "Unidentified" || !event.code) return;
+  key(event);
+});
+typing.addEventListener("keyup", (event) => {
+  if (event.isComposing || event.key === "Unidentified" || !event.code) return;
+  key(event);
+});
+typing.addEventListener("input", (event) => {
+  if (event.isComposing) return;  // sent whole at compositionend
+  if (event.inputType.startsWith("delete")) tap("Backspace");
+  else if (event.inputType === "insertLineBreak") tap("Enter");
+  else typeText(event.data || "");
+  typing.value = "";
+});
+typing.addEventListener("compositionend", (event) => {
+  typeText(event.data || "");
+  typing.value = "";
+});
+
+function typeText(text) {
+  let events = [];
+  for (const char of text) {
+    events.push(...keysFor(char));
+    if (events.length > 200) {  // the server takes at most 256 events a message
+      keys(events);
+      events = [];
+    }
+  }
+  if (events.length) keys(events);
+}
