@@ -594,9 +594,12 @@ def test_a_thumbnail_is_the_picture_box_filtered_to_fit_and_small_pictures_stay_
         shown = np.asarray(image.convert("RGB"), dtype=float)
     assert shown.shape == (180, 320, 3)  # 1920x1080 / 6
     assert abs(shown.mean() - 127.5) < 3 and shown.std() < 3  # averaged, not sampled
-    small = np.zeros((50, 100, 3), np.uint8)
-    with Image.open(io.BytesIO(thumbnails.make_thumbnail(picture(small, fourcc.RGB565)))) as image:
-        assert image.size == (100, 50)
+    for fmt in (fourcc.XRGB8888, fourcc.RGB565):  # the guest's bytes, and converted ones
+        small = np.full((50, 100, 3), (200, 32, 64), np.uint8)
+        with Image.open(io.BytesIO(thumbnails.make_thumbnail(picture(small, fmt, pad=8)))) as image:
+            assert image.size == (100, 50)
+            colour = np.asarray(image.convert("RGB"), dtype=float).mean(axis=(0, 1))
+            assert np.abs(colour - (200, 32, 64)).max() < 10  # JPEG, 5-bit red
 
 
 def test_thumbnail_passes_keep_to_their_period_and_cpu_share() -> None:

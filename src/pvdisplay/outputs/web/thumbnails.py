@@ -41,10 +41,14 @@ def make_thumbnail(picture: Picture) -> bytes:
     """`picture` reduced by a whole factor (each thumbnail pixel the mean of a square of
     the picture's) until it fits `BOX`, as JPEG."""
     factor = max(math.ceil(picture.width / BOX[0]), math.ceil(picture.height / BOX[1]), 1)
-    rgb = picture.rgb(Rect(0, 0, picture.width, picture.height))
-    if factor > 1:
-        rgb = np.asarray(Image.fromarray(rgb).reduce(factor))
-    return encode_jpeg(rgb, QUALITY)
+    size = (picture.width, picture.height)
+    pixels, colourspace = picture.jpeg_source(Rect(0, 0, *size))
+    if colourspace == "RGB":  # converted already
+        image = Image.fromarray(pixels)
+    else:  # Pillow reads the guest's own bytes (BGRX, BGR): no conversion pass first
+        rows = picture.data[: picture.height * picture.stride]
+        image = Image.frombuffer("RGB", size, rows, "raw", colourspace, picture.stride, 1)
+    return encode_jpeg(np.asarray(image.reduce(factor)), QUALITY)
 
 
 def pause_after(spent: float) -> float:
