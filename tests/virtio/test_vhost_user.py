@@ -8,8 +8,10 @@ import array
 import asyncio
 import contextlib
 import errno
+import logging
 import mmap
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -452,6 +454,40 @@ def test_descriptors_not_kept_are_closed(backend: vu.Backend, guest: Guest) -> N
     assert backend.call_fd(0) is None
 
 
+def qemu_starts_the_device(backend: vu.Backend, guest: Guest, *, shared: bool) -> None:
+    """What QEMU 10 sends from connecting to starting the device: the memory table right
+    after SET_FEATURES when guest RAM is shared, nothing but SET_VRING_CALLs otherwise."""
+    for request in (vu.GET_FEATURES, vu.GET_PROTOCOL_FEATURES):
+        backend.handle(message(request))
+    backend.handle(message(vu.SET_PROTOCOL_FEATURES, u64(vu.PROTOCOL_FEATURES)))
+    backend.handle(message(vu.GET_QUEUE_NUM))
+    backend.handle(message(vu.SET_OWNER))
+    backend.handle(message(vu.SET_FEATURES, u64(1 << vu.F_PROTOCOL_FEATURES)))
+    if shared:
+        backend.handle(mem_table(guest))
+    for index in (0, 1):
+        backend.handle(message(vu.SET_VRING_CALL, u64(index), [os.eventfd(0)]))
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_device_started_without_shared_memory_says_what_qemu_needs(
+    backend: vu.Backend, guest: Guest, caplog: pytest.LogCaptureFixture, shared: bool
+) -> None:
+    with caplog.at_level(logging.WARNING, logger=vu.__name__):
+        qemu_starts_the_device(backend, guest, shared=shared)
+        qemu_starts_the_device(backend, guest, shared=shared)  # said once per connection
+    said = [record.getMessage() for record in caplog.records]
+    if shared:
+        assert said == []
+    else:
+        assert said == [
+            "the front-end started the device without sharing guest memory; run QEMU with "
+            "-object memory-backend-memfd,id=mem,size=<its -m>,share=on -numa node,memdev=mem"
+        ]
+    with pytest.raises(vu.VhostUserError, match=r"without regions: .*memory-backend-memfd"):
+        backend.handle(message(vu.SET_MEM_TABLE, struct.pack("<II", 0, 0)))
+
+
 def test_reset_forgets_everything(backend: vu.Backend, guest: Guest) -> None:
     negotiate(backend, 1 << vu.F_PROTOCOL_FEATURES)
     backend.handle(mem_table(guest))
@@ -552,6 +588,28 @@ def test_a_stalled_request_stalls_only_its_front_end(tmp_path: Path) -> None:
     finally:
         front.close()
         assert process.wait(30) == 0  # --fd: done when the connection ends
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_the_back_end_removes_its_socket_files_when_stopped(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    vhost, planes = tmp_path / "vgpu.sock", tmp_path / "planes.sock"
+    process = subprocess.Popen(
+        [PVDISPLAY, "--log-level", "warning", "vhost-user-gpu", "--socket-path", str(vhost),
+         "--planes-socket", str(planes)],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for_socket(vhost, process)
+        wait_for_socket(planes, process)
+        process.send_signal(stop)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+    assert (process.returncode, stderr) == (0, "")
+    assert sorted(tmp_path.iterdir()) == []
 
 
 def test_a_request_that_fails_unexpectedly_drops_the_front_end(guest: Guest) -> None:

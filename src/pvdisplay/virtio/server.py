@@ -23,8 +23,10 @@ import contextlib
 import errno
 import logging
 import os
+import signal
 import socket
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -379,9 +381,43 @@ async def serve(
 ) -> None:
     """Serve front-ends from `listener` forever, or the one `connected` socket until it ends.
 
-    Both sockets are closed on return. OSError whose `strerror` names what failed (the
-    planes socket, accepting).
+    Returns on SIGTERM; Ctrl-C cancels it. Both sockets are closed on return, and the
+    files of the listening socket and the planes socket removed. OSError whose `strerror`
+    names what failed (the planes socket, accepting).
     """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    terminated = asyncio.Event()
+
+    def terminate() -> None:
+        terminated.set()
+        task.cancel()
+
+    socket_file = _SocketFile.of(listener)
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        await _serve(listener, connected, scanouts, domid, planes_socket)
+    except asyncio.CancelledError:
+        if not terminated.is_set():
+            raise
+        task.uncancel()
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        for owned in (listener, connected):
+            if owned is not None:
+                owned.close()
+        if socket_file is not None:
+            socket_file.remove()
+
+
+async def _serve(
+    listener: socket.socket | None,
+    connected: socket.socket | None,
+    scanouts: Sequence[tuple[int, int]],
+    domid: int,
+    planes_socket: Path | None,
+) -> None:
     registry = PlaneRegistry()
     plane_server = None
     try:
@@ -403,9 +439,32 @@ async def serve(
     finally:
         if plane_server is not None:
             plane_server.close()
-        for owned in (listener, connected):
-            if owned is not None:
-                owned.close()
+
+
+@dataclass(frozen=True)
+class _SocketFile:
+    """The file a listening unix socket was bound to, removed only if still that file:
+    `listen` replaces a stale socket file, so another back-end may have taken the path."""
+
+    path: Path
+    identity: tuple[int, int]
+
+    @classmethod
+    def of(cls, listener: socket.socket | None) -> "_SocketFile | None":
+        if listener is None:
+            return None
+        path = Path(listener.getsockname())
+        try:
+            status = path.stat()
+        except OSError:
+            return None
+        return cls(path, (status.st_dev, status.st_ino))
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            status = self.path.stat()
+            if (status.st_dev, status.st_ino) == self.identity:
+                self.path.unlink()
 
 
 def _serve_planes(registry: PlaneRegistry, path: Path) -> PlaneServer:

@@ -296,6 +296,8 @@ class Backend:
         # Regions whose file we could not seal against shrinking, with the size each
         # needs: checked before every use, since reading past a file's end is SIGBUS.
         self._unsealed: list[tuple[mmap.mmap, int]] = []
+        self._features_just_set = False
+        self._told_unshared = False
 
     @property
     def kick_fds(self) -> dict[int, int]:
@@ -323,6 +325,7 @@ class Backend:
             "vhost-user request",
             extra=logs.fields(request=message.request, size=len(message.payload), fds=len(fds)),
         )
+        self._notice_unshared_memory(message.request)
         try:
             answer = self._dispatch(message, fds)
         except (VhostUserError, VirtioError, OSError, ValueError) as exc:
@@ -377,6 +380,22 @@ class Backend:
         """Drop everything: the front-end went away."""
         self._reset()
         self.protocol_features = 0
+        self._told_unshared = False
+
+    def _notice_unshared_memory(self, request: int) -> None:
+        """QEMU starts the device with SET_FEATURES and SET_MEM_TABLE right after, unless
+        no guest RAM has a descriptor to share (no memfd or shared memory backend): then
+        it fails on its side, sends no table, and the guest runs without a GPU. Only this
+        back-end's log is sure to be read by whoever runs it, so say what QEMU needs."""
+        if (
+            self._features_just_set
+            and request != SET_MEM_TABLE
+            and self.memory is None
+            and not self._told_unshared
+        ):
+            log.warning(UNSHARED_MEMORY)
+            self._told_unshared = True
+        self._features_just_set = request == SET_FEATURES
 
     def _acknowledging(self, message: VhostUserMessage) -> bool:
         return bool(
@@ -526,6 +545,8 @@ class Backend:
         if len(payload) < _MEMORY_HEADER.size:
             raise VhostUserError(errno.EINVAL, "memory table too short")
         count, _ = _MEMORY_HEADER.unpack_from(payload)
+        if count == 0:
+            raise VhostUserError(errno.EINVAL, f"memory table without regions: {UNSHARED_MEMORY}")
         if count != len(fds) or len(payload) < _MEMORY_HEADER.size + count * _MEMORY_REGION.size:
             raise VhostUserError(errno.EINVAL, f"{count} regions, {len(fds)} fds")
         mappings: list[mmap.mmap] = []
@@ -603,6 +624,12 @@ class Backend:
         # The negotiated protocol outlives a device reset (vhost-user.rst, RESET_DEVICE).
         self.features = 0
 
+
+UNSHARED_MEMORY = (
+    "the front-end started the device without sharing guest memory; run QEMU with "
+    "-object memory-backend-memfd,id=mem,size=<its -m>,share=on -numa node,memdev=mem"
+)
+"""Logged once per connection: vhost-user reaches guest RAM only through descriptors."""
 
 _HAS_REPLY = frozenset(
     {GET_FEATURES, GET_PROTOCOL_FEATURES, GET_QUEUE_NUM, GET_VRING_BASE, GET_CONFIG}
