@@ -549,6 +549,31 @@ def test_other_sites_and_rebound_names_are_refused(tmp_path: Path) -> None:
     assert asyncio.run(statuses()) == [200, 200, 403, 403]
 
 
+def test_thumbnails_are_kept_fresh_only_while_an_index_page_asks_for_them(
+    tmp_path: Path,
+) -> None:
+    async def watchers_seen() -> list[int]:
+        viewer = WebViewer(tmp_path / "no-backend.sock", port=0)
+        await viewer.start()
+        seen = [viewer.thumbnails.watchers]
+        try:
+            async with aiohttp.ClientSession() as client:
+                base = f"ws://127.0.0.1:{viewer.port}/ws/index"
+                async with client.ws_connect(base) as index:
+                    await index.receive_json()  # served: inside `watched` by now
+                    seen.append(viewer.thumbnails.watchers)
+                    async with client.ws_connect(f"{base}?thumbnails=0") as wall:
+                        await wall.receive_json()
+                        seen.append(viewer.thumbnails.watchers)
+                async with client.get(f"http://127.0.0.1:{viewer.port}/thumb/1/0/0") as reply:
+                    seen.append(reply.status)  # nothing made for a connector never shown
+        finally:
+            await viewer.close()
+        return seen
+
+    assert asyncio.run(watchers_seen()) == [0, 1, 1, 404]
+
+
 # -- domain names for the index ------------------------------------------------------------
 
 

@@ -194,7 +194,13 @@ class WebViewer:
             self.clients -= 1
 
     async def _index_socket(self, request: web.Request) -> web.StreamResponse:
-        async with self._counted(request) as ws, self.thumbnails.watched():
+        """The list of connectors, live; with thumbnails kept fresh unless `?thumbnails=0`
+        (the wall, which draws every connector itself)."""
+        wants_thumbnails = request.query.get("thumbnails") != "0"
+        async with (
+            self._counted(request) as ws,
+            self.thumbnails.watched() if wants_thumbnails else contextlib.nullcontext(),
+        ):
             return await self._serve_index(ws)
 
     async def _serve_index(self, ws: web.WebSocketResponse) -> web.StreamResponse:

@@ -78,6 +78,11 @@ class Thumbnails:
         self._watchers = 0
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def watchers(self) -> int:
+        """Callers inside `watched` now."""
+        return self._watchers
+
     def version(self, key: PlaneKey) -> int:
         """The connector's thumbnail version, 0 when it has none."""
         made = self._made.get(key)

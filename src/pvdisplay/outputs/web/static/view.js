@@ -71,8 +71,8 @@ function layout() {
   } else if (scale === "fill") {
     shown = room;
   }
-  canvas.style.width = `${Math.floor(shown.width)}px`;
-  canvas.style.height = `${Math.floor(shown.height)}px`;
+  canvas.style.width = `${Math.round(shown.width)}px`;
+  canvas.style.height = `${Math.round(shown.height)}px`;
   for (const button of document.querySelectorAll("[data-scale]")) {
     button.setAttribute("aria-pressed", String(button.dataset.scale === scale));
   }

@@ -65,4 +65,4 @@ setInterval(() => {
 watchPlanes(render, () => {
   backend.textContent = "viewer server unreachable; retrying";
   backend.className = "state disconnected";
-});
+}, false);
