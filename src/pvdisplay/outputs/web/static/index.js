@@ -26,7 +26,7 @@ function newCard(key) {
   link.href = `/view/${key}`;
   link.className = "thumb";
   const image = document.createElement("img");
-  image.alt = `connector ${key}`;
+  image.alt = "";  // until there is a thumbnail: the card says what it is
   link.append(image);
   const heading = document.createElement("h2");
   const details = document.createElement("dl");
@@ -58,6 +58,7 @@ function fill(card, p) {
   if (p.thumb && image.dataset.version !== String(p.thumb)) {
     image.dataset.version = p.thumb;
     image.src = `/thumb/${card.dataset.key}?v=${p.thumb}`;
+    image.alt = `${p.name || `domain ${p.domid}`} ${p.unique_id}`;
   }
 }
 

@@ -16,8 +16,8 @@ const focusLabel = document.getElementById("focus");
 const title = document.getElementById("title");
 const typing = document.getElementById("typing");
 
-const screen = new Screen(canvas, `${domid}/${devid}/${connector}`, onStatus);
-window.pvdisplay = screen.stats;  // read by tests and benchmarks
+const display = new Screen(canvas, `${domid}/${devid}/${connector}`, onStatus);
+window.pvdisplay = display.stats;  // read by tests and benchmarks
 
 const MESSAGES = {
   blank: "the guest shows nothing on this connector yet",
@@ -42,7 +42,7 @@ function onStatus(status) {
   } else {
     message = status.backend ? MESSAGES.guestGone : MESSAGES.backendGone;
   }
-  const state = screen.stats.state;
+  const state = display.stats.state;
   stateLabel.textContent = state;
   stateLabel.className = "state " + state;
   overlay.textContent = message;
@@ -50,7 +50,7 @@ function onStatus(status) {
 }
 
 setInterval(() => {
-  const { fps, latencyMs } = screen.rate();
+  const { fps, latencyMs } = display.rate();
   rateLabel.textContent = Number.isNaN(latencyMs)
     ? `${fps.toFixed(0)} fps` : `${fps.toFixed(0)} fps · ${latencyMs.toFixed(0)} ms`;
 }, 500);
@@ -102,7 +102,7 @@ document.addEventListener("fullscreenchange", () => {
 // -- input -----------------------------------------------------------------------------------
 
 function send(events) {
-  if (screen.stats.state === "live") screen.send({ type: "input", events });
+  if (display.stats.state === "live") display.send({ type: "input", events });
 }
 
 function guestPosition(event) {
@@ -154,9 +154,10 @@ function tap(code) {
 function releaseAll() {
   buttonsDown.clear();
   stickyUps();
-  screen.send({ type: "input", events: [{ t: "release" }] });
+  display.send({ type: "input", events: [{ t: "release" }] });
 }
-window.addEventListener("blur", releaseAll);
+window.addEventListener("blur", () => { releaseAll(); showFocus(); });
+window.addEventListener("focus", showFocus);
 document.addEventListener("visibilitychange", () => {
   if (document.hidden) releaseAll();
 });
@@ -164,7 +165,8 @@ document.addEventListener("visibilitychange", () => {
 // -- focus: keys go to the guest only while the canvas (or the typing field) has focus --
 
 function showFocus() {
-  const active = document.activeElement;
+  // A page in a window that lost the focus gets no keys, whatever element it focused.
+  const active = document.hasFocus() ? document.activeElement : null;
   if (active === canvas) {
     focusLabel.textContent = "controlling · Esc releases";
   } else if (active === typing) {
