@@ -443,7 +443,7 @@ def vnc_greedy_clients(hostile: Hostile, scratch: Path) -> None:
     port = _free_port()
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "pvdisplay"), "--log-level", "error", "vnc",
-         "--planes-socket", str(hostile.host.planes_socket), "--port", str(port)],
+         "--planes-socket", str(hostile.host.planes_socket), "--listen", f"127.0.0.1:{port}"],
     )  # fmt: skip
     greedy: list[socket.socket] = []
     try:

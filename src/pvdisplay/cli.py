@@ -1,48 +1,176 @@
-"""The `pvdisplay` command."""
+"""The `pvdisplay` command.
 
-import asyncio
+`pvdisplay --help` answers at once because this module imports only click and light
+leaves: each command imports what it runs (numpy, aiohttp, pygame, the stack) when it
+runs. That is why pyproject lets this file import inside functions (ruff's PLC0415).
+"""
+
 import contextlib
+import logging
+import os
+import shutil
 import signal
+import sys
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from pvdisplay import __version__, backend_domain, logs, toolstack
-from pvdisplay.hv import xen
-from pvdisplay.ipc.sockets import raise_descriptor_limit
-from pvdisplay.outputs import snapshot as snapshots
-from pvdisplay.outputs.vnc import des as vnc_des
-from pvdisplay.outputs.vnc import server as vnc_server
-from pvdisplay.outputs.web import server as web_server
-from pvdisplay.outputs.web import tiles as web_tiles
-from pvdisplay.outputs.window import viewer as window_viewer
-from pvdisplay.planes.client import PlaneClient
-from pvdisplay.run_dir import RunDirBusyError, RunDirLock
-from pvdisplay.store import server as xenstore_server
-from pvdisplay.store.transport import xenstore_path
-from pvdisplay.toolstack import host
-from pvdisplay.wire import edid
+from pvdisplay import __version__, logs
+from pvdisplay.outputs.listen import bind_failure, format_address, is_loopback, parse_listen
+from pvdisplay.run_dir import (
+    RunDirBusyError,
+    RunDirLock,
+    RunDirUnusableError,
+    default_run_dir,
+)
+
+if TYPE_CHECKING:
+    from pvdisplay import backend_domain, toolstack
+    from pvdisplay.hv import xen
+    from pvdisplay.outputs.snapshot import Snapshot
+    from pvdisplay.outputs.web.server import WebViewer
+
+log = logging.getLogger(__name__)
 
 _Command = TypeVar("_Command", bound=Callable[..., None])
 
+_LOG_LEVEL = "pvdisplay.log_level"
+QUIET_COMMANDS = frozenset({"demo", "backend"})
+"""Commands whose terminal shows warnings only by default: their whole log goes to a file
+in the run directory, which the banner names."""
+LOG_NAME = "pvdisplay.log"
+INTERRUPTED = 130
+"""The status of a command Ctrl-C stopped before it was up (128 + SIGINT, as shells say)."""
+DEFAULT_WEB = "127.0.0.1:8080"
+DEFAULT_VNC = "127.0.0.1:5900"
+WINDOW_EXTRA = "pip install 'pvdisplay[window]'"
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+def _note_log_level(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.find_root().meta[_LOG_LEVEL] = value.lower()
+
+
+def _log_level_option() -> click.Option:
+    return click.Option(
+        ["--log-level"],
+        type=click.Choice(logs.LEVELS, case_sensitive=False),
+        expose_value=False,
+        callback=_note_log_level,
+        help="Least severe log level written to stderr, before or after the command.  "
+        f"[default: warning for demo and backend (their whole log goes to RUN_DIR/{LOG_NAME}), "
+        "info for the rest]",
+    )
+
+
+class _Subcommand(click.Command):
+    """A command that takes --log-level too, sets up logging before it runs, and ends
+    quietly with status 130 when Ctrl-C interrupts it (a server stopped by Ctrl-C once
+    it is up ends with 0, as it was asked to)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.append(_log_level_option())
+
+    def invoke(self, ctx: click.Context) -> Any:
+        root = ctx.find_root()
+        default = "warning" if self.name in QUIET_COMMANDS else "info"
+        level = root.meta.setdefault(_LOG_LEVEL, default)
+        try:
+            logs.configure(level)
+            from pvdisplay.ipc.sockets import raise_descriptor_limit
+
+            # Most commands are long-lived servers; each counts its own budgets.
+            raise_descriptor_limit()
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise click.exceptions.Exit(INTERRUPTED) from None
+
+
+class _Commands(click.Group):
+    command_class = _Subcommand
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.append(_log_level_option())
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pvdisplay")
-@click.option(
-    "--log-level",
-    type=click.Choice(logs.LEVELS, case_sensitive=False),
-    default="info",
-    show_default=True,
-    help="Least severe log level written to stderr.",
-)
-def main(log_level: str) -> None:
+def main() -> None:
     """Xen PV display and input on an emulated Xen host, and virtio-gpu for QEMU guests."""
-    logs.configure(log_level)
-    # Every command but `snapshot` is a long-lived server; each counts its own budgets.
-    raise_descriptor_limit()
+
+
+def _log_level() -> str:
+    level: str = click.get_current_context().find_root().meta[_LOG_LEVEL]
+    return level
+
+
+def _command_name() -> str:
+    """This command as the person who started it can type it again: `pvdisplay` when
+    PATH finds this very program, else its path (relative when below the current
+    directory, as `.venv/bin/pvdisplay`)."""
+    started = Path(sys.argv[0])
+    if started.name != "pvdisplay":  # python -c or -m: the script beside this interpreter
+        started = Path(sys.executable).parent / "pvdisplay"
+        if not started.exists():
+            return "pvdisplay"
+    found = shutil.which("pvdisplay")
+    if found is not None and Path(found).resolve() == started.resolve():
+        return "pvdisplay"
+    relative = os.path.relpath(started.absolute())
+    return str(started.absolute()) if relative.startswith("..") else relative
+
+
+def _listen_option(default: str, what: str) -> Callable[[_Command], _Command]:
+    return click.option(
+        "--listen",
+        default=default,
+        show_default=True,
+        metavar="HOST:PORT",
+        help=f"Where {what} listens (port 0: any free port).",
+    )
+
+
+def _parse_listen(text: str, example_port: int) -> tuple[str, int]:
+    try:
+        return parse_listen(text, example_port)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--listen") from None
+
+
+def _warn_if_exposed(server: str, host: str, port: int, protection: str) -> None:
+    if not is_loopback(host):
+        log.warning(
+            f"{server} listens beyond this machine without authentication: anyone who reaches "
+            f"{format_address(host, port)} sees and controls the guests; {protection}",
+        )
+
+
+def _planes_socket_option(default: str) -> Callable[[_Command], _Command]:
+    return click.option(
+        "--planes-socket",
+        type=click.Path(dir_okay=False),
+        help=f"The backend's planes socket.  [default: {default}]",
+    )
+
+
+def _planes_socket(option: str | None) -> Path:
+    return Path(option) if option else default_run_dir() / "planes.sock"
+
+
+def _no_backend(socket_path: Path) -> click.ClickException:
+    """Why nothing answers on `socket_path`, with what to do about it."""
+    if not socket_path.exists():
+        problem = f"no planes socket at {socket_path}"
+    else:
+        problem = f"nothing serves the planes socket {socket_path} (its backend has stopped)"
+    return click.ClickException(
+        f"{problem}; start `{_command_name()} demo` or `{_command_name()} backend`, "
+        "or pass the --planes-socket of a running one"
+    )
 
 
 @main.command()
@@ -61,6 +189,8 @@ def main(log_level: str) -> None:
 )
 def xenstored(socket_dir: str, quota_settings: tuple[str, ...]) -> None:
     """Run the XenStore daemon in the foreground until SIGINT or SIGTERM."""
+    from pvdisplay.store import server as xenstore_server
+
     try:
         quotas = xenstore_server.parse_quotas(quota_settings)
     except ValueError as error:
@@ -89,15 +219,16 @@ def _host_options(config_help: str) -> Callable[[_Command], _Command]:
         click.option(
             "--run-dir",
             type=click.Path(file_okay=False),
-            help="Where the sockets go.  [default: /tmp/pvdisplay-<uid>]",
+            help="Where the sockets and the log go.  [default: /tmp/pvdisplay-<uid>]",
         ),
         click.option(
+            "--listen",
             "--web",
             "web_listen",
-            default="127.0.0.1:8080",
+            default=DEFAULT_WEB,
             show_default=True,
             metavar="HOST:PORT",
-            help="Where the web viewer listens (port 0: any free port).",
+            help="Where the web viewer listens (port 0: any free port; --web is the old spelling).",
         ),
         click.option("--no-web", is_flag=True, help="Do not start the web viewer."),
         click.option(
@@ -117,8 +248,18 @@ def _host_options(config_help: str) -> Callable[[_Command], _Command]:
     return decorate
 
 
+def _web_address(web_listen: str, no_web: bool) -> tuple[str, int] | None:
+    if no_web:
+        return None
+    web = _parse_listen(web_listen, 8080)
+    _warn_if_exposed(
+        "the web viewer", *web, "listen on 127.0.0.1 and reach it through an SSH tunnel"
+    )
+    return web
+
+
 def _run_host(
-    default: toolstack.HostConfig,
+    default: "toolstack.HostConfig",
     *,
     config_path: str | None,
     run_dir: str | None,
@@ -126,21 +267,24 @@ def _run_host(
     no_web: bool,
     copy_frames: bool,
 ) -> None:
-    try:
-        web = None if no_web else web_server.parse_listen(web_listen)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--web") from None
+    from dataclasses import replace
+
+    from pvdisplay.toolstack import host
+
+    web = _web_address(web_listen, no_web)
     config = default if config_path is None else _read_host_config(config_path)
     if copy_frames:
         config = replace(config, backend=replace(config.backend, copy=True))
-    level = click.get_current_context().find_root().params["log_level"]
+    directory = Path(run_dir) if run_dir else default_run_dir()
     try:
-        host.run(config, Path(run_dir) if run_dir else host.default_run_dir(), level, web)
+        host.run(config, directory, _log_level(), web, _command_name())
     except host.HostError as error:
         raise click.ClickException(str(error)) from None
 
 
-def _read_host_config(path: str) -> toolstack.HostConfig:
+def _read_host_config(path: str) -> "toolstack.HostConfig":
+    from pvdisplay import toolstack
+
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -150,50 +294,93 @@ def _read_host_config(path: str) -> toolstack.HostConfig:
             f"cannot read {path}: {error.strerror}; pass a readable --config"
         ) from None
     try:
-        return toolstack.parse_config(text)
+        config = toolstack.parse_config(text)
+        toolstack.check_backends(config)
     except toolstack.ConfigError as error:
         raise click.ClickException(f"{path}: {error}") from None
+    return config
 
 
 @main.command()
 @_host_options("default: the two demo guests.")
 def demo(**options: Any) -> None:
     """Run the emulated host (xenstored, broker, backend, demo guests, web viewer) until Ctrl-C."""
+    from pvdisplay import toolstack
+    from pvdisplay.toolstack import host
+
     _run_host(toolstack.parse_config(host.DEMO_CONFIG), **options)
 
 
 @main.command()
 @click.argument("domid", type=click.IntRange(0, 0x7FEF))
 @click.argument("connector")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file.")
-@click.option("--device", "devid", default=0, show_default=True, help="vdispl device id.")
 @click.option(
-    "--planes-socket",
+    "-o",
+    "--output",
+    required=True,
     type=click.Path(dir_okay=False),
-    help="The backend's planes socket.  [default: /tmp/pvdisplay-<uid>/planes.sock]",
+    help="Picture file: .png, or .jpg/.jpeg for JPEG.",
 )
+@click.option("--device", "devid", default=0, show_default=True, help="vdispl device id.")
+@_planes_socket_option("/tmp/pvdisplay-<uid>/planes.sock")
 def snapshot(
     domid: int, connector: str, output: str, devid: int, planes_socket: str | None
 ) -> None:
-    """Save what connector CONNECTOR (index or unique-id) of domain DOMID shows, as PNG."""
-    socket_path = Path(planes_socket) if planes_socket else host.default_run_dir() / "planes.sock"
+    """Save what connector CONNECTOR (index or unique-id) of domain DOMID shows, as PNG
+    or JPEG (by the suffix of --output)."""
+    from pvdisplay.outputs import picture_file
+
+    path = Path(output)
     try:
-        with PlaneClient(socket_path) as client:
-            index = snapshots.resolve_connector(client, domid, devid, connector)
-            shot = snapshots.take(client, domid, index, devid)
-    except (FileNotFoundError, ConnectionRefusedError):
+        picture_file.check_suffix(path)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--output") from None
+    socket_path = _planes_socket(planes_socket)
+    shot = _take_snapshot(socket_path, domid, devid, connector)
+    try:
+        picture_file.save(shot.rgb, path)
+    except OSError as error:
         raise click.ClickException(
-            f"nothing to snapshot: no plane for domain {domid} connector {connector} behind "
-            f"{socket_path} (is `pvdisplay demo` running, and has the guest flipped a frame?)"
+            f"cannot write {output}: {error.strerror or error}; pass an --output in a "
+            "directory you can write"
         ) from None
-    except (LookupError, OSError) as error:
-        raise click.ClickException(str(error)) from None
-    snapshots.save_png(shot, Path(output))
     plane = shot.plane
     click.echo(
         f"{output}: domain {domid} connector {plane.connector} ({plane.unique_id}) "
         f"{plane.width}x{plane.height} {plane.fourcc} frame {plane.frame}"
     )
+
+
+def _take_snapshot(socket_path: Path, domid: int, devid: int, connector: str) -> "Snapshot":
+    from pvdisplay.outputs import snapshot as snapshots
+    from pvdisplay.planes.client import PlaneClient
+    from pvdisplay.planes.model import find_plane
+
+    try:
+        client = PlaneClient(socket_path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise _no_backend(socket_path) from None
+    except OSError as error:
+        raise click.ClickException(
+            f"cannot open the planes socket {socket_path}: {error.strerror or error}"
+        ) from None
+    with client:
+        try:
+            plane = find_plane(client.list(), domid, devid, connector)
+        except LookupError as error:
+            raise click.ClickException(str(error.args[0])) from None
+        try:
+            return snapshots.take(client, domid, plane.connector, devid)
+        except FileNotFoundError:
+            raise click.ClickException(
+                f"domain {domid} connector {plane.connector} ({plane.unique_id}) shows "
+                "nothing yet; has its guest flipped a frame?"
+            ) from None
+        except OSError as error:
+            raise click.ClickException(
+                f"cannot snapshot domain {domid} connector {plane.connector}: "
+                f"{error.strerror or error}"
+            ) from None
 
 
 @main.command()
@@ -212,6 +399,9 @@ def backend(hv: str | None, **options: Any) -> None:
     with the planes socket in --run-dir. Locally: the emulated host without demo guests
     (xenstored, the hypervisor broker, the backends as domain 0, guests from --config).
     """
+    from pvdisplay.hv import xen
+    from pvdisplay.toolstack import host
+
     chosen = hv or ("xen" if xen.is_control_domain() else "local")
     if chosen == "local":
         _run_host(host.BACKEND_ONLY, **options)
@@ -224,12 +414,15 @@ def backend(hv: str | None, **options: Any) -> None:
 
 
 def _run_on_xen(run_dir: str | None, web_listen: str, no_web: bool, copy_frames: bool) -> None:
-    try:
-        web = None if no_web else web_server.parse_listen(web_listen)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--web") from None
-    directory = Path(run_dir) if run_dir else host.default_run_dir()
-    with _run_dir_held(directory):
+    import asyncio
+
+    from pvdisplay import backend_domain
+    from pvdisplay.hv import xen
+    from pvdisplay.store.transport import xenstore_path
+
+    web = _web_address(web_listen, no_web)
+    directory = Path(run_dir) if run_dir else default_run_dir()
+    with _run_dir_held(directory), logs.LogFile(directory / LOG_NAME):
         try:
             hypervisor = xen.open_hypervisor()
         except OSError as error:
@@ -241,7 +434,7 @@ def _run_on_xen(run_dir: str | None, web_listen: str, no_web: bool, copy_frames:
             xenstore_path(), str(directory / "planes.sock"), copy_frames
         )
         try:
-            asyncio.run(_serve_on_xen(hypervisor, options, web))
+            asyncio.run(_serve_on_xen(hypervisor, options, web, directory / LOG_NAME))
         except (OSError, ConnectionError) as error:
             raise click.ClickException(
                 f"cannot serve as Xen's display backend: {error} (is xenstored running?)"
@@ -260,7 +453,7 @@ def _run_dir_held(directory: Path) -> Iterator[None]:
             f"{directory} is in use by another running pvdisplay backend; stop it or pass "
             "another --run-dir"
         ) from None
-    except OSError as error:
+    except RunDirUnusableError as error:
         raise click.ClickException(
             f"cannot use {directory} as the run directory: {error.strerror}; pass another --run-dir"
         ) from None
@@ -271,8 +464,16 @@ def _run_dir_held(directory: Path) -> Iterator[None]:
 
 
 async def _serve_on_xen(
-    hypervisor: xen.XenHypervisor, options: backend_domain.Options, web: tuple[str, int] | None
+    hypervisor: "xen.XenHypervisor",
+    options: "backend_domain.Options",
+    web: tuple[str, int] | None,
+    log_file: Path,
 ) -> None:
+    import asyncio
+
+    from pvdisplay import backend_domain
+    from pvdisplay.outputs.web.server import WebViewer
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for number in (signal.SIGINT, signal.SIGTERM):
@@ -280,15 +481,14 @@ async def _serve_on_xen(
     async with backend_domain.BackendDomain(hypervisor, options):
         viewer = None
         if web is not None:
-            viewer = web_server.WebViewer(
-                options.planes_socket, *web, xenstore_socket=options.xenstore_socket
-            )
+            viewer = WebViewer(options.planes_socket, *web, xenstore_socket=options.xenstore_socket)
             await viewer.start()
         try:
             click.echo(f"display and input backend of Xen domain {hypervisor.domid}")
             click.echo(f"  planes socket {options.planes_socket}")
             if viewer is not None:
                 click.echo(f"  web viewer {viewer.url}")
+            click.echo(f"  log {log_file}  (--log-level info shows it here too)")
             click.echo("stop with Ctrl-C")
             await stop.wait()
         finally:
@@ -297,18 +497,8 @@ async def _serve_on_xen(
 
 
 @main.command()
-@click.option(
-    "--planes-socket",
-    type=click.Path(dir_okay=False),
-    help="The backend's planes socket.  [default: <run dir of pvdisplay demo>/planes.sock]",
-)
-@click.option(
-    "--listen",
-    default="127.0.0.1:8080",
-    show_default=True,
-    metavar="HOST:PORT",
-    help="Address of the web viewer (loopback unless you say otherwise).",
-)
+@_planes_socket_option("<run dir of pvdisplay demo>/planes.sock")
+@_listen_option(DEFAULT_WEB, "the web viewer")
 @click.option(
     "--quality",
     default="80",
@@ -324,7 +514,7 @@ async def _serve_on_xen(
 @click.option(
     "--max-clients",
     type=click.IntRange(1),
-    default=web_server.DEFAULT_MAX_CLIENTS,
+    default=32,
     show_default=True,
     help="Viewers and index pages served at once; more are answered 503.",
 )
@@ -336,86 +526,100 @@ def web(
     max_clients: int,
 ) -> None:
     """Serve every guest display to web browsers, with keyboard, mouse and touch."""
-    socket_path = Path(planes_socket) if planes_socket else host.default_run_dir() / "planes.sock"
+    import asyncio
+
+    from pvdisplay.outputs.web import tiles
+    from pvdisplay.outputs.web.server import WebViewer
+
+    socket_path = _planes_socket(planes_socket)
     names_socket = xenstore_socket or socket_path.parent / "xenstore" / "socket_ro"
+    address, port = _parse_listen(listen, 8080)
     try:
-        address, port = web_server.parse_listen(listen)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--listen") from None
-    try:
-        level = web_tiles.parse_quality(quality)
+        level = tiles.parse_quality(quality)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--quality") from None
-    click.echo(f"web viewer on http://{listen}/ for {socket_path} (Ctrl-C stops it)")
+    _warn_if_exposed(
+        "the web viewer", address, port, "listen on 127.0.0.1 and reach it through an SSH tunnel"
+    )
+    viewer = WebViewer(socket_path, address, port, level, names_socket, max_clients=max_clients)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_web(viewer, socket_path))
+
+
+async def _serve_web(viewer: "WebViewer", socket_path: Path) -> None:
+    import asyncio
+
     try:
-        asyncio.run(
-            web_server.serve(
-                socket_path, address, port, level, names_socket, max_clients=max_clients
-            )
-        )
+        await viewer.start()
     except OSError as error:
+        await viewer.close()
         raise click.ClickException(
-            f"cannot serve on {listen} from {socket_path}: {error}; "
-            "start `pvdisplay demo` first or pass --planes-socket and a free --listen"
+            f"cannot listen on {format_address(viewer.host, viewer.port)}: "
+            f"{bind_failure(error)}; pass a free --listen HOST:PORT"
         ) from None
-    except KeyboardInterrupt:
-        pass
+    try:
+        click.echo(f"web viewer on {viewer.url} for {socket_path} (Ctrl-C stops it)")
+        await asyncio.Event().wait()
+    finally:
+        await viewer.close()
 
 
 @main.command()
-@click.option(
-    "--planes-socket",
-    type=click.Path(),
-    help="The backend's planes socket.  [default: <run dir of pvdisplay demo>/planes.sock]",
-)
-@click.option("--address", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option(
-    "--port",
-    type=click.IntRange(1, 65535),
-    default=5900,
-    show_default=True,
-    help="Port of the first connector; each further connector takes the next port.",
+@_planes_socket_option("<run dir of pvdisplay demo>/planes.sock")
+@_listen_option(
+    DEFAULT_VNC, "the first connector's VNC server (each further connector takes the next port)"
 )
 @click.option(
     "--password-file",
     type=click.Path(exists=True, dir_okay=False),
-    help="Offer VNC authentication with the password in this file (else no security).",
+    help="Offer VNC authentication with the password written in this file, as plain text "
+    "(else no security).",
 )
 @click.option(
     "--max-clients",
     type=click.IntRange(1),
-    default=vnc_server.DEFAULT_MAX_CLIENTS,
+    default=16,
     show_default=True,
     help="Clients served at once over all connectors; more are closed at once.",
 )
 def vnc(
     planes_socket: str | None,
-    address: str,
-    port: int,
+    listen: str,
     password_file: str | None,
     max_clients: int,
 ) -> None:
     """Serve every guest connector over VNC (RFB 3.3/3.7/3.8), one port per connector."""
-    socket_path = planes_socket or str(host.default_run_dir() / "planes.sock")
+    import asyncio
+
+    from pvdisplay.outputs.vnc import server as vnc_server
+
+    socket_path = _planes_socket(planes_socket)
+    address, port = _parse_listen(listen, 5900)
     password = _read_password(password_file) if password_file else None
+    if password is None:
+        _warn_if_exposed(
+            "the VNC server", address, port, "pass --password-file, or listen on 127.0.0.1"
+        )
     try:
         asyncio.run(vnc_server.serve(socket_path, address, port, password, max_clients))
-    except OSError as error:
-        raise click.ClickException(
-            f"cannot serve VNC on {address}:{port} from {socket_path}: {error}; "
-            "start `pvdisplay demo` first or pass --planes-socket and a free --port"
-        ) from None
+    except vnc_server.NoListenerError as error:
+        raise click.ClickException(str(error)) from None
+    except OSError:
+        raise _no_backend(socket_path) from None
     except KeyboardInterrupt:
         pass
 
 
 def _read_password(path: str) -> str:
     """The VNC password in `path` (surrounding whitespace, such as the newline, dropped)."""
+    from pvdisplay.outputs.vnc import des as vnc_des
+
     try:
         password = Path(path).read_text(encoding="utf-8").strip()
     except UnicodeDecodeError:
         raise click.ClickException(
-            f"--password-file {path}: not UTF-8 text; write the password as text"
+            f"--password-file {path}: not text (a vncpasswd file is encrypted); write the "
+            f"password itself in it, 1 to {vnc_des.BLOCK_SIZE} ASCII characters"
         ) from None
     except OSError as error:
         raise click.ClickException(
@@ -436,10 +640,18 @@ def _read_password(path: str) -> str:
             f"--password-file {path}: VNC clients differ on how they encode characters "
             "outside ASCII; use ASCII characters only"
         )
+    if not password.isprintable():
+        raise click.ClickException(
+            f"--password-file {path}: control characters, not text (a vncpasswd file is "
+            f"encrypted); write the password itself in it, 1 to {vnc_des.BLOCK_SIZE} ASCII "
+            "characters"
+        )
     return password
 
 
 def _scanout_size(text: str) -> tuple[int, int]:
+    from pvdisplay.wire import edid
+
     width, sep, height = text.partition("x")
     if not (sep and width.isdecimal() and height.isdecimal()):
         raise click.BadParameter(f"{text!r} is not WIDTHxHEIGHT", param_hint="--scanout")
@@ -495,11 +707,13 @@ def vhost_user_gpu(
     scanouts: tuple[str, ...],
 ) -> None:
     """Serve virtio-gpu (2D) to QEMU over vhost-user, like QEMU's own vhost-user-gpu."""
-    from pvdisplay.virtio import gpu, server  # noqa: PLC0415 (keeps cli start-up light)
-
     if print_capabilities:
         click.echo('{\n  "type": "gpu",\n  "features": []\n}')
         return
+    import asyncio
+
+    from pvdisplay.virtio import gpu, server
+
     if (socket_path is None) == (fd is None):
         raise click.UsageError("pass exactly one of --socket-path and --fd")
     sizes = [_scanout_size(text) for text in scanouts] or [(1280, 800)]
@@ -528,16 +742,19 @@ def vhost_user_gpu(
 @click.argument("domid", type=click.IntRange(0, 0x7FEF))
 @click.argument("connector")
 @click.option("--device", "devid", default=0, show_default=True, help="vdispl device id.")
-@click.option(
-    "--planes-socket",
-    type=click.Path(dir_okay=False),
-    help="The backend's planes socket.  [default: /tmp/pvdisplay-<uid>/planes.sock]",
-)
+@_planes_socket_option("/tmp/pvdisplay-<uid>/planes.sock")
 def view(domid: int, connector: str, devid: int, planes_socket: str | None) -> None:
     """Show connector CONNECTOR (index or unique-id) of domain DOMID in a window, with input."""
-    socket_path = Path(planes_socket) if planes_socket else host.default_run_dir() / "planes.sock"
     try:
-        window_viewer.view(socket_path, domid, connector, devid)
+        from pvdisplay.outputs.window import viewer as window_viewer
+    except ModuleNotFoundError as error:
+        if error.name != "pygame":
+            raise
+        raise click.ClickException(
+            f"the window needs pygame, which is not installed; get it with: {WINDOW_EXTRA}"
+        ) from None
+    try:
+        window_viewer.view(_planes_socket(planes_socket), domid, connector, devid)
     except window_viewer.ViewerError as error:
         raise click.ClickException(str(error)) from None
     except KeyboardInterrupt:

@@ -1,12 +1,14 @@
 """Structured logging: one line per event, `key=value` fields after the message."""
 
 import logging
+import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Self
 
 LEVELS = ("debug", "info", "warning", "error")
 
@@ -36,12 +38,70 @@ def _quote(value: object) -> str:
     return text
 
 
+LOG_FILE_ENV = "PVDISPLAY_LOG_FILE"
+"""Names the file the whole log is appended to as well; processes a host starts inherit
+it, so one file holds the lines of all of them."""
+
+
 def configure(level: str) -> None:
+    """Write lines of `level` and above to stderr, and the whole log to the file named by
+    $PVDISPLAY_LOG_FILE, if set (`LogFile`)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(KeyValueFormatter())
+    handler.setLevel(level.upper())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(handler.level)
+    path = os.environ.get(LOG_FILE_ENV)
+    if path:
+        _add_file(Path(path))
+
+
+class LogFile:
+    """The whole log (info and above, or more if stderr shows more) appended to `path`
+    too, by this process and by every process it starts, while open."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handler: logging.FileHandler | None = None
+        self._restore: tuple[str | None, int] = (None, logging.WARNING)
+
+    def open(self) -> None:
+        root = logging.getLogger()
+        self._restore = (os.environ.get(LOG_FILE_ENV), root.level)
+        os.environ[LOG_FILE_ENV] = str(self.path)
+        self._handler = _add_file(self.path)
+
+    def close(self) -> None:
+        if self._handler is None:
+            return
+        root = logging.getLogger()
+        root.removeHandler(self._handler)
+        self._handler.close()
+        self._handler = None
+        environment, level = self._restore
+        if environment is None:
+            os.environ.pop(LOG_FILE_ENV, None)
+        else:
+            os.environ[LOG_FILE_ENV] = environment
+        root.setLevel(level)
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _add_file(path: Path) -> logging.FileHandler:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(KeyValueFormatter())
+    root = logging.getLogger()
+    handler.setLevel(min(root.level, logging.INFO))
+    root.addHandler(handler)
+    root.setLevel(handler.level)
+    return handler
 
 
 def fields(**values: object) -> dict[str, dict[str, object]]:

@@ -18,6 +18,14 @@ class RunDirBusyError(OSError):
     """Another running instance holds the run directory."""
 
 
+class RunDirUnusableError(OSError):
+    """The run directory cannot be created or written."""
+
+
+def default_run_dir() -> Path:
+    return Path(f"/tmp/pvdisplay-{os.getuid()}")
+
+
 class RunDirLock:
     """The exclusive hold on a run directory; `acquire` before touching anything in it."""
 
@@ -30,9 +38,13 @@ class RunDirLock:
         return self._fd is not None
 
     def acquire(self) -> None:
-        """Create the directory if needed and take the lock; RunDirBusyError if it is taken."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        """Create the directory if needed and take the lock; RunDirBusyError if it is taken,
+        RunDirUnusableError if the directory or its lock file cannot be made."""
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as error:
+            raise RunDirUnusableError(error.errno, error.strerror, str(self.path.parent)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -6,6 +6,7 @@ until Ctrl-C; it is started here as a person would start it, and stopped the way
 Ctrl-C stops it (SIGINT to its whole process group).
 """
 
+import contextlib
 import json
 import os
 import queue
@@ -19,17 +20,28 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import numpy as np
+import numpy.typing as npt
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
+import rigs
+from pvdisplay import toolstack
 from pvdisplay.cli import main
+from pvdisplay.guests import pattern
 from pvdisplay.planes.client import PlaneClient
+from pvdisplay.wire import fourcc
 from rigs import PATIENCE, wait_until
 
 pytestmark = pytest.mark.processes
+
+SCRIPT = Path(sys.executable).parent / "pvdisplay"
+"""The `pvdisplay` command the venv installed."""
 
 CONFIG = """\
 [[guest]]
@@ -37,6 +49,13 @@ name = "kestrel"
 domid = 7
 vdispl = ["backend=0,connectors=wing:320x240"]
 """
+
+
+@pytest.fixture(autouse=True)
+def installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command as installed on PATH: hints name it `pvdisplay` (run in-process too)."""
+    monkeypatch.setenv("PATH", f"{SCRIPT.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT)])
 
 
 @pytest.fixture
@@ -70,18 +89,14 @@ def test_backend_serves_the_configs_guest_on_the_web_index_and_stops_on_ctrl_c(
 ) -> None:
     config = run_dir / "host.toml"
     config.write_text(CONFIG)
-    command = [
-        "backend",
-        "--config",
-        str(config),
-        "--run-dir",
-        str(run_dir),
-        "--web",
-        "127.0.0.1:0",
-    ]
+    command = ["backend", "--config", str(config), "--run-dir", str(run_dir)]
+    # Started as a person in a checkout starts it, with the venv not on PATH.
+    checkout = SCRIPT.parent.parent.parent
     with (run_dir / "stderr").open("w") as errors:
         process = subprocess.Popen(
-            [sys.executable, "-c", "from pvdisplay.cli import main; main()", *command],
+            [SCRIPT.relative_to(checkout), *command, "--listen", "127.0.0.1:0"],
+            cwd=checkout,
+            env={**os.environ, "PATH": "/usr/bin:/bin"},
             stdout=subprocess.PIPE,
             stderr=errors,
             text=True,
@@ -95,6 +110,11 @@ def test_backend_serves_the_configs_guest_on_the_web_index_and_stops_on_ctrl_c(
             printed.append(output.get(timeout=PATIENCE))
         url = next(line.split()[-1] for line in printed if "web viewer" in line)
         assert any("guest      domain 7 'kestrel'" in line for line in printed)
+        # The examples name the command as it was started, and the banner the log.
+        example = f"  {SCRIPT.relative_to(checkout)} snapshot 7 wing -o kestrel-wing.png\n"
+        assert example in printed
+        log_file = run_dir / "pvdisplay.log"
+        assert f"  log        {log_file}  (--log-level info shows it here too)\n" in printed
 
         assert b'id="planes"' in fetch(url)  # the index page
         deadline = time.monotonic() + PATIENCE
@@ -116,7 +136,11 @@ def test_backend_serves_the_configs_guest_on_the_web_index_and_stops_on_ctrl_c(
     # Everything it started is gone: the backend's planes socket and xenstored's sockets.
     assert not (run_dir / "planes.sock").exists()
     assert not (run_dir / "xenstore" / "socket").exists()
-    assert "Traceback" not in (run_dir / "stderr").read_text()
+    # The terminal got no info lines; the log file got them, from every process.
+    assert " info " not in (run_dir / "stderr").read_text()
+    logged = log_file.read_text()
+    for logger in ("toolstack.host", "store.server", "hv.local.broker", "backend_domain"):
+        assert f" info pvdisplay.{logger} " in logged
 
 
 def test_a_second_instance_on_a_run_dir_refuses_in_one_line_and_touches_nothing(
@@ -127,7 +151,8 @@ def test_a_second_instance_on_a_run_dir_refuses_in_one_line_and_touches_nothing(
     first_command = ["backend", "--config", str(config), "--run-dir", str(run_dir), "--no-web"]
     with (run_dir / "stderr").open("w") as errors:
         first = subprocess.Popen(
-            [sys.executable, "-c", "from pvdisplay.cli import main; main()", *first_command],
+            ["pvdisplay", *first_command, "--log-level", "info"],
+            env={**os.environ, "PATH": f"{SCRIPT.parent}:/usr/bin:/bin"},
             stdout=subprocess.PIPE,
             stderr=errors,
             text=True,
@@ -136,8 +161,11 @@ def test_a_second_instance_on_a_run_dir_refuses_in_one_line_and_touches_nothing(
     try:
         assert first.stdout is not None
         output = lines_of(first.stdout)
-        while not output.get(timeout=PATIENCE).startswith("stop with Ctrl-C"):
-            pass
+        printed = [output.get(timeout=PATIENCE)]
+        while not printed[-1].startswith("stop with Ctrl-C"):
+            printed.append(output.get(timeout=PATIENCE))
+        # On PATH, the command is plain `pvdisplay`.
+        assert "  pvdisplay snapshot 7 wing -o kestrel-wing.png\n" in printed
         sockets = [run_dir / "planes.sock", run_dir / "xenstore" / "socket"]
         wait_until(lambda: all(path.exists() for path in sockets), "the first's sockets")
         before = [path.stat().st_ino for path in sockets]
@@ -168,7 +196,9 @@ def test_a_second_instance_on_a_run_dir_refuses_in_one_line_and_touches_nothing(
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
             first.wait()
-    assert "Traceback" not in (run_dir / "stderr").read_text()
+    first_log = (run_dir / "stderr").read_text()
+    assert "Traceback" not in first_log
+    assert " info pvdisplay.toolstack.host guest started domid=7 name=kestrel" in first_log
 
 
 def test_backend_and_demo_say_in_one_line_what_is_wrong_with_a_config(tmp_path: Path) -> None:
@@ -219,7 +249,8 @@ def test_a_password_file_that_is_not_text_or_not_readable_is_a_one_line_error(
     binary.write_bytes(b"\xff\xfe")
     assert vnc_with_password(binary, tmp_path) == (
         1,
-        f"Error: --password-file {binary}: not UTF-8 text; write the password as text\n",
+        f"Error: --password-file {binary}: not text (a vncpasswd file is encrypted); write "
+        "the password itself in it, 1 to 8 ASCII characters\n",
     )
     # A socket exists and is no directory, yet no one can read it (root included).
     unreadable = tmp_path / "socket"
@@ -261,7 +292,402 @@ def test_a_password_longer_than_vnc_authentication_uses_is_refused(tmp_path: Pat
     )
     # Eight characters are taken: the command goes on, to find no backend.
     path.write_text("12345678\n")
-    code, output = vnc_with_password(path, tmp_path)
+    assert vnc_with_password(path, tmp_path) == (
+        1,
+        f"Error: no planes socket at {tmp_path / 'none.sock'}; start `pvdisplay demo` or "
+        "`pvdisplay backend`, or pass the --planes-socket of a running one\n",
+    )
+
+
+def test_a_vncpasswd_file_is_refused_with_what_the_file_must_hold(tmp_path: Path) -> None:
+    path = tmp_path / "passwd"
+    path.write_bytes(bytes.fromhex("dbd83cfd727a1458"))  # what `vncpasswd` writes for "password"
+    assert vnc_with_password(path, tmp_path) == (
+        1,
+        f"Error: --password-file {path}: not text (a vncpasswd file is encrypted); write "
+        "the password itself in it, 1 to 8 ASCII characters\n",
+    )
+    path.write_bytes(b"\x01\x02\x03\x04\x05\x06\x07\x08")  # encrypted bytes that decode
+    assert vnc_with_password(path, tmp_path) == (
+        1,
+        f"Error: --password-file {path}: control characters, not text (a vncpasswd file is "
+        "encrypted); write the password itself in it, 1 to 8 ASCII characters\n",
+    )
+
+
+# -- one convention for every command --------------------------------------------------------
+
+
+def test_log_level_is_taken_before_or_after_the_command(tmp_path: Path) -> None:
+    missing = tmp_path / "none.sock"
+    for arguments in (
+        ["--log-level", "debug", "snapshot", "1", "0", "-o", "x.png"],
+        ["snapshot", "1", "0", "-o", "x.png", "--log-level", "debug"],
+    ):
+        result = CliRunner().invoke(main, [*arguments, "--planes-socket", str(missing)])
+        assert (result.exit_code, result.output) == (
+            1,
+            f"Error: no planes socket at {missing}; start `pvdisplay demo` or `pvdisplay "
+            "backend`, or pass the --planes-socket of a running one\n",
+        )
+
+
+def test_every_server_takes_listen_and_refuses_a_bad_address_the_same_way() -> None:
+    for command in ("demo", "backend", "web", "vnc"):
+        result = CliRunner().invoke(main, [command, "--listen", "nowhere"])
+        assert result.exit_code == 2
+        assert result.output.endswith(
+            "Error: Invalid value for --listen: expected HOST:PORT, e.g. 127.0.0.1:"
+            f"{5900 if command == 'vnc' else 8080}; got 'nowhere'\n"
+        )
+
+
+def test_servers_beyond_loopback_without_authentication_are_warned_about(
+    tmp_path: Path,
+) -> None:
+    missing = str(tmp_path / "none.sock")
+    warned = CliRunner().invoke(main, ["vnc", "--listen", "0.0.0.0:0", "--planes-socket", missing])
+    assert warned.exit_code == 1
+    assert (
+        " warning pvdisplay.cli the VNC server listens beyond this machine without "
+        "authentication: anyone who reaches 0.0.0.0:0 sees and controls the guests; pass "
+        "--password-file, or listen on 127.0.0.1\n"
+    ) in warned.output
+    password = tmp_path / "passwd"
+    password.write_text("secret\n")
+    quiet = CliRunner().invoke(
+        main,
+        [
+            "vnc",
+            "--listen",
+            "0.0.0.0:0",
+            "--planes-socket",
+            missing,
+            "--password-file",
+            str(password),
+        ],
+    )
+    assert "warning" not in quiet.output
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        web = CliRunner().invoke(
+            main, ["web", "--listen", f"0.0.0.0:{port}", "--planes-socket", missing]
+        )
+    assert web.exit_code == 1
+    assert (
+        " warning pvdisplay.cli the web viewer listens beyond this machine without "
+        f"authentication: anyone who reaches 0.0.0.0:{port} sees and controls the guests; "
+        "listen on 127.0.0.1 and reach it through an SSH tunnel\n"
+    ) in web.output
+
+
+def test_web_on_a_busy_port_fails_in_one_line_before_saying_it_serves(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [
+                SCRIPT,
+                "web",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--planes-socket",
+                str(tmp_path / "planes.sock"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=PATIENCE,
+            check=False,
+        )
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.endswith(
+        f"Error: cannot listen on 127.0.0.1:{port}: Address already in use; pass a free "
+        "--listen HOST:PORT\n"
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unusable_run_dir_is_named_without_blaming_another_instance(tmp_path: Path) -> None:
+    unusable = tmp_path / "file" / "run"
+    (tmp_path / "file").write_text("a file, not a directory")
+    for command in ("demo", "backend"):
+        result = CliRunner().invoke(main, [command, "--run-dir", str(unusable), "--no-web"])
+        assert (result.exit_code, result.output) == (
+            1,
+            f"Error: cannot use {unusable} as the run directory: Not a directory; pass "
+            "another --run-dir\n",
+        )
+
+
+def test_a_device_served_by_no_backend_is_refused_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "host.toml"
+    config.write_text(CONFIG.replace("backend=0", "backend=5"))
+    result = CliRunner().invoke(main, ["backend", "--config", str(config), "--no-web"])
+    assert (result.exit_code, result.output) == (
+        1,
+        f"Error: {config}: guest[0].vdispl[0]: backend: domain 5 runs no backend here; the "
+        "backend is domain 0 ('Domain-0'): write backend=Domain-0 or leave it out\n",
+    )
+
+
+def test_ctrl_c_while_a_command_starts_ends_it_quietly_with_status_130(tmp_path: Path) -> None:
+    # The config is a FIFO nobody writes: the command waits in its start-up, reading it.
+    config = tmp_path / "host.toml"
+    os.mkfifo(config)
+    writer = os.open(config, os.O_RDWR)  # so the command's open returns and its read waits
+    try:
+        process = subprocess.Popen(
+            [SCRIPT, "demo", "--config", str(config), "--run-dir", str(tmp_path / "run")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_until(lambda: has_open(process.pid, config), "the command to open its config")
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=PATIENCE)
+    finally:
+        os.close(writer)
+    assert (process.returncode, stdout, stderr) == (130, "", "")
+
+
+def has_open(pid: int, path: Path) -> bool:
+    descriptors = Path(f"/proc/{pid}/fd")
+    with contextlib.suppress(FileNotFoundError):
+        return any(os.readlink(fd) == str(path) for fd in descriptors.iterdir())
+    return False
+
+
+def test_help_imports_nothing_heavy() -> None:
+    """`pvdisplay --help` stays fast: numpy, aiohttp, pygame and the rest load only in the
+    commands that run them."""
+    heavy = ("numpy", "aiohttp", "pygame", "PIL", "simplejpeg", "asyncio")
+    for arguments in (["--help"], ["demo", "--help"], ["vnc", "--help"]):
+        probe = (
+            "import sys\n"
+            "from pvdisplay.cli import main\n"
+            f"try: main({arguments!r})\n"
+            "except SystemExit: pass\n"
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules), file=sys.stderr)\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+        )
+        assert result.stderr == "[]\n", arguments
+
+
+def test_view_without_pygame_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pygame", None)  # import pygame fails, as uninstalled
+    monkeypatch.delitem(sys.modules, "pvdisplay.outputs.window.viewer", raising=False)
+    result = CliRunner().invoke(main, ["view", "1", "0"])
+    assert (result.exit_code, result.output) == (
+        1,
+        "Error: the window needs pygame, which is not installed; get it with: "
+        "pip install 'pvdisplay[window]'\n",
+    )
+
+
+# -- snapshot and vnc against a running backend ------------------------------------------------
+
+PATTERN_ENTRY = "pvdisplay.guests.pattern:run"
+
+
+@dataclass
+class Shown:
+    """A backend with one pattern guest: connector 0 'left' 32x24, 1 'right' 16x8 (blank)."""
+
+    planes_socket: Path
+    domid: int
+    expected: npt.NDArray[np.uint8]
+
+
+@pytest.fixture(scope="module")
+def shown(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shown]:
+    config = toolstack.HostConfig(toolstack.BackendConfig("Domain-0", 0, copy=False), ())
+    run = Path(tempfile.mkdtemp(prefix="pvcli-", dir="/tmp"))  # short: socket paths
+    with rigs.emulated_host(config, run) as host:
+        device = toolstack.parse_xl_vdispl(
+            "connectors=left:32x24;right:16x8", 0, "g", {}, default_backend=0
+        )
+        running = host.start_guest(
+            toolstack.Guest("pattern", None, (device,)), PATTERN_ENTRY, ["XRGB8888", "7"]
+        )
+        assert running.process.control.poll(PATIENCE), "the pattern guest never reported"
+        running.process.control.recv()
+        expected = pattern.expected_rgb(fourcc.by_name("XRGB8888"), 32, 24, 7)
+        yield Shown(host.planes_socket, running.domid, expected)
+        running.process.control.send("done")
+    shutil.rmtree(run, ignore_errors=True)
+
+
+def snapshot_of(shown: Shown, connector: str, output: Path | str) -> tuple[int, str]:
+    result = CliRunner().invoke(
+        main,
+        [
+            "snapshot",
+            str(shown.domid),
+            connector,
+            "-o",
+            str(output),
+            "--planes-socket",
+            str(shown.planes_socket),
+        ],
+    )
+    return result.exit_code, result.output
+
+
+def test_snapshot_writes_png_or_jpeg_by_the_suffix_and_refuses_others(
+    shown: Shown, tmp_path: Path
+) -> None:
+    png = tmp_path / "left.png"
+    assert snapshot_of(shown, "left", png)[0] == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(png)), shown.expected)
+    for name in ("left.jpg", "LEFT.JPEG"):
+        assert snapshot_of(shown, "0", tmp_path / name)[0] == 0
+        with Image.open(tmp_path / name) as picture:
+            assert (picture.format, picture.size) == ("JPEG", (32, 24))
+            # Lossy, yet the same picture: mean error well under a tenth of the range.
+            error = np.abs(np.asarray(picture, np.int16) - shown.expected.astype(np.int16))
+            assert error.mean() < 25
+    gif = tmp_path / "left.gif"
+    code, output = snapshot_of(shown, "left", gif)
+    assert code == 2
+    assert output.endswith(
+        f"Error: Invalid value for --output: {str(gif)!r}: cannot tell the picture format from "
+        "the suffix .gif; end the name with .png, .jpg or .jpeg\n"
+    )
+    assert not gif.exists()
+
+
+def test_snapshot_errors_are_one_line_each_with_what_to_do(shown: Shown, tmp_path: Path) -> None:
+    unwritable = "/nonexistent/dir/s.png"
+    assert snapshot_of(shown, "left", unwritable) == (
+        1,
+        f"Error: cannot write {unwritable}: No such file or directory; pass an --output in a "
+        "directory you can write\n",
+    )
+    # A connector named by index or by unique-id is missing in the same words.
+    for missing in ("7", "middle"):
+        assert snapshot_of(shown, missing, tmp_path / "x.png") == (
+            1,
+            f"Error: domain {shown.domid} device 0 has no connector {missing!r}; has 0 (left), "
+            "1 (right)\n",
+        )
+    # A socket file nothing listens on: a stopped backend's.
+    stale = tmp_path / "stale.sock"
+    socket.socket(socket.AF_UNIX).bind(str(stale))
+    result = CliRunner().invoke(
+        main, ["snapshot", "1", "left", "-o", "x.png", "--planes-socket", str(stale)]
+    )
+    assert (result.exit_code, result.output) == (
+        1,
+        f"Error: nothing serves the planes socket {stale} (its backend has stopped); start "
+        "`pvdisplay demo` or `pvdisplay backend`, or pass the --planes-socket of a running "
+        "one\n",
+    )
+
+
+def listener_on(port: int) -> socket.socket:
+    listener = socket.socket()
+    try:
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
+@contextlib.contextmanager
+def busy_ports(count: int) -> Iterator[int]:
+    """`count` consecutive ports on 127.0.0.1 that something listens on; yields the first."""
+    with contextlib.ExitStack() as held:
+        while True:
+            first = held.enter_context(listener_on(0)).getsockname()[1]
+            try:
+                for port in range(first + 1, first + count):
+                    held.enter_context(listener_on(port))
+                break
+            except OSError:  # someone else has one of them: try elsewhere
+                held.close()
+        yield first
+
+
+def vnc_on(shown: Shown, listen: str) -> tuple[int, str]:
+    result = CliRunner().invoke(
+        main, ["vnc", "--listen", listen, "--planes-socket", str(shown.planes_socket)]
+    )
+    return result.exit_code, result.output
+
+
+def test_vnc_exits_when_it_can_listen_for_no_connector(shown: Shown) -> None:
+    with busy_ports(2) as port:
+        code, output = vnc_on(shown, f"127.0.0.1:{port}")
     assert code == 1
-    assert output.startswith("Error: cannot serve VNC on 127.0.0.1:5900 from ")
-    assert output.count("\n") == 1
+    assert output.endswith(
+        f"Error: cannot listen for any connector: 127.0.0.1:{port}: Address already in use; "
+        f"127.0.0.1:{port + 1}: Address already in use; pass a free --listen HOST:PORT (each "
+        "further connector takes the next port)\n"
+    )
+    # Past the last port: the second connector has none, and says so.
+    with contextlib.suppress(OSError), socket.socket() as last:
+        last.bind(("127.0.0.1", 65535))
+        last.listen()
+        code, output = vnc_on(shown, "127.0.0.1:65535")
+    assert code == 1
+    assert output.endswith(
+        "Error: cannot listen for any connector: 127.0.0.1:65535: Address already in use; "
+        "127.0.0.1:65536: no port left: ports end at 65535; pass a free --listen HOST:PORT "
+        "(each further connector takes the next port)\n"
+    )
+
+
+def test_vnc_names_the_port_of_a_connector_it_cannot_serve_and_serves_the_rest(
+    shown: Shown,
+) -> None:
+    with busy_ports(2) as port:
+        pass  # two consecutive free ports, found by taking them
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port + 1))
+        busy.listen()
+        process = subprocess.Popen(
+            [
+                SCRIPT,
+                "vnc",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--planes-socket",
+                str(shown.planes_socket),
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert process.stderr is not None
+            logged = lines_of(process.stderr)
+            lines = [logged.get(timeout=PATIENCE) for _ in range(2)]
+            while not all(
+                any(fragment in line for line in lines)
+                for fragment in ("vnc listening", "vnc port unavailable")
+            ):
+                lines.append(logged.get(timeout=PATIENCE))
+            process.send_signal(signal.SIGINT)
+            assert process.wait(PATIENCE) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    # The display number is what `vncviewer HOST:N` takes: port 5900 + N.
+    assert any(
+        "vnc listening" in line and f"address=127.0.0.1:{port} display={port - 5900}\n" in line
+        for line in lines
+    ), lines
+    assert any(
+        " error pvdisplay.outputs.vnc.server vnc port unavailable; this connector is not "
+        "served plane="
+        in line
+        and f'address=127.0.0.1:{port + 1} reason="Address already in use"\n' in line
+        for line in lines
+    ), lines

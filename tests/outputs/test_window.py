@@ -9,9 +9,8 @@ from hypothesis import strategies as st
 
 from pvdisplay.outputs.window import keys
 from pvdisplay.outputs.window.translate import MAX_CONTACTS, InputTranslator, Viewport
-from pvdisplay.outputs.window.viewer import find_plane
 from pvdisplay.planes.input_events import Key, PointerMove, TouchDown, TouchMove, TouchUp, Wheel
-from pvdisplay.planes.model import PlaneInfo
+from pvdisplay.planes.model import PlaneInfo, find_plane
 
 BTN_LEFT, KEY_A, KEY_LEFTSHIFT = 0x110, 30, 42
 # Scancodes pygame has no KSCAN_ constant for, by the name SDL itself gives them.

@@ -12,7 +12,7 @@ import errno
 import functools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -205,3 +205,16 @@ class _Shown(NamedTuple):
         if info.frame == self.frame and info.presented_at == self.presented_at:
             return self.described
         return Plane(info.next_frame(self.frame, self.presented_at), self.described.handle)
+
+
+def find_plane(planes: Iterable[PlaneInfo], domid: int, devid: int, connector: str) -> PlaneInfo:
+    """The plane of connector `connector` (index or unique-id); LookupError names the
+    connectors there are, in the same words whichever way the connector was named."""
+    candidates = [p for p in planes if p.domid == domid and p.devid == devid]
+    for plane in candidates:
+        if connector in (str(plane.connector), plane.unique_id):
+            return plane
+    choices = ", ".join(f"{p.connector} ({p.unique_id})" for p in candidates) or "none"
+    raise LookupError(
+        f"domain {domid} device {devid} has no connector {connector!r}; has {choices}"
+    )

@@ -72,6 +72,7 @@ __all__ = [
     "NodePlan",
     "NodeWrite",
     "Vdispl",
+    "check_backends",
     "domain_nodes",
     "domain_path",
     "guest_teardown_paths",
@@ -220,6 +221,23 @@ def parse_config(text: str) -> HostConfig:
     if backend.domid in explicit:
         raise ConfigError("guest", f"domid {backend.domid} is the backend's")
     return HostConfig(backend, guests, limits)
+
+
+def check_backends(config: HostConfig) -> None:
+    """The emulated host runs one backend, the [backend] domain: a device naming another
+    domain would never be served, and its connector would never appear. ConfigError."""
+    backend = config.backend
+    for index, guest in enumerate(config.guests):
+        devices = [("vdispl", d.devid, d.backend_domid) for d in guest.vdispls]
+        devices += [("vkb", k.devid, k.backend_domid) for k in guest.vkbs]
+        for kind, devid, domid in devices:
+            if domid != backend.domid:
+                raise ConfigError(
+                    f"guest[{index}].{kind}[{devid}]: backend",
+                    f"domain {domid} runs no backend here; the backend is domain "
+                    f"{backend.domid} ({backend.name!r}): write backend={backend.name} or "
+                    "leave it out",
+                )
 
 
 def _guest(table: dict[str, Any], key: str, domains: Mapping[str, int], backend: int) -> Guest:

@@ -31,14 +31,16 @@ from typing import Self
 from pvdisplay import backend_domain, logs, toolstack, xenbus
 from pvdisplay.hv import HypervisorError
 from pvdisplay.hv.local.launcher import DomainLauncher, DomainProcess
+from pvdisplay.outputs.listen import bind_failure, format_address
 from pvdisplay.outputs.web.server import BackgroundViewer
-from pvdisplay.run_dir import RunDirBusyError, RunDirLock
+from pvdisplay.run_dir import RunDirBusyError, RunDirLock, RunDirUnusableError
 from pvdisplay.store.client import Client, Transaction
 from pvdisplay.toolstack import vkb as vkb_config
 
 log = logging.getLogger(__name__)
 
 BACKEND_ENTRY = "pvdisplay.backend_domain:run"
+LOG_NAME = "pvdisplay.log"
 DEMO_ENTRY = "pvdisplay.guests.demo:run"
 XENSTORED_START_TIMEOUT = 10.0
 # libxl waits up to 10 s (LIBXL_DESTROY_TIMEOUT) for a backend to close a device.
@@ -76,10 +78,6 @@ BACKEND_ONLY = toolstack.HostConfig(toolstack.BackendConfig("Domain-0", 0, copy=
 
 class HostError(Exception):
     """The emulated host could not start; the message says what to change."""
-
-
-def default_run_dir() -> Path:
-    return Path(f"/tmp/pvdisplay-{os.getuid()}")
 
 
 def apply_plan(xs: Client, plan: toolstack.NodePlan) -> None:
@@ -121,10 +119,14 @@ class EmulatedHost:
         run_dir: Path,
         log_level: str = "warning",
         guest_entry: str = DEMO_ENTRY,
+        log_file: Path | None = None,
     ) -> None:
         self.config = config
         self.run_dir = run_dir
         self.log_level = log_level
+        self.log_file = log_file
+        """Where every process of the host also appends the whole log, if anywhere."""
+        self._log = None if log_file is None else logs.LogFile(log_file)
         self.guest_entry = guest_entry
         self.guests: dict[int, RunningGuest] = {}
         self.teardowns: dict[int, _Teardown] = {}
@@ -173,6 +175,8 @@ class EmulatedHost:
         # Before anything in the run directory is touched: a second instance must leave
         # the first's sockets and xenstored alone.
         self._run_dir_lock.acquire()
+        if self._log is not None:
+            self._log.open()
         self._start_xenstored()
         self._hv = DomainLauncher(
             limits=self.config.limits,
@@ -279,6 +283,8 @@ class EmulatedHost:
             self._xenstored = None
         with contextlib.suppress(FileNotFoundError):
             self.planes_socket.unlink()
+        if self._log is not None:
+            self._log.close()
         self._run_dir_lock.release()
 
     def __enter__(self) -> Self:
@@ -436,8 +442,9 @@ def end_with_parent(parent: int) -> None:
         sys.exit(f"parent process {parent} is gone")
 
 
-def describe(host: EmulatedHost) -> str:
-    """Where everything is, for the person who just started the host."""
+def describe(host: EmulatedHost, command: str = "pvdisplay") -> str:
+    """Where everything is, for the person who just started the host; the examples run
+    `command`, the host's own command as this person can type it."""
     lines = [
         f"pvdisplay emulated host in {host.run_dir}",
         f"  xenstored  {host.xenstore_dir / 'socket'}"
@@ -446,6 +453,8 @@ def describe(host: EmulatedHost) -> str:
         f"  backend    domain {host.config.backend.domid}"
         + (" (copying each flip: --copy)" if host.config.backend.copy else " (zero-copy)"),
     ]
+    if host.log_file is not None:
+        lines.append(f"  log        {host.log_file}  (--log-level info shows it here too)")
     examples = []
     if not host.guests:
         lines.append("  guests     none (guests come from --config FILE, see docs/host.md)")
@@ -465,7 +474,7 @@ def describe(host: EmulatedHost) -> str:
                         )
                 device_option = f" --device {device.devid}" if device.devid else ""
                 examples.append(
-                    f"  pvdisplay snapshot {running.domid} {connector.unique_id}{device_option}"
+                    f"  {command} snapshot {running.domid} {connector.unique_id}{device_option}"
                     f" -o {running.guest.name}-{connector.unique_id}.png"
                 )
     if examples:
@@ -541,17 +550,24 @@ def run(
     run_dir: Path,
     log_level: str,
     web: tuple[str, int] | None = None,
+    command: str = "pvdisplay",
 ) -> None:
     """Run the host (and the web viewer on `web`) until SIGINT or SIGTERM, then tear
-    everything down in order: `pvdisplay demo` and `pvdisplay backend`."""
+    everything down in order: `pvdisplay demo` and `pvdisplay backend`, started as
+    `command`. The whole log goes to `LOG_NAME` in the run directory."""
     with _stop_signals() as wait:
-        host = EmulatedHost(config, run_dir, log_level)
+        host = EmulatedHost(config, run_dir, log_level, log_file=run_dir / LOG_NAME)
         try:
             host.start()
         except RunDirBusyError:
             raise HostError(
                 f"{run_dir} is in use by another running pvdisplay demo or backend; stop it "
                 "or pass another --run-dir"
+            ) from None
+        except RunDirUnusableError as error:
+            raise HostError(
+                f"cannot use {run_dir} as the run directory: {error.strerror}; pass another "
+                "--run-dir"
             ) from None
         except (OSError, TimeoutError, HypervisorError, ConnectionError) as error:
             host.stop()
@@ -565,10 +581,10 @@ def run(
                     )
                 except OSError as error:
                     raise HostError(
-                        f"cannot serve the web viewer on {web[0]}:{web[1]}: {error} "
-                        "(pass another --web HOST:PORT, or --no-web)"
+                        f"cannot serve the web viewer on {format_address(*web)}: "
+                        f"{bind_failure(error)}; pass a free --listen HOST:PORT, or --no-web"
                     ) from None
-            print(describe(host), flush=True)
+            print(describe(host, command), flush=True)
             if viewer is not None:
                 print(f"  web viewer {viewer.url}", flush=True)
             print("stop with Ctrl-C", flush=True)

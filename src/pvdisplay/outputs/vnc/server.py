@@ -25,6 +25,7 @@ from typing import Final, Self
 import numpy as np
 
 from pvdisplay import logs
+from pvdisplay.outputs import listen
 from pvdisplay.outputs.feed.mirror import CanonicalMirror, Frame, Snapshot, TileMask
 from pvdisplay.outputs.feed.plane_feed import PlaneFeed
 from pvdisplay.outputs.feed.rect import Rect
@@ -41,12 +42,19 @@ client_log = logs.PeerLog(log)
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 5900
 READ_SIZE: Final = 1 << 16
+MAX_PORT: Final = 65535
+DISPLAY_BASE_PORT: Final = 5900
+"""Viewers call port 5900 + N display N (`vncviewer HOST:N`)."""
 DEFAULT_MAX_CLIENTS: Final = 16
 """Clients served at once over all connectors: each costs an encoder's state and a frame."""
 BLANK_SIZE: Final = (640, 480)
 
 
 Feed = PlaneFeed[CanonicalMirror]
+
+
+class NoListenerError(OSError):
+    """The server listens for no connector: each one's port failed (the message says how)."""
 
 
 @dataclass(frozen=True)
@@ -279,9 +287,17 @@ class VncServer:
         self._new_keys: asyncio.Queue[PlaneKey] = asyncio.Queue()
 
     async def start(self) -> None:
+        """Connect to the backend (OSError when it is not there) and listen for every
+        connector it publishes, from now on."""
         self.feed.subscribe(self._on_change)
         await self.feed.connect()
         self._opener = asyncio.create_task(self._open_listeners())
+
+    async def serving(self) -> None:
+        """Wait while the server serves; `NoListenerError` once it listens for no connector
+        because every connector's port failed."""
+        assert self._opener is not None, "start() first"
+        await self._opener
 
     async def wait_port(self, key: PlaneKey) -> int:
         """The port serving `key`, once it is listening."""
@@ -292,7 +308,8 @@ class VncServer:
     async def close(self) -> None:
         if self._opener is not None:
             self._opener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # NoListenerError was raised to serving()'s caller already.
+            with contextlib.suppress(asyncio.CancelledError, NoListenerError):
                 await self._opener
         for server in self._servers:
             server.close()
@@ -328,31 +345,47 @@ class VncServer:
 
     async def _open_listeners(self) -> None:
         while True:
-            key = await self._new_keys.get()
-            wanted = self._next_port
-            if self.port != 0:
-                self._next_port += 1
-            try:
-                server = await asyncio.start_server(
-                    lambda r, w, key=key: self._accept(key, r, w),  # type: ignore[misc]
-                    self.host,
-                    wanted,
+            keys = [await self._new_keys.get()]
+            while not self._new_keys.empty():
+                keys.append(self._new_keys.get_nowait())
+            failures = [failure for key in keys if (failure := await self._listen(key))]
+            if failures and not self._servers:
+                raise NoListenerError(
+                    f"cannot listen for any connector: {'; '.join(failures)}; pass a free "
+                    "--listen HOST:PORT (each further connector takes the next port)"
                 )
-            except OSError as error:
-                log.error(
-                    "vnc port unavailable", extra=logs.fields(plane=key, port=wanted, error=error)
-                )
-                continue
-            self._servers.append(server)
-            async with self._listening:
-                self.ports[key] = server.sockets[0].getsockname()[1]
-                self._listening.notify_all()
-            log.info(
-                "vnc listening",
-                extra=logs.fields(
-                    plane=key, address=f"{self.host}:{self.ports[key]}", display=self.ports[key]
-                ),
+
+    async def _listen(self, key: PlaneKey) -> str | None:
+        """Listen for `key` on the next port; what went wrong, or None."""
+        wanted = self._next_port
+        if self.port != 0:
+            self._next_port += 1
+        address = listen.format_address(self.host, wanted)
+        try:
+            if wanted > MAX_PORT:
+                raise OSError(f"no port left: ports end at {MAX_PORT}")
+            server = await asyncio.start_server(
+                lambda r, w, key=key: self._accept(key, r, w),  # type: ignore[misc]
+                self.host,
+                wanted,
             )
+        except OSError as error:
+            reason = listen.bind_failure(error)
+            log.error(
+                "vnc port unavailable; this connector is not served",
+                extra=logs.fields(plane=key, address=address, reason=reason),
+            )
+            return f"{address}: {reason}"
+        self._servers.append(server)
+        async with self._listening:
+            self.ports[key] = port = server.sockets[0].getsockname()[1]
+            self._listening.notify_all()
+        display = {"display": port - DISPLAY_BASE_PORT} if port >= DISPLAY_BASE_PORT else {}
+        log.info(
+            "vnc listening",
+            extra=logs.fields(plane=key, address=listen.format_address(self.host, port), **display),
+        )
+        return None
 
     async def _accept(
         self, key: PlaneKey, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -381,6 +414,7 @@ async def serve(
     password: str | None = None,
     max_clients: int = DEFAULT_MAX_CLIENTS,
 ) -> None:
-    """Serve every connector of the backend at `planes_socket` until cancelled."""
-    async with VncServer(planes_socket, host, port, password, max_clients):
-        await asyncio.Event().wait()
+    """Serve every connector of the backend at `planes_socket` until cancelled, or until
+    `NoListenerError`."""
+    async with VncServer(planes_socket, host, port, password, max_clients) as server:
+        await server.serving()

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Final, Literal, TypeVar
 
@@ -23,7 +23,7 @@ from pvdisplay.outputs.feed.mirror import GuestMirror
 from pvdisplay.outputs.feed.plane_feed import PlaneFeed
 from pvdisplay.outputs.window.translate import InputTranslator, Viewport
 from pvdisplay.planes.input_events import InputEvent
-from pvdisplay.planes.model import PlaneInfo, PlaneKey
+from pvdisplay.planes.model import PlaneInfo, PlaneKey, find_plane
 from pvdisplay.wire import fourcc
 from pvdisplay.wire.errors import ProtocolError
 
@@ -42,18 +42,6 @@ class ViewerError(Exception):
 
 
 T = TypeVar("T")
-
-
-def find_plane(planes: Sequence[PlaneInfo], domid: int, devid: int, connector: str) -> PlaneInfo:
-    """The plane of connector `connector` (index or unique-id); LookupError names the choices."""
-    candidates = [p for p in planes if p.domid == domid and p.devid == devid]
-    for plane in candidates:
-        if connector in (str(plane.connector), plane.unique_id):
-            return plane
-    choices = ", ".join(f"{p.connector} ({p.unique_id})" for p in candidates) or "none"
-    raise LookupError(
-        f"domain {domid} device {devid} has no connector {connector!r}; has {choices}"
-    )
 
 
 def _refuse_invisible_window() -> None:
