@@ -598,7 +598,7 @@ def test_the_back_end_removes_its_socket_files_when_stopped(
     process = subprocess.Popen(
         [PVDISPLAY, "--log-level", "warning", "vhost-user-gpu", "--socket-path", str(vhost),
          "--planes-socket", str(planes)],
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
         wait_for_socket(vhost, process)
@@ -608,7 +608,7 @@ def test_the_back_end_removes_its_socket_files_when_stopped(
     finally:
         process.kill()
         process.wait()
-    assert (process.returncode, stderr) == (0, "")
+    assert (process.returncode, stderr) == (0, b"")
     assert sorted(tmp_path.iterdir()) == []
 
 
