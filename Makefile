@@ -7,7 +7,7 @@ APT_PACKAGES := gcc libc6-dev libatomic1 libxen-dev xenstore-utils edid-decode l
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: test lint typecheck pytest deps apt venv bench bench-hostile clean demo guest-files \
-	test-guest xen-tools test-xen demo-xen
+	test-guest run-guest xen-tools test-xen demo-xen
 
 # tests/xen boots real Xen under QEMU for about 7 minutes, most of it waiting on emulated
 # CPUs: it runs beside the rest of the suite (pytest, then the hostile bench), and `make test`
@@ -29,6 +29,14 @@ guest-files: apt
 
 test-guest: deps guest-files
 	$(VENV)/bin/pytest -q tests/virtio/test_vhost_user_guest.py
+
+# The same guest by hand, against `pvdisplay vhost-user-gpu --socket-path $(GPU_SOCKET)`
+# started beforehand with --scanout $(GPU_SCANOUT) (docs/virtio-gpu.md). Ctrl-A X quits.
+GPU_SOCKET := /tmp/gpu.sock
+GPU_SCANOUT := 1280x800
+
+run-guest: guest-files
+	sh tools/guest/run.sh $(GUEST_CACHE) $(GPU_SOCKET) $(GPU_SCANOUT)
 
 # Real Xen under QEMU TCG (tools/xen/rig.py, docs/real-xen.md): Xen 4.17, a PV dom0 running
 # `pvdisplay backend --hv xen`, PV guests with Linux's xen-drm-front. tools/xen/fetch.sh

@@ -116,6 +116,7 @@ class Qemu:
         mode: str = "pattern",
         frames: int = 0,
         outputs: int = 1,
+        shared_memory: bool = True,
     ) -> None:
         self.files = files
         self.monitor_path = workdir / "monitor.sock"
@@ -130,11 +131,14 @@ class Qemu:
             "-L", str(files.root / "usr/share/qemu"),
             "-kernel", str(files.kernel), "-initrd", str(files.initrd), "-append", append,
             "-global", "virtio-mmio.force-legacy=false",
-            "-object", "memory-backend-memfd,id=mem,size=512M,share=on",
-            "-numa", "node,memdev=mem",
             "-chardev", f"socket,id=vgpu,path={vhost_socket}",
             "-device", f"vhost-user-gpu,id=gpu,chardev=vgpu,max_outputs={outputs}",
         ]  # fmt: skip
+        if shared_memory:
+            command += [
+                "-object", "memory-backend-memfd,id=mem,size=512M,share=on",
+                "-numa", "node,memdev=mem",
+            ]  # fmt: skip
         self.stderr_path = workdir / "qemu.stderr"
         with self.stderr_path.open("wb") as stderr:
             self.process = subprocess.Popen(

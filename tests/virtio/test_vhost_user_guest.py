@@ -15,6 +15,8 @@ Needs the files `make test-guest` fetches into .cache/guest (skipped without the
 
 import functools
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -193,6 +195,69 @@ def web_viewer_lists(planes: Path, modes: dict[int, tuple[int, int]]) -> None:
             time.sleep(0.1)
     finally:
         viewer.close()
+
+
+@pytest.fixture
+def logged_backend(tmp_path: Path) -> Iterator[tuple[Path, Path, Path]]:
+    """`pvdisplay vhost-user-gpu` as the README starts it, one scanout, its log in a file:
+    (vhost-user socket, planes socket, log)."""
+    vhost, planes, log = tmp_path / "gpu.sock", tmp_path / "gpu-planes.sock", tmp_path / "log"
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            [PVDISPLAY, "vhost-user-gpu", "--socket-path", str(vhost),
+             "--planes-socket", str(planes), "--domid", str(DOMID)],
+            stderr=stderr,
+        )  # fmt: skip
+    try:
+        guest_vm.wait_for_socket(vhost, process)
+        guest_vm.wait_for_socket(planes, process)
+        yield vhost, planes, log
+        assert process.poll() is None, "the back-end died"
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_make_run_guest_boots_the_guest_against_a_running_back_end(
+    files: guest_vm.GuestFiles, logged_backend: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """docs/virtio-gpu.md's recipe: the back-end, then `make run-guest`."""
+    vhost, planes, _ = logged_backend
+    qemu = subprocess.Popen(
+        ["make", "-s", "-C", str(guest_vm.REPO), "run-guest", f"GPU_SOCKET={vhost}",
+         f"GPU_SCANOUT={WIDTH}x{HEIGHT}"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert qemu.stdout is not None
+        for line in qemu.stdout:
+            if line.startswith(("PVD drawn", "PVD error")):
+                assert line.startswith("PVD drawn")
+                break
+        settles(functools.partial(snapshot, planes, 0, tmp_path / "s.png"), files.expected_rgb())
+    finally:
+        os.killpg(qemu.pid, signal.SIGTERM)
+        qemu.communicate(timeout=30)
+
+
+def test_a_guest_without_shared_memory_gets_one_warning_saying_what_qemu_needs(
+    files: guest_vm.GuestFiles, logged_backend: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """QEMU 10 without a memfd memory backend fails to share guest RAM and sends no
+    memory table; the guest boots without a GPU."""
+    vhost, _, log = logged_backend
+    warning = (
+        "warning pvdisplay.virtio.vhost_user the front-end started the device without "
+        "sharing guest memory; run QEMU with -object memory-backend-memfd,id=mem,"
+        "size=<its -m>,share=on -numa node,memdev=mem"
+    )
+    with guest_vm.Qemu(files, tmp_path, vhost, shared_memory=False) as guest:
+        guest.wait_for("PVD fb")  # the kernel gave up on the GPU, its fbdev is another's
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while warning not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    said = [line for line in log.read_text().splitlines() if " warning " in line]
+    assert [line.split(" ", 1)[1] for line in said] == [warning]
 
 
 def test_guest_pattern_on_both_scanouts_mode_change_then_reconnect(

@@ -7,6 +7,8 @@
 # lands unpacked in CACHE_DIR/root; run QEMU with LD_LIBRARY_PATH=CACHE_DIR/root/usr/lib/x86_64-linux-gnu.
 # Usage: fetch.sh CACHE_DIR. Idempotent: a stamp file holding CONTENT skips everything on
 # reruns; bump CONTENT whenever what is fetched changes, so existing caches are refreshed.
+# It prints each step and apt's "Get:" line for each package: the first run takes about
+# a minute for about 190 MB.
 set -eu
 CACHE=${1:?usage: fetch.sh CACHE_DIR}
 mkdir -p "$CACHE"
@@ -15,6 +17,12 @@ STAMP=$CACHE/fetched.stamp
 CONTENT="qemu kernel busybox modetest 2"
 [ "$(cat "$STAMP" 2>/dev/null)" = "$CONTENT" ] && exit 0
 rm -f "$STAMP"
+step() { echo "guest files: $*"; }
+# apt with only what shows progress (a "Get:" line per file) and what went wrong.
+apt_get() {
+    { apt-get "$@" 2>&1; echo $? > "$APT/status"; } | grep --line-buffered -E '^(Get:|Err:|Fetched|E:|W:)' || true
+    return "$(cat "$APT/status")"
+}
 
 APT=$CACHE/apt
 mkdir -p "$APT/lists/partial" "$APT/cache/archives/partial" "$CACHE/debs"
@@ -26,13 +34,17 @@ set -- -o Dir::Etc::SourceList="$APT/sources.list" -o Dir::Etc::SourceParts=/dev
   -o Dir::State::Lists="$APT/lists" -o Dir::Cache="$APT/cache" \
   -o APT::Architectures::=amd64 -o APT::Architectures::=arm64 -o APT::Sandbox::User=root \
   -o Debug::NoLocking=1
-apt-get "$@" -qq update
+step "reading the package lists of bookworm and bookworm-backports"
+apt_get "$@" -q update
 KERNEL=$(apt-cache "$@" depends linux-image-arm64:arm64 | awk '/Depends: linux-image-/ {print $2; exit}')
 # Resolving against the host's own dpkg status fetches exactly the libraries it is missing.
-apt-get "$@" -qq -y --download-only --no-install-recommends -t bookworm-backports install \
+step "fetching QEMU 10 and the libraries this host lacks"
+apt_get "$@" -q -y --download-only --no-install-recommends -t bookworm-backports install \
   qemu-system-arm qemu-system-gui
 cd "$CACHE/debs"
-apt-get "$@" -qq download "$KERNEL" busybox-static:arm64
+step "fetching the arm64 kernel ($KERNEL) and busybox"
+apt_get "$@" -q download "$KERNEL" busybox-static:arm64
+step "unpacking into $CACHE/root"
 rm -rf "$CACHE/root"
 for deb in "$CACHE"/debs/*.deb "$APT"/cache/archives/*.deb; do dpkg-deb -x "$deb" "$CACHE/root"; done
 # modetest and exactly what it loads (`readelf -d`: NEEDED libdrm.so.2 and libc.so.6; the
@@ -40,7 +52,8 @@ for deb in "$CACHE"/debs/*.deb "$APT"/cache/archives/*.deb; do dpkg-deb -x "$deb
 # and libdrm-tests is not needed.
 mkdir -p "$CACHE/userland"
 cd "$CACHE/userland"
-apt-get "$@" -qq download libdrm-tests:arm64 libdrm2:arm64 libc6:arm64
+step "fetching modetest and the arm64 libraries it links"
+apt_get "$@" -q download libdrm-tests:arm64 libdrm2:arm64 libc6:arm64
 for deb in *.deb; do dpkg-deb -x "$deb" unpacked; done
 ARM64=$CACHE/root/usr/lib/aarch64-linux-gnu
 mkdir -p "$ARM64"
@@ -56,3 +69,4 @@ find "$CACHE/root/lib/modules" -name '*.ko*' ! \( -name 'virtio_mmio.ko*' -o -na
   -o -name 'virtio-gpu.ko*' \) -delete
 rm -rf "$CACHE/debs" "$APT"
 echo "$CONTENT" > "$STAMP"
+step "done, $(du -sh "$CACHE" | cut -f1) in $CACHE"

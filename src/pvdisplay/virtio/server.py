@@ -2,7 +2,7 @@
 
 One front-end (QEMU) at a time. With a listening socket, a front-end that goes away
 leaves nothing behind (memory unmapped, fds closed, planes removed) and the next one is
-accepted: QEMU reconnects with `-chardev socket,...,reconnect-ms=N`. With an inherited,
+accepted (a new QEMU; not `reconnect-ms`, docs/virtio-gpu.md). With an inherited,
 connected descriptor (`--fd`) the server returns when that connection ends, as QEMU's
 own back-end does.
 
@@ -262,11 +262,14 @@ class Connection:
         try:
             data = self._display_sock.recv(4096)
             if not data:
-                raise EOFError("QEMU closed the display socket")
+                # What QEMU does whenever it quits: nothing the user has to act on.
+                log.info("display channel closed by QEMU")
+                self._close_display()
+                return
             self._display.receive(data)
         except BlockingIOError:
             return
-        except (OSError, ProtocolError, EOFError) as exc:
+        except (OSError, ProtocolError) as exc:
             log.warning("display channel closed", extra=logs.fields(reason=str(exc)))
             self._close_display()
             return
