@@ -65,10 +65,11 @@ apt:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-# The stamp is keyed on pyproject.toml so a dependency change reinstalls.
+# The stamp is keyed on pyproject.toml so a dependency change reinstalls, and on the
+# version's one place so the installed metadata follows it.
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml src/pvdisplay/__init__.py
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
