@@ -1,4 +1,4 @@
-"""`pvdisplay snapshot`: the plane a connector shows now, saved as a PNG.
+"""`pvdisplay snapshot`: one frame of what a connector shows now, as RGB.
 
 Reads only the planes socket: the backend copies one frame of the picture while the
 guest cannot complete a flip (so it cannot tear), the copy arrives as descriptors
@@ -23,22 +23,8 @@ class Snapshot:
     rgb: npt.NDArray[np.uint8]
 
 
-def resolve_connector(client: PlaneClient, domid: int, devid: int, connector: str) -> int:
-    """A connector index from an index or a unique-id; LookupError names the choices."""
-    planes = [p for p in client.list() if p.domid == domid and p.devid == devid]
-    if connector.isdecimal():
-        return int(connector)
-    for plane in planes:
-        if plane.unique_id == connector:
-            return plane.connector
-    choices = ", ".join(f"{p.connector} ({p.unique_id})" for p in planes) or "none"
-    raise LookupError(
-        f"domain {domid} device {devid} has no connector {connector!r}; has {choices}"
-    )
-
-
 def take(client: PlaneClient, domid: int, connector: int, devid: int = 0) -> Snapshot:
-    """The connector's current picture as packed RGB; FileNotFoundError if it shows nothing."""
+    """One frame of the connector's picture as packed RGB; FileNotFoundError if blank."""
     info, pixels = client.snapshot(domid, connector, devid)
     fmt = fourcc.by_fourcc(fourcc.fourcc_code(info.fourcc))
     return Snapshot(info, fourcc.to_rgb(fmt, pixels, info.width, info.height, info.stride))
