@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from pvdisplay import __version__, logs
+from pvdisplay.__main__ import INTERRUPTED
 from pvdisplay.outputs.listen import bind_failure, format_address, is_loopback, parse_listen
 from pvdisplay.run_dir import (
     RunDirBusyError,
@@ -41,8 +42,6 @@ QUIET_COMMANDS = frozenset({"demo", "backend"})
 """Commands whose terminal shows warnings only by default: their whole log goes to a file
 in the run directory, which the banner names."""
 LOG_NAME = "pvdisplay.log"
-INTERRUPTED = 130
-"""The status of a command Ctrl-C stopped before it was up (128 + SIGINT, as shells say)."""
 DEFAULT_WEB = "127.0.0.1:8080"
 DEFAULT_VNC = "127.0.0.1:5900"
 WINDOW_EXTRA = "pip install 'pvdisplay[window]'"

@@ -7,6 +7,7 @@ Ctrl-C stops it (SIGINT to its whole process group).
 """
 
 import contextlib
+import fcntl
 import json
 import os
 import queue
@@ -451,6 +452,43 @@ def test_ctrl_c_while_a_command_starts_ends_it_quietly_with_status_130(tmp_path:
     finally:
         os.close(writer)
     assert (process.returncode, stdout, stderr) == (130, "", "")
+
+
+def test_ctrl_c_while_the_host_starts_stops_it_without_a_banner(run_dir: Path) -> None:
+    # The log is a FIFO nobody reads: the host, holding the run directory, waits to open
+    # it until the test reads it, so the Ctrl-C surely comes while the host starts.
+    os.mkfifo(run_dir / "pvdisplay.log")
+    process = subprocess.Popen(
+        [SCRIPT, "demo", "--run-dir", str(run_dir), "--no-web"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: run_dir_held(run_dir), "the host to take its run directory")
+        process.send_signal(signal.SIGINT)
+        with open(run_dir / "pvdisplay.log", encoding="utf-8") as log:  # lets the host go on
+            stdout, stderr = process.communicate(timeout=PATIENCE)
+            assert "info pvdisplay.toolstack.host stopping signal=SIGINT" in log.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert (process.returncode, stdout, stderr) == (130, "", "")
+    assert not (run_dir / "planes.sock").exists()
+
+
+def run_dir_held(run_dir: Path) -> bool:
+    lock = run_dir / "lock"
+    if not lock.exists():
+        return False
+    with lock.open() as probe:
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(probe, fcntl.LOCK_UN)
+        return False
 
 
 def has_open(pid: int, path: Path) -> bool:

@@ -499,9 +499,10 @@ def _vkb_features(vkb: vkb_config.Vkb) -> str:
 
 
 @contextlib.contextmanager
-def _stop_signals() -> Iterator[Callable[[], signal.Signals]]:
+def _stop_signals() -> Iterator[Callable[[bool], signal.Signals | None]]:
     """SIGINT and SIGTERM, noted on a pipe whichever thread the kernel hands them to;
-    yields `wait()`, which returns the first one and ignores any later one.
+    yields `wait(block)`, which returns the first one and ignores any later one (without
+    `block`: None at once if none came yet).
 
     Ctrl-C signals the whole process group. Blocked from here on, the signals stay blocked
     in every thread and process the host starts (the mask survives exec), so only the host
@@ -517,16 +518,18 @@ def _stop_signals() -> Iterator[Callable[[], signal.Signals]]:
     old_handlers = {number: signal.signal(number, _noted) for number in stop}
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
 
-    def wait() -> signal.Signals:
+    def wait(block: bool) -> signal.Signals | None:
         # This thread starts nothing more, so it may take them itself while it waits.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, stop)
+        os.set_blocking(read_end, block)
         try:
             while (number := os.read(read_end, 1)[0]) not in stop:
                 pass
-        finally:
-            # A second Ctrl-C must not cut the teardown short.
-            for each in stop:
-                signal.signal(each, signal.SIG_IGN)
+        except BlockingIOError:
+            return None
+        # A second Ctrl-C must not cut the teardown short.
+        for each in stop:
+            signal.signal(each, signal.SIG_IGN)
         return signal.Signals(number)
 
     try:
@@ -554,7 +557,9 @@ def run(
 ) -> None:
     """Run the host (and the web viewer on `web`) until SIGINT or SIGTERM, then tear
     everything down in order: `pvdisplay demo` and `pvdisplay backend`, started as
-    `command`. The whole log goes to `LOG_NAME` in the run directory."""
+    `command`. The whole log goes to `LOG_NAME` in the run directory. A signal that came
+    while the host started ends it as soon as it is up, without a banner (and, for
+    SIGINT, raises KeyboardInterrupt once it is torn down)."""
     with _stop_signals() as wait:
         host = EmulatedHost(config, run_dir, log_level, log_file=run_dir / LOG_NAME)
         try:
@@ -584,13 +589,18 @@ def run(
                         f"cannot serve the web viewer on {format_address(*web)}: "
                         f"{bind_failure(error)}; pass a free --listen HOST:PORT, or --no-web"
                     ) from None
-            print(describe(host, command), flush=True)
-            if viewer is not None:
-                print(f"  web viewer {viewer.url}", flush=True)
-            print("stop with Ctrl-C", flush=True)
-            received = wait()
+            received = interrupted = wait(False)
+            if received is None:
+                print(describe(host, command), flush=True)
+                if viewer is not None:
+                    print(f"  web viewer {viewer.url}", flush=True)
+                print("stop with Ctrl-C", flush=True)
+                received = wait(True)
+            assert received is not None
             log.info("stopping", extra=logs.fields(signal=received.name))
         finally:
             if viewer is not None:
                 viewer.close()
             host.stop()
+    if interrupted == signal.SIGINT:
+        raise KeyboardInterrupt
