@@ -8,8 +8,6 @@ runs. That is why pyproject lets this file import inside functions (ruff's PLC04
 import contextlib
 import logging
 import os
-import shutil
-import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -111,6 +109,8 @@ def _command_name() -> str:
     """This command as the person who started it can type it again: `pvdisplay` when
     PATH finds this very program, else its path (relative when below the current
     directory, as `.venv/bin/pvdisplay`)."""
+    import shutil
+
     started = Path(sys.argv[0])
     if started.name != "pvdisplay":  # python -c or -m: the script beside this interpreter
         started = Path(sys.executable).parent / "pvdisplay"
@@ -469,6 +469,7 @@ async def _serve_on_xen(
     log_file: Path,
 ) -> None:
     import asyncio
+    import signal
 
     from pvdisplay import backend_domain
     from pvdisplay.outputs.web.server import WebViewer
