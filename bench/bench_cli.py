@@ -7,8 +7,7 @@ command adds is the difference. `import click` alone is shown too, as click is t
 import `--help` cannot do without.
 
 The commands run as an installed program does, with bytecode caches (one warm-up run
-writes them): PYTHONDONTWRITEBYTECODE, if this shell sets it, is dropped for them, and
-the figure without caches (every module compiled at each start) is printed too.
+writes them): PYTHONDONTWRITEBYTECODE, if this shell sets it, is dropped for them.
 """
 
 import os
@@ -44,15 +43,12 @@ def main() -> None:
         "pvdisplay --help": [str(Path(python).parent / "pvdisplay"), "--help"],
     }
     cached = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    uncached = {**cached, "PYTHONDONTWRITEBYTECODE": "1"}
     for command in commands.values():
         _run_once(command, cached)  # writes the bytecode caches
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
-    compiling: list[tuple[float, float]] = []
     for _ in range(RUNS):
         for name, command in commands.items():
             samples[name].append(_run_once(command, cached))
-        compiling.append(_run_once(commands["pvdisplay --help"], uncached))
     floor_wall = statistics.median(wall for wall, _ in samples["python -c pass"])
     floor_cpu = statistics.median(cpu for _, cpu in samples["python -c pass"])
     print(f"medians of {RUNS} runs each, alternating; load average {_load():.2f}")
@@ -64,12 +60,6 @@ def main() -> None:
             f"(+{(wall - floor_wall) * 1e3:.1f} ms wall, +{(cpu - floor_cpu) * 1e3:.1f} ms CPU "
             "over python -c pass)"
         )
-    print(
-        f"  {'pvdisplay --help, no .pyc':<26} wall "
-        f"{statistics.median(w for w, _ in compiling) * 1e3:6.1f} ms  CPU "
-        f"{statistics.median(c for _, c in compiling) * 1e3:6.1f} ms  (pvdisplay's modules "
-        "compiled at each start)"
-    )
     help_wall = statistics.median(w for w, _ in samples["pvdisplay --help"]) * 1e3
     verdict = "under" if help_wall < GOAL_MS else "OVER"
     print(f"pvdisplay --help: {help_wall:.1f} ms wall, {verdict} the {GOAL_MS:.0f} ms goal")
