@@ -148,6 +148,24 @@ def start_guest(
     return host.start_guest(toolstack.Guest("bench", None, (device,)), GUEST_ENTRY, [mode])
 
 
+def unpaced_flips(width: int, height: int) -> tuple[int, int, float]:
+    """PG_FLIP round trip p50 and p99 (ns) on the emulated host, and the backend's CPU
+    seconds per flip while the guest flips as fast as the backend answers."""
+    with tempfile.TemporaryDirectory(prefix="pvd-bench-") as scratch:
+        host = make_host(Path(scratch), copy=False)
+        try:
+            assert host.backend is not None
+            before = cpu_seconds(host.backend.pid)
+            running = start_guest(host, 1, width, height, "rtt")
+            rtt = receive(running)
+            cpu = cpu_seconds(host.backend.pid) - before
+            stop_guest(host, running)
+        finally:
+            host.stop()
+    assert isinstance(rtt, tuple | list)
+    return int(rtt[0]), int(rtt[1]), cpu / (ROUND_TRIPS + WARMUP)
+
+
 def receive(running: RunningGuest) -> object:
     if not running.process.control.poll(PATIENCE):
         raise RuntimeError(f"bench guest {running.domid} sent nothing")

@@ -25,13 +25,19 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
+from pvdisplay.guests import pattern
+from pvdisplay.wire import fourcc
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "xen"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import rig
+from bench import bench_display
 
 pytestmark = [pytest.mark.xen, pytest.mark.timeout(2400)]
 
 BOOT_TIMEOUT = 1800.0  # hang protection only: the boot takes minutes, more on a busy machine
 KEY_A, EV_KEY, EV_ABS, ABS_X, ABS_Y = 30, 1, 3, 0, 1
+PYTHON_PATTERN_SEED = 7  # tools/xen/guest/scenarios/python_front.py
 PLAIN = 0x77  # the fill of modetest's second framebuffer: this byte everywhere
 
 
@@ -229,6 +235,62 @@ def test_destroy_mid_flip_frees_every_mapping_and_event_channel(run: XenRun) -> 
     assert domains.split(":", 1)[1].split() == ["Domain-0/0"], domains
     backends = next(line for line in lines if "@@DOM0 backend nodes after:" in line)
     assert backends.split(":", 1)[1].strip() == "", backends
+
+
+def guest_says(lines: list[str], guest: str, pattern_: str) -> list[re.Match[str]]:
+    return [
+        found for line in lines if f"@@G {guest}|" in line and (found := re.search(pattern_, line))
+    ]
+
+
+def test_python_frontends_in_a_domu_show_the_pattern_and_receive_input(run: XenRun) -> None:
+    lines = run.of("python-front")
+    assert guest_says(lines, "python-front", r"@@GUEST display connected version=2"), lines[-40:]
+    assert "python-front-1" in run.files, f"no snapshot of the Python guest; see {run.log}"
+    expected = pattern.expected_rgb(fourcc.XRGB8888, 800, 600, PYTHON_PATTERN_SEED)
+    wrong = np.any(picture(run.files["python-front-1"]) != expected, axis=2)
+    assert not wrong.any(), f"{int(wrong.sum())} pixels differ from the pattern"
+    inputs = [found[1] for found in guest_says(lines, "python-front", r"@@GUEST input (.*)")]
+    assert "Key(pressed=True, keycode=30)" in inputs, inputs
+    assert "Key(pressed=False, keycode=30)" in inputs, inputs
+    assert "Position(abs_x=123, abs_y=45, rel_z=0)" in inputs, inputs
+
+
+def test_flip_round_trip_on_real_xen_beside_the_emulated_host(run: XenRun) -> None:
+    """Every timed flip of the Python guest completed (the frontend waits for the backend's
+    response and its EVT_PG_FLIP); the figures go to the report beside the emulated
+    host's, measured now by bench/bench_display.py's guest at the same size."""
+    lines = run.of("python-front")
+    found = guest_says(
+        lines, "python-front", r"@@GUEST rtt flips=(\d+) p50_us=([\d.]+) p99_us=([\d.]+) seconds="
+    )
+    assert found, lines[-40:]
+    flips, xen_p50, xen_p99 = int(found[0][1]), float(found[0][2]), float(found[0][3])
+    assert flips == 500, found[0][0]
+    local_p50, local_p99, local_cpu = bench_display.unpaced_flips(800, 600)
+    print(
+        f"PG_FLIP round trip, 800x600: real Xen under TCG p50 {xen_p50:.0f} us p99 "
+        f"{xen_p99:.0f} us; emulated host p50 {local_p50 / 1000:.0f} us p99 "
+        f"{local_p99 / 1000:.0f} us (p50 {xen_p50 * 1000 / local_p50:.0f}x)"
+    )
+    cost = [line for line in run.lines if "@@DOM0 flip cost:" in line]
+    print(f"backend CPU per flip: emulated host {local_cpu * 1e6:.0f} us; real Xen: {cost}")
+
+
+def test_backend_restart_is_followed_by_linux_xen_drm_front(run: XenRun) -> None:
+    """Killed and started again, the backend serves the same guest: Linux unplugs its DRM
+    device and connects again, and modetest's next run flips on the new one."""
+    lines = run.of("restart")
+    assert_shows_modetest(run.files, ["restart-before-1", "restart-after-1"], (800, 600))
+    after = next(line for line in lines if "@@DOM0 after the restart:" in line)
+    assert "frontend state 4" in after, after
+    before = next(line for line in lines if "@@DOM0 before the kill:" in line)
+    assert before.rsplit(" ", 1)[1] != after.rsplit(" ", 1)[1], (before, after)  # new rings
+    restarted = lines.index(next(line for line in lines if "@@DOM0 backend restarted" in line))
+    rates = [
+        line for line in lines[restarted:] if re.search(r"@@G restart\|.*modetest: freq:", line)
+    ]
+    assert rates, f"no flips after the restart; see {run.log}"
 
 
 def test_web_viewer_in_dom0_reached_from_the_host(run: XenRun) -> None:

@@ -23,9 +23,9 @@ mkdir -p "$OUT"
 # Kernel modules each side loads, named as modprobe names them; their dependencies are
 # added from modules.dep. dom0: the Xen user-space devices and e1000 (QEMU's NIC, for the
 # web viewer's host forwarding). domU: the PV display frontend and evdev (xen-kbdfront
-# itself is built in).
+# itself is built in), and the Xen user-space devices pvdisplay's own frontends use.
 DOM0_MODULES="xenfs xen-evtchn xen-gntdev xen-gntalloc xen-privcmd e1000"
-DOMU_MODULES="drm drm_kms_helper xen-front-pgdir-shbuf drm_xen_front evdev"
+DOMU_MODULES="drm drm_kms_helper xen-front-pgdir-shbuf drm_xen_front evdev xen-evtchn xen-gntdev xen-gntalloc"
 
 # modules_in_order NAME...: relative .ko paths, each after everything it needs.
 modules_in_order() {
@@ -59,7 +59,8 @@ if [ ! -s "$BASE" ] || [ "$CACHE/dom0root.stamp" -nt "$BASE" ] || [ "$HERE/pack.
   rm -rf "$STAGE"
 fi
 
-# The domU image: busybox, modetest, the modules in load order, the guest's scripts.
+# The domU image: busybox, modetest, the modules in load order, the guest's scripts. The
+# Python domU's image is the same plus Python and pvdisplay's source (below).
 DOMU=$(mktemp -d "$CACHE/stage-domu.XXXXXX")
 cp -a "$CACHE/domu/." "$DOMU"
 mkdir -p "$DOMU/proc" "$DOMU/sys" "$DOMU/dev" "$DOMU/tmp" "$DOMU/modules"
@@ -73,6 +74,21 @@ mkdir -p "$DOMU/scenarios"
 cp "$HERE"/guest/scenarios/* "$DOMU/scenarios/" 2>/dev/null || true
 chmod +x "$DOMU/init" "$DOMU"/scenarios/* 2>/dev/null || true
 
+# The Python domU's runtime (python_domu.py: python3.11, numpy and their libraries from
+# dom0's root), archived once; every run puts it after the domU image above with
+# pvdisplay's source. Left uncompressed: xl's domain builder unzips a gzipped
+# ramdisk itself (one gzip member only), and under TCG unzipping these 100 MB in xl and
+# again in the guest's kernel took a minute longer than copying them.
+PYBASE=$CACHE/domu-python-base.cpio
+if [ ! -s "$PYBASE" ] || [ "$CACHE/dom0root.stamp" -nt "$PYBASE" ] || [ "$HERE/python_domu.py" -nt "$PYBASE" ]; then
+  STAGE=$(mktemp -d "$CACHE/stage-python.XXXXXX")
+  rmdir "$STAGE"
+  python3 "$HERE/python_domu.py" "$CACHE/dom0root" "$STAGE"
+  newc "$STAGE" > "$PYBASE.tmp.$$"
+  mv "$PYBASE.tmp.$$" "$PYBASE"
+  rm -rf "$STAGE"
+fi
+
 # The overlay: dom0's /init and scenario scripts, the kernel and domU image for xl, and
 # pvdisplay's source from this working tree (bytecode left out: dom0's python3 writes its own).
 OVERLAY=$(mktemp -d "$CACHE/stage-overlay.XXXXXX")
@@ -80,6 +96,11 @@ chmod 755 "$DOMU" "$OVERLAY"
 mkdir -p "$OVERLAY/boot" "$OVERLAY/opt/xen-test" "$OVERLAY/opt/pvdisplay/src" "$OVERLAY/usr/local/bin"
 cp "$CACHE/vmlinuz" "$OVERLAY/boot/vmlinuz"
 newc "$DOMU" | gzip -1 > "$OVERLAY/boot/domu.cpio.gz"
+mkdir -p "$DOMU/opt/pvdisplay/src"
+(cd "${XEN_RIG_SRC:-$REPO/src}" && find pvdisplay -name __pycache__ -prune -o -print | cpio -pdm --quiet "$DOMU/opt/pvdisplay/src")
+# The runtime last: where both have a library (libc, the loader), Python's matches the
+# rest of Python's.
+{ newc "$DOMU"; cat "$PYBASE"; } > "$OVERLAY/boot/domu-python.cpio"
 cp "$HERE/dom0/init" "$OVERLAY/init"
 cp -r "$HERE/dom0" "$OVERLAY/opt/xen-test/lib"
 cp -r "$HERE/scenarios" "$OVERLAY/opt/xen-test/scenarios"

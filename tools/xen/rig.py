@@ -36,7 +36,9 @@ from typing import IO, Self
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 CACHE = REPO / ".cache" / "xen"
-ALL_SCENARIOS = ("fe-alloc", "be-alloc", "two-connectors", "input", "destroy", "web")
+ALL_SCENARIOS = (
+    "fe-alloc", "be-alloc", "two-connectors", "input", "destroy", "python-front", "restart", "web",
+)  # fmt: skip
 # Xen: its console on the first serial port, with a transmit buffer large enough that the
 # base64 snapshots dom0 writes do not overrun it (Xen drops what does not fit).
 XEN_ARGS = (

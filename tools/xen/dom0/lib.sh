@@ -17,8 +17,10 @@ start_backend() {
   if [ "$(param backend)" != fake ]; then
     BACKEND_KIND=pvdisplay
     level=$(param loglevel)
-    web="--web 0.0.0.0:8080"
+    web="--listen 0.0.0.0:8080"
     [ "$(param web)" = off ] && web=--no-web
+    # A killed backend leaves its socket behind: the wait below must see the new one.
+    rm -f "$PLANES_SOCKET"
     # PYTHONFAULTHANDLER: a crash leaves its Python stack in the log.
     # shellcheck disable=SC2086
     PYTHONFAULTHANDLER=1 pvdisplay --log-level "${level:-info}" backend --hv xen $web \
@@ -38,9 +40,22 @@ start_backend() {
   fi
   tail -n +1 -f "$BACKEND_LOG" | sed -u 's/^/@@BE| /' &
   BACKEND_TAIL=$!
+  # Scenarios run in subshells: one that restarts the backend leaves the new ids here.
+  echo "$BACKEND_PID $BACKEND_TAIL" > /tmp/backend.pids
+}
+
+# kill_backend: SIGKILL the backend and wait until it has died (its files closed, the run
+# dir's lock released), as a crash would leave things.
+kill_backend() {
+  kill -KILL "$BACKEND_PID"
+  kill "$BACKEND_TAIL" 2>/dev/null
+  # A dead child stays a zombie until reaped, and `kill -0` still finds it; one that has
+  # closed its descriptors is dead enough.
+  while [ -n "$(ls "/proc/$BACKEND_PID/fd" 2>/dev/null)" ]; do sleep 0.2; done
 }
 
 stop_backend() {
+  read -r BACKEND_PID BACKEND_TAIL < /tmp/backend.pids
   if [ -n "${BACKEND_PID:-}" ] && ! kill -0 "$BACKEND_PID" 2>/dev/null; then
     wait "$BACKEND_PID"
     say "backend had exited, status $?"
@@ -84,17 +99,18 @@ run_scenario() {
 
 # create_guest NAME GUEST_SCRIPT [CONFIG_LINE...]: xl create a PV domU booting the rig's
 # kernel and domU image; GUEST_SCRIPT (from tools/xen/guest/scenarios) is what its /init
-# runs. Sets DOMID; the guest's console lines reach the host as "@@G NAME| ...".
+# runs. GUEST_TYPE, GUEST_RAMDISK, GUEST_MEMORY and GUEST_EXTRA (kernel parameters) change
+# the defaults. Sets DOMID; the guest's console lines reach the host as "@@G NAME| ...".
 create_guest() {
   name=$1 script=$2
   shift 2
   cfg=/etc/xen/$name.cfg
   {
     echo "name=\"$name\""
-    echo 'type="pv"'
+    echo "type=\"${GUEST_TYPE:-pv}\""
     echo 'kernel="/boot/vmlinuz"'
-    echo 'ramdisk="/boot/domu.cpio.gz"'
-    echo 'memory=192'
+    echo "ramdisk=\"${GUEST_RAMDISK:-/boot/domu.cpio.gz}\""
+    echo "memory=${GUEST_MEMORY:-192}"
     echo 'vcpus=1'
     echo "extra=\"console=hvc0 loglevel=${GUEST_LOGLEVEL:-5} xt.guest=$script ${GUEST_EXTRA:-}\""
     for line in "$@"; do echo "$line"; done
