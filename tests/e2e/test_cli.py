@@ -518,6 +518,28 @@ def test_help_imports_nothing_heavy() -> None:
         assert result.stderr == "[]\n", arguments
 
 
+def test_everything_but_the_window_runs_without_pygame(tmp_path: Path) -> None:
+    missing = tmp_path / "none.sock"
+    probe = (
+        "import sys\n"
+        "sys.modules['pygame'] = None  # import pygame fails, as uninstalled\n"
+        "import pvdisplay.toolstack.host, pvdisplay.outputs.web.server, pvdisplay.virtio.server\n"
+        "from pvdisplay.cli import main\n"
+        "main()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, "vnc", "--planes-socket", str(missing)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (
+        1,
+        f"Error: no planes socket at {missing}; start `pvdisplay demo` or `pvdisplay backend`, "
+        "or pass the --planes-socket of a running one\n",
+    )
+
+
 def test_view_without_pygame_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pygame", None)  # import pygame fails, as uninstalled
     monkeypatch.delitem(sys.modules, "pvdisplay.outputs.window.viewer", raising=False)
