@@ -19,6 +19,7 @@ from pvdisplay import __version__, logs
 from pvdisplay.__main__ import INTERRUPTED
 from pvdisplay.outputs.listen import bind_failure, format_address, is_loopback, parse_listen
 from pvdisplay.run_dir import (
+    LOG_NAME,
     RunDirBusyError,
     RunDirLock,
     RunDirUnusableError,
@@ -39,7 +40,6 @@ _LOG_LEVEL = "pvdisplay.log_level"
 QUIET_COMMANDS = frozenset({"demo", "backend"})
 """Commands whose terminal shows warnings only by default: their whole log goes to a file
 in the run directory, which the banner names."""
-LOG_NAME = "pvdisplay.log"
 DEFAULT_WEB = "127.0.0.1:8080"
 DEFAULT_VNC = "127.0.0.1:5900"
 WINDOW_EXTRA = "pip install 'pvdisplay[window]'"

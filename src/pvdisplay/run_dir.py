@@ -18,6 +18,10 @@ class RunDirBusyError(OSError):
     """Another running instance holds the run directory."""
 
 
+LOG_NAME = "pvdisplay.log"
+"""The file in a run directory every process of its instance appends its log to."""
+
+
 class RunDirUnusableError(OSError):
     """The run directory cannot be created or written."""
 

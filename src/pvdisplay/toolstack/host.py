@@ -33,14 +33,13 @@ from pvdisplay.hv import HypervisorError
 from pvdisplay.hv.local.launcher import DomainLauncher, DomainProcess
 from pvdisplay.outputs.listen import bind_failure, format_address
 from pvdisplay.outputs.web.server import BackgroundViewer
-from pvdisplay.run_dir import RunDirBusyError, RunDirLock, RunDirUnusableError
+from pvdisplay.run_dir import LOG_NAME, RunDirBusyError, RunDirLock, RunDirUnusableError
 from pvdisplay.store.client import Client, Transaction
 from pvdisplay.toolstack import vkb as vkb_config
 
 log = logging.getLogger(__name__)
 
 BACKEND_ENTRY = "pvdisplay.backend_domain:run"
-LOG_NAME = "pvdisplay.log"
 DEMO_ENTRY = "pvdisplay.guests.demo:run"
 XENSTORED_START_TIMEOUT = 10.0
 # libxl waits up to 10 s (LIBXL_DESTROY_TIMEOUT) for a backend to close a device.
