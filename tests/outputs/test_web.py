@@ -21,7 +21,7 @@ from pvdisplay.outputs.feed.rect import Rect
 from pvdisplay.outputs.web import keys, thumbnails, tiles
 from pvdisplay.outputs.web.browser_input import MAX_CONTACTS, BrowserInput
 from pvdisplay.outputs.web.names import DomainNames
-from pvdisplay.outputs.web.server import WebViewer, parse_listen
+from pvdisplay.outputs.web.server import WebViewer
 from pvdisplay.outputs.web.session import REFRESH_DELAY, ViewerSession
 from pvdisplay.outputs.web.tiles import Picture
 from pvdisplay.planes.input_events import Key, PointerMove, TouchDown, TouchMove, TouchUp, Wheel
@@ -601,15 +601,6 @@ def test_domain_names_come_from_xenstore_and_are_read_again_for_a_new_domain(
         await names.close()
 
     asyncio.run(scenario())
-
-
-def test_listen_addresses() -> None:
-    assert parse_listen("0.0.0.0:80") == ("0.0.0.0", 80)
-    assert parse_listen("[::1]:8080") == ("::1", 8080)
-    assert parse_listen("9000") == ("127.0.0.1", 9000)
-    for bad in ("host:", ":80", "host:port", "1.2.3.4:70000"):
-        with pytest.raises(ValueError, match="HOST:PORT"):
-            parse_listen(bad)
 
 
 def test_a_thumbnail_is_the_picture_box_filtered_to_fit_and_small_pictures_stay_whole() -> None:

@@ -16,7 +16,6 @@ modules next to it.
 import asyncio
 import contextlib
 import errno
-import ipaddress
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from aiohttp import WSMsgType, web
 from pvdisplay import logs
 from pvdisplay.outputs.feed.mirror import GuestMirror
 from pvdisplay.outputs.feed.plane_feed import PlaneFeed
+from pvdisplay.outputs.listen import is_loopback
 from pvdisplay.outputs.web.browser_input import BrowserInput
 from pvdisplay.outputs.web.names import DomainNames
 from pvdisplay.outputs.web.session import ViewerSession
@@ -135,7 +135,8 @@ class WebViewer:
         origin = request.headers.get("Origin")
         if origin is not None and urlsplit(origin).netloc != request.host:
             raise web.HTTPForbidden(text="cross-origin requests are refused")
-        if _is_loopback(self.host) and not _is_loopback(urlsplit(f"//{request.host}").hostname):
+        asked_for = urlsplit(f"//{request.host}").hostname or ""
+        if is_loopback(self.host) and not is_loopback(asked_for):
             raise web.HTTPForbidden(text="this viewer answers to loopback names only")
         return await handler(request)
 
@@ -361,26 +362,6 @@ def _lets_go(event: InputEvent) -> bool:
 async def _drain(ws: web.WebSocketResponse) -> None:
     async for _ in ws:
         pass
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """`HOST:PORT`, `[IPV6]:PORT` or `PORT` (on loopback) -> (host, port); ValueError."""
-    host, colon, port = text.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]") if colon else DEFAULT_HOST
-    if not port.isdecimal() or not 0 <= int(port) <= 65535 or not host:
-        raise ValueError(f"expected HOST:PORT, e.g. {DEFAULT_HOST}:{DEFAULT_PORT}; got {text!r}")
-    return host, int(port)
-
-
-def _is_loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _key_of(request: web.Request) -> PlaneKey:
