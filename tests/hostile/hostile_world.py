@@ -5,7 +5,7 @@ not a conftest, so that each test module (and the bench) starts a host of its ow
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import rigs
@@ -66,16 +66,15 @@ class Hostile:
 
 @contextlib.contextmanager
 def world(
-    run_dir: Path, backend: toolstack.BackendConfig | None = None, log: Path | None = None
+    run_dir: Path, config: toolstack.HostConfig | None = None, log: Path | None = None
 ) -> Iterator[Hostile]:
-    """A host with its honest guest flipping; with `log`, every process the host starts
-    now (xenstored, the broker, the backend) writes its log lines there."""
-    backend = backend or toolstack.BackendConfig("Domain-0", 0, copy=False)
+    """A host (of `config`, whose guests are ignored) with its honest guest flipping; with
+    `log`, every process the host starts now (xenstored, the broker, the backend) writes
+    its log lines there."""
+    config = config or toolstack.HostConfig(toolstack.BackendConfig("Domain-0", 0, False), ())
     with contextlib.ExitStack() as stack:
         with _stderr_to(log) if log is not None else contextlib.nullcontext():
-            host = stack.enter_context(
-                rigs.emulated_host(toolstack.HostConfig(backend, ()), run_dir)
-            )
+            host = stack.enter_context(rigs.emulated_host(replace(config, guests=()), run_dir))
         honest = host.start_guest(guest("honest"), DEMO_ENTRY)
         observer = stack.enter_context(PlaneClient(host.planes_socket))
         running = Hostile(host, honest, observer)

@@ -13,6 +13,12 @@ uses xl.cfg's own device syntax (or the same fields as a TOML table):
     [hypervisor]             # per-domain limits of the emulated hypervisor (hv.local Limits)
     descriptors = 1024
 
+    [xenstored]              # per-domain quotas of xenstored (store.tree Quotas)
+    watches = 128
+
+    [web]                    # the emulated host's web viewer
+    max_clients = 32
+
     [[guest]]
     name = "alpha"
     vdispl = ["backend=0,be-alloc=1,connectors=id0:1920x1080;id1:800x600"]
@@ -42,8 +48,10 @@ from pvdisplay.display.limits import (
     mode_problem,
 )
 from pvdisplay.hv.local.tables import Limits
+from pvdisplay.outputs.web.server import DEFAULT_MAX_CLIENTS as WEB_MAX_CLIENTS
 from pvdisplay.planes.server import MAX_CLIENTS
 from pvdisplay.store.permissions import Access, Permission
+from pvdisplay.store.tree import Quotas
 from pvdisplay.toolstack import vkb as vkb_config
 from pvdisplay.toolstack.xl_syntax import (
     ConfigError,
@@ -115,6 +123,8 @@ class BackendConfig:
 
 HYPERVISOR_KEYS = tuple(f.name for f in fields(Limits) if f.name != "backend_domid")
 """The `[hypervisor]` settings: every per-domain limit of the emulated hypervisor."""
+XENSTORED_KEYS = tuple(f.name for f in fields(Quotas))
+"""The `[xenstored]` settings: every quota of xenstored."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,10 @@ class HostConfig:
     guests: tuple[Guest, ...]
     limits: Limits = field(default_factory=Limits)
     """The emulated hypervisor's per-domain limits; `backend_domid` is the backend's."""
+    quotas: Quotas = field(default_factory=Quotas)
+    """xenstored's per-domain quotas."""
+    web_clients: int = WEB_MAX_CLIENTS
+    """WebSockets the emulated host's web viewer serves at once."""
 
 
 # -- parsing ----------------------------------------------------------------------------
@@ -179,7 +193,7 @@ def parse_config(text: str) -> HostConfig:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError("config", f"not valid TOML ({error})") from None
-    _only_keys(document, ("backend", "hypervisor", "guest"), "config")
+    _only_keys(document, ("backend", "hypervisor", "xenstored", "web", "guest"), "config")
     backend_table = _table(document.get("backend", {}), "backend")
     _only_keys(
         backend_table,
@@ -207,6 +221,16 @@ def parse_config(text: str) -> HostConfig:
         Limits(backend_domid=backend.domid),
         **{name: _count(value, f"hypervisor.{name}") for name, value in hypervisor_table.items()},
     )
+    xenstored_table = _table(document.get("xenstored", {}), "xenstored")
+    _only_keys(xenstored_table, XENSTORED_KEYS, "xenstored")
+    values = {name: _count(value, f"xenstored.{name}") for name, value in xenstored_table.items()}
+    try:
+        quotas = Quotas(**values)
+    except ValueError as error:
+        raise ConfigError("xenstored", str(error)) from None
+    web_table = _table(document.get("web", {}), "web")
+    _only_keys(web_table, ("max_clients",), "web")
+    web_clients = _count(web_table.get("max_clients", WEB_MAX_CLIENTS), "web.max_clients")
     guest_list = document.get("guest", [])
     if not isinstance(guest_list, list):
         raise ConfigError("guest", "expected [[guest]] tables")
@@ -220,7 +244,7 @@ def parse_config(text: str) -> HostConfig:
     _check_unique([str(d) for d in explicit], "guest", "domid")
     if backend.domid in explicit:
         raise ConfigError("guest", f"domid {backend.domid} is the backend's")
-    return HostConfig(backend, guests, limits)
+    return HostConfig(backend, guests, limits, quotas, web_clients)
 
 
 def check_backends(config: HostConfig) -> None:

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import FrameType
 from typing import Self
@@ -35,6 +35,7 @@ from pvdisplay.outputs.listen import bind_failure, format_address
 from pvdisplay.outputs.web.server import BackgroundViewer
 from pvdisplay.run_dir import LOG_NAME, RunDirBusyError, RunDirLock, RunDirUnusableError
 from pvdisplay.store.client import Client, Transaction
+from pvdisplay.store.tree import Quotas
 from pvdisplay.toolstack import vkb as vkb_config
 
 log = logging.getLogger(__name__)
@@ -317,6 +318,7 @@ class EmulatedHost:
                 "xenstored",
                 "--socket-dir",
                 str(self.xenstore_dir),
+                *_quota_options(self.config.quotas),
             ],
             start_new_session=True,
         )
@@ -547,6 +549,16 @@ def _noted(number: int, frame: FrameType | None) -> None:
     """Nothing to do: `signal.set_wakeup_fd` has put the signal on the pipe already."""
 
 
+def _quota_options(quotas: Quotas) -> list[str]:
+    """`pvdisplay xenstored` options for the quotas that differ from its defaults."""
+    defaults = Quotas()
+    return [
+        f"--quota={f.name.replace('_', '-')}={getattr(quotas, f.name)}"
+        for f in fields(Quotas)
+        if getattr(quotas, f.name) != getattr(defaults, f.name)
+    ]
+
+
 def run(
     config: toolstack.HostConfig,
     run_dir: Path,
@@ -581,7 +593,10 @@ def run(
             if web is not None:
                 try:
                     viewer = BackgroundViewer(
-                        host.planes_socket, *web, xenstore_socket=host.xenstore_dir / "socket_ro"
+                        host.planes_socket,
+                        *web,
+                        xenstore_socket=host.xenstore_dir / "socket_ro",
+                        max_clients=config.web_clients,
                     )
                 except OSError as error:
                     raise HostError(

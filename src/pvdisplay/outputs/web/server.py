@@ -402,11 +402,15 @@ class BackgroundViewer:
         port: int = DEFAULT_PORT,
         quality: Quality = DEFAULT_QUALITY,
         xenstore_socket: str | os.PathLike[str] | None = None,
+        *,
+        max_clients: int = DEFAULT_MAX_CLIENTS,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="web-viewer")
         self._thread.start()
-        self.viewer = WebViewer(planes_socket, host, port, quality, xenstore_socket)
+        self.viewer = WebViewer(
+            planes_socket, host, port, quality, xenstore_socket, max_clients=max_clients
+        )
         try:
             self._run(self.viewer.start())
         except BaseException:
