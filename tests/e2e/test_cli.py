@@ -456,6 +456,32 @@ def test_ctrl_c_while_a_command_starts_ends_it_quietly_with_status_130(tmp_path:
     assert (process.returncode, stdout, stderr) == (130, "", "")
 
 
+@pytest.mark.parametrize("script", [SCRIPT.name, "pvdisplay-vhost-user-gpu"])
+def test_ctrl_c_while_a_command_loads_ends_it_quietly_with_status_130(
+    script: str, tmp_path: Path
+) -> None:
+    # Loading waits as long as the test wants: the click it imports first is one that
+    # reads a FIFO nobody writes.
+    fifo = tmp_path / "loading"
+    os.mkfifo(fifo)
+    (tmp_path / "click.py").write_text(f"open({str(fifo)!r}).read()\n")
+    writer = os.open(fifo, os.O_RDWR)  # so the open returns and the read waits
+    try:
+        process = subprocess.Popen(
+            [SCRIPT.parent / script, "--help"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        )
+        wait_until(lambda: has_open(process.pid, fifo), "the command to load click")
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=PATIENCE)
+    finally:
+        os.close(writer)
+    assert (process.returncode, stdout, stderr) == (130, "", "")
+
+
 def test_ctrl_c_while_the_host_starts_stops_it_without_a_banner(run_dir: Path) -> None:
     # The log is a FIFO nobody reads: the host, holding the run directory, waits to open
     # it until the test reads it, so the Ctrl-C surely comes while the host starts.
