@@ -17,7 +17,7 @@ import click
 
 from pvdisplay import __version__, logs
 from pvdisplay.__main__ import INTERRUPTED
-from pvdisplay.outputs.listen import bind_failure, format_address, is_loopback, parse_listen
+from pvdisplay.outputs.listen import bind_failure, format_address, parse_listen, warn_if_exposed
 from pvdisplay.run_dir import (
     LOG_NAME,
     RunDirBusyError,
@@ -140,14 +140,6 @@ def _parse_listen(text: str, example_port: int) -> tuple[str, int]:
         raise click.BadParameter(str(error), param_hint="--listen") from None
 
 
-def _warn_if_exposed(server: str, host: str, port: int, protection: str) -> None:
-    if not is_loopback(host):
-        log.warning(
-            f"{server} listens beyond this machine without authentication: anyone who reaches "
-            f"{format_address(host, port)} sees and controls the guests; {protection}",
-        )
-
-
 def _planes_socket_option(default: str) -> Callable[[_Command], _Command]:
     return click.option(
         "--planes-socket",
@@ -250,11 +242,7 @@ def _host_options(config_help: str) -> Callable[[_Command], _Command]:
 def _web_address(web_listen: str, no_web: bool) -> tuple[str, int] | None:
     if no_web:
         return None
-    web = _parse_listen(web_listen, 8080)
-    _warn_if_exposed(
-        "the web viewer", *web, "listen on 127.0.0.1 and reach it through an SSH tunnel"
-    )
-    return web
+    return _parse_listen(web_listen, 8080)
 
 
 def _run_host(
@@ -538,9 +526,6 @@ def web(
         level = tiles.parse_quality(quality)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--quality") from None
-    _warn_if_exposed(
-        "the web viewer", address, port, "listen on 127.0.0.1 and reach it through an SSH tunnel"
-    )
     viewer = WebViewer(socket_path, address, port, level, names_socket, max_clients=max_clients)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve_web(viewer, socket_path))
@@ -597,7 +582,7 @@ def vnc(
     address, port = _parse_listen(listen, 5900)
     password = _read_password(password_file) if password_file else None
     if password is None:
-        _warn_if_exposed(
+        warn_if_exposed(
             "the VNC server", address, port, "pass --password-file, or listen on 127.0.0.1"
         )
     try:

@@ -345,14 +345,14 @@ def test_every_server_takes_listen_and_refuses_a_bad_address_the_same_way() -> N
         )
 
 
-def test_servers_beyond_loopback_without_authentication_are_warned_about(
+def test_vnc_beyond_loopback_without_a_password_is_warned_about(
     tmp_path: Path,
 ) -> None:
     missing = str(tmp_path / "none.sock")
     warned = CliRunner().invoke(main, ["vnc", "--listen", "0.0.0.0:0", "--planes-socket", missing])
     assert warned.exit_code == 1
     assert (
-        " warning pvdisplay.cli the VNC server listens beyond this machine without "
+        " warning pvdisplay.outputs.listen the VNC server listens beyond this machine without "
         "authentication: anyone who reaches 0.0.0.0:0 sees and controls the guests; pass "
         "--password-file, or listen on 127.0.0.1\n"
     ) in warned.output
@@ -371,19 +371,39 @@ def test_servers_beyond_loopback_without_authentication_are_warned_about(
         ],
     )
     assert "warning" not in quiet.output
-    with socket.socket() as busy:
-        busy.bind(("0.0.0.0", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        web = CliRunner().invoke(
-            main, ["web", "--listen", f"0.0.0.0:{port}", "--planes-socket", missing]
+
+
+def test_the_warning_about_a_web_viewer_beyond_loopback_reaches_the_run_dirs_log(
+    run_dir: Path,
+) -> None:
+    with (run_dir / "stderr").open("w") as errors:
+        process = subprocess.Popen(
+            [SCRIPT, "backend", "--run-dir", str(run_dir), "--listen", "0.0.0.0:0"],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            start_new_session=True,
         )
-    assert web.exit_code == 1
-    assert (
-        " warning pvdisplay.cli the web viewer listens beyond this machine without "
+    try:
+        assert process.stdout is not None
+        output = lines_of(process.stdout)
+        printed = [output.get(timeout=PATIENCE)]
+        while not printed[-1].startswith("stop with Ctrl-C"):
+            printed.append(output.get(timeout=PATIENCE))
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(PATIENCE) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    port = next(line.split(":")[-1].strip(" /\n") for line in printed if "web viewer" in line)
+    warning = (
+        " warning pvdisplay.outputs.listen the web viewer listens beyond this machine without "
         f"authentication: anyone who reaches 0.0.0.0:{port} sees and controls the guests; "
         "listen on 127.0.0.1 and reach it through an SSH tunnel\n"
-    ) in web.output
+    )
+    assert warning in (run_dir / "pvdisplay.log").read_text()
+    assert warning in (run_dir / "stderr").read_text()
 
 
 def test_web_on_a_busy_port_fails_in_one_line_before_saying_it_serves(tmp_path: Path) -> None:

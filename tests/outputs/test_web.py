@@ -3,6 +3,7 @@
 import asyncio
 import io
 import json
+import logging
 import struct
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -547,6 +548,28 @@ def test_other_sites_and_rebound_names_are_refused(tmp_path: Path) -> None:
             await viewer.close()
 
     assert asyncio.run(statuses()) == [200, 200, 403, 403]
+
+
+def test_a_viewer_beyond_loopback_warns_naming_the_port_it_took(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def warnings_when_listening_on(host: str) -> list[str]:
+        caplog.clear()
+        viewer = WebViewer(tmp_path / "no-backend.sock", host, port=0)
+        await viewer.start()
+        await viewer.close()
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    caplog.set_level(logging.WARNING)
+    exposed = asyncio.run(warnings_when_listening_on("0.0.0.0"))
+    assert len(exposed) == 1
+    assert exposed[0].startswith(
+        "the web viewer listens beyond this machine without authentication: anyone who "
+        "reaches 0.0.0.0:"
+    )
+    assert ":0 " not in exposed[0]  # the port bound, not the 0 asked for
+    assert exposed[0].endswith("listen on 127.0.0.1 and reach it through an SSH tunnel")
+    assert asyncio.run(warnings_when_listening_on("127.0.0.1")) == []
 
 
 def test_thumbnails_are_kept_fresh_only_while_an_index_page_asks_for_them(

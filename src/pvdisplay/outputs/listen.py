@@ -2,7 +2,10 @@
 reachable beyond this machine (which, without authentication, deserves a warning)."""
 
 import ipaddress
+import logging
 import os
+
+log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 
@@ -25,6 +28,16 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def warn_if_exposed(server: str, host: str, port: int, protection: str) -> None:
+    """A warning, unless only this machine can reach `host`, that `server` there lets
+    anyone in; `protection` says what to do about it."""
+    if not is_loopback(host):
+        log.warning(
+            f"{server} listens beyond this machine without authentication: anyone who reaches "
+            f"{format_address(host, port)} sees and controls the guests; {protection}",
+        )
 
 
 def format_address(host: str, port: int) -> str:

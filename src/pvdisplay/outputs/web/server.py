@@ -32,7 +32,7 @@ from aiohttp import WSMsgType, web
 from pvdisplay import logs
 from pvdisplay.outputs.feed.mirror import GuestMirror
 from pvdisplay.outputs.feed.plane_feed import PlaneFeed
-from pvdisplay.outputs.listen import is_loopback
+from pvdisplay.outputs.listen import is_loopback, warn_if_exposed
 from pvdisplay.outputs.web.browser_input import BrowserInput
 from pvdisplay.outputs.web.names import DomainNames
 from pvdisplay.outputs.web.session import ViewerSession
@@ -114,6 +114,13 @@ class WebViewer:
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
         self.port = int(self._runner.addresses[0][1])  # the one bound, when asked for 0
+        # Here, not where the address is parsed: by now a host's run dir log is open.
+        warn_if_exposed(
+            "the web viewer",
+            self.host,
+            self.port,
+            "listen on 127.0.0.1 and reach it through an SSH tunnel",
+        )
         self.feed.start()
         log.info("web viewer listening", extra=logs.fields(url=self.url))
 
