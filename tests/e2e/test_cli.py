@@ -23,7 +23,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +45,8 @@ pytestmark = pytest.mark.processes
 
 SCRIPT = Path(sys.executable).parent / "pvdisplay"
 """The `pvdisplay` command the venv installed."""
+
+Popen = subprocess.Popen[str]
 
 CONFIG = """\
 [[guest]]
@@ -81,6 +83,37 @@ def lines_of(stream: IO[str]) -> "queue.Queue[str]":
     return lines
 
 
+@contextlib.contextmanager
+def started_host(command: list[str | Path], stderr: Path, **popen: Any) -> Iterator[Popen]:
+    """`command` (demo or backend) started in a process group of its own, as a terminal
+    starts a command, its stderr written to `stderr`; killed if it outlives the block."""
+    with stderr.open("w") as errors:
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            start_new_session=True,
+            **popen,
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def banner_of(host: Popen) -> list[str]:
+    """The lines a host prints once it is up, its last "stop with Ctrl-C"."""
+    assert host.stdout is not None
+    output = lines_of(host.stdout)
+    printed = [output.get(timeout=PATIENCE)]
+    while not printed[-1].startswith("stop with Ctrl-C"):
+        printed.append(output.get(timeout=PATIENCE))
+    return printed
+
+
 def fetch(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=PATIENCE) as reply:
         body: bytes = reply.read()
@@ -95,22 +128,13 @@ def test_backend_serves_the_configs_guest_on_the_web_index_and_stops_on_ctrl_c(
     command = ["backend", "--config", str(config), "--run-dir", str(run_dir)]
     # Started as a person in a checkout starts it, with the venv not on PATH.
     checkout = SCRIPT.parent.parent.parent
-    with (run_dir / "stderr").open("w") as errors:
-        process = subprocess.Popen(
-            [SCRIPT.relative_to(checkout), *command, "--listen", "127.0.0.1:0"],
-            cwd=checkout,
-            env={**os.environ, "PATH": "/usr/bin:/bin"},
-            stdout=subprocess.PIPE,
-            stderr=errors,
-            text=True,
-            start_new_session=True,  # its own process group, as a terminal gives a command
-        )
-    try:
-        assert process.stdout is not None
-        output = lines_of(process.stdout)
-        printed: list[str] = []
-        while not printed or not printed[-1].startswith("stop with Ctrl-C"):
-            printed.append(output.get(timeout=PATIENCE))
+    with started_host(
+        [SCRIPT.relative_to(checkout), *command, "--listen", "127.0.0.1:0"],
+        run_dir / "stderr",
+        cwd=checkout,
+        env={**os.environ, "PATH": "/usr/bin:/bin"},
+    ) as process:
+        printed = banner_of(process)
         url = next(line.split()[-1] for line in printed if "web viewer" in line)
         assert any("guest      domain 7 'kestrel'" in line for line in printed)
         # The examples name the command as it was started, and the banner the log.
@@ -132,10 +156,6 @@ def test_backend_serves_the_configs_guest_on_the_web_index_and_stops_on_ctrl_c(
 
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in its terminal sends
         assert process.wait(PATIENCE) == 0
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
     # Everything it started is gone: the backend's planes socket and xenstored's sockets.
     assert not (run_dir / "planes.sock").exists()
     assert not (run_dir / "xenstore" / "socket").exists()
@@ -152,21 +172,12 @@ def test_a_second_instance_on_a_run_dir_refuses_in_one_line_and_touches_nothing(
     config = run_dir / "host.toml"
     config.write_text(CONFIG)
     first_command = ["backend", "--config", str(config), "--run-dir", str(run_dir), "--no-web"]
-    with (run_dir / "stderr").open("w") as errors:
-        first = subprocess.Popen(
-            ["pvdisplay", *first_command, "--log-level", "info"],
-            env={**os.environ, "PATH": f"{SCRIPT.parent}:/usr/bin:/bin"},
-            stdout=subprocess.PIPE,
-            stderr=errors,
-            text=True,
-            start_new_session=True,
-        )
-    try:
-        assert first.stdout is not None
-        output = lines_of(first.stdout)
-        printed = [output.get(timeout=PATIENCE)]
-        while not printed[-1].startswith("stop with Ctrl-C"):
-            printed.append(output.get(timeout=PATIENCE))
+    with started_host(
+        ["pvdisplay", *first_command, "--log-level", "info"],
+        run_dir / "stderr",
+        env={**os.environ, "PATH": f"{SCRIPT.parent}:/usr/bin:/bin"},
+    ) as first:
+        printed = banner_of(first)
         # On PATH, the command is plain `pvdisplay`.
         assert "  pvdisplay snapshot 7 wing -o kestrel-wing.png\n" in printed
         sockets = [run_dir / "planes.sock", run_dir / "xenstore" / "socket"]
@@ -195,10 +206,6 @@ def test_a_second_instance_on_a_run_dir_refuses_in_one_line_and_touches_nothing(
                 time.sleep(0.1)
         os.killpg(first.pid, signal.SIGINT)
         assert first.wait(PATIENCE) == 0
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait()
     first_log = (run_dir / "stderr").read_text()
     assert "Traceback" not in first_log
     assert " info pvdisplay.toolstack.host guest started domid=7 name=kestrel" in first_log
@@ -376,26 +383,13 @@ def test_vnc_beyond_loopback_without_a_password_is_warned_about(
 def test_the_warning_about_a_web_viewer_beyond_loopback_reaches_the_run_dirs_log(
     run_dir: Path,
 ) -> None:
-    with (run_dir / "stderr").open("w") as errors:
-        process = subprocess.Popen(
-            [SCRIPT, "backend", "--run-dir", str(run_dir), "--listen", "0.0.0.0:0"],
-            stdout=subprocess.PIPE,
-            stderr=errors,
-            text=True,
-            start_new_session=True,
-        )
-    try:
-        assert process.stdout is not None
-        output = lines_of(process.stdout)
-        printed = [output.get(timeout=PATIENCE)]
-        while not printed[-1].startswith("stop with Ctrl-C"):
-            printed.append(output.get(timeout=PATIENCE))
+    with started_host(
+        [SCRIPT, "backend", "--run-dir", str(run_dir), "--listen", "0.0.0.0:0"],
+        run_dir / "stderr",
+    ) as process:
+        printed = banner_of(process)
         os.killpg(process.pid, signal.SIGINT)
         assert process.wait(PATIENCE) == 0
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
     port = next(line.split(":")[-1].strip(" /\n") for line in printed if "web viewer" in line)
     warning = (
         " warning pvdisplay.outputs.listen the web viewer listens beyond this machine without "
