@@ -4,6 +4,7 @@ import asyncio
 import dataclasses
 import errno
 import functools
+import socket
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 
 import rigs
+from pvdisplay.ipc import framing
+from pvdisplay.ipc.sockets import receive_message, send_message
 from pvdisplay.planes.client import PlaneClient
 from pvdisplay.planes.model import Plane, PlaneInfo, PlaneKey, PlaneRegistry
 from pvdisplay.planes.protocol import PlaneChange
@@ -120,6 +123,31 @@ def test_server_lists_gets_and_streams_changes(
         on_loop(loop, registry.publish, BLANK, None)
         change = next(changes)
         assert (change.plane, change.removed) == (BLANK, False)
+
+
+def test_requests_it_cannot_serve_get_an_errno_and_the_client_is_still_served(
+    served: tuple[PlaneRegistry, Path, asyncio.AbstractEventLoop],
+) -> None:
+    registry, path, loop = served
+    on_loop(loop, registry.publish, BLANK, None)
+    connector_9 = {"domid": 9, "devid": 0, "connector": 0}
+    requests: list[tuple[framing.JsonObject, int]] = [
+        ({"op": "dance"}, errno.EINVAL),
+        ({"op": "get", "domid": "one", "devid": 0, "connector": 0}, errno.EINVAL),
+        ({"op": "get", **connector_9}, errno.ENOENT),
+        ({"op": "copy", "domid": -1, "devid": 0, "connector": 0}, errno.EINVAL),
+        ({"op": "copy", **BLANK.key._asdict()}, errno.ENOENT),  # blank: shows nothing
+        ({"op": "input", **connector_9, "events": []}, errno.ENOENT),  # no input devices
+        ({"op": "input", **connector_9, "events": "none"}, errno.EINVAL),
+    ]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as client:
+        client.settimeout(rigs.PATIENCE)
+        client.connect(str(path))
+        for request, code in requests:
+            send_message(client, request)
+            assert receive_message(client).body["error"] == code, request
+        send_message(client, {"op": "list"})
+        assert receive_message(client).body == {"planes": [BLANK.to_json()]}
 
 
 def test_changes_published_on_another_thread_reach_watchers_in_order(

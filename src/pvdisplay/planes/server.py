@@ -152,52 +152,43 @@ class PlaneServer:
             self._drop(fd)
 
     def _answer(self, client: socket.socket, body: framing.JsonObject) -> None:
+        try:
+            self._serve_request(client, body)
+        except ProtocolError as exc:  # raised before any reply is sent
+            send_message(client, protocol.error_reply(exc.errno, exc.message))
+
+    def _serve_request(self, client: socket.socket, body: framing.JsonObject) -> None:
         op = body.get("op")
         if op == "list":
             send_message(client, {"planes": [p.info.to_json() for p in self._registry.planes()]})
         elif op == "watch":
             send_message(client, protocol.WATCHING)
         elif op == "get":
-            try:
-                key = protocol.key_of(body)
-            except ProtocolError as exc:
-                send_message(client, protocol.error_reply(exc.errno, exc.message))
-                return
+            key = protocol.key_of(body)
             # The publisher (the display backend's ring thread) may close the handle of
             # a plane it replaces at any time, but not while this holds the lock.
             with self._registry.handles_lock:
                 plane = self._registry.get(key)
                 if plane is None:
-                    send_message(client, protocol.error_reply(errno.ENOENT, f"no plane {key}"))
-                    return
+                    raise ProtocolError(errno.ENOENT, f"no plane {key}")
                 send_message(
                     client, {"plane": plane.info.to_json(), "buffer": plane.handle is not None}
                 )
                 if plane.handle is not None:
                     plane.handle.send(client)
         elif op == "copy":
-            try:
-                key = protocol.key_of(body)
-            except ProtocolError as exc:
-                send_message(client, protocol.error_reply(exc.errno, exc.message))
-                return
-            self._send_copy(client, key)
+            self._send_copy(client, protocol.key_of(body))
         elif op == "input":
-            try:
-                receipt = self._input(body)
-            except ProtocolError as exc:
-                send_message(client, protocol.error_reply(exc.errno, exc.message))
-                return
+            receipt = self._input(body)
             send_message(client, {"queued": receipt.queued, "dropped": receipt.dropped})
         else:
-            send_message(client, protocol.error_reply(errno.EINVAL, f"unknown op {op!r}"))
+            raise ProtocolError(errno.EINVAL, f"unknown op {op!r}")
 
     def _send_copy(self, client: socket.socket, key: PlaneKey) -> None:
         copied = self._copy_frame(key)
         if copied is None:
             where = f"connector {key.domid}/{key.devid}/{key.connector}"
-            send_message(client, protocol.error_reply(errno.ENOENT, f"{where} shows nothing"))
-            return
+            raise ProtocolError(errno.ENOENT, f"{where} shows nothing")
         info, copy = copied
         try:
             send_message(client, {"plane": info.to_json(), "buffer": True})
