@@ -118,6 +118,21 @@ def wait_live(page: Any, frames: int = 1) -> None:
     )
 
 
+@contextlib.contextmanager
+def connector_page(world: World, domid: int, browser: Any, **viewer: Any) -> Iterator[Any]:
+    """A page of `browser` showing connector 0 of `domid` live, served by a web viewer
+    (options `viewer`) of its own."""
+    server = BackgroundViewer(world.planes_socket, port=0, **viewer)
+    page = browser.new_page()
+    try:
+        page.goto(f"{server.url}view/{domid}/0/0")
+        wait_live(page)
+        yield page
+    finally:
+        page.close()
+        server.close()
+
+
 def to_page(page: Any, x: int, y: int) -> tuple[float, float]:
     """Where on the page guest pixel (x, y) is drawn (its centre), whatever the scale."""
     box = page.evaluate(
@@ -145,11 +160,7 @@ def test_canvas_shows_the_guest_exactly_and_input_arrives_at_guest_pixels(
     world: World, browser: Any, tmp_path: Path
 ) -> None:
     guest = world.add_guest(11)
-    viewer = BackgroundViewer(world.planes_socket, port=0, quality=LOSSLESS)
-    page = browser.new_page()
-    try:
-        page.goto(f"{viewer.url}view/{guest.domid}/0/0")
-        wait_live(page)
+    with connector_page(world, guest.domid, browser, quality=LOSSLESS) as page:
         # The picture: exactly the guest's pattern, and exactly `pvdisplay snapshot`'s PNG.
         with PlaneClient(world.planes_socket) as client:
             snapshot.save_png(snapshot.take(client, guest.domid, 0), tmp_path / "snap.png")
@@ -207,20 +218,13 @@ def test_canvas_shows_the_guest_exactly_and_input_arrives_at_guest_pixels(
         guest.process.kill()
         page.wait_for_function("pvdisplay.state === 'disconnected'", timeout=WAIT_MS)
         assert "guest disconnected" in page.inner_text("#overlay")
-    finally:
-        page.close()
-        viewer.close()
 
 
 def test_a_page_that_loses_focus_or_its_pointer_lets_go_of_what_it_held(
     world: World, browser: Any
 ) -> None:
     guest = world.add_guest(12)
-    viewer = BackgroundViewer(world.planes_socket, port=0)
-    page = browser.new_page()
-    try:
-        page.goto(f"{viewer.url}view/{guest.domid}/0/0")
-        wait_live(page)
+    with connector_page(world, guest.domid, browser) as page:
         page.mouse.move(*to_page(page, 30, 40))
         page.mouse.down()
         page.keyboard.down("KeyA")
@@ -240,9 +244,6 @@ def test_a_page_that_loses_focus_or_its_pointer_lets_go_of_what_it_held(
             "new PointerEvent('pointercancel', {pointerType: 'mouse', button: -1}))"
         )
         assert guest.read_until(("Key", False, BTN_LEFT))[-1] == ("Key", False, BTN_LEFT)
-    finally:
-        page.close()
-        viewer.close()
 
 
 def keys_of(events: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -261,11 +262,7 @@ def test_focus_is_shown_and_the_toolbar_sends_keys_a_browser_keeps(
     world: World, browser: Any
 ) -> None:
     guest = world.add_guest(13)
-    viewer = BackgroundViewer(world.planes_socket, port=0)
-    page = browser.new_page()
-    try:
-        page.goto(f"{viewer.url}view/{guest.domid}/0/0")
-        wait_live(page)
+    with connector_page(world, guest.domid, browser) as page:
         assert page.inner_text("#focus") == "click to control"
         page.mouse.click(*to_page(page, 10, 10))
         assert page.inner_text("#focus").startswith("controlling")
@@ -312,20 +309,13 @@ def test_focus_is_shown_and_the_toolbar_sends_keys_a_browser_keeps(
         # Focus elsewhere on the page: the label says so.
         page.evaluate("document.getElementById('screen').blur()")
         assert page.inner_text("#focus") == "click to control"
-    finally:
-        page.close()
-        viewer.close()
 
 
 def test_on_a_phone_the_canvas_fills_the_width_touch_arrives_and_text_can_be_typed(
     world: World, phone: Any
 ) -> None:
     guest = world.add_guest(14)
-    viewer = BackgroundViewer(world.planes_socket, port=0)
-    page = phone.new_page()
-    try:
-        page.goto(f"{viewer.url}view/{guest.domid}/0/0")
-        wait_live(page)
+    with connector_page(world, guest.domid, phone) as page:
         page.click("[data-scale=fit]")
         # Laid out at the phone's width (980 px without the viewport tag), canvas edge to edge.
         assert page.evaluate("document.documentElement.clientWidth") == PHONE["width"]
@@ -354,9 +344,6 @@ def test_on_a_phone_the_canvas_fills_the_width_touch_arrives_and_text_can_be_typ
             ("Key", False, KEY_LEFTSHIFT),
         ]
         assert page.input_value("#typing") == ""
-    finally:
-        page.close()
-        viewer.close()
 
 
 # -- the demo host: index, screenshots, backend restart -----------------------------------------
