@@ -29,6 +29,7 @@ BACKLOG = kbdif.IN_RING_LEN
 RAW_POINTER_MAX = 0x7FFF
 """kbdif.h: raw (unscaled) absolute pointer positions span [0, 0x7fff] on both axes."""
 _U32 = 0xFFFFFFFF
+_I32_MAX = 0x7FFFFFFF
 
 
 @dataclass(frozen=True)
@@ -150,10 +151,12 @@ class InputDevice:
                     return [kbdif.Position(*position, 0)]
                 return [kbdif.Motion(position[0] - previous[0], position[1] - previous[1], 0)]
             case ev.Wheel(steps) if cfg.pointer and steps:
-                # kbdif's rel_z grows towards the user (xen-kbdfront reports -rel_z as REL_WHEEL).
+                # kbdif's rel_z grows towards the user (xen-kbdfront reports -rel_z as REL_WHEEL);
+                # -steps of the most negative 32-bit step count does not fit rel_z.
+                rel_z = min(-steps, _I32_MAX)
                 if self.absolute:
-                    return [kbdif.Position(*self._pointer, -steps)]
-                return [kbdif.Motion(0, 0, -steps)]
+                    return [kbdif.Position(*self._pointer, rel_z)]
+                return [kbdif.Motion(0, 0, rel_z)]
         self.ignored += 1
         return []
 
