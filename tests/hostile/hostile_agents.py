@@ -98,6 +98,9 @@ def agent(hv: Hypervisor, control: Connection) -> None:
 class RawGuest(XenbusFrontend):
     """A vdispl frontend built on the wire codecs, free to skip what an honest one does."""
 
+    session = 0
+    honest_directory = 0
+
     def flips_unread(self, count: int) -> int:
         """Show a 16x16 framebuffer and flip it `count` times without ever reading the
         event page; the number of flips the backend accepted."""
@@ -115,6 +118,46 @@ class RawGuest(XenbusFrontend):
             response = self.call(0, displif.PageFlip(100 + number, 2).encode())
             accepted += displif.decode_response(response).status == 0
         return accepted
+
+    def honest_operations(self, flips: int) -> tuple[int, int]:
+        """What an honest guest does while another exhausts a budget: a port bound and
+        unbound, a XenStore write and read, a shared one-page buffer shown and flipped
+        `flips` times (each event read), then taken down. (operations, how many failed)."""
+        self.session += 1
+        steps: list[Callable[[], bool]] = [self._port, self._xenstore, self._share]
+        failed = sum(not _succeeds(step) for step in steps)
+        if failed:
+            return len(steps) + flips + 4, failed + flips + 4
+        cookie = 1000 * self.session
+        xrgb = fourcc.by_name("XRGB8888").fourcc
+        requests = [
+            displif.DbufCreate(1, cookie, 16, 16, 32, 4096, 0, self.honest_directory, 0),
+            displif.FbAttach(2, cookie, cookie + 1, 16, 16, xrgb),
+            *(displif.PageFlip(3 + number, cookie + 1) for number in range(flips)),
+            displif.FbDetach(3 + flips, cookie + 1),
+            displif.DbufDestroy(4 + flips, cookie),
+        ]
+        for request in requests:
+            status = displif.decode_response(self.call(0, request.encode())).status
+            failed += status != 0
+            if isinstance(request, displif.PageFlip) and status == 0:
+                self.events(0, 1)
+        self.free(f"honest{self.session}")
+        self.free(f"honest{self.session}-dir")
+        return len(steps) + len(requests), failed
+
+    def _port(self) -> bool:
+        self.hv.events.unbind(self.hv.events.bind_unbound_port(0))
+        return True
+
+    def _xenstore(self) -> bool:
+        self.xs.write(f"{self.front}/honest", str(self.session))
+        return self.xs.read(f"{self.front}/honest") == str(self.session).encode()
+
+    def _share(self) -> bool:
+        refs = self.share(f"honest{self.session}", 1)
+        self.honest_directory = self.directory(f"honest{self.session}-dir", refs)
+        return True
 
     def fuzz(self, count: int, seed: int) -> dict[int, int]:
         """`count` random requests, nine in ten with a real operation code, a ring's worth
@@ -141,6 +184,13 @@ class RawGuest(XenbusFrontend):
 
 
 _OPERATION = displif.PageFlip.LAYOUT.fields["operation"].offset
+
+
+def _succeeds(step: Callable[[], bool]) -> bool:
+    try:
+        return step()
+    except (OSError, HypervisorError):
+        return False
 
 
 def raw_guest(hv: Hypervisor, control: Connection, xenstore_socket: str, name: str) -> None:

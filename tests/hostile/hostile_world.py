@@ -69,13 +69,13 @@ def world(
     run_dir: Path, config: toolstack.HostConfig | None = None, log: Path | None = None
 ) -> Iterator[Hostile]:
     """A host (of `config`, whose guests are ignored) with its honest guest flipping; with
-    `log`, every process the host starts now (xenstored, the broker, the backend) writes
-    its log lines there."""
+    `log`, every process the host starts now (xenstored, the broker, the backend, the
+    honest guest) writes its log lines there."""
     config = config or toolstack.HostConfig(toolstack.BackendConfig("Domain-0", 0, False), ())
     with contextlib.ExitStack() as stack:
         with _stderr_to(log) if log is not None else contextlib.nullcontext():
             host = stack.enter_context(rigs.emulated_host(replace(config, guests=()), run_dir))
-        honest = host.start_guest(guest("honest"), DEMO_ENTRY)
+            honest = host.start_guest(guest("honest"), DEMO_ENTRY)
         observer = stack.enter_context(PlaneClient(host.planes_socket))
         running = Hostile(host, honest, observer)
         wait_until(lambda: running.frames() > 10, "the honest guest to flip")

@@ -5,6 +5,7 @@ what a dead guest held is given back when its death is noticed."""
 import errno
 import os
 import resource
+import signal
 import socket
 import struct
 from collections.abc import Iterator
@@ -208,3 +209,28 @@ def test_fuzzed_displif_requests_are_each_answered_and_cost_nobody_else(
     attacker.process.kill()
     host.wait_guest_destroyed(attacker.domid, PATIENCE)
     hostile.wait_resources(before)
+
+
+def test_what_a_dead_guest_held_is_released_with_no_further_request_from_anyone(
+    hostile: Hostile,
+) -> None:
+    """The honest guest is stopped (SIGSTOP) while the attacker dies, so no request reaches
+    the backend or the broker until everything the attacker held is back: its death alone
+    must release it. (Before, the backend's release watches were closed at the next export,
+    so a dead guest's descriptors stayed until some guest made a request.)"""
+    host = hostile.host
+    before = hostile.resources()
+    attacker = host.start_guest(guest("flood-then-die"), FLOOD)
+    assert attacker.process.control.poll(PATIENCE)
+    made, code = attacker.process.control.recv()
+    assert made > 0 and code == errno.ENOMEM
+    os.kill(hostile.honest.process.pid, signal.SIGSTOP)
+    try:
+        frames = hostile.frames()
+        attacker.process.kill()
+        host.wait_guest_destroyed(attacker.domid, PATIENCE)
+        hostile.wait_resources(before)
+        assert hostile.frames() == frames  # nothing flipped meanwhile: no request came
+    finally:
+        os.kill(hostile.honest.process.pid, signal.SIGCONT)
+    hostile.wait_flips()
