@@ -6,9 +6,13 @@ host stopped answering (hangs), what the broker and the backend still held once 
 attacker was gone (leaks: descriptors, tables, the backend's usage), and the honest
 guest's flips a second while the attack runs and holds what it took (from its first
 request, once its processes are up, for 2 s at least) as a share of its flips a second
-in a quiet window measured just before (the same-run baseline).
+in a quiet window measured just before (the same-run baseline). Where an attacker
+exhausts a budget, an honest guest (the prober, connected throughout) tries its own
+operations while the attacker holds what it took, and the line says how many failed.
+Each line ends with the seconds it took.
 """
 
+import collections
 import errno
 import functools
 import os
@@ -27,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "hostile"))
 
+import core_fuzz
 from hostile_agents import Remote
 from hostile_world import Hostile, guest, world
 from vhost_user_front import front_end
@@ -44,13 +49,22 @@ from rigs import PATIENCE, wait_until
 
 WINDOW = 2.0
 """Seconds of honest flips counted under each attack, and in the quiet window before it."""
-KILLED_GUESTS = 20
+KILLED_GUESTS = 100
+KILLED_AT_ONCE = 5
+"""Victims started, seen flipping and SIGKILLed together."""
 FUZZED = 1_000_000
+"""displif requests and kbdif events each coverage-guided fuzzer executes."""
+REAL_FUZZED = 200_000
+"""Random displif requests a real guest sends to the real backend beside the fuzzers (more
+would take the CPU the fuzzers need on a 2-core machine)."""
+REAL_FUZZ_CHUNK = 20_000
+FUZZ_PATIENCE = 600.0
 XS_FUZZED = 100_000
-RESTARTS = 20
-GREEDY = 400
 """Malformed XenStore messages one guest sends on its own socket."""
-"""Random displif requests one guest sends (nine in ten with a real operation code)."""
+RESTARTS = 100
+GREEDY = 400
+HONEST_FLIPS = 20
+"""Flips in the honest operations tried while an attacker holds what it took."""
 ATTACKER = "hostile_agents:agent"
 HEADER = struct.Struct("<II")
 GARBAGE = [
@@ -72,10 +86,19 @@ class Bout:
     calls once its processes are up (starting a Python process is not the attack), or
     from its first step."""
 
-    def __init__(self, hostile: Hostile, scratch: Path) -> None:
+    def __init__(self, hostile: Hostile, scratch: Path, prober: Remote) -> None:
         self.hostile = hostile
         self.scratch = scratch
+        self.prober = prober
+        self.crashes = self.hangs = 0
+        """Found by the attack itself (the fuzzers' crashing and hanging inputs)."""
+        self.honest: tuple[int, int] | None = None
+        """Honest operations tried while the attacker held what it took, and failed."""
         self.begin()
+
+    def probe(self) -> None:
+        """An honest guest's operations now, while the attacker holds its take."""
+        self.honest = self.prober("honest_operations", HONEST_FLIPS)
 
     def begin(self) -> None:
         self.first, self.started = self.hostile.frames(), time.monotonic()
@@ -95,6 +118,8 @@ class Outcome:
     share: float
     """Honest flips a second under the attack over those in the quiet window before it."""
     detail: str
+    honest: tuple[int, int] | None
+    seconds: float
 
 
 def _code(number: int | None) -> str:
@@ -121,12 +146,14 @@ def _kill_guest(hostile: Hostile, running: RunningGuest) -> Stop:
 def share_loop(hostile: Hostile, bout: Bout) -> tuple[str, Stop]:
     domain = hostile.host.hv.start_domain(ATTACKER)
     made, code = Remote(domain.control)("share_until_refused", 0, 50_000)
+    bout.probe()
     return f"{made} one-page shares, then {_code(code)}", _kill_domain(hostile, domain)
 
 
 def port_loop(hostile: Hostile, bout: Bout) -> tuple[str, Stop]:
     domain = hostile.host.hv.start_domain(ATTACKER)
     made, code = Remote(domain.control)("bind_until_refused", 0, 50_000)
+    bout.probe()
     return f"{made} ports, then {_code(code)}", _kill_domain(hostile, domain)
 
 
@@ -145,6 +172,7 @@ def _flood(spec: str) -> Attack:
         if not running.process.control.poll(PATIENCE):
             raise TimeoutError("the flooding guest did not report")
         made, code = running.process.control.recv()
+        bout.probe()
         return f"{made} one-page DBUF_CREATEs, then {_code(code)}", _kill_guest(hostile, running)
 
     return attack
@@ -161,6 +189,7 @@ def deaf_guest(hostile: Hostile, bout: Bout) -> tuple[str, Stop]:
     bout.begin()
     flips = 4 * displif.IN_RING_LEN
     raw("flips_unread", flips)
+    bout.probe()
     lines = _log_lines(log) - lines_before
     detail = f"{flips - displif.IN_RING_LEN} events dropped, {lines} log lines"
     return detail, _kill_guest(hostile, running)
@@ -170,20 +199,59 @@ def _log_lines(log: Path) -> int:
     return sum("event ring full" in line for line in log.read_text().splitlines())
 
 
-def fuzzed_requests(hostile: Hostile, bout: Bout) -> tuple[str, Stop]:
+def fuzzers(hostile: Hostile, bout: Bout) -> tuple[str, Stop]:
+    """The coverage-guided fuzzers (tests/hostile/core_fuzz.py), each in a domain of the
+    host: displif requests on a DisplayDevice of the fuzzer's own domain (real grants and
+    exports through the broker), kbdif events on an InputDevice; beside them a real
+    guest sends random requests to the real backend until both are done."""
+    hv = hostile.host.hv
     running = hostile.host.start_guest(
         guest(f"fuzz{time.monotonic_ns()}"), "hostile_agents:raw_guest"
     )
     raw = Remote(running.process.control)
     raw("connect", 1)
     bout.begin()
-    started = time.monotonic()
-    statuses: dict[int, int] = raw("fuzz", FUZZED, 1)
-    rate = FUZZED / (time.monotonic() - started)
-    answered = sum(statuses.values())
-    common = ", ".join(f"{_status(status)} {count}" for status, count in sorted(statuses.items()))
-    detail = f"{answered}/{FUZZED} answered at {rate:,.0f}/s: {common}"
+    domains = [
+        hv.start_domain(f"core_fuzz:{entry}", str(FUZZED), "1")
+        for entry in ("fuzz_display", "fuzz_input")
+    ]
+    statuses: collections.Counter[int] = collections.Counter()
+    while sum(statuses.values()) < REAL_FUZZED and not all(d.control.poll() for d in domains):
+        statuses.update(raw("fuzz", REAL_FUZZ_CHUNK, sum(statuses.values())))
+    reports: list[core_fuzz.Report] = [_report(domain) for domain in domains]
+    for domain in domains:
+        domain.kill()
+        domain.wait(PATIENCE)
+        hv.wait_released(domain.domid, PATIENCE)
+    bout.crashes += sum(report.crashes for report in reports)
+    bout.hangs += sum(report.hangs for report in reports)
+    display, keyboard = reports
+    sent = sum(statuses.values())
+    detail = (
+        f"displif: {_fuzzed(display)}; kbdif: {_fuzzed(keyboard)}; beside them a real guest's"
+        f" {sent:,} random requests: {_statuses(statuses)}"
+    )
+    if display.first_crash or keyboard.first_crash:
+        detail += f"; first crash: {display.first_crash or keyboard.first_crash}"
     return detail, _kill_guest(hostile, running)
+
+
+def _report(domain: DomainProcess) -> core_fuzz.Report:
+    if not domain.control.poll(FUZZ_PATIENCE):
+        raise TimeoutError(f"the fuzzer in domain {domain.domid} did not report")
+    report: core_fuzz.Report = domain.control.recv()
+    return report
+
+
+def _fuzzed(report: core_fuzz.Report) -> str:
+    return (
+        f"{report.units:,} in {report.inputs:,} inputs, {report.arcs} arcs, corpus"
+        f" {report.corpus}, {_statuses(report.statuses)}"
+    )
+
+
+def _statuses(statuses: dict[int, int]) -> str:
+    return " ".join(f"{_status(status)}:{count}" for status, count in sorted(statuses.items()))
 
 
 def _status(status: int) -> str:
@@ -266,6 +334,7 @@ def watch_flood(hostile: Hostile, bout: Bout) -> tuple[str, Stop]:
     if not running.process.control.poll(PATIENCE):
         raise TimeoutError("the watching guest did not report")
     made, code = running.process.control.recv()
+    bout.probe()
     return f"{made} XenStore watches, then {_code(code)}", _kill_guest(hostile, running)
 
 
@@ -285,6 +354,7 @@ def planes_flood(hostile: Hostile, bout: Bout) -> tuple[str, Stop]:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sock.connect(str(hostile.host.planes_socket))
         flood.append(sock)
+    bout.probe()
 
     def stop() -> None:
         for sock in flood:
@@ -294,12 +364,18 @@ def planes_flood(hostile: Hostile, bout: Bout) -> tuple[str, Stop]:
 
 
 def killed_mid_flip(hostile: Hostile, bout: Bout) -> tuple[str, Stop]:
-    for number in range(KILLED_GUESTS):
-        running = hostile.host.start_guest(guest(f"victim{number}"), "pvdisplay.guests.demo:run")
-        wait_until(functools.partial(_flipped, hostile, running.domid), "the victim to flip")
-        running.process.kill()
-        hostile.host.wait_guest_destroyed(running.domid, PATIENCE)
-    return f"{KILLED_GUESTS} guests SIGKILLed mid-flip", lambda: None
+    for first in range(0, KILLED_GUESTS, KILLED_AT_ONCE):
+        victims = [
+            hostile.host.start_guest(guest(f"victim{number}"), "pvdisplay.guests.demo:run")
+            for number in range(first, first + KILLED_AT_ONCE)
+        ]
+        for running in victims:
+            wait_until(functools.partial(_flipped, hostile, running.domid), "a victim to flip")
+        for running in victims:
+            running.process.kill()
+        for running in victims:
+            hostile.host.wait_guest_destroyed(running.domid, PATIENCE)
+    return f"{KILLED_GUESTS} guests SIGKILLed mid-flip, {KILLED_AT_ONCE} at once", lambda: None
 
 
 def _flipped(hostile: Hostile, domid: int) -> bool:
@@ -314,7 +390,7 @@ ATTACKS: list[tuple[str, Attack]] = [
     ("display: 1-page DBUF_CREATE flood", _flood("")),
     ("display: 1-page DBUF_CREATE flood, be-alloc", _flood("be-alloc=1,")),
     ("display: event page never read", deaf_guest),
-    (f"display: {FUZZED:,} fuzzed requests", fuzzed_requests),
+    ("fuzz: 10^6 displif requests, 10^6 kbdif events", fuzzers),
     ("input: garbage on the kbdif page", kbd_garbage),
     ("xenstored: 10,000 watches", watch_flood),
     (f"xenstored: {XS_FUZZED:,} malformed messages", xenstore_garbage),
@@ -323,14 +399,15 @@ ATTACKS: list[tuple[str, Attack]] = [
 ]
 
 
-def _run(hostile: Hostile, scratch: Path, attack: Attack) -> Outcome:
+def _run(hostile: Hostile, scratch: Path, prober: Remote, attack: Attack) -> Outcome:
     host = hostile.host
     backend, broker = host.backend, host.hv.broker_pid
     quiet = _flips_in(hostile, WINDOW)
     before = hostile.resources()
     hangs = 0
     detail = ""
-    bout = Bout(hostile, scratch)
+    started = time.monotonic()
+    bout = Bout(hostile, scratch, prober)
     try:
         detail, stop = attack(hostile, bout)
         under = bout.flips_per_window()
@@ -338,14 +415,17 @@ def _run(hostile: Hostile, scratch: Path, attack: Attack) -> Outcome:
     except TimeoutError as exc:
         hangs, under, detail = 1, 0, str(exc)
     crashes = int(host.backend is not backend or backend is None or backend.returncode is not None)
-    crashes += int(not _alive(broker))
+    crashes += int(not _alive(broker)) + bout.crashes
+    hangs += bout.hangs
     leaks: dict[str, int] = {}
     try:
         wait_until(lambda: hostile.resources() == before, "resources to return")
     except TimeoutError:
         after = hostile.resources()
         leaks = {k: after[k] - before[k] for k in before if after.get(k) != before[k]}
-    return Outcome(crashes, hangs, leaks, under / quiet if quiet else 0.0, detail)
+    share = under / quiet if quiet else 0.0
+    seconds = time.monotonic() - started
+    return Outcome(crashes, hangs, leaks, share, detail, bout.honest, seconds)
 
 
 def _flips_in(hostile: Hostile, seconds: float) -> int:
@@ -364,9 +444,14 @@ def _alive(pid: int) -> bool:
 
 def _print(name: str, outcome: Outcome) -> None:
     leaks = ", ".join(f"{k} {v:+d}" for k, v in outcome.leaks.items()) or "none"
+    honest = ""
+    if outcome.honest is not None:
+        tried, failed = outcome.honest
+        honest = f"  honest operations failed {failed}/{tried}"
     print(
         f"{name:46} crashes {outcome.crashes}  hangs {outcome.hangs}  leaks {leaks}"
-        f"  honest flips {outcome.share:6.1%} of quiet  ({outcome.detail})",
+        f"  honest flips {outcome.share:6.1%} of quiet{honest}  ({outcome.detail};"
+        f" {outcome.seconds:.0f} s)",
         flush=True,
     )
 
@@ -405,6 +490,7 @@ def backend_restarts(hostile: Hostile) -> None:
     guest shows a new frame through the new backend."""
     host = hostile.host
     slowest, reconnected = 0.0, 0
+    began = time.monotonic()
     for _ in range(RESTARTS):
         started = time.monotonic()
         host.restart_backend()
@@ -417,7 +503,8 @@ def backend_restarts(hostile: Hostile) -> None:
     print(
         f"{f'backend restarts ({RESTARTS}) under a live guest':46} crashes 0  hangs"
         f" {RESTARTS - reconnected}  reconnects {reconnected}/{RESTARTS},"
-        f" slowest {slowest:.2f} s from kill to the next frame shown",
+        f" slowest {slowest:.2f} s from kill to the next frame shown"
+        f" ({time.monotonic() - began:.0f} s)",
         flush=True,
     )
 
@@ -447,13 +534,15 @@ def vnc_greedy_clients(hostile: Hostile, scratch: Path) -> None:
     )  # fmt: skip
     greedy: list[socket.socket] = []
     try:
-        # Connectors get ports in order of appearance: the honest guest's, then big's.
-        wait_until(lambda: _listening(port + 1), "the VNC server")
-        watcher = Watcher(port + 1)
+        # Connectors get ports in order of appearance: the honest guest's, the prober's,
+        # then big's.
+        big_port = port + 2
+        wait_until(lambda: _listening(big_port), "the VNC server")
+        watcher = Watcher(big_port)
         quiet = _updates_in(watcher, WINDOW)
         rss_quiet = _rss(process.pid)
         for _ in range(GREEDY):
-            sock = socket.create_connection(("127.0.0.1", port + 1), timeout=PATIENCE)
+            sock = socket.create_connection(("127.0.0.1", big_port), timeout=PATIENCE)
             sock.sendall(b"RFB 003.008\n\x01\x01" + update_request(False, 1920, 1080))
             greedy.append(sock)
         under = _updates_in(watcher, WINDOW)
@@ -510,14 +599,18 @@ def _rss(pid: int) -> int:
 
 
 def main() -> None:
+    began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-hostile-") as scratch_name:
         scratch = Path(scratch_name)
         with world(scratch / "host", log=scratch / "host.log") as hostile:
+            prober = hostile.host.start_guest(guest("prober"), "hostile_agents:raw_guest")
+            Remote(prober.process.control)("connect", 1)
             for name, attack in ATTACKS:
-                _print(name, _run(hostile, scratch, attack))
+                _print(name, _run(hostile, scratch, Remote(prober.process.control), attack))
             vnc_greedy_clients(hostile, scratch)
             backend_restarts(hostile)  # last: the observer's connection is to the old one
         vhost_user_shrink(scratch)
+    print(f"hostile bench: {time.monotonic() - began:.0f} s in all", flush=True)
 
 
 if __name__ == "__main__":
