@@ -38,8 +38,8 @@ from pvdisplay.planes.model import PlaneRegistry
 from pvdisplay.wire import displif, fourcc, kbdif
 from pvdisplay.wire.errors import ProtocolError
 
-SAMPLE = 64
-"""One input in this many is traced for coverage (tracing costs about 5 times the run)."""
+SAMPLE = 16
+"""One input in this many is traced for coverage (a traced input costs several untraced)."""
 HANG_SECONDS = 10
 MAX_STEPS = 8
 Step = tuple[int, ...]
