@@ -6,6 +6,7 @@ until Ctrl-C; it is started here as a person would start it, and stopped the way
 Ctrl-C stops it (SIGINT to its whole process group).
 """
 
+import asyncio
 import contextlib
 import fcntl
 import json
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import aiohttp
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -164,6 +166,29 @@ def test_backend_serves_the_configs_guest_on_the_web_index_and_stops_on_ctrl_c(
     logged = log_file.read_text()
     for logger in ("toolstack.host", "store.server", "hv.local.broker", "backend_domain"):
         assert f" info pvdisplay.{logger} " in logged
+
+
+def test_ctrl_c_stops_the_host_while_a_web_page_is_open(run_dir: Path) -> None:
+    with started_host(
+        [SCRIPT, "backend", "--run-dir", str(run_dir), "--listen", "127.0.0.1:0"],
+        run_dir / "stderr",
+    ) as process:
+        url = next(line.split()[-1] for line in banner_of(process) if "web viewer" in line)
+
+        async def page_open_while_stopping() -> int | None:
+            async with (
+                aiohttp.ClientSession() as client,
+                client.ws_connect(f"{url}ws/index") as page,
+            ):
+                await page.receive()  # the listing: the page is served
+                os.killpg(process.pid, signal.SIGINT)
+                async for _ in page:
+                    pass
+                return page.close_code
+
+        closed = asyncio.run(asyncio.wait_for(page_open_while_stopping(), PATIENCE))
+        assert closed == aiohttp.WSCloseCode.GOING_AWAY
+        assert process.wait(PATIENCE) == 0
 
 
 def test_a_second_instance_on_a_run_dir_refuses_in_one_line_and_touches_nothing(

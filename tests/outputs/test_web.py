@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
+from aiohttp import WSCloseCode
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -32,6 +33,7 @@ from pvdisplay.store.server import XenStoreServer
 from pvdisplay.wire import fourcc
 from pvdisplay.wire.errors import ProtocolError
 from pvdisplay.wire.fourcc import PixelFormat
+from rigs import PATIENCE
 
 BTN_LEFT, BTN_RIGHT = 0x110, 0x111
 
@@ -570,6 +572,27 @@ def test_a_viewer_beyond_loopback_warns_naming_the_port_it_took(
     assert ":0 " not in exposed[0]  # the port bound, not the 0 asked for
     assert exposed[0].endswith("listen on 127.0.0.1 and reach it through an SSH tunnel")
     assert asyncio.run(warnings_when_listening_on("127.0.0.1")) == []
+
+
+def test_closing_the_viewer_tells_its_open_pages_it_is_going(tmp_path: Path) -> None:
+    async def close_codes() -> list[int | None]:
+        viewer = WebViewer(tmp_path / "no-backend.sock", port=0)
+        await viewer.start()
+        base = f"ws://127.0.0.1:{viewer.port}/ws"
+        async with aiohttp.ClientSession() as client:
+            pages = [
+                await client.ws_connect(f"{base}/index"),
+                await client.ws_connect(f"{base}/view/1/0/0"),
+            ]
+            for page in pages:
+                await page.receive()  # served: the listing, or the connector's state
+            # The pages read on, as a browser does, so they answer the close at once.
+            closes = [asyncio.create_task(page.receive()) for page in pages]
+            await asyncio.wait_for(viewer.close(), PATIENCE)  # bounded so that a hang fails
+            assert [(await close).type for close in closes] == [aiohttp.WSMsgType.CLOSE] * 2
+            return [page.close_code for page in pages]
+
+    assert asyncio.run(close_codes()) == [WSCloseCode.GOING_AWAY] * 2
 
 
 def test_thumbnails_are_kept_fresh_only_while_an_index_page_asks_for_them(

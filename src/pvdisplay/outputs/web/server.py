@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from pvdisplay import logs
 from pvdisplay.outputs.feed.mirror import GuestMirror
@@ -80,6 +80,7 @@ class WebViewer:
         self.max_clients = max_clients
         self.clients = 0
         """WebSockets open now."""
+        self._sockets: set[web.WebSocketResponse] = set()
         self.port = port
         self.quality = quality
         self.feed = PlaneFeed(planes_socket, GuestMirror)
@@ -96,6 +97,7 @@ class WebViewer:
     async def start(self) -> None:
         """Listen (port 0 picks a free port; `port` then tells which) and follow the backend."""
         app = web.Application(middlewares=[self._guard])
+        app.on_shutdown.append(self._close_sockets)
         app.add_routes(
             [
                 web.get("/", self._page("index.html")),
@@ -132,6 +134,16 @@ class WebViewer:
         await self.feed.close()
         await self.names.close()
         self.encoders.shutdown(wait=True)
+
+    async def _close_sockets(self, _app: web.Application) -> None:
+        """Each page is told the viewer is going: the server's shutdown waits for the
+        handlers, and each serves its page until that page goes."""
+        await asyncio.gather(
+            *(
+                ws.close(code=WSCloseCode.GOING_AWAY, message=b"viewer stopping")
+                for ws in self._sockets
+            )
+        )
 
     @web.middleware
     async def _guard(
@@ -193,12 +205,14 @@ class WebViewer:
         if self.clients >= self.max_clients:
             client_log.warning(request.remote, "web client refused", clients=self.clients)
             raise web.HTTPServiceUnavailable(text="too many viewers")
+        ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_CLIENT_MESSAGE)
         self.clients += 1
         try:
-            ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_CLIENT_MESSAGE)
             await ws.prepare(request)
+            self._sockets.add(ws)
             yield ws
         finally:
+            self._sockets.discard(ws)
             self.clients -= 1
 
     async def _index_socket(self, request: web.Request) -> web.StreamResponse:
