@@ -360,6 +360,32 @@ THUMBNAIL_PIXELS = """async (key) => {
 }"""
 
 
+def backend_state_is(page: Any, text: str) -> None:
+    page.wait_for_function(
+        f"document.getElementById('backend').textContent === {text!r}", timeout=WAIT_MS
+    )
+
+
+def test_index_and_wall_say_there_is_no_backend_then_that_the_server_is_gone(
+    browser: Any, tmp_path: Path
+) -> None:
+    viewer = BackgroundViewer(tmp_path / "no-backend.sock", port=0)
+    page = browser.new_page()
+    try:
+        try:
+            for path, listing in (("", "#planes"), ("wall", "#wall")):
+                page.goto(f"{viewer.url}{path}")
+                backend_state_is(page, "waiting for the display backend")
+                assert page.get_attribute("#backend", "class") == "state disconnected"
+                assert page.inner_text(listing) == "no guest display yet"
+        finally:
+            viewer.close()
+        backend_state_is(page, "viewer server unreachable; retrying")
+        assert page.get_attribute("#backend", "class") == "state disconnected"
+    finally:
+        page.close()
+
+
 def test_demo_index_thumbnails_wall_and_connector_page_then_backend_restart(
     browser: Any, phone: Any
 ) -> None:

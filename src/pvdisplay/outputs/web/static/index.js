@@ -2,10 +2,9 @@
 // (refreshed about once a second, fetched only when the server made a new one), then what
 // the connector shows and how fast.
 
-import { watchPlanes } from "/static/planes.js";
+import { orNoneYet, watchPlanes } from "/static/planes.js";
 
 const cards = document.getElementById("planes");
-const backend = document.getElementById("backend");
 
 function field(name, label, className = "") {
   const item = document.createElement("div");
@@ -63,8 +62,6 @@ function fill(card, p) {
 }
 
 function render(listing) {
-  backend.textContent = listing.backend ? "backend connected" : "waiting for the display backend";
-  backend.className = "state " + (listing.backend ? "live" : "disconnected");
   const known = new Map([...cards.querySelectorAll(".card")].map((c) => [c.dataset.key, c]));
   const shown = [];
   for (const p of listing.planes) {
@@ -73,16 +70,7 @@ function render(listing) {
     fill(card, p);
     shown.push(card);
   }
-  if (shown.length === 0) {
-    const empty = document.createElement("p");
-    empty.className = "empty";
-    empty.textContent = "no guest display yet";
-    shown.push(empty);
-  }
-  cards.replaceChildren(...shown);
+  cards.replaceChildren(...orNoneYet(shown));
 }
 
-watchPlanes(render, () => {
-  backend.textContent = "viewer server unreachable; retrying";
-  backend.className = "state disconnected";
-});
+watchPlanes(document.getElementById("backend"), render);

@@ -2,10 +2,9 @@
 // opens the connector's page, where input goes to the guest).
 
 import { Screen } from "/static/screen.js";
-import { watchPlanes } from "/static/planes.js";
+import { orNoneYet, watchPlanes } from "/static/planes.js";
 
 const wall = document.getElementById("wall");
-const backend = document.getElementById("backend");
 const tiles = new Map();  // key -> { figure, screen, caption }
 window.pvdisplayWall = tiles;  // read by tests
 
@@ -26,8 +25,6 @@ function newTile(key) {
 }
 
 function render(listing) {
-  backend.textContent = listing.backend ? "backend connected" : "waiting for the display backend";
-  backend.className = "state " + (listing.backend ? "live" : "disconnected");
   const keys = new Set();
   for (const p of listing.planes) {
     const key = `${p.domid}/${p.devid}/${p.connector}`;
@@ -41,14 +38,7 @@ function render(listing) {
       tiles.delete(key);
     }
   }
-  const figures = [...tiles.values()].map((tile) => tile.figure);
-  if (figures.length === 0) {
-    const empty = document.createElement("p");
-    empty.className = "empty";
-    empty.textContent = "no guest display yet";
-    figures.push(empty);
-  }
-  wall.replaceChildren(...figures);
+  wall.replaceChildren(...orNoneYet([...tiles.values()].map((tile) => tile.figure)));
 }
 
 // Captions say what each page draws: its own frame rate and latency.
@@ -62,7 +52,4 @@ setInterval(() => {
   }
 }, 500);
 
-watchPlanes(render, () => {
-  backend.textContent = "viewer server unreachable; retrying";
-  backend.className = "state disconnected";
-}, false);
+watchPlanes(document.getElementById("backend"), render, false);
