@@ -475,50 +475,42 @@ def test_a_device_served_by_no_backend_is_refused_in_one_line(tmp_path: Path) ->
     )
 
 
-def test_ctrl_c_while_a_command_starts_ends_it_quietly_with_status_130(tmp_path: Path) -> None:
-    # The config is a FIFO nobody writes: the command waits in its start-up, reading it.
-    config = tmp_path / "host.toml"
-    os.mkfifo(config)
-    writer = os.open(config, os.O_RDWR)  # so the command's open returns and its read waits
+def ctrl_c_while_it_reads(
+    command: list[str | Path], fifo: Path, **popen: Any
+) -> tuple[int, str, str]:
+    """How `command` ends (status, stdout, stderr) given Ctrl-C while it waits to read
+    `fifo`, a FIFO made here that nobody writes."""
+    os.mkfifo(fifo)
+    writer = os.open(fifo, os.O_RDWR)  # so the command's open returns and its read waits
     try:
         process = subprocess.Popen(
-            [SCRIPT, "demo", "--config", str(config), "--run-dir", str(tmp_path / "run")],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen
         )
-        wait_until(lambda: has_open(process.pid, config), "the command to open its config")
+        wait_until(lambda: has_open(process.pid, fifo), f"the command to open {fifo.name}")
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=PATIENCE)
     finally:
         os.close(writer)
-    assert (process.returncode, stdout, stderr) == (130, "", "")
+    return process.returncode, stdout, stderr
+
+
+def test_ctrl_c_while_a_command_starts_ends_it_quietly_with_status_130(tmp_path: Path) -> None:
+    # The config is a FIFO: the command waits in its start-up, reading it.
+    config = tmp_path / "host.toml"
+    command: list[str | Path] = [SCRIPT, "demo", "--config", str(config), "--run-dir", "run"]
+    assert ctrl_c_while_it_reads(command, config, cwd=tmp_path) == (130, "", "")
 
 
 @pytest.mark.parametrize("script", [SCRIPT.name, "pvdisplay-vhost-user-gpu"])
 def test_ctrl_c_while_a_command_loads_ends_it_quietly_with_status_130(
     script: str, tmp_path: Path
 ) -> None:
-    # Loading waits as long as the test wants: the click it imports first is one that
-    # reads a FIFO nobody writes.
+    # Loading waits as long as the test wants: the click it imports first reads a FIFO.
     fifo = tmp_path / "loading"
-    os.mkfifo(fifo)
     (tmp_path / "click.py").write_text(f"open({str(fifo)!r}).read()\n")
-    writer = os.open(fifo, os.O_RDWR)  # so the open returns and the read waits
-    try:
-        process = subprocess.Popen(
-            [SCRIPT.parent / script, "--help"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(tmp_path)},
-        )
-        wait_until(lambda: has_open(process.pid, fifo), "the command to load click")
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=PATIENCE)
-    finally:
-        os.close(writer)
-    assert (process.returncode, stdout, stderr) == (130, "", "")
+    command: list[str | Path] = [SCRIPT.parent / script, "--help"]
+    environment = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    assert ctrl_c_while_it_reads(command, fifo, env=environment) == (130, "", "")
 
 
 def test_ctrl_c_while_the_host_starts_stops_it_without_a_banner(run_dir: Path) -> None:
