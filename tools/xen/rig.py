@@ -36,9 +36,7 @@ from typing import IO, Self
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 CACHE = REPO / ".cache" / "xen"
-ALL_SCENARIOS = (
-    "fe-alloc", "be-alloc", "two-connectors", "input", "destroy", "python-front", "restart", "web",
-)  # fmt: skip
+ALL_SCENARIOS = ("fe-alloc", "be-alloc", "two-connectors", "python-front", "restart")
 # Xen: its console on the first serial port, with a transmit buffer large enough that the
 # base64 snapshots dom0 writes do not overrun it (Xen drops what does not fit).
 XEN_ARGS = (

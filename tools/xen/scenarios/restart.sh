@@ -5,7 +5,8 @@
 # (modetest's flips fail from then on), frees its rings, goes Initialising, publishes new
 # ones and connects again, with a new DRM device. The guest runs modetest run after run
 # (guest script flip-again), so a run on the new device shows whether the new backend
-# serves it; dom0 snapshots before the kill and after the restart.
+# serves it; dom0 snapshots before the kill and after the restart. Then the host's browser
+# checks the new backend's web viewer.
 GUEST_EXTRA="xt.seconds=20" create_guest restart flip-again "vdispl=['backend=0,be-alloc=0,connectors=id0:800x600']" \
   "vkb=['backend=0,backend-type=linux']" || return 1
 console=/var/log/xen/console/guest-restart.log
@@ -36,4 +37,10 @@ say "after the restart: frontend state $(xenstore-read $fe/state) evt-ring-ref $
 say "guest after the restart: $(tail -n +"$mark" "$console" | grep -E '@@GUEST (flip run|card)' | tr '\n' ' ')"
 snapshots_start "$DOMID" 1 restart-after:0
 snapshots_finish
+# The web viewer in dom0 (the restarted backend's), reached from the host through QEMU's
+# host forward while this guest flips: dom0 says "web ready" and waits (up to 300 s) for
+# the host to type a line on the console once its browser is done.
+say "web ready domid=$DOMID port=8080"
+timeout 300 head -n 1 < /dev/hvc0 > /tmp/web-reply
+say "web reply: $(cat /tmp/web-reply)"
 destroy_guest restart
