@@ -131,7 +131,8 @@ wait_guest() {
   n=0
   while [ $n -lt $(($3 * 2)) ]; do
     grep -qE "$2" "/var/log/xen/console/guest-$1.log" 2>/dev/null && return 0
-    xl domid "$1" >/dev/null 2>&1 || { say "guest $1 is gone"; return 1; }
+    # xl takes most of a second under TCG: ask it whether the guest lives every 5 s only.
+    [ $((n % 10)) -ne 9 ] || xl domid "$1" >/dev/null 2>&1 || { say "guest $1 is gone"; return 1; }
     sleep 0.5; n=$((n + 1))
   done
   say "timeout: guest $1 never printed /$2/ in $3 s"
