@@ -99,15 +99,15 @@ run_scenario() {
 
 # create_guest NAME GUEST_SCRIPT [CONFIG_LINE...]: xl create a PV domU booting the rig's
 # kernel and domU image; GUEST_SCRIPT (from tools/xen/guest/scenarios) is what its /init
-# runs. GUEST_TYPE, GUEST_RAMDISK, GUEST_MEMORY and GUEST_EXTRA (kernel parameters) change
-# the defaults. Sets DOMID; the guest's console lines reach the host as "@@G NAME| ...".
+# runs. GUEST_RAMDISK, GUEST_MEMORY and GUEST_EXTRA (kernel parameters) change the
+# defaults. Sets DOMID; the guest's console lines reach the host as "@@G NAME| ...".
 create_guest() {
   name=$1 script=$2
   shift 2
   cfg=/etc/xen/$name.cfg
   {
     echo "name=\"$name\""
-    echo "type=\"${GUEST_TYPE:-pv}\""
+    echo 'type="pv"'
     echo 'kernel="/boot/vmlinuz"'
     echo "ramdisk=\"${GUEST_RAMDISK:-/boot/domu.cpio.gz}\""
     echo "memory=${GUEST_MEMORY:-192}"

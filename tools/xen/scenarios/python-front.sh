@@ -10,7 +10,13 @@ GUEST_RAMDISK=/boot/domu-python.cpio GUEST_MEMORY=384 \
   GUEST_EXTRA="xt.skip=drm_xen_front initcall_blacklist=xenkbd_init" \
   create_guest python-front python-front "vdispl=['backend=0,be-alloc=0,connectors=id0:320x240']" \
   "vkb=['backend=0,backend-type=linux,feature-abs-pointer=1,width=320,height=240']" || return 1
-wait_guest python-front '@@GUEST (pattern shown|python front exited)' 600 ||
+wait_guest python-front '@@GUEST (display connected|python front exited)' 600 ||
+  { destroy_guest python-front; return 1; }
+# The backend's CPU per flip while the guest times its round trips (a figure, not a check).
+read -r backend _ < /tmp/backend.pids
+PYTHONPATH=/opt/pvdisplay/src:/opt/pvdisplay/vendor python3 "$XT/lib/flip_cost.py" \
+  "$PLANES_SOCKET" "$backend" "$DOMID" 5 2>&1 | sed 's/^/@@DOM0 python flip cost: /'
+wait_guest python-front '@@GUEST (pattern shown|python front exited)' 300 ||
   { destroy_guest python-front; return 1; }
 # One snapshot: the pattern's noise compresses badly, and the serial console is slow.
 snapshots_start "$DOMID" 1 python-front:0
