@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: test lint typecheck pytest deps apt venv bench bench-hostile clean demo guest-files \
 	test-guest run-guest xen-tools test-xen demo-xen
 
-# tests/xen boots real Xen under QEMU for about 7 minutes, most of it waiting on emulated
+# tests/xen boots real Xen under QEMU for about 10 minutes, most of it waiting on emulated
 # CPUs: it runs beside the rest of the suite (pytest, then the hostile bench), and `make test`
 # fails if either does. Its output follows the rest, in .cache/test-xen.log.
 test: deps lint typecheck guest-files xen-tools

@@ -121,7 +121,7 @@ def run() -> Iterator[XenRun]:
     except rig.RigUnavailableError as error:
         pytest.skip(f"real-Xen images unavailable: {error}")
     log = cache / "logs" / f"test-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    web_error: str | None = "the web scenario never said it was ready"
+    web_error: str | None = "the restart scenario never said the web viewer was ready"
     web_checked = False
     with rig.Boot(cache, log, rig.ALL_SCENARIOS) as boot:
         ready = boot.wait_for(

@@ -51,14 +51,18 @@ kill_backend() {
   kill "$BACKEND_TAIL" 2>/dev/null
   # A dead child stays a zombie until reaped, and `kill -0` still finds it; one that has
   # closed its descriptors is dead enough.
-  while [ -n "$(ls "/proc/$BACKEND_PID/fd" 2>/dev/null)" ]; do sleep 0.2; done
+  n=0
+  while [ -n "$(ls "/proc/$BACKEND_PID/fd" 2>/dev/null)" ] && [ $n -lt 300 ]; do
+    sleep 0.2; n=$((n + 1))
+  done
 }
 
 stop_backend() {
   read -r BACKEND_PID BACKEND_TAIL < /tmp/backend.pids
   if [ -n "${BACKEND_PID:-}" ] && ! kill -0 "$BACKEND_PID" 2>/dev/null; then
-    wait "$BACKEND_PID"
-    say "backend had exited, status $?"
+    # A backend a scenario restarted is not our child: its status is not ours to read.
+    wait "$BACKEND_PID" 2>/dev/null && status=$? || status=$?
+    [ $status -eq 127 ] && say "backend had exited" || say "backend had exited, status $status"
   fi
   [ -n "${BACKEND_PID:-}" ] && kill "$BACKEND_PID" 2>/dev/null
   sleep 1

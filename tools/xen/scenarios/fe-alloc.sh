@@ -10,9 +10,9 @@
 # - Destroy: while modetest still flips, `xl destroy`. Afterwards the backend must hold no
 #   grant mapping (gntdev) and no event channel (evtchn) of the dead domain, and Xen must
 #   free the domain (a mapping left behind keeps it as a nameless zombie in `xl list`).
+read -r backend _ < /tmp/backend.pids
 count() {  # gntdev/gntalloc mappings of the backend, its event channel interrupts
-  read -r pid _ < /tmp/backend.pids
-  maps=$(grep -cE '/dev/xen/gnt(dev|alloc)' "/proc/$pid/maps" 2>/dev/null)
+  maps=$(grep -cE '/dev/xen/gnt(dev|alloc)' "/proc/$backend/maps" 2>/dev/null)
   ports=$(grep -c 'evtchn:' /proc/interrupts)
   echo "maps=${maps:-0} ports=$ports"
 }
@@ -27,7 +27,7 @@ snapshot_start fe-alloc-cli "$DOMID" 0
 wait_guest fe-alloc 'modetest: freq:' 300 || { destroy_guest fe-alloc; return 1; }
 # The backend's CPU per flip while modetest flips (a figure for the log, not a check).
 PYTHONPATH=/opt/pvdisplay/src:/opt/pvdisplay/vendor python3 "$XT/lib/flip_cost.py" \
-  "$PLANES_SOCKET" "$BACKEND_PID" "$DOMID" 10 2>&1 | sed 's/^/@@DOM0 flip cost: /'
+  "$PLANES_SOCKET" "$backend" "$DOMID" 10 2>&1 | sed 's/^/@@DOM0 flip cost: /'
 snapshot_finish
 snapshots_finish
 say "frontend nodes:"; xenstore-ls -f "/local/domain/$DOMID/device/vdispl" | sed 's/^/@@DOM0 xs: /'
