@@ -9,7 +9,7 @@ import contextlib
 import sys
 from collections.abc import Iterator
 
-INTERRUPTED = 130  # 128 + SIGINT
+from pvdisplay.exit_status import INTERRUPTED
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from pvdisplay import __version__, logs
-from pvdisplay.__main__ import INTERRUPTED
+from pvdisplay.exit_status import INTERRUPTED
 from pvdisplay.outputs.listen import bind_failure, format_address, parse_listen, warn_if_exposed
 from pvdisplay.run_dir import (
     LOG_NAME,
