@@ -214,12 +214,11 @@ def _host_options(config_help: str) -> Callable[[_Command], _Command]:
         ),
         click.option(
             "--listen",
-            "--web",
             "web_listen",
             default=DEFAULT_WEB,
             show_default=True,
             metavar="HOST:PORT",
-            help="Where the web viewer listens (port 0: any free port; --web is the old spelling).",
+            help="Where the web viewer listens (port 0: any free port).",
         ),
         click.option("--no-web", is_flag=True, help="Do not start the web viewer."),
         click.option(

@@ -211,7 +211,7 @@ def test_a_second_instance_on_a_run_dir_refuses_in_one_line_and_touches_nothing(
         for command in ("demo", "backend"):
             main_then = [sys.executable, "-c", "from pvdisplay.cli import main; main()", command]
             second = subprocess.run(
-                [*main_then, "--run-dir", str(run_dir), "--web", "127.0.0.1:0"],
+                [*main_then, "--run-dir", str(run_dir), "--listen", "127.0.0.1:0"],
                 check=False,
                 capture_output=True,
                 text=True,
