@@ -581,8 +581,14 @@ def vnc(
     address, port = _parse_listen(listen, 5900)
     password = _read_password(password_file) if password_file else None
     if password is None:
+        # Ports are bound per connector as connectors appear, so no one address is known yet.
+        reachable = (
+            f"{address} on the ports its `vnc listening` log lines name"
+            if port == 0
+            else f"{format_address(address, port)} and the ports after it (one per connector)"
+        )
         warn_if_exposed(
-            "the VNC server", address, port, "pass --password-file, or listen on 127.0.0.1"
+            "the VNC server", address, reachable, "pass --password-file, or listen on 127.0.0.1"
         )
     try:
         asyncio.run(vnc_server.serve(socket_path, address, port, password, max_clients))

@@ -385,9 +385,16 @@ def test_vnc_beyond_loopback_without_a_password_is_warned_about(
     assert warned.exit_code == 1
     assert (
         " warning pvdisplay.outputs.listen the VNC server listens beyond this machine without "
-        "authentication: anyone who reaches 0.0.0.0:0 sees and controls the guests; pass "
-        "--password-file, or listen on 127.0.0.1\n"
+        "authentication: anyone who reaches 0.0.0.0 on the ports its `vnc listening` log lines "
+        "name sees and controls the guests; pass --password-file, or listen on 127.0.0.1\n"
     ) in warned.output
+    numbered = CliRunner().invoke(
+        main, ["vnc", "--listen", "0.0.0.0:5910", "--planes-socket", missing]
+    )
+    assert (
+        "anyone who reaches 0.0.0.0:5910 and the ports after it (one per connector) sees and "
+        "controls the guests"
+    ) in numbered.output
     password = tmp_path / "passwd"
     password.write_text("secret\n")
     quiet = CliRunner().invoke(

@@ -30,13 +30,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def warn_if_exposed(server: str, host: str, port: int, protection: str) -> None:
-    """A warning, unless only this machine can reach `host`, that `server` there lets
-    anyone in; `protection` says what to do about it."""
+def warn_if_exposed(server: str, host: str, reachable: str, protection: str) -> None:
+    """A warning, unless only this machine can reach `host`, that `server` lets in anyone
+    who reaches `reachable` (its address, or what it listens on); `protection` says what
+    to do about it."""
     if not is_loopback(host):
         log.warning(
             f"{server} listens beyond this machine without authentication: anyone who reaches "
-            f"{format_address(host, port)} sees and controls the guests; {protection}",
+            f"{reachable} sees and controls the guests; {protection}",
         )
 
 

@@ -32,7 +32,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from pvdisplay import logs
 from pvdisplay.outputs.feed.mirror import GuestMirror
 from pvdisplay.outputs.feed.plane_feed import PlaneFeed
-from pvdisplay.outputs.listen import is_loopback, warn_if_exposed
+from pvdisplay.outputs.listen import format_address, is_loopback, warn_if_exposed
 from pvdisplay.outputs.web.browser_input import BrowserInput
 from pvdisplay.outputs.web.names import DomainNames
 from pvdisplay.outputs.web.session import ViewerSession
@@ -120,7 +120,7 @@ class WebViewer:
         warn_if_exposed(
             "the web viewer",
             self.host,
-            self.port,
+            format_address(self.host, self.port),
             "listen on 127.0.0.1 and reach it through an SSH tunnel",
         )
         self.feed.start()
