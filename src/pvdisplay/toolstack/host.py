@@ -22,11 +22,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import FrameType
-from typing import Self
+from typing import Final, Self
 
 from pvdisplay import backend_domain, logs, toolstack, xenbus
 from pvdisplay.hv import HypervisorError
@@ -499,11 +499,42 @@ def _vkb_features(vkb: vkb_config.Vkb) -> str:
     return ", ".join(features) or "nothing enabled"
 
 
+class _StopSignals:
+    """The first SIGINT or SIGTERM noted on `read_end`; any later one is ignored."""
+
+    STOP: Final = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, read_end: int) -> None:
+        self.read_end = read_end
+
+    def poll(self) -> signal.Signals | None:
+        """The stop signal that came already, else None at once."""
+        return self._take(block=False)
+
+    def wait(self) -> signal.Signals:
+        """The stop signal, once one comes."""
+        number = self._take(block=True)
+        assert number is not None
+        return number
+
+    def _take(self, *, block: bool) -> signal.Signals | None:
+        # This thread starts nothing more, so it may take them itself while it waits.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.STOP)
+        os.set_blocking(self.read_end, block)
+        try:
+            while (number := os.read(self.read_end, 1)[0]) not in self.STOP:
+                pass
+        except BlockingIOError:
+            return None
+        # A second Ctrl-C must not cut the teardown short.
+        for each in self.STOP:
+            signal.signal(each, signal.SIG_IGN)
+        return signal.Signals(number)
+
+
 @contextlib.contextmanager
-def _stop_signals() -> Iterator[Callable[[bool], signal.Signals | None]]:
-    """SIGINT and SIGTERM, noted on a pipe whichever thread the kernel hands them to;
-    yields `wait(block)`, which returns the first one and ignores any later one (without
-    `block`: None at once if none came yet).
+def _stop_signals() -> Iterator[_StopSignals]:
+    """SIGINT and SIGTERM, noted on a pipe whichever thread the kernel hands them to.
 
     Ctrl-C signals the whole process group. Blocked from here on, the signals stay blocked
     in every thread and process the host starts (the mask survives exec), so only the host
@@ -512,29 +543,14 @@ def _stop_signals() -> Iterator[Callable[[bool], signal.Signals | None]]:
     would end the process mid-start or mid-teardown and leave xenstored behind, so a
     handler takes them instead.
     """
-    stop = (signal.SIGINT, signal.SIGTERM)
+    stop = _StopSignals.STOP
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
     old_fd = signal.set_wakeup_fd(write_end)
     old_handlers = {number: signal.signal(number, _noted) for number in stop}
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
-
-    def wait(block: bool) -> signal.Signals | None:
-        # This thread starts nothing more, so it may take them itself while it waits.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop)
-        os.set_blocking(read_end, block)
-        try:
-            while (number := os.read(read_end, 1)[0]) not in stop:
-                pass
-        except BlockingIOError:
-            return None
-        # A second Ctrl-C must not cut the teardown short.
-        for each in stop:
-            signal.signal(each, signal.SIG_IGN)
-        return signal.Signals(number)
-
     try:
-        yield wait
+        yield _StopSignals(read_end)
     finally:
         signal.set_wakeup_fd(old_fd)
         for number, handler in old_handlers.items():
@@ -571,7 +587,7 @@ def run(
     `command`. The whole log goes to `LOG_NAME` in the run directory. A signal that came
     while the host started ends it as soon as it is up, without a banner (and, for
     SIGINT, raises KeyboardInterrupt once it is torn down)."""
-    with _stop_signals() as wait:
+    with _stop_signals() as signals:
         host = EmulatedHost(config, run_dir, log_level, log_file=run_dir / LOG_NAME)
         try:
             host.start()
@@ -603,14 +619,14 @@ def run(
                         f"cannot serve the web viewer on {format_address(*web)}: "
                         f"{bind_failure(error)}; pass a free --listen HOST:PORT, or --no-web"
                     ) from None
-            received = interrupted = wait(False)
+            interrupted = signals.poll()
+            received = interrupted
             if received is None:
                 print(describe(host, command), flush=True)
                 if viewer is not None:
                     print(f"  web viewer {viewer.url}", flush=True)
                 print("stop with Ctrl-C", flush=True)
-                received = wait(True)
-            assert received is not None
+                received = signals.wait()
             log.info("stopping", extra=logs.fields(signal=received.name))
         finally:
             if viewer is not None:
