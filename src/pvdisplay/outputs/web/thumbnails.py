@@ -42,9 +42,9 @@ def make_thumbnail(picture: Picture) -> bytes:
     the picture's) until it fits `BOX`, as JPEG."""
     factor = max(math.ceil(picture.width / BOX[0]), math.ceil(picture.height / BOX[1]), 1)
     size = (picture.width, picture.height)
-    pixels, colourspace = picture.jpeg_source(Rect(0, 0, *size))
-    if colourspace == "RGB":  # converted already
-        image = Image.fromarray(pixels)
+    colourspace = picture.own_colourspace
+    if colourspace is None:
+        image = Image.fromarray(picture.rgb(Rect(0, 0, *size)))
     else:  # Pillow reads the guest's own bytes (BGRX, BGR): no conversion pass first
         rows = picture.data[: picture.height * picture.stride]
         image = Image.frombuffer("RGB", size, rows, "raw", colourspace, picture.stride, 1)

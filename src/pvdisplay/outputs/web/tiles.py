@@ -75,11 +75,17 @@ class Picture:
         start = rect.y * self.stride + rect.x * self.fmt.bits_per_pixel // 8
         return fourcc.to_rgb(self.fmt, self.data[start:], rect.width, rect.height, self.stride)
 
+    @property
+    def own_colourspace(self) -> str | None:
+        """The guest's bytes as a colourspace JPEG encoders read as they are, None when
+        they need converting first (XRGB/ARGB8888 are B, G, R, X/A in memory: alpha is
+        dropped, as `rgb` does; RGB888 is B, G, R)."""
+        return _JPEG_COLOURSPACES.get(self.fmt.fourcc)
+
     def jpeg_source(self, rect: Rect) -> tuple[npt.NDArray[np.uint8], str]:
         """`rect` as pixels simplejpeg reads, and their colourspace: a view of the guest's
-        own bytes where it has one (XRGB/ARGB8888 are B, G, R, X/A in memory: alpha is
-        dropped, as `rgb` does; RGB888 is B, G, R), else converted to RGB."""
-        colourspace = _JPEG_COLOURSPACES.get(self.fmt.fourcc)
+        own bytes where `own_colourspace` has one, else converted to RGB."""
+        colourspace = self.own_colourspace
         if colourspace is None:
             return self.rgb(rect), "RGB"
         size = self.fmt.bytes_per_pixel
