@@ -25,7 +25,7 @@ from playwright import sync_api as playwright
 import rigs
 from pvdisplay import toolstack
 from pvdisplay.guests.pattern import expected_rgb
-from pvdisplay.outputs import snapshot
+from pvdisplay.outputs import picture_file, snapshot
 from pvdisplay.outputs.web.server import BackgroundViewer
 from pvdisplay.outputs.web.tiles import LOSSLESS
 from pvdisplay.planes.client import PlaneClient
@@ -163,7 +163,7 @@ def test_canvas_shows_the_guest_exactly_and_input_arrives_at_guest_pixels(
     with connector_page(world, guest.domid, browser, quality=LOSSLESS) as page:
         # The picture: exactly the guest's pattern, and exactly `pvdisplay snapshot`'s PNG.
         with PlaneClient(world.planes_socket) as client:
-            snapshot.save_png(snapshot.take(client, guest.domid, 0), tmp_path / "snap.png")
+            picture_file.save(snapshot.take(client, guest.domid, 0).rgb, tmp_path / "snap.png")
         with Image.open(tmp_path / "snap.png") as png:
             snap = np.asarray(png)
         shown = canvas_rgb(page)

@@ -6,11 +6,9 @@ guest cannot complete a flip (so it cannot tear), the copy arrives as descriptor
 """
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
 
 from pvdisplay.planes.client import PlaneClient
 from pvdisplay.planes.model import PlaneInfo
@@ -28,7 +26,3 @@ def take(client: PlaneClient, domid: int, connector: int, devid: int = 0) -> Sna
     info, pixels = client.snapshot(domid, connector, devid)
     fmt = fourcc.by_fourcc(fourcc.fourcc_code(info.fourcc))
     return Snapshot(info, fourcc.to_rgb(fmt, pixels, info.width, info.height, info.stride))
-
-
-def save_png(snapshot: Snapshot, path: Path) -> None:
-    Image.fromarray(snapshot.rgb, "RGB").save(path, format="PNG")

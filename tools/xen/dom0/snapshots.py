@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from pvdisplay.outputs import snapshot
+from pvdisplay.outputs import picture_file, snapshot
 from pvdisplay.planes.client import PlaneClient
 
 PATIENCE = 240.0
@@ -43,7 +43,7 @@ def main() -> None:
                 print(f"{label}: no snapshot: {error}")
                 break
             out = Path(f"/tmp/snap-{label}-{round_}.png")
-            snapshot.save_png(shot, out)
+            picture_file.save(shot.rgb, out)
             plane = shot.plane
             print(f"{out}: {plane.width}x{plane.height} {plane.fourcc} frame {plane.frame}")
             time.sleep(0.5)
