@@ -1,6 +1,7 @@
 """Shared fixtures: C programs compiled against the real Xen and Linux headers, and C peers."""
 
 import os
+import signal
 import subprocess
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -21,6 +22,13 @@ settings.register_profile(
 )
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+# A shell starts a background job (`make test &`, CI) with Ctrl-C ignored, and commands
+# the suite starts inherit that: the tests that press Ctrl-C would wait for nothing.
+# A handler, unlike an ignore, is reset to the default in a started program, so every
+# command starts as from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 C_DIR = Path(__file__).parent / "c"
 XEN_INCLUDE = Path("/usr/include/xen/io")

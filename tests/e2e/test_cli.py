@@ -490,12 +490,16 @@ def ctrl_c_while_it_reads(
     os.mkfifo(fifo)
     writer = os.open(fifo, os.O_RDWR)  # so the command's open returns and its read waits
     try:
-        process = subprocess.Popen(
+        with subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen
-        )
-        wait_until(lambda: has_open(process.pid, fifo), f"the command to open {fifo.name}")
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=PATIENCE)
+        ) as process:
+            try:
+                wait_until(lambda: has_open(process.pid, fifo), f"the command to open {fifo.name}")
+                process.send_signal(signal.SIGINT)
+                stdout, stderr = process.communicate(timeout=PATIENCE)
+            finally:
+                if process.poll() is None:  # given up on: it must not outlive the test
+                    process.kill()
     finally:
         os.close(writer)
     return process.returncode, stdout, stderr
@@ -604,11 +608,21 @@ def test_everything_but_the_window_runs_without_pygame(tmp_path: Path) -> None:
     )
 
 
-def test_view_without_pygame_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "pygame", None)  # import pygame fails, as uninstalled
-    monkeypatch.delitem(sys.modules, "pvdisplay.outputs.window.viewer", raising=False)
-    result = CliRunner().invoke(main, ["view", "1", "0"])
-    assert (result.exit_code, result.output) == (
+def test_view_without_pygame_says_how_to_get_it() -> None:
+    # A process of its own: in this one, collecting the window tests imported the viewer.
+    probe = (
+        "import sys\n"
+        "sys.modules['pygame'] = None  # import pygame fails, as uninstalled\n"
+        "from pvdisplay.cli import main\n"
+        "main()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, "view", "1", "0"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (
         1,
         "Error: the window needs pygame, which is not installed; get it with: "
         "pip install 'pvdisplay[window]'\n",
