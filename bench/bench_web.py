@@ -140,11 +140,18 @@ def free_port() -> int:
 @contextlib.contextmanager
 def web_viewer(planes_socket: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     port = free_port()
-    code = (
-        "import asyncio, sys; from pvdisplay.outputs.web.server import serve;"
-        " asyncio.run(serve(sys.argv[1], '127.0.0.1', int(sys.argv[2])))"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pvdisplay",
+            "web",
+            "--planes-socket",
+            str(planes_socket),
+            "--listen",
+            f"127.0.0.1:{port}",
+        ]
     )
-    process = subprocess.Popen([sys.executable, "-c", code, str(planes_socket), str(port)])
     try:
         deadline = time.monotonic() + 30
         while True:

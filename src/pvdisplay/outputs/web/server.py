@@ -394,24 +394,6 @@ def _sort_key(key: PlaneKey) -> tuple[int, int, int]:
     return (key.domid, key.devid, key.connector)
 
 
-async def serve(
-    planes_socket: str | os.PathLike[str],
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
-    quality: Quality = DEFAULT_QUALITY,
-    xenstore_socket: str | os.PathLike[str] | None = None,
-    *,
-    max_clients: int = DEFAULT_MAX_CLIENTS,
-) -> None:
-    """Run the web viewer until cancelled."""
-    viewer = WebViewer(planes_socket, host, port, quality, xenstore_socket, max_clients=max_clients)
-    await viewer.start()
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await viewer.close()
-
-
 class BackgroundViewer:
     """A `WebViewer` on an event loop thread of its own, for synchronous hosts (the
     emulated host's `host.run`, tests): starts at once, `close()` stops it."""
