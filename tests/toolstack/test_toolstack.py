@@ -17,6 +17,7 @@ from pvdisplay.display.limits import DEFAULT_PAGE_BUDGET, MAX_BUFFER_SIZE
 from pvdisplay.store.aio import AsyncClient
 from pvdisplay.store.client import Client
 from pvdisplay.store.permissions import Access, Permission
+from pvdisplay.store.server import parse_quotas
 from pvdisplay.toolstack import ConfigError, Connector, Vdispl, host
 from pvdisplay.toolstack.host import apply_plan
 from pvdisplay.toolstack.vkb import Vkb
@@ -356,6 +357,14 @@ def test_frontend_library_reads_as_many_connectors_as_the_toolstack_allows(
         parse_xl(
             "connectors=" + ";".join(f"c{i}:64x48" for i in range(toolstack.MAX_CONNECTORS + 1))
         )
+
+
+def test_a_xenstored_quota_the_daemon_refuses_is_a_config_error() -> None:
+    # Each quota reaches `pvdisplay xenstored --quota`: one it refuses would stop the host.
+    with pytest.raises(ConfigError, match=r"xenstored.*quota nodes must be from 1 to 999999999"):
+        toolstack.parse_config("[xenstored]\nnodes = 1_000_000_000\n")
+    config = toolstack.parse_config("[xenstored]\nnodes = 999_999_999\n")
+    assert parse_quotas(["nodes=999999999"]) == config.quotas
 
 
 def test_example_config_is_the_demo_default() -> None:

@@ -37,7 +37,7 @@ from pvdisplay.store.engine import (
     Output,
     Send,
 )
-from pvdisplay.store.tree import Quotas, StoreError
+from pvdisplay.store.tree import QUOTA_MAX, Quotas, StoreError
 from pvdisplay.wire.xs_wire import MessageReader, Oversized, XsMessage
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,8 @@ domain_log = logs.PeerLog(log)
 _LISTEN_BACKLOG = 64
 # Linux's sun_path is 108 bytes, one of them the terminating NUL.
 _SOCKET_PATH_MAX = 107
-# Far above any useful limit, and far below the length at which int() gives up.
-_QUOTA_DIGITS_MAX = 9
+# QUOTA_MAX's digits: far below the length at which int() gives up.
+_QUOTA_DIGITS_MAX = len(str(QUOTA_MAX))
 
 
 class DaemonRunningError(OSError):

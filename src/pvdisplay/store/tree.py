@@ -19,7 +19,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from typing import Protocol
+from typing import Final, Protocol
 
 from pvdisplay.store.permissions import (
     DOM0_ONLY,
@@ -54,6 +54,11 @@ class StoreError(Exception):
         self.errno = number
 
 
+QUOTA_MAX: Final = 999_999_999
+"""The largest quota: far above any useful limit, and what `pvdisplay xenstored --quota`
+takes in 9 digits."""
+
+
 @dataclass(frozen=True, slots=True)
 class Quotas:
     """Limits for unprivileged domains and, together, the read-only socket's
@@ -76,8 +81,8 @@ class Quotas:
 
     def __post_init__(self) -> None:
         for field in fields(self):
-            if getattr(self, field.name) < 1:
-                raise ValueError(f"quota {field.name} must be at least 1")
+            if not 1 <= getattr(self, field.name) <= QUOTA_MAX:
+                raise ValueError(f"quota {field.name} must be from 1 to {QUOTA_MAX}")
         if self.path_max > xs_wire.REL_PATH_MAX:
             raise ValueError(f"quota path_max must be at most {xs_wire.REL_PATH_MAX}")
 
