@@ -27,7 +27,8 @@ from pvdisplay.outputs.web.server import WebViewer
 from pvdisplay.outputs.web.session import REFRESH_DELAY, ViewerSession
 from pvdisplay.outputs.web.tiles import Picture
 from pvdisplay.planes.input_events import Key, PointerMove, TouchDown, TouchMove, TouchUp, Wheel
-from pvdisplay.planes.model import PlaneInfo
+from pvdisplay.planes.model import PlaneInfo, PlaneKey, PlaneRegistry
+from pvdisplay.planes.server import PlaneServer
 from pvdisplay.store.aio import AsyncClient
 from pvdisplay.store.server import XenStoreServer
 from pvdisplay.wire import fourcc
@@ -647,6 +648,52 @@ def test_domain_names_come_from_xenstore_and_are_read_again_for_a_new_domain(
         await names.close()
 
     asyncio.run(scenario())
+
+
+def test_a_connector_page_alone_shows_the_name_of_a_new_domain_given_an_old_domid(
+    tmp_path: Path,
+) -> None:
+    key = PlaneKey(1, 0, 0)
+    registry = PlaneRegistry()
+
+    async def names_shown() -> list[tuple[str, str]]:
+        server = PlaneServer(registry, tmp_path / "planes.sock")
+        server.start()
+        async with (
+            XenStoreServer(tmp_path / "xs") as xenstored,
+            await AsyncClient.connect(xenstored.socket_path) as dom0,
+        ):
+            viewer = WebViewer(server.path, port=0, xenstore_socket=tmp_path / "xs" / "socket_ro")
+            await viewer.start()
+            try:
+                async with (
+                    aiohttp.ClientSession() as client,
+                    client.ws_connect(f"ws://127.0.0.1:{viewer.port}/ws/view/1/0/0") as page,
+                ):
+
+                    async def status(state: str) -> tuple[str, str]:
+                        while (message := await page.receive_json())["state"] != state:
+                            pass
+                        return message["state"], message["name"]
+
+                    await dom0.write("/local/domain/1/name", "alpha")
+                    registry.publish(PlaneInfo(*key, "id0", 64, 48), None)
+                    shown = [await status("blank")]
+                    registry.remove(key)  # alpha is destroyed; a new domain 1 comes
+                    shown.append(await status("disconnected"))
+                    await dom0.write("/local/domain/1/name", "beta")
+                    registry.publish(PlaneInfo(*key, "id0", 64, 48), None)
+                    shown.append(await status("blank"))
+                    return shown
+            finally:
+                await viewer.close()
+                server.close()
+
+    assert asyncio.run(names_shown()) == [
+        ("blank", "alpha"),
+        ("disconnected", ""),
+        ("blank", "beta"),
+    ]
 
 
 def test_a_thumbnail_is_the_picture_box_filtered_to_fit_and_small_pictures_stay_whole() -> None:

@@ -42,17 +42,6 @@ class DomainNames:
                     self._names[domid] = name
             return dict(self._names)
 
-    async def name_of(self, domid: int) -> str:
-        """The domain's name, "" when XenStore has none; read once, kept until the index's
-        `lookup` forgets the domain."""
-        async with self._lock:
-            if domid not in self._names:
-                name = await self._read(domid)
-                if name is None:
-                    return ""
-                self._names[domid] = name
-            return self._names[domid]
-
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()

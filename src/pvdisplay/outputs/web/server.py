@@ -342,6 +342,9 @@ class _Viewer:
         if status == self._status:
             return
         self._status = status
+        # Every domain with planes, as the index asks: a domain whose planes went is
+        # forgotten, so a new domain given its id is read again.
+        names = await self.server.names.lookup(key.domid for key in self.server.feed.planes)
         self.session.reset()
         if info is not None:
             self.input.resize(info.mode_width, info.mode_height)
@@ -351,7 +354,7 @@ class _Viewer:
                 "state": state,
                 "backend": self.server.feed.connected,
                 "plane": None if info is None else info.to_json(),
-                "name": await self.server.names.name_of(self.key.domid),
+                "name": names.get(self.key.domid, ""),
             }
         )
 
