@@ -1,11 +1,12 @@
 """The web viewer's sans-IO core: tile diffs, encodings, pacing, key map, page input."""
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
+from pvdisplay.ipc.buffers import SharedBuffer
 from pvdisplay.outputs.feed.mirror import TILE, GuestMirror, Snapshot, TileMask
 from pvdisplay.outputs.feed.rates import PlaneRate
 from pvdisplay.outputs.feed.rect import Rect
@@ -619,6 +621,55 @@ def test_thumbnails_are_kept_fresh_only_while_an_index_page_asks_for_them(
         return seen
 
     assert asyncio.run(watchers_seen()) == [0, 1, 1, 404]
+
+
+@contextlib.contextmanager
+def shown_picture(path: Path) -> Iterator[PlaneRegistry]:
+    """A planes server at `path` publishing one 64x48 XRGB8888 picture as domain 1's."""
+    registry = PlaneRegistry()
+    buffer = SharedBuffer.allocate(4)
+    with buffer.map(writable=True) as mapping:
+        mapping.array()[: 64 * 48 * 4] = np.arange(64 * 48 * 4, dtype=np.uint8)
+    registry.publish(
+        PlaneInfo(1, 0, 0, "id0", 64, 48, fb_cookie=5, fourcc="XR24", width=64, height=48,
+                  stride=256, buffer_id=buffer.id, frame=1),
+        buffer,
+    )  # fmt: skip
+    server = PlaneServer(registry, path)
+    server.start()
+    try:
+        yield registry
+    finally:
+        server.close()
+        buffer.close()
+
+
+def test_a_restarted_viewer_never_gives_a_thumbnail_a_version_pages_have_cached(
+    tmp_path: Path,
+) -> None:
+    async def first_thumbnail_version() -> str:
+        viewer = WebViewer(tmp_path / "planes.sock", port=0)
+        await viewer.start()
+        try:
+            async with (
+                aiohttp.ClientSession() as client,
+                client.ws_connect(f"ws://127.0.0.1:{viewer.port}/ws/index") as index,
+            ):
+                while not (planes := (await index.receive_json())["planes"]) or not (
+                    version := planes[0]["thumb"]
+                ):
+                    pass
+                return str(version)
+        finally:
+            await viewer.close()
+
+    async def versions() -> list[str]:
+        with shown_picture(tmp_path / "planes.sock"):
+            # Each viewer stands for a process of its own: the same picture, restarted.
+            return [await first_thumbnail_version() for _ in range(2)]
+
+    first, second = asyncio.run(versions())
+    assert first != second
 
 
 # -- domain names for the index ------------------------------------------------------------

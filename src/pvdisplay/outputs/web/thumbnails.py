@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import math
+import secrets
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
@@ -59,8 +60,9 @@ def pause_after(spent: float) -> float:
 
 @dataclass(frozen=True)
 class Thumbnail:
-    version: int
-    """Unique for the viewer's lifetime: pages fetch `/thumb/KEY?v=VERSION`."""
+    version: str
+    """Unique, also across viewers that served the same address before: pages fetch
+    `/thumb/KEY?v=VERSION`, which browsers keep for an hour."""
     jpeg: bytes
     mirror: GuestMirror
     generation: int
@@ -74,6 +76,8 @@ class Thumbnails:
         self.feed = feed
         self.encoders = encoders
         self._made: dict[PlaneKey, Thumbnail] = {}
+        # Each viewer counts its versions from 1, after an epoch of its own.
+        self._epoch = secrets.token_hex(4)
         self._versions = itertools.count(1)
         self._watchers = 0
         self._task: asyncio.Task[None] | None = None
@@ -83,10 +87,10 @@ class Thumbnails:
         """Callers inside `watched` now."""
         return self._watchers
 
-    def version(self, key: PlaneKey) -> int:
-        """The connector's thumbnail version, 0 when it has none."""
+    def version(self, key: PlaneKey) -> str:
+        """The connector's thumbnail version, "" when it has none."""
         made = self._made.get(key)
-        return 0 if made is None else made.version
+        return "" if made is None else made.version
 
     def jpeg(self, key: PlaneKey) -> bytes | None:
         made = self._made.get(key)
@@ -133,4 +137,5 @@ class Thumbnails:
         jpeg = await asyncio.get_running_loop().run_in_executor(
             self.encoders, make_thumbnail, Picture.of(mirror)
         )
-        self._made[key] = Thumbnail(next(self._versions), jpeg, mirror, generation)
+        version = f"{self._epoch}-{next(self._versions)}"
+        self._made[key] = Thumbnail(version, jpeg, mirror, generation)
