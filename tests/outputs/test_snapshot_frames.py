@@ -20,6 +20,9 @@ from pvdisplay.planes.client import PlaneClient
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(180)]
 
 SNAPSHOTS = 1000
+FRAMES = 100
+"""Distinct frames the snapshots must catch, of both pictures, however fast the guest
+flips: snapshots go on until they have (pytest-timeout is the hang protection)."""
 # Large enough that copying a frame takes longer than the guest takes to flip twice.
 WIDTH, HEIGHT = 1024, 768
 
@@ -33,14 +36,17 @@ def world() -> Iterator[rigs.Rig]:
 def test_every_snapshot_of_a_flipping_guest_is_one_of_its_two_frames(world: rigs.Rig) -> None:
     guest = world.start_guest(flipping_guest.ENTRY, vkb="backend=0", resolution=f"{WIDTH}x{HEIGHT}")
     pictures = flipping_guest.expected_pictures(WIDTH, HEIGHT)
-    mixed, seen, frames = 0, [0, 0], set()
+    mixed, seen = 0, [0, 0]
+    frames: set[int] = set()
     with PlaneClient(world.planes_socket) as client:
         rigs.wait_until(
             lambda: any(p.domid == guest.domid and p.fb_cookie for p in client.list()),
             "the guest's first frame",
         )
         guest("flip")
-        for _ in range(SNAPSHOTS):
+        taken = 0
+        while not mixed and (taken < SNAPSHOTS or len(frames) < FRAMES or min(seen) == 0):
+            taken += 1
             shot = snapshots.take(client, guest.domid, 0)
             frames.add(shot.plane.frame)
             matches = [np.array_equal(shot.rgb, picture) for picture in pictures]
@@ -49,8 +55,6 @@ def test_every_snapshot_of_a_flipping_guest_is_one_of_its_two_frames(world: rigs
             else:
                 mixed += 1
     guest("stop")
-    assert mixed == 0, f"{mixed} of {SNAPSHOTS} snapshots mixed two frames"
-    # The guest really flipped under the snapshots: they caught many frames, of both
-    # pictures (on a quiet machine it flips several times between two snapshots).
-    assert len(frames) >= SNAPSHOTS // 10
-    assert min(seen) > 0
+    # The guest really flipped under the snapshots: the loop went on until they caught
+    # many frames, of both pictures.
+    assert mixed == 0, f"{mixed} of {taken} snapshots mixed two frames"
