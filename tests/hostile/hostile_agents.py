@@ -124,6 +124,14 @@ class RawGuest(XenbusFrontend):
         unbound, a XenStore write and read, a shared one-page buffer shown and flipped
         `flips` times (each event read), then taken down. (operations, how many failed)."""
         self.session += 1
+        try:
+            return self._honest_operations(flips)
+        finally:  # what _share made, even when a step after it failed
+            for name in (f"honest{self.session}", f"honest{self.session}-dir"):
+                if name in self.memory:
+                    self.free(name)
+
+    def _honest_operations(self, flips: int) -> tuple[int, int]:
         steps: list[Callable[[], bool]] = [self._port, self._xenstore, self._share]
         failed = sum(not _succeeds(step) for step in steps)
         if failed:
@@ -142,8 +150,6 @@ class RawGuest(XenbusFrontend):
             failed += status != 0
             if isinstance(request, displif.PageFlip) and status == 0:
                 self.events(0, 1)
-        self.free(f"honest{self.session}")
-        self.free(f"honest{self.session}-dir")
         return len(steps) + len(requests), failed
 
     def _port(self) -> bool:

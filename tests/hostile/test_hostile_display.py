@@ -212,6 +212,32 @@ def test_fuzzed_displif_requests_are_each_answered_and_cost_nobody_else(
     hostile.wait_resources(before)
 
 
+def test_the_benchs_honest_prober_keeps_nothing_of_operations_that_failed(
+    hostile: Hostile,
+) -> None:
+    """`bench hostile` probes with honest_operations while an attack holds a budget; a
+    framebuffer shared before its directory was refused must be given back, or every
+    later probe starts short."""
+    host = hostile.host
+    prober = host.start_guest(guest("prober"), "hostile_agents:raw_guest")
+    remote = Remote(prober.process.control)
+    assert remote("connect", 1) == xenbus.XenbusState.CONNECTED
+    held = host.hv.usage(prober.domid)
+    fillers = 0
+    with pytest.raises(OSError) as refused:
+        while True:
+            remote("share", f"filler{fillers}", 1)
+            fillers += 1
+    assert refused.value.errno == errno.ENOMEM
+    remote("free", "filler0")  # room for the framebuffer's page, not its directory's
+    assert remote("honest_operations", 1)[1] > 0
+    for filler in range(1, fillers):
+        remote("free", f"filler{filler}")
+    assert host.hv.usage(prober.domid) == held
+    prober.process.kill()
+    host.wait_guest_destroyed(prober.domid, PATIENCE)
+
+
 def test_what_a_dead_guest_held_is_released_with_no_further_request_from_anyone(
     hostile: Hostile,
 ) -> None:
