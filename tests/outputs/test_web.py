@@ -672,6 +672,48 @@ def test_a_restarted_viewer_never_gives_a_thumbnail_a_version_pages_have_cached(
     assert first != second
 
 
+def test_a_thumbnail_that_fails_once_is_made_again_and_the_index_closes_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    made = thumbnails.make_thumbnail
+    calls: list[int] = []
+
+    def fails_first(picture: Picture) -> bytes:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("a picture Pillow cannot read")
+        return made(picture)
+
+    monkeypatch.setattr(thumbnails, "make_thumbnail", fails_first)
+
+    async def scenario() -> int:
+        viewer = WebViewer(tmp_path / "planes.sock", port=0)
+        await viewer.start()
+        try:
+            async with aiohttp.ClientSession() as client:
+                index = await client.ws_connect(f"ws://127.0.0.1:{viewer.port}/ws/index")
+
+                async def thumbnail_shown() -> None:
+                    while not any(p["thumb"] for p in (await index.receive_json())["planes"]):
+                        pass
+
+                await asyncio.wait_for(thumbnail_shown(), PATIENCE)  # bounded: a hang fails
+                await index.close()
+                while viewer.thumbnails.watchers:  # the page's handler leaves `watched`
+                    await asyncio.sleep(0.01)
+        finally:
+            await viewer.close()
+        return len(calls)
+
+    async def shown() -> int:
+        with shown_picture(tmp_path / "planes.sock"):
+            return await scenario()
+
+    assert asyncio.run(shown()) >= 2
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in failures] == ["thumbnail failed"]
+
+
 # -- domain names for the index ------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ the next), so many large connectors make thumbnails slower, never the server bus
 import asyncio
 import contextlib
 import itertools
+import logging
 import math
 import secrets
 import time
@@ -25,11 +26,14 @@ from typing import Final
 import numpy as np
 from PIL import Image
 
+from pvdisplay import logs
 from pvdisplay.outputs.feed.mirror import GuestMirror
 from pvdisplay.outputs.feed.plane_feed import PlaneFeed
 from pvdisplay.outputs.feed.rect import Rect
 from pvdisplay.outputs.web.tiles import Picture, encode_jpeg
 from pvdisplay.planes.model import PlaneKey
+
+log = logging.getLogger(__name__)
 
 BOX: Final = (320, 200)
 """A thumbnail fits in this many pixels (width, height); the picture's aspect is kept."""
@@ -120,7 +124,11 @@ class Thumbnails:
         while True:
             started = time.monotonic()
             for key in list(self.feed.planes):
-                await self._refresh(key)
+                try:
+                    await self._refresh(key)
+                except Exception:  # one picture's failure must not end every thumbnail
+                    log.exception("thumbnail failed", extra=logs.fields(plane=key))
+                    self._made.pop(key, None)
             for key in set(self._made) - set(self.feed.planes):
                 del self._made[key]
             await asyncio.sleep(pause_after(time.monotonic() - started))
