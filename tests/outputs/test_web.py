@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import struct
+import types
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -601,26 +602,37 @@ def test_closing_the_viewer_tells_its_open_pages_it_is_going(tmp_path: Path) -> 
 def test_thumbnails_are_kept_fresh_only_while_an_index_page_asks_for_them(
     tmp_path: Path,
 ) -> None:
-    async def watchers_seen() -> list[int]:
+    def refreshing() -> bool:
+        """The task that remakes thumbnails runs."""
+        refresh = thumbnails.Thumbnails._refresh_forever.__code__
+        coroutines = [task.get_coro() for task in asyncio.all_tasks()]
+        return any(isinstance(c, types.CoroutineType) and c.cr_code is refresh for c in coroutines)
+
+    async def watchers_seen() -> list[object]:
         viewer = WebViewer(tmp_path / "no-backend.sock", port=0)
         await viewer.start()
-        seen = [viewer.thumbnails.watchers]
+        seen: list[object] = [viewer.thumbnails.watchers, refreshing()]
         try:
             async with aiohttp.ClientSession() as client:
                 base = f"ws://127.0.0.1:{viewer.port}/ws/index"
                 async with client.ws_connect(base) as index:
                     await index.receive_json()  # served: inside `watched` by now
-                    seen.append(viewer.thumbnails.watchers)
+                    seen += [viewer.thumbnails.watchers, refreshing()]
                     async with client.ws_connect(f"{base}?thumbnails=0") as wall:
                         await wall.receive_json()
                         seen.append(viewer.thumbnails.watchers)
+                while viewer.thumbnails.watchers:  # the page's handler leaves `watched`
+                    await asyncio.sleep(0.01)
+                seen.append(refreshing())
                 async with client.get(f"http://127.0.0.1:{viewer.port}/thumb/1/0/0") as reply:
                     seen.append(reply.status)  # nothing made for a connector never shown
         finally:
             await viewer.close()
         return seen
 
-    assert asyncio.run(watchers_seen()) == [0, 1, 1, 404]
+    # Bounded: an index page that never leaves `watched` fails here, not at pytest-timeout.
+    seen = asyncio.run(asyncio.wait_for(watchers_seen(), PATIENCE))
+    assert seen == [0, False, 1, True, 1, False, 404]
 
 
 @contextlib.contextmanager
