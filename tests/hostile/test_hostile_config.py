@@ -6,9 +6,11 @@ import asyncio
 import errno
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -54,20 +56,29 @@ def test_the_web_client_limit_from_the_host_config_turns_sockets_away(tmp_path: 
     config = tmp_path / "host.toml"
     config.write_text('[web]\nmax_clients = 2\n[[guest]]\nname = "kite"\ndomid = 4\n'
                       'vdispl = ["connectors=c0:64x48"]\n')  # fmt: skip
-    run_dir = Path(os.path.join("/tmp", f"pvcfg-{os.getpid()}"))
-    process = subprocess.Popen(
-        [SCRIPT, "backend", "--config", config, "--run-dir", run_dir, "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    run_dir = Path(tempfile.mkdtemp(prefix="pvcfg-", dir="/tmp"))  # short: socket paths
     try:
-        url = _web_url(process)
-        refused = asyncio.run(_sockets_refused(f"ws{url.removeprefix('http')}ws/view/4/0/0", 5))
-        assert refused == 3
+        process = subprocess.Popen(
+            [SCRIPT, "backend", "--config", config, "--run-dir", run_dir, "--listen",
+             "127.0.0.1:0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            view = f"ws{_web_url(process).removeprefix('http')}ws/view/4/0/0"
+            assert asyncio.run(_sockets_refused(view, 5)) == 3
+        finally:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(PATIENCE)
+            except subprocess.TimeoutExpired:  # it must not outlive the test, nor its group
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                raise
     finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(PATIENCE)
+        shutil.rmtree(run_dir)
 
 
 def _web_url(process: "subprocess.Popen[str]") -> str:
