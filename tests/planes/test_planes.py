@@ -15,6 +15,7 @@ import pytest
 
 import rigs
 from pvdisplay.ipc import framing
+from pvdisplay.ipc.interfaces import Mapping
 from pvdisplay.ipc.sockets import receive_message, send_message
 from pvdisplay.planes.client import PlaneClient
 from pvdisplay.planes.model import Plane, PlaneInfo, PlaneKey, PlaneRegistry
@@ -148,6 +149,38 @@ def test_requests_it_cannot_serve_get_an_errno_and_the_client_is_still_served(
             assert receive_message(client).body["error"] == code, request
         send_message(client, {"op": "list"})
         assert receive_message(client).body == {"planes": [BLANK.to_json()]}
+
+
+class UnmappableBuffer:
+    """A buffer the backend can no longer map, as gntdev refuses a grant its guest revoked."""
+
+    id = "revoked"
+    pages = 1
+    readonly = True
+
+    def map(self, writable: bool = False) -> Mapping:
+        raise OSError(errno.EFAULT, "Bad address")
+
+    def send(self, sock: socket.socket) -> None:
+        raise AssertionError("not asked for here")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_frame_that_cannot_be_copied_is_an_errno_and_the_client_is_still_served(
+    served: tuple[PlaneRegistry, Path, asyncio.AbstractEventLoop],
+) -> None:
+    registry, path, loop = served
+    shown = dataclasses.replace(
+        BLANK, fb_cookie=5, fourcc="XR24", width=16, height=16, stride=64, buffer_id="revoked"
+    )
+    on_loop(loop, registry.publish, shown, UnmappableBuffer())
+    with PlaneClient(path) as client:
+        with pytest.raises(OSError) as failed:
+            client.snapshot(1, 0)
+        assert failed.value.errno == errno.EFAULT
+        assert client.list() == [shown]
 
 
 def test_changes_published_on_another_thread_reach_watchers_in_order(

@@ -185,9 +185,12 @@ class PlaneServer:
             raise ProtocolError(errno.EINVAL, f"unknown op {op!r}")
 
     def _send_copy(self, client: socket.socket, key: PlaneKey) -> None:
-        copied = self._copy_frame(key)
+        where = f"connector {key.domid}/{key.devid}/{key.connector}"
+        try:
+            copied = self._copy_frame(key)
+        except OSError as exc:  # mapping the guest's buffer, or making the copy's
+            raise ProtocolError(exc.errno or errno.EIO, f"cannot copy {where}: {exc}") from exc
         if copied is None:
-            where = f"connector {key.domid}/{key.devid}/{key.connector}"
             raise ProtocolError(errno.ENOENT, f"{where} shows nothing")
         info, copy = copied
         try:
