@@ -164,6 +164,23 @@ def _no_backend(socket_path: Path) -> click.ClickException:
     )
 
 
+def _planes_failure(socket_path: Path, error: OSError, doing: str) -> click.ClickException:
+    """`error` from the planes socket while `doing` ("cannot open"): a missing backend
+    said as such, anything else (EACCES, EMFILE, ...) in the system's words."""
+    if isinstance(error, FileNotFoundError | ConnectionRefusedError):
+        return _no_backend(socket_path)
+    return click.ClickException(
+        f"{doing} the planes socket {socket_path}: {error.strerror or error}"
+    )
+
+
+def _backend_lost(socket_path: Path) -> click.ClickException:
+    return click.ClickException(
+        f"the backend closed the planes socket {socket_path} mid-request (has it stopped?); "
+        "try again once it runs"
+    )
+
+
 @main.command()
 @click.option(
     "--socket-dir",
@@ -344,19 +361,23 @@ def _take_snapshot(socket_path: Path, domid: int, devid: int, connector: str) ->
 
     try:
         client = PlaneClient(socket_path)
-    except (FileNotFoundError, ConnectionRefusedError):
-        raise _no_backend(socket_path) from None
     except OSError as error:
-        raise click.ClickException(
-            f"cannot open the planes socket {socket_path}: {error.strerror or error}"
-        ) from None
+        raise _planes_failure(socket_path, error, "cannot open") from None
     with client:
         try:
-            plane = find_plane(client.list(), domid, devid, connector)
+            planes = client.list()
+        except EOFError:
+            raise _backend_lost(socket_path) from None
+        except OSError as error:
+            raise _planes_failure(socket_path, error, "cannot read") from None
+        try:
+            plane = find_plane(planes, domid, devid, connector)
         except LookupError as error:
             raise click.ClickException(str(error.args[0])) from None
         try:
             return snapshots.take(client, domid, plane.connector, devid)
+        except EOFError:
+            raise _backend_lost(socket_path) from None
         except FileNotFoundError:
             raise click.ClickException(
                 f"domain {domid} connector {plane.connector} ({plane.unique_id}) shows "
@@ -594,8 +615,8 @@ def vnc(
         asyncio.run(vnc_server.serve(socket_path, address, port, password, max_clients))
     except vnc_server.NoListenerError as error:
         raise click.ClickException(str(error)) from None
-    except OSError:
-        raise _no_backend(socket_path) from None
+    except OSError as error:
+        raise _planes_failure(socket_path, error, "cannot serve VNC for") from None
     except KeyboardInterrupt:
         pass
 
