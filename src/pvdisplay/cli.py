@@ -429,7 +429,7 @@ def _run_on_xen(run_dir: str | None, web_listen: str, no_web: bool, copy_frames:
 
     web = _web_address(web_listen, no_web)
     directory = Path(run_dir) if run_dir else default_run_dir()
-    with _run_dir_held(directory), logs.LogFile(directory / LOG_NAME):
+    with _run_dir_held(directory), _log_file(directory / LOG_NAME):
         try:
             hypervisor = xen.open_hypervisor()
         except OSError as error:
@@ -468,6 +468,21 @@ def _run_dir_held(directory: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+@contextlib.contextmanager
+def _log_file(path: Path) -> Iterator[None]:
+    log_file = logs.LogFile(path)
+    try:
+        log_file.open()
+    except OSError as error:
+        raise click.ClickException(
+            f"cannot write the log {path}: {error.strerror or error}; pass another --run-dir"
+        ) from None
+    try:
+        yield
+    finally:
+        log_file.close()
 
 
 async def _serve_on_xen(

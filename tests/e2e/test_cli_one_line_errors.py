@@ -1,5 +1,5 @@
-"""`pvdisplay snapshot` and `pvdisplay vnc` when the planes socket fails them: one line
-naming the problem, never a traceback."""
+"""Commands whose sockets or files fail them (the planes socket for `snapshot` and `vnc`,
+the log for `backend --hv xen`): one line naming the problem, never a traceback."""
 
 import socket
 import threading
@@ -73,3 +73,15 @@ def test_vnc_names_a_planes_socket_it_cannot_reach_for_another_reason(tmp_path: 
         result = CliRunner().invoke(main, [*command, "--planes-socket", str(planes)])
         assert result.exit_code == 1
         assert result.output.endswith(f"the planes socket {planes}: Not a directory\n")
+
+
+def test_a_log_backend_hv_xen_cannot_write_is_one_line(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "pvdisplay.log").mkdir(parents=True, mode=0o700)
+    run_dir.chmod(0o700)
+    result = CliRunner().invoke(main, ["backend", "--hv", "xen", "--run-dir", str(run_dir)])
+    assert (result.exit_code, result.output) == (
+        1,
+        f"Error: cannot write the log {run_dir / 'pvdisplay.log'}: Is a directory; pass "
+        "another --run-dir\n",
+    )
