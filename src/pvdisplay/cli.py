@@ -18,6 +18,8 @@ import click
 from pvdisplay import __version__, logs
 from pvdisplay.exit_status import INTERRUPTED
 from pvdisplay.outputs.listen import bind_failure, format_address, parse_listen, warn_if_exposed
+from pvdisplay.outputs.vnc import limits as vnc_limits
+from pvdisplay.outputs.web import limits as web_limits
 from pvdisplay.run_dir import (
     LOG_NAME,
     RunDirBusyError,
@@ -40,8 +42,6 @@ _LOG_LEVEL = "pvdisplay.log_level"
 QUIET_COMMANDS = frozenset({"demo", "backend"})
 """Commands whose terminal shows warnings only by default: their whole log goes to a file
 in the run directory, which the banner names."""
-DEFAULT_WEB = "127.0.0.1:8080"
-DEFAULT_VNC = "127.0.0.1:5900"
 WINDOW_EXTRA = "pip install 'pvdisplay[window]'"
 
 
@@ -232,7 +232,7 @@ def _host_options(config_help: str) -> Callable[[_Command], _Command]:
         click.option(
             "--listen",
             "web_listen",
-            default=DEFAULT_WEB,
+            default=web_limits.DEFAULT_LISTEN,
             show_default=True,
             metavar="HOST:PORT",
             help="Where the web viewer listens (port 0: any free port).",
@@ -258,7 +258,7 @@ def _host_options(config_help: str) -> Callable[[_Command], _Command]:
 def _web_address(web_listen: str, no_web: bool) -> tuple[str, int] | None:
     if no_web:
         return None
-    return _parse_listen(web_listen, 8080)
+    return _parse_listen(web_listen, web_limits.DEFAULT_PORT)
 
 
 def _run_host(
@@ -521,7 +521,7 @@ async def _serve_on_xen(
 
 @main.command()
 @_planes_socket_option("<run dir of pvdisplay demo>/planes.sock")
-@_listen_option(DEFAULT_WEB, "the web viewer")
+@_listen_option(web_limits.DEFAULT_LISTEN, "the web viewer")
 @click.option(
     "--quality",
     default="80",
@@ -537,7 +537,7 @@ async def _serve_on_xen(
 @click.option(
     "--max-clients",
     type=click.IntRange(1),
-    default=32,
+    default=web_limits.DEFAULT_MAX_CLIENTS,
     show_default=True,
     help="Viewers and index pages served at once; more are answered 503.",
 )
@@ -556,7 +556,7 @@ def web(
 
     socket_path = _planes_socket(planes_socket)
     names_socket = xenstore_socket or socket_path.parent / "xenstore" / "socket_ro"
-    address, port = _parse_listen(listen, 8080)
+    address, port = _parse_listen(listen, web_limits.DEFAULT_PORT)
     try:
         level = tiles.parse_quality(quality)
     except ValueError as error:
@@ -587,7 +587,8 @@ async def _serve_web(viewer: "WebViewer", socket_path: Path) -> None:
 @main.command()
 @_planes_socket_option("<run dir of pvdisplay demo>/planes.sock")
 @_listen_option(
-    DEFAULT_VNC, "the first connector's VNC server (each further connector takes the next port)"
+    vnc_limits.DEFAULT_LISTEN,
+    "the first connector's VNC server (each further connector takes the next port)",
 )
 @click.option(
     "--password-file",
@@ -598,7 +599,7 @@ async def _serve_web(viewer: "WebViewer", socket_path: Path) -> None:
 @click.option(
     "--max-clients",
     type=click.IntRange(1),
-    default=16,
+    default=vnc_limits.DEFAULT_MAX_CLIENTS,
     show_default=True,
     help="Clients served at once over all connectors; more are closed at once.",
 )
@@ -614,7 +615,7 @@ def vnc(
     from pvdisplay.outputs.vnc import server as vnc_server
 
     socket_path = _planes_socket(planes_socket)
-    address, port = _parse_listen(listen, 5900)
+    address, port = _parse_listen(listen, vnc_limits.DEFAULT_PORT)
     password = _read_password(password_file) if password_file else None
     if password is None:
         # Ports are bound per connector as connectors appear, so no one address is known yet.

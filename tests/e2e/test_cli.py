@@ -37,8 +37,6 @@ import rigs
 from pvdisplay import toolstack
 from pvdisplay.cli import main
 from pvdisplay.guests import pattern
-from pvdisplay.outputs.vnc import server as vnc_server
-from pvdisplay.outputs.web import server as web_server
 from pvdisplay.planes.client import PlaneClient
 from pvdisplay.wire import fourcc
 from rigs import PATIENCE, wait_until
@@ -831,15 +829,3 @@ def test_vnc_names_the_port_of_a_connector_it_cannot_serve_and_serves_the_rest(
         and f'address=127.0.0.1:{port + 1} reason="Address already in use"\n' in line
         for line in lines
     ), lines
-
-
-def test_the_commands_defaults_are_the_servers_own() -> None:
-    """The command states its servers' defaults without importing them (a fast --help)."""
-
-    def default(command: str, name: str) -> object:
-        return next(p.default for p in main.commands[command].params if p.name == name)
-
-    assert default("vnc", "max_clients") == vnc_server.DEFAULT_MAX_CLIENTS
-    assert default("web", "max_clients") == web_server.DEFAULT_MAX_CLIENTS
-    assert default("vnc", "listen") == f"{vnc_server.DEFAULT_HOST}:{vnc_server.DEFAULT_PORT}"
-    assert default("web", "listen") == f"{web_server.DEFAULT_HOST}:{web_server.DEFAULT_PORT}"

@@ -48,7 +48,7 @@ from pvdisplay.display.limits import (
     mode_problem,
 )
 from pvdisplay.hv.local.tables import Limits
-from pvdisplay.outputs.web.server import DEFAULT_MAX_CLIENTS as WEB_MAX_CLIENTS
+from pvdisplay.outputs.web.limits import DEFAULT_MAX_CLIENTS as WEB_MAX_CLIENTS
 from pvdisplay.planes.server import MAX_CLIENTS
 from pvdisplay.store.permissions import Access, Permission
 from pvdisplay.store.tree import Quotas

@@ -29,7 +29,9 @@ from pvdisplay.outputs import listen
 from pvdisplay.outputs.feed.mirror import CanonicalMirror, Frame, Snapshot, TileMask
 from pvdisplay.outputs.feed.plane_feed import PlaneFeed
 from pvdisplay.outputs.feed.rect import Rect
+from pvdisplay.outputs.listen import DEFAULT_HOST
 from pvdisplay.outputs.vnc import rfb
+from pvdisplay.outputs.vnc.limits import DEFAULT_MAX_CLIENTS, DEFAULT_PORT
 from pvdisplay.outputs.vnc.pointer import InputTranslator
 from pvdisplay.outputs.vnc.updates import UpdateEncoder
 from pvdisplay.planes.input_events import InputEvent, Key, PointerMove
@@ -39,14 +41,10 @@ log = logging.getLogger(__name__)
 client_log = logs.PeerLog(log)
 """Lines network clients can make us write, limited per client address."""
 
-DEFAULT_HOST: Final = "127.0.0.1"
-DEFAULT_PORT: Final = 5900
 READ_SIZE: Final = 1 << 16
 MAX_PORT: Final = 65535
 DISPLAY_BASE_PORT: Final = 5900
 """Viewers call port 5900 + N display N (`vncviewer HOST:N`)."""
-DEFAULT_MAX_CLIENTS: Final = 16
-"""Clients served at once over all connectors: each costs an encoder's state and a frame."""
 BLANK_SIZE: Final = (640, 480)
 
 

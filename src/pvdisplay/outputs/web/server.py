@@ -32,8 +32,9 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from pvdisplay import logs
 from pvdisplay.outputs.feed.mirror import GuestMirror
 from pvdisplay.outputs.feed.plane_feed import PlaneFeed
-from pvdisplay.outputs.listen import format_address, is_loopback, warn_if_exposed
+from pvdisplay.outputs.listen import DEFAULT_HOST, format_address, is_loopback, warn_if_exposed
 from pvdisplay.outputs.web.browser_input import BrowserInput
+from pvdisplay.outputs.web.limits import DEFAULT_MAX_CLIENTS, DEFAULT_PORT
 from pvdisplay.outputs.web.names import DomainNames
 from pvdisplay.outputs.web.session import ViewerSession
 from pvdisplay.outputs.web.thumbnails import Thumbnails
@@ -47,14 +48,9 @@ client_log = logs.PeerLog(log)
 """Lines network clients can make us write, limited per client address."""
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
-DEFAULT_HOST: Final = "127.0.0.1"
-DEFAULT_PORT: Final = 8080
 INDEX_PERIOD: Final = 0.5
 MAX_CLIENT_MESSAGE: Final = 64 * 1024
 START_TIMEOUT: Final = 30.0
-DEFAULT_MAX_CLIENTS: Final = 32
-"""WebSockets (viewers and index pages) served at once; more are answered 503. Each
-viewer holds at most `session.WINDOW` unacknowledged frames."""
 # Changes this small are encoded in the loop (well under a millisecond): handing them to
 # the encoder threads would cost more than encoding them.
 INLINE_PIXELS: Final = 8 * 64 * 64
