@@ -32,6 +32,7 @@ from pvdisplay.wire import displif, edid, fourcc
 from pvdisplay.wire.errors import ProtocolError
 from pvdisplay.wire.ring import BackRing
 from pvdisplay.xenbus import XenbusState
+from rigs import PATIENCE
 
 Ts = TypeVarTuple("Ts")
 
@@ -525,7 +526,7 @@ class Rig:
     def start_backend(self, fe: int, mode: str = "serve", devid: int = 0) -> Backend:
         if BACKEND_DOMID in self.host.domains:
             # The id is free again only once the broker has destroyed the old domain.
-            assert self.host.wait_released(BACKEND_DOMID, 10)
+            assert self.host.wait_released(BACKEND_DOMID, PATIENCE)
         return Backend(
             self.host.start_domain(
                 f"{__name__}:backend",
@@ -556,4 +557,4 @@ class Rig:
         self.host.stop()
         self.xs.close()
         self.daemon.send_signal(signal.SIGTERM)
-        self.daemon.wait(30)
+        self.daemon.wait(PATIENCE)

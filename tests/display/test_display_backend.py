@@ -16,6 +16,7 @@ from display_backend_agents import Remote, start
 from pvdisplay.hv.local.launcher import DomainLauncher
 from pvdisplay.wire import displif, edid
 from pvdisplay.wire.fourcc import XRGB8888, YUYV, fourcc_code
+from rigs import PATIENCE
 
 pytestmark = pytest.mark.processes
 
@@ -89,7 +90,7 @@ def pair(host: DomainLauncher) -> Iterator[Pair]:
     yield Pair(host, back, front)
     for remote in (front, back):
         remote.domain.kill()
-        host.wait_released(remote.domid, 30)
+        host.wait_released(remote.domid, PATIENCE)
 
 
 def test_frontend_allocated_buffer_is_presented_without_a_copy(pair: Pair) -> None:
@@ -119,6 +120,23 @@ def test_frontend_allocated_buffer_is_presented_without_a_copy(pair: Pair) -> No
     assert pair.back("bytes_copied") == 0
 
 
+def test_a_frame_being_copied_holds_up_only_its_own_connectors_flips(pair: Pair) -> None:
+    width, height = 64, 32
+    size = width * height * 4
+    assert pair.create(0x10, (width, height, 32), size, pair.fe_buffer("fb", size)).status == 0
+    assert pair.send(displif.FbAttach(pair.rid(), 0x10, 0x20, width, height, XR24)).status == 0
+    pair.back("hold_frame", pair.front.domid, 0)  # connector 0's frame is being copied
+    try:
+        # The agent serves one call at a time: a flip that waited for connector 0's copy
+        # would never answer (a TimeoutError), not just answer late.
+        config = displif.SetConfig(pair.rid(), 0x20, 0, 0, width, height, 32)
+        assert pair.send(config, connector=1).status == 0
+        response, events = pair.send_with_events(displif.PageFlip(pair.rid(), 0x20), 1)
+        assert (response.status, events) == (0, [displif.PageFlipEvent(0, 0x20)])
+    finally:
+        pair.back("let_go")
+
+
 def test_copy_mode_copies_each_flip_and_counts_the_bytes(host: DomainLauncher) -> None:
     back = start(host, "backend")
     front = start(host, "frontend", str(back.domid))
@@ -143,7 +161,7 @@ def test_copy_mode_copies_each_flip_and_counts_the_bytes(host: DomainLauncher) -
     finally:
         for remote in (front, back):
             remote.domain.kill()
-            host.wait_released(remote.domid, 30)
+            host.wait_released(remote.domid, PATIENCE)
 
 
 def test_a_device_holds_no_more_pages_than_its_budget(host: DomainLauncher) -> None:
@@ -182,7 +200,7 @@ def test_a_device_holds_no_more_pages_than_its_budget(host: DomainLauncher) -> N
     finally:
         for remote in (front, back):
             remote.domain.kill()
-            host.wait_released(remote.domid, 30)
+            host.wait_released(remote.domid, PATIENCE)
 
 
 def test_directories_are_walked_as_far_as_buffer_sz_needs(pair: Pair) -> None:
@@ -342,7 +360,7 @@ def test_backend_allocation_needs_be_alloc(host: DomainLauncher) -> None:
     finally:
         for remote in (front, back):
             remote.domain.kill()
-            host.wait_released(remote.domid, 30)
+            host.wait_released(remote.domid, PATIENCE)
 
 
 def test_prime_import_is_pending_until_fb_attach(pair: Pair) -> None:
@@ -385,7 +403,7 @@ def test_get_edid_needs_protocol_2(host: DomainLauncher) -> None:
     finally:
         for remote in (front, back):
             remote.domain.kill()
-            host.wait_released(remote.domid, 30)
+            host.wait_released(remote.domid, PATIENCE)
 
 
 def test_close_gives_back_every_mapping_and_grant(host: DomainLauncher, pair: Pair) -> None:

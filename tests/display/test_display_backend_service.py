@@ -24,7 +24,7 @@ from pvdisplay.store.permissions import Access, Permission
 from pvdisplay.wire import displif, edid
 from pvdisplay.wire.fourcc import XRGB8888
 from pvdisplay.wire.ring import ring_size
-from rigs import BACKEND
+from rigs import BACKEND, PATIENCE
 
 pytestmark = pytest.mark.processes
 
@@ -73,7 +73,7 @@ class World(rigs.Rig):
 
     def backend_status(self) -> list[dict[str, object]]:
         self.backend.control.send("status")
-        assert self.backend.control.poll(30)
+        assert self.backend.control.poll(PATIENCE)
         status: list[dict[str, object]] = self.backend.control.recv()
         return status
 
@@ -177,7 +177,7 @@ def test_frontend_death_mid_flip_frees_everything(world: World) -> None:
     for rid in range(10, 20):
         guest("post", 0, displif.PageFlip(rid, 2).encode())
     guest.domain.kill(signal.SIGKILL)
-    assert world.host.wait_released(guest.domid, 30)
+    assert world.host.wait_released(guest.domid, PATIENCE)
 
     # The backend notices, gives everything back, and waits for a new connection.
     deadline = time.monotonic() + 30

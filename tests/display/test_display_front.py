@@ -19,6 +19,7 @@ from pvdisplay.guests.pattern import pattern
 from pvdisplay.store.permissions import Access, Permission
 from pvdisplay.wire import fourcc
 from pvdisplay.xenbus import XenbusState
+from rigs import PATIENCE
 
 pytestmark = pytest.mark.processes
 
@@ -191,7 +192,7 @@ def test_backend_loss_reconfigures_then_reconnects_when_clients_let_go(rig: Rig)
 
     guest("close_fb", "a")  # the last client lets go
     assert guest("wait_state", "INITIALISING") == "INITIALISING"
-    assert rig.host.wait_released(0, 30)
+    assert rig.host.wait_released(0, PATIENCE)
 
     backend = rig.start_backend(GUEST)
     assert backend.expect("connected") == 2

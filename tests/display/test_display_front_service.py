@@ -17,6 +17,7 @@ from pvdisplay.hv.local.launcher import DomainProcess
 from pvdisplay.planes.client import PlaneClient
 from pvdisplay.planes.model import PlaneInfo
 from pvdisplay.wire import fourcc
+from rigs import PATIENCE
 
 pytestmark = pytest.mark.processes
 
@@ -34,7 +35,7 @@ class ServiceRig(Rig):
     def start_service(self) -> DomainProcess:
         if BACKEND_DOMID in self.host.domains:
             # The id is free again only once the broker has destroyed the old domain.
-            assert self.host.wait_released(BACKEND_DOMID, 10)
+            assert self.host.wait_released(BACKEND_DOMID, PATIENCE)
         return self.host.start_domain(
             "pvdisplay.backend_domain:run",
             str(self.xenstore_dir),

@@ -51,7 +51,7 @@ def test_a_guest_sharing_in_a_loop_gets_enomem_and_nobody_else_notices(hostile: 
     for domain in (attacker_domain, bystander_domain):
         domain.kill()
         domain.wait()
-        assert host.hv.wait_released(domain.domid, 10.0)
+        assert host.hv.wait_released(domain.domid, PATIENCE)
     hostile.wait_resources(before)
     hostile.wait_flips()
 

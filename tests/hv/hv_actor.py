@@ -182,7 +182,7 @@ def _cycle_export(hv: Hypervisor, held: Held, *, domid: int, refs: list[int], co
         mapping = handle.map()
         handle.close()
         mapping.close()
-        hv.buffers.wait_released(handle.id, 10.0)
+        hv.buffers.wait_released(handle.id, REPLY_TIMEOUT)
 
 
 def _map_forever(hv: Hypervisor, held: Held, *, domid: int, refs: list[int]) -> None:

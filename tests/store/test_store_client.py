@@ -19,6 +19,7 @@ from pvdisplay.store.permissions import Access, Permission
 from pvdisplay.store.protocol import WatchEvent, XenStoreError
 from pvdisplay.wire import xs_wire
 from pvdisplay.wire.xs_wire import MessageType, XsMessage
+from rigs import PATIENCE
 
 pytestmark = pytest.mark.processes
 
@@ -50,7 +51,7 @@ def start_xenstored(socket_dir: Path) -> subprocess.Popen[bytes]:
 def stop_xenstored(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     try:
-        process.wait(10)
+        process.wait(PATIENCE)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
@@ -129,7 +130,7 @@ def test_permissions_round_trip(client: Client, base: str) -> None:
 
 
 def next_event(watch: Watch) -> WatchEvent:
-    event = watch.get(timeout=30)
+    event = watch.get(timeout=PATIENCE)
     assert event is not None, "no watch event within 30 s"
     return event
 
@@ -208,7 +209,7 @@ def test_watch_iteration_ends_when_the_client_closes(socket_dir: Path, base: str
     while len(seen) < 2:
         time.sleep(0.01)
     connection.close()
-    consumer.join(30)
+    consumer.join(PATIENCE)
     assert not consumer.is_alive()
     assert [event.path for event in seen] == [base, f"{base}/x"]
     with pytest.raises(ConnectionError):
@@ -441,7 +442,7 @@ def test_client_reports_a_daemon_that_dies(tmp_path: Path) -> None:
     finally:
         stop_xenstored(process)
     with pytest.raises(ConnectionError):
-        watch.get(timeout=30)
+        watch.get(timeout=PATIENCE)
     with pytest.raises(ConnectionError):
         connection.read("/")
     connection.close()
@@ -566,7 +567,7 @@ def test_requests_are_byte_identical_to_libxenstore_s(tmp_path: Path) -> None:
         ]
         for command, ours in cases:
             peer.requests.clear()
-            subprocess.run(command, env=env, check=True, capture_output=True, timeout=30)
+            subprocess.run(command, env=env, check=True, capture_output=True, timeout=PATIENCE)
             theirs = [(m.type, m.tx_id, m.payload) for m in peer.requests]
             peer.requests.clear()
             with Client(peer.path) as connection:

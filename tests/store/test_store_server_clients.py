@@ -20,6 +20,7 @@ import pytest
 import pyxs
 
 from pvdisplay.wire.xs_wire import MessageReader, MessageType, Oversized, XsMessage
+from rigs import PATIENCE
 
 pytestmark = pytest.mark.processes
 
@@ -75,7 +76,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         yield running
     finally:
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0, log.read_text()
+        assert process.wait(timeout=PATIENCE) == 0, log.read_text()
     assert not running.socket.exists() and not running.readonly_socket.exists()
     assert "Traceback" not in log.read_text()
 

@@ -27,6 +27,7 @@ from pvdisplay.store.aio import AsyncClient
 from pvdisplay.store.client import Client
 from pvdisplay.store.server import XenStoreServer
 from pvdisplay.wire import xs_wire
+from rigs import PATIENCE
 
 
 @pytest.fixture
@@ -38,9 +39,9 @@ def server_socket(tmp_path: Path) -> Iterator[Path]:
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     yield server.socket_path
-    asyncio.run_coroutine_threadsafe(server.close(), loop).result(timeout=30)
+    asyncio.run_coroutine_threadsafe(server.close(), loop).result(timeout=PATIENCE)
     loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=30)
+    thread.join(timeout=PATIENCE)
     loop.close()
 
 
@@ -71,7 +72,7 @@ def device(server_socket: Path) -> Iterator[str]:
     thread.start()
     yield path
     os.write(stop_write, b"x")
-    thread.join(timeout=30)
+    thread.join(timeout=PATIENCE)
     for fd in (master, slave, stop_read, stop_write):
         os.close(fd)
     sock.close()
@@ -83,9 +84,9 @@ def test_blocking_client_over_a_character_device(device: str) -> None:
         client.write("/dev-test/a", "1")
         assert client.read("/dev-test/a") == b"1"
         with client.watch("/dev-test", "tok") as watch:
-            assert watch.get(timeout=30) is not None  # the event a new watch fires at once
+            assert watch.get(timeout=PATIENCE) is not None  # the event a new watch fires at once
             client.write("/dev-test/b", "2")
-            event = watch.get(timeout=30)
+            event = watch.get(timeout=PATIENCE)
             assert event is not None and event.path == "/dev-test/b"
         with client.start_transaction() as txn:
             txn.write("/dev-test/c", "3")
@@ -96,11 +97,11 @@ def test_blocking_client_over_a_character_device(device: str) -> None:
 def test_closing_wakes_a_reader_blocked_on_the_device(device: str) -> None:
     client = Client(device)
     watch = client.watch("/woken", "tok")
-    assert watch.get(timeout=30) is not None
+    assert watch.get(timeout=PATIENCE) is not None
     waiter = threading.Thread(target=lambda: list(watch))
     waiter.start()
     client.close()
-    waiter.join(timeout=30)
+    waiter.join(timeout=PATIENCE)
     assert not waiter.is_alive()
 
 

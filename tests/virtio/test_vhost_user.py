@@ -38,6 +38,7 @@ from pvdisplay.virtio.gpu_wire import CtrlType, Format
 from pvdisplay.virtio.memory import GuestMemoryMap
 from pvdisplay.virtio.server import GpuQueues, xrgb_pixels
 from pvdisplay.virtio.virtqueue import VIRTIO_RING_F_EVENT_IDX, Virtqueue
+from rigs import PATIENCE
 
 pytestmark = pytest.mark.processes
 
@@ -582,12 +583,12 @@ def test_a_stalled_request_stalls_only_its_front_end(tmp_path: Path) -> None:
         with PlaneClient(planes) as client:
             assert client.list() == []  # answered (no device before SET_MEM_TABLE)
         front.sendall(request[14:] + message(vu.GET_FEATURES).encode())
-        front.settimeout(30)
+        front.settimeout(PATIENCE)
         reply = front.recv(vu.HEADER.size + 8)
         assert vu.HEADER.unpack_from(reply) == (vu.GET_FEATURES, vu.VERSION | vu.FLAG_REPLY, 8)
     finally:
         front.close()
-        assert process.wait(30) == 0  # --fd: done when the connection ends
+        assert process.wait(PATIENCE) == 0  # --fd: done when the connection ends
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
@@ -604,7 +605,7 @@ def test_the_back_end_removes_its_socket_files_when_stopped(
         wait_for_socket(vhost, process)
         wait_for_socket(planes, process)
         process.send_signal(stop)
-        _, stderr = process.communicate(timeout=30)
+        _, stderr = process.communicate(timeout=PATIENCE)
     finally:
         process.kill()
         process.wait()

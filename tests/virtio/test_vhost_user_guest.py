@@ -32,6 +32,7 @@ from PIL import Image
 import guest_vm
 from pvdisplay.outputs.web.server import BackgroundViewer
 from pvdisplay.planes.model import PlaneKey
+from rigs import PATIENCE
 from vnc_guest import ServerThread
 
 WIDTH, HEIGHT = 1280, 800
@@ -75,7 +76,7 @@ def backend(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
         assert process.poll() is None, "the back-end died"
     finally:
         process.terminate()
-        process.wait(30)
+        process.wait(PATIENCE)
 
 
 def settles(read: Callable[[], npt.NDArray[np.uint8]], expected: npt.NDArray[np.uint8]) -> None:
@@ -180,7 +181,7 @@ def web_viewer_lists(planes: Path, modes: dict[int, tuple[int, int]]) -> None:
     try:
         deadline = time.monotonic() + SETTLE_TIMEOUT
         while True:
-            with urllib.request.urlopen(viewer.url + "api/planes", timeout=10) as reply:
+            with urllib.request.urlopen(viewer.url + "api/planes", timeout=PATIENCE) as reply:
                 listing = json.load(reply)
             shown = {
                 (row["domid"], row["connector"], row["mode_width"], row["mode_height"],
@@ -215,7 +216,7 @@ def logged_backend(tmp_path: Path) -> Iterator[tuple[Path, Path, Path]]:
         assert process.poll() is None, "the back-end died"
     finally:
         process.terminate()
-        process.wait(30)
+        process.wait(PATIENCE)
 
 
 def test_make_run_guest_boots_the_guest_against_a_running_back_end(
@@ -237,7 +238,7 @@ def test_make_run_guest_boots_the_guest_against_a_running_back_end(
         settles(functools.partial(snapshot, planes, 0, tmp_path / "s.png"), files.expected_rgb())
     finally:
         os.killpg(qemu.pid, signal.SIGTERM)
-        qemu.communicate(timeout=30)
+        qemu.communicate(timeout=PATIENCE)
 
 
 def test_a_guest_without_shared_memory_gets_one_warning_saying_what_qemu_needs(
