@@ -180,7 +180,7 @@ def test_frontend_death_mid_flip_frees_everything(world: World) -> None:
     assert world.host.wait_released(guest.domid, PATIENCE)
 
     # The backend notices, gives everything back, and waits for a new connection.
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + PATIENCE
     while world.backend_status()[0]["state"] != State.INIT_WAIT:
         assert time.monotonic() < deadline, world.backend_status()
         time.sleep(0.05)

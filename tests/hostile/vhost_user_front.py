@@ -14,7 +14,7 @@ GUEST_BASE = 0x4000_0000
 USER_BASE = 0x7F00_0000_0000
 MEMORY_SIZE = 1 << 20
 QUEUE_SIZE = 16
-REPLY_PATIENCE = 30.0
+REPLY_PATIENCE = 60.0  # hang protection only, as rigs.PATIENCE
 
 
 def send(sock: socket.socket, request: int, payload: bytes = b"", fds: Sequence[int] = ()) -> None:
