@@ -112,6 +112,14 @@ class BackendAgent:
         with plane.handle.map() as mapping, mapping.view() as view:
             return view[info.offset : info.offset + info.frame_bytes].tobytes()
 
+    def hold_frame(self, domid: int, connector: int) -> None:
+        """Hold the connector's frame as a planes client copying it does (until let go)."""
+        self.held = self.planes.frames_lock(PlaneKey(domid, 0, connector))
+        self.held.acquire()
+
+    def let_go(self) -> None:
+        self.held.release()
+
     def bytes_copied(self) -> int:
         assert self.device is not None
         return self.device.bytes_copied

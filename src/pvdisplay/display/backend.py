@@ -24,6 +24,7 @@ bytes, as displ_be does without zero-copy.
 import errno
 import logging
 import struct
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -146,6 +147,8 @@ def _held(handle: BufferHandle, memory: GuestMemory | None) -> int:
 class _Connector:
     config: ConnectorConfig
     key: PlaneKey
+    frames_lock: threading.Lock
+    """The registry's for `key`, kept for the connector's life (`PlaneRegistry.frames_lock`)."""
     next_event_id: int = 0
     frames: int = 0
     position: _Position | None = None
@@ -187,9 +190,10 @@ class DisplayDevice:
         self._pages = 0
         self._dbufs: dict[int, _DisplayBuffer] = {}
         self._fbs: dict[int, _Framebuffer] = {}
+        keys = [PlaneKey(config.frontend, config.devid, c.index) for c in config.connectors]
         self._connectors = [
-            _Connector(c, PlaneKey(config.frontend, config.devid, c.index))
-            for c in config.connectors
+            _Connector(c, key, planes.frames_lock(key))
+            for c, key in zip(config.connectors, keys, strict=True)
         ]
         for connector in self._connectors:
             self._publish_blank(connector)
@@ -458,7 +462,7 @@ class DisplayDevice:
     def _present(self, connector: _Connector, fb: _Framebuffer) -> None:
         # Under the lock, up to the plane's change: a planes client copying the frame on
         # screen holds it, so the guest's flip completes only once that copy is done.
-        with self._planes.frames_lock:
+        with connector.frames_lock:
             self._present_locked(connector, fb)
 
     def _present_locked(self, connector: _Connector, fb: _Framebuffer) -> None:

@@ -12,6 +12,7 @@ import errno
 import functools
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -146,11 +147,23 @@ class PlaneRegistry:
         """Held while a handle from the registry is used on another thread than its
         publisher's: a publisher closes a handle only while holding it, a reader holds it
         from `get` until it is done with the handle."""
-        self.frames_lock = threading.Lock()
-        """Held by a publisher while it changes the picture a connector shows, and by a
-        reader while it copies one frame out. A guest learns that its flip is done, and
-        may redraw the buffer it flipped away from, only after the publisher lets go:
-        what a reader copies under the lock is one frame. Take it before `handles_lock`."""
+        self._frames_locks: weakref.WeakValueDictionary[PlaneKey, threading.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        self._frames_locks_made = threading.Lock()
+
+    def frames_lock(self, key: PlaneKey) -> threading.Lock:
+        """Held by a publisher while it changes the picture connector `key` shows, and by
+        a reader while it copies one frame of it out. A guest learns that its flip is
+        done, and may redraw the buffer it flipped away from, only after the publisher
+        lets go: what a reader copies under the lock is one frame. One per connector, so
+        a copy delays only its own connector's flips. Take it before `handles_lock`, and
+        keep it while in use: the registry keeps it only while someone holds a reference."""
+        with self._frames_locks_made:
+            lock = self._frames_locks.get(key)
+            if lock is None:
+                lock = self._frames_locks[key] = threading.Lock()
+            return lock
 
     def publish(self, info: PlaneInfo, handle: BufferHandle | None) -> None:
         """Make `info` the connector's plane; `handle` must stay open until replaced."""

@@ -206,7 +206,7 @@ class PlaneServer:
         seen = self._registry.get(key)
         if seen is not None:
             self._scratch_for(seen.info.frame_bytes)
-        with self._registry.frames_lock, self._registry.handles_lock:
+        with self._registry.frames_lock(key), self._registry.handles_lock:
             plane = self._registry.get(key)
             if plane is None or plane.handle is None:
                 return None
