@@ -94,8 +94,9 @@ bench: deps
 bench-hostile: deps
 	$(PY) -m bench hostile
 
+# DEMO_ARGS: more options for the demo, e.g. DEMO_ARGS='--listen 127.0.0.1:8090'.
 demo: deps
-	$(VENV)/bin/pvdisplay demo
+	$(VENV)/bin/pvdisplay demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -137,8 +137,12 @@ def test_backend_serves_the_configs_guest_on_the_web_index_and_stops_on_ctrl_c(
         printed = banner_of(process)
         url = next(line.split()[-1] for line in printed if "web viewer" in line)
         assert any("guest      domain 7 'kestrel'" in line for line in printed)
-        # The examples name the command as it was started, and the banner the log.
-        example = f"  {SCRIPT.relative_to(checkout)} snapshot 7 wing -o kestrel-wing.png\n"
+        # The examples name the command as it was started, and this run dir's planes
+        # socket (not the default's), and the banner the log.
+        example = (
+            f"  {SCRIPT.relative_to(checkout)} snapshot --planes-socket "
+            f"{run_dir / 'planes.sock'} 7 wing -o kestrel-wing.png\n"
+        )
         assert example in printed
         log_file = run_dir / "pvdisplay.log"
         assert f"  log        {log_file}  (--log-level info shows it here too)\n" in printed
@@ -202,7 +206,10 @@ def test_a_second_instance_on_a_run_dir_refuses_in_one_line_and_touches_nothing(
     ) as first:
         printed = banner_of(first)
         # On PATH, the command is plain `pvdisplay`.
-        assert "  pvdisplay snapshot 7 wing -o kestrel-wing.png\n" in printed
+        assert (
+            f"  pvdisplay snapshot --planes-socket {run_dir / 'planes.sock'} 7 wing "
+            "-o kestrel-wing.png\n"
+        ) in printed
         sockets = [run_dir / "planes.sock", run_dir / "xenstore" / "socket"]
         wait_until(lambda: all(path.exists() for path in sockets), "the first's sockets")
         before = [path.stat().st_ino for path in sockets]

@@ -33,7 +33,13 @@ from pvdisplay.hv import HypervisorError
 from pvdisplay.hv.local.launcher import DomainLauncher, DomainProcess
 from pvdisplay.outputs.listen import bind_failure, format_address
 from pvdisplay.outputs.web.server import BackgroundViewer
-from pvdisplay.run_dir import LOG_NAME, RunDirBusyError, RunDirLock, RunDirUnusableError
+from pvdisplay.run_dir import (
+    LOG_NAME,
+    RunDirBusyError,
+    RunDirLock,
+    RunDirUnusableError,
+    default_run_dir,
+)
 from pvdisplay.store.client import Client, Transaction
 from pvdisplay.store.tree import Quotas
 from pvdisplay.toolstack import vkb as vkb_config
@@ -457,6 +463,10 @@ def describe(host: EmulatedHost, command: str = "pvdisplay") -> str:
     if host.log_file is not None:
         lines.append(f"  log        {host.log_file}  (--log-level info shows it here too)")
     examples = []
+    # Copied as they are, the examples must reach this host, not the default run dir's.
+    socket_option = (
+        "" if host.run_dir == default_run_dir() else f" --planes-socket {host.planes_socket}"
+    )
     if not host.guests:
         lines.append("  guests     none (guests come from --config FILE, see docs/host.md)")
     for running in sorted(host.guests.values(), key=lambda r: r.domid):
@@ -475,11 +485,12 @@ def describe(host: EmulatedHost, command: str = "pvdisplay") -> str:
                         )
                 device_option = f" --device {device.devid}" if device.devid else ""
                 examples.append(
-                    f"  {command} snapshot {running.domid} {connector.unique_id}{device_option}"
+                    f"  {command} snapshot{socket_option} {running.domid} "
+                    f"{connector.unique_id}{device_option}"
                     f" -o {running.guest.name}-{connector.unique_id}.png"
                 )
     if examples:
-        lines += ["snapshots (add --planes-socket PATH for another run dir):", *examples]
+        lines += ["snapshots:", *examples]
     return "\n".join(lines)
 
 
