@@ -7,8 +7,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
+from pvdisplay import logs
 from pvdisplay.cli import main
 from pvdisplay.ipc.sockets import receive_message, send_message
 from pvdisplay.planes.model import PlaneInfo
@@ -75,7 +77,14 @@ def test_vnc_names_a_planes_socket_it_cannot_reach_for_another_reason(tmp_path: 
         assert result.output.endswith(f"the planes socket {planes}: Not a directory\n")
 
 
-def test_a_log_backend_hv_xen_cannot_write_is_one_line(tmp_path: Path) -> None:
+def test_a_log_backend_hv_xen_cannot_write_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In this process the command names its log to the processes it would start, in the
+    # environment; whatever it leaves there must not reach the rest of the suite's (set,
+    # so monkeypatch restores the variable's absence afterwards).
+    monkeypatch.setenv(logs.LOG_FILE_ENV, "")
+    monkeypatch.delenv(logs.LOG_FILE_ENV)
     run_dir = tmp_path / "run"
     (run_dir / "pvdisplay.log").mkdir(parents=True, mode=0o700)
     run_dir.chmod(0o700)
