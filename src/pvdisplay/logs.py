@@ -67,10 +67,12 @@ class LogFile:
         self._restore: tuple[str | None, int] = (None, logging.WARNING)
 
     def open(self) -> None:
+        """OSError if the file cannot be opened; nothing is changed then."""
         root = logging.getLogger()
         self._restore = (os.environ.get(LOG_FILE_ENV), root.level)
-        os.environ[LOG_FILE_ENV] = str(self.path)
         self._handler = _add_file(self.path)
+        # Named only once open: processes started later would fail to open it too.
+        os.environ[LOG_FILE_ENV] = str(self.path)
 
     def close(self) -> None:
         if self._handler is None:

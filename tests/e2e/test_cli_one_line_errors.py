@@ -1,6 +1,7 @@
 """Commands whose sockets or files fail them (the planes socket for `snapshot` and `vnc`,
 the log for `backend --hv xen`): one line naming the problem, never a traceback."""
 
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -94,3 +95,5 @@ def test_a_log_backend_hv_xen_cannot_write_is_one_line(
         f"Error: cannot write the log {run_dir / 'pvdisplay.log'}: Is a directory; pass "
         "another --run-dir\n",
     )
+    # A log it could not open is not named to processes started after it.
+    assert logs.LOG_FILE_ENV not in os.environ
