@@ -190,10 +190,10 @@ class DisplayDevice:
         self._pages = 0
         self._dbufs: dict[int, _DisplayBuffer] = {}
         self._fbs: dict[int, _Framebuffer] = {}
-        keys = [PlaneKey(config.frontend, config.devid, c.index) for c in config.connectors]
         self._connectors = [
             _Connector(c, key, planes.frames_lock(key))
-            for c, key in zip(config.connectors, keys, strict=True)
+            for c in config.connectors
+            for key in [PlaneKey(config.frontend, config.devid, c.index)]
         ]
         for connector in self._connectors:
             self._publish_blank(connector)
